@@ -1,0 +1,53 @@
+"""The coordinator: a sans-I/O round machine (:mod:`coordinator.rounds`) and its paho adapter."""
+
+from coordinator.aggregate import AGGREGATORS, Aggregate, Aggregator, make_aggregator
+from coordinator.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from coordinator.config import RoundConfig
+from coordinator.events import (
+    Action,
+    BrokerConnected,
+    Evaluate,
+    Evaluated,
+    Event,
+    PresenceArrived,
+    Publish,
+    RejectUpdate,
+    RoundClosed,
+    RoundOpened,
+    SaveCheckpoint,
+    Stop,
+    StopRequested,
+    Tick,
+    UpdateAccepted,
+    UpdateArrived,
+)
+from coordinator.rounds import Rounds
+
+__all__ = [
+    "AGGREGATORS",
+    "Action",
+    "Aggregate",
+    "Aggregator",
+    "BrokerConnected",
+    "Checkpoint",
+    "CheckpointError",
+    "Evaluate",
+    "Evaluated",
+    "Event",
+    "PresenceArrived",
+    "Publish",
+    "RejectUpdate",
+    "RoundClosed",
+    "RoundConfig",
+    "RoundOpened",
+    "Rounds",
+    "SaveCheckpoint",
+    "Stop",
+    "StopRequested",
+    "Tick",
+    "UpdateAccepted",
+    "UpdateArrived",
+    "load_checkpoint",
+    "make_aggregator",
+    "save_checkpoint",
+]

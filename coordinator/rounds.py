@@ -1,0 +1,536 @@
+"""The round state machine: events and the time in, actions out.
+
+Rules of this module:
+1. Every phase transition of a run lives here (see ``_TRANSITIONS``).
+2. It never reads a clock, never touches paho, never sleeps: ``now`` is
+   monotonic seconds passed in by the adapter, and ``next_deadline()`` tells the
+   adapter when to call back with a :class:`~coordinator.events.Tick`.
+3. A rejected message changes nothing but the rejection counters.
+
+A round: announce the model (retained) -> accept updates -> close at quorum, when
+everyone asked has answered, or at the deadline with ``min_replies`` -> aggregate
+-> evaluate -> publish metrics -> checkpoint -> announce the next round.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+from typing_extensions import assert_never
+
+from coordinator.aggregate import Aggregator, apply_delta, make_aggregator
+from coordinator.checkpoint import Checkpoint
+from coordinator.config import RoundConfig
+from coordinator.events import (
+    Action,
+    BrokerConnected,
+    Evaluate,
+    Evaluated,
+    Event,
+    PresenceArrived,
+    Publish,
+    RejectUpdate,
+    RoundClosed,
+    RoundOpened,
+    SaveCheckpoint,
+    Stop,
+    StopRequested,
+    Tick,
+    UpdateAccepted,
+    UpdateArrived,
+)
+from protocol import (
+    ClosedBy,
+    ModelAnnouncement,
+    Phase,
+    Presence,
+    RejectReason,
+    RoundMetrics,
+    Status,
+    Topics,
+    Update,
+    Weights,
+    WireError,
+    decode_delta,
+    decode_presence,
+    decode_update,
+    encode_metrics,
+    encode_model,
+    encode_status,
+    raw_size,
+    weights_digest,
+)
+
+_TRANSITIONS: dict[Phase, frozenset[Phase]] = {
+    Phase.WAITING: frozenset({Phase.TRAINING, Phase.DONE}),
+    Phase.TRAINING: frozenset({Phase.TRAINING, Phase.EVALUATING, Phase.DONE, Phase.FAILED}),
+    Phase.EVALUATING: frozenset({Phase.TRAINING, Phase.DONE}),
+    Phase.DONE: frozenset(),
+    Phase.FAILED: frozenset(),
+}
+
+
+@dataclass(slots=True)
+class _RoundState:
+    """What one open round has gathered so far."""
+
+    number: int
+    attempt: int
+    opened_at: float
+    deadline: float
+    deadline_s: float
+    expected: frozenset[str]
+    quorum: int
+    aggregator: Aggregator
+    model_payload: bytes
+    accepted: set[str]
+    declined: set[str]
+    rejected: Counter[str]
+    bytes_up: int = 0
+    bytes_down: int = 0
+    samples: int = 0
+    loss_sum: float = 0.0
+    accuracy_sum: float = 0.0
+    accuracy_samples: int = 0
+    closed_by: ClosedBy | None = None
+    new_weights: Weights | None = None
+
+
+class Rounds:
+    """Drives one federated run. Feed it events with :meth:`handle`."""
+
+    def __init__(
+        self,
+        config: RoundConfig,
+        weights: Weights,
+        *,
+        run: str,
+        wall_offset: float = 0.0,
+        resume: Checkpoint | None = None,
+    ) -> None:
+        """``wall_offset`` turns monotonic ``now`` into Unix time for the wire."""
+        self.config = config
+        self.topics = Topics(config.job)
+        self._wall_offset = wall_offset
+        self._online: dict[str, Presence] = {}
+        self._rejected_total: Counter[str] = Counter()
+        self._history: list[RoundMetrics] = []
+        self._completed = 0
+        self._run = run
+        self._phase = Phase.WAITING
+        self._message = ""
+        self._round: _RoundState | None = None
+        if resume is not None:
+            if resume.job != config.job or resume.task != config.task:
+                raise ValueError(
+                    f"checkpoint is for job {resume.job!r} task {resume.task!r}, "
+                    f"not job {config.job!r} task {config.task!r}"
+                )
+            weights, self._run, self._completed = resume.weights, resume.run, resume.round
+            self._history = list(resume.history)
+            self._rejected_total.update(resume.rejected)
+        self._weights = weights
+        self._model_id = weights_digest(weights)
+        self._shapes = {name: tuple(a.shape) for name, a in weights.items()}
+        self._raw_update_bytes = raw_size(self._shapes)
+        if self._completed >= config.rounds:
+            self._phase = Phase.DONE
+            self._message = f"already completed {self._completed} rounds"
+
+    # --- read-only views -----------------------------------------------------------
+
+    @property
+    def phase(self) -> Phase:
+        return self._phase
+
+    @property
+    def finished(self) -> bool:
+        return self._phase in (Phase.DONE, Phase.FAILED)
+
+    @property
+    def message(self) -> str:
+        return self._message
+
+    @property
+    def run(self) -> str:
+        return self._run
+
+    @property
+    def weights(self) -> Weights:
+        """The current global model (after the last completed round)."""
+        return self._weights
+
+    @property
+    def completed_rounds(self) -> int:
+        return self._completed
+
+    @property
+    def history(self) -> tuple[RoundMetrics, ...]:
+        return tuple(self._history)
+
+    @property
+    def rejected_total(self) -> dict[str, int]:
+        return dict(self._rejected_total)
+
+    @property
+    def agents_online(self) -> frozenset[str]:
+        return frozenset(a for a, p in self._online.items() if p.online)
+
+    def next_deadline(self) -> float | None:
+        """When the adapter must send a :class:`Tick`, or None if nothing is timed."""
+        if self._phase is Phase.TRAINING and self._round is not None:
+            return self._round.deadline
+        return None
+
+    # --- the one entry point ----------------------------------------------------------
+
+    def handle(self, event: Event, now: float) -> list[Action]:
+        """Apply ``event`` observed at monotonic time ``now``; return what to do, in order."""
+        match event:
+            case BrokerConnected():
+                return self._on_connected(now)
+            case PresenceArrived(agent=agent, payload=payload):
+                return self._on_presence(agent, payload, now)
+            case UpdateArrived(agent=agent, payload=payload):
+                return self._on_update(agent, payload, now)
+            case Tick():
+                return self._on_tick(now)
+            case Evaluated(round_no=round_no, metrics=metrics):
+                return self._on_evaluated(round_no, metrics, now)
+            case StopRequested(reason=reason):
+                return self._on_stop(reason, now)
+            case _:
+                assert_never(event)
+
+    # --- event handlers ---------------------------------------------------------------
+
+    def _on_connected(self, now: float) -> list[Action]:
+        # The broker may have restarted without persistence: restore what it retains.
+        actions: list[Action] = []
+        if self._round is not None and not self.finished:
+            actions.append(Publish(self.topics.model, self._round.model_payload, retain=True))
+        elif self._phase is Phase.DONE:
+            actions.append(self._publish_final_model(now))
+        actions.append(self._status(now))
+        if self.finished:
+            actions.append(Stop(self._phase, self._message))
+        return actions
+
+    def _on_presence(self, agent: str, payload: bytes, now: float) -> list[Action]:
+        if not payload:  # a cleared retained message
+            self._online.pop(agent, None)
+            return [self._status(now)]
+        try:
+            presence = decode_presence(payload)
+            if presence.agent != agent:
+                raise WireError(RejectReason.AGENT_MISMATCH, f"presence names {presence.agent!r}")
+        except WireError as exc:
+            return [self._reject(agent, None, exc.reason, f"presence: {exc.detail}")]
+        self._online[agent] = presence
+        actions: list[Action] = []
+        online = self.agents_online
+        if self._phase is Phase.WAITING and len(self._eligible(online)) >= self.config.min_agents:
+            actions.extend(self._open_round(now))
+        else:
+            actions.append(self._status(now))
+        return actions
+
+    def _on_update(self, agent: str, payload: bytes, now: float) -> list[Action]:
+        rs = self._round
+        if rs is not None and self._phase is Phase.TRAINING:
+            rs.bytes_up += len(payload)
+        try:
+            update = self._validate(agent, payload)
+        except WireError as exc:
+            round_no = rs.number if rs is not None else None
+            return [self._reject(agent, round_no, exc.reason, exc.detail)]
+        assert rs is not None  # _validate guarantees an open round
+        if update.declined is not None:
+            rs.declined.add(agent)
+            return [self._status(now), *self._maybe_close(now)]
+        try:
+            delta = decode_delta(update.tensors, update.codec, self._shapes)
+        except WireError as exc:
+            return [self._reject(agent, rs.number, exc.reason, exc.detail)]
+        rs.aggregator.add(delta, update.samples)
+        rs.accepted.add(agent)
+        rs.samples += update.samples
+        if "loss" in update.metrics:
+            rs.loss_sum += update.metrics["loss"] * update.samples
+        if "accuracy" in update.metrics:
+            rs.accuracy_sum += update.metrics["accuracy"] * update.samples
+            rs.accuracy_samples += update.samples
+        accepted = UpdateAccepted(agent, rs.number, len(rs.accepted), rs.quorum)
+        return [accepted, self._status(now), *self._maybe_close(now)]
+
+    def _on_tick(self, now: float) -> list[Action]:
+        rs = self._round
+        if self._phase is not Phase.TRAINING or rs is None or now < rs.deadline:
+            return []
+        if len(rs.accepted) >= self.config.min_replies:
+            return self._close(ClosedBy.DEADLINE, now)
+        short = (
+            f"round {rs.number}: {len(rs.accepted)} of min_replies={self.config.min_replies} "
+            f"updates by the deadline"
+        )
+        if self.config.on_short_round == "retry" and rs.attempt < self.config.max_retries:
+            return self._retry_round(now)
+        tries = f" after {rs.attempt} retries" if rs.attempt else ""
+        return self._end(Phase.FAILED, f"{short}{tries}; stopping", now)
+
+    def _on_evaluated(self, round_no: int, metrics: dict[str, float], now: float) -> list[Action]:
+        rs = self._round
+        if self._phase is not Phase.EVALUATING or rs is None or rs.number != round_no:
+            return []  # an evaluation that no longer matters (e.g. stop requested meanwhile)
+        return self._finish_round(metrics, now)
+
+    def _on_stop(self, reason: str, now: float) -> list[Action]:
+        if self.finished:
+            return []
+        return self._end(Phase.DONE, f"stopped: {reason}", now)
+
+    # --- validation -------------------------------------------------------------------
+
+    def _validate(self, agent: str, payload: bytes) -> Update:
+        """Check everything but the tensors' contents.
+
+        Raises:
+            WireError: with the reason the update is refused.
+        """
+        cfg, rs = self.config, self._round
+        if len(payload) > cfg.max_update_bytes:
+            raise WireError(
+                RejectReason.TOO_LARGE, f"{len(payload)} bytes > {cfg.max_update_bytes}"
+            )
+        update = decode_update(payload, cfg.max_update_bytes)
+        if update.agent != agent:
+            raise WireError(RejectReason.AGENT_MISMATCH, f"payload names {update.agent!r}")
+        if update.job != cfg.job:
+            raise WireError(RejectReason.WRONG_JOB, f"update for job {update.job!r}")
+        if cfg.allowed_agents is not None and agent not in cfg.allowed_agents:
+            raise WireError(RejectReason.UNKNOWN_AGENT, f"{agent!r} is not provisioned")
+        if rs is None or self._phase is not Phase.TRAINING:
+            open_round = rs.number if rs is not None and not self.finished else None
+            if update.round <= self._completed or update.round == open_round:
+                raise WireError(RejectReason.STALE, f"round {update.round} has closed")
+            raise WireError(RejectReason.NO_ROUND, f"no round is open ({self._phase.value})")
+        if update.round < rs.number:
+            raise WireError(RejectReason.STALE, f"round {update.round} < current {rs.number}")
+        if update.round > rs.number:
+            raise WireError(RejectReason.FUTURE_ROUND, f"round {update.round} > {rs.number}")
+        if agent in rs.accepted or agent in rs.declined:
+            raise WireError(RejectReason.DUPLICATE, f"{agent} already answered round {rs.number}")
+        if update.model_id != self._model_id:
+            raise WireError(RejectReason.BASE_MISMATCH, f"trained from {update.model_id[:12]}")
+        if agent not in rs.expected and agent not in self.agents_online:
+            raise WireError(RejectReason.UNKNOWN_AGENT, f"{agent!r} never announced presence")
+        if update.declined is None and update.codec != cfg.codec:
+            detail = f"codec {update.codec!r}, the round uses {cfg.codec!r}"
+            raise WireError(RejectReason.BAD_CODEC, detail)
+        return update
+
+    # --- round lifecycle ----------------------------------------------------------------
+
+    def _eligible(self, agents: frozenset[str]) -> frozenset[str]:
+        allowed = self.config.allowed_agents
+        return agents if allowed is None else agents & allowed
+
+    def _open_round(self, now: float) -> list[Action]:
+        cfg = self.config
+        expected = self._eligible(self.agents_online)
+        number = self._completed + 1
+        payload = self._announce(number, attempt=0, deadline_s=cfg.deadline_s, now=now)
+        quorum = cfg.quorum if cfg.quorum is not None else max(len(expected), cfg.min_replies)
+        self._round = _RoundState(
+            number=number,
+            attempt=0,
+            opened_at=now,
+            deadline=now + cfg.deadline_s,
+            deadline_s=cfg.deadline_s,
+            expected=expected,
+            quorum=quorum,
+            aggregator=make_aggregator(cfg.aggregator, self._shapes),
+            model_payload=payload,
+            accepted=set(),
+            declined=set(),
+            rejected=Counter(),
+            bytes_down=len(payload) * len(expected),
+        )
+        self._set_phase(Phase.TRAINING)
+        return [
+            Publish(self.topics.model, payload, retain=True),
+            RoundOpened(number, 0, len(expected), quorum, cfg.deadline_s),
+            self._status(now),
+        ]
+
+    def _retry_round(self, now: float) -> list[Action]:
+        rs = self._round
+        assert rs is not None
+        rs.attempt += 1
+        rs.deadline_s = self.config.deadline_s * self.config.retry_backoff**rs.attempt
+        rs.deadline = now + rs.deadline_s
+        newcomers = self._eligible(self.agents_online) - rs.expected
+        rs.expected = rs.expected | newcomers
+        rs.model_payload = self._announce(rs.number, rs.attempt, rs.deadline_s, now)
+        rs.bytes_down += len(rs.model_payload) * len(rs.expected - rs.accepted)
+        self._set_phase(Phase.TRAINING)
+        return [
+            Publish(self.topics.model, rs.model_payload, retain=True),
+            RoundOpened(rs.number, rs.attempt, len(rs.expected), rs.quorum, rs.deadline_s),
+            self._status(now),
+        ]
+
+    def _maybe_close(self, now: float) -> list[Action]:
+        rs = self._round
+        assert rs is not None
+        if len(rs.accepted) >= rs.quorum:
+            return self._close(ClosedBy.QUORUM, now)
+        answered = rs.accepted | rs.declined
+        if rs.expected <= answered and len(rs.accepted) >= self.config.min_replies:
+            return self._close(ClosedBy.ALL_REPLIED, now)
+        return []
+
+    def _close(self, closed_by: ClosedBy, now: float) -> list[Action]:
+        rs = self._round
+        assert rs is not None
+        rs.closed_by = closed_by
+        rs.new_weights = apply_delta(self._weights, rs.aggregator.result().delta)
+        if not self.config.evaluate:
+            return self._finish_round({}, now)
+        self._set_phase(Phase.EVALUATING)
+        return [self._status(now), Evaluate(rs.number, rs.new_weights)]
+
+    def _finish_round(self, evaluation: dict[str, float], now: float) -> list[Action]:
+        rs = self._round
+        assert rs is not None and rs.new_weights is not None and rs.closed_by is not None
+        self._weights = rs.new_weights
+        self._model_id = weights_digest(self._weights)
+        self._completed = rs.number
+        metrics = RoundMetrics(
+            job=self.config.job,
+            run=self._run,
+            round=rs.number,
+            closed_by=rs.closed_by,
+            accepted=len(rs.accepted),
+            declined=len(rs.declined),
+            rejected=dict(rs.rejected),
+            samples=rs.samples,
+            duration_s=now - rs.opened_at,
+            bytes_up=rs.bytes_up,
+            bytes_down=rs.bytes_down,
+            raw_bytes_up=self._raw_update_bytes * len(rs.accepted),
+            accuracy=evaluation.get("accuracy"),
+            loss=evaluation.get("loss"),
+            train_loss=rs.loss_sum / rs.samples if rs.samples else None,
+            train_accuracy=(
+                rs.accuracy_sum / rs.accuracy_samples if rs.accuracy_samples else None
+            ),
+            at=now + self._wall_offset,
+        )
+        self._history.append(metrics)
+        actions: list[Action] = [
+            Publish(self.topics.metrics, encode_metrics(metrics), retain=True),
+            RoundClosed(metrics),
+            SaveCheckpoint(self.checkpoint()),
+        ]
+        target = self.config.target_accuracy
+        if self._completed >= self.config.rounds:
+            return actions + self._end(Phase.DONE, f"completed {self._completed} rounds", now)
+        if target is not None and metrics.accuracy is not None and metrics.accuracy >= target:
+            message = f"reached target accuracy {metrics.accuracy:.4f} >= {target} "
+            return actions + self._end(Phase.DONE, f"{message}in round {rs.number}", now)
+        return actions + self._open_round(now)
+
+    def _end(self, phase: Phase, message: str, now: float) -> list[Action]:
+        self._set_phase(phase)
+        self._message = message
+        return [self._publish_final_model(now), self._status(now), Stop(phase, message)]
+
+    # --- outputs ---------------------------------------------------------------------------
+
+    def checkpoint(self) -> Checkpoint:
+        """The state to resume from: the model after the last completed round."""
+        return Checkpoint(
+            job=self.config.job,
+            run=self._run,
+            task=self.config.task,
+            round=self._completed,
+            weights=self._weights,
+            history=tuple(self._history),
+            rejected=dict(self._rejected_total),
+        )
+
+    def _announce(self, number: int, attempt: int, deadline_s: float, now: float) -> bytes:
+        cfg = self.config
+        return encode_model(
+            ModelAnnouncement(
+                job=cfg.job,
+                run=self._run,
+                round=number,
+                attempt=attempt,
+                model_id=self._model_id,
+                task=cfg.task,
+                plan=cfg.plan,
+                codec=cfg.codec,
+                deadline_s=deadline_s,
+                weights=self._weights,
+                issued_at=now + self._wall_offset,
+            )
+        )
+
+    def _publish_final_model(self, now: float) -> Publish:
+        cfg = self.config
+        final = ModelAnnouncement(
+            job=cfg.job,
+            run=self._run,
+            round=max(self._completed, 1),
+            model_id=self._model_id,
+            task=cfg.task,
+            plan=cfg.plan,
+            codec=cfg.codec,
+            deadline_s=0.0,
+            weights=self._weights,
+            done=True,
+            issued_at=now + self._wall_offset,
+        )
+        return Publish(self.topics.model, encode_model(final), retain=True)
+
+    def _status(self, now: float) -> Publish:
+        rs = self._round
+        open_round = rs is not None and self._phase in (Phase.TRAINING, Phase.EVALUATING)
+        status = Status(
+            job=self.config.job,
+            run=self._run,
+            phase=self._phase,
+            round=rs.number if rs is not None and open_round else self._completed,
+            rounds=self.config.rounds,
+            attempt=rs.attempt if rs is not None and open_round else 0,
+            accepted=len(rs.accepted) if rs is not None and open_round else 0,
+            quorum=rs.quorum if rs is not None else (self.config.quorum or 0),
+            min_replies=self.config.min_replies,
+            cohort_size=len(rs.expected) if rs is not None else 0,
+            agents_online=len(self.agents_online),
+            deadline_at=(
+                rs.deadline + self._wall_offset
+                if rs is not None and self._phase is Phase.TRAINING
+                else None
+            ),
+            rejected=dict(self._rejected_total),
+            at=now + self._wall_offset,
+            message=self._message,
+        )
+        return Publish(self.topics.status, encode_status(status), retain=True)
+
+    def _reject(
+        self, agent: str | None, round_no: int | None, reason: RejectReason, detail: str
+    ) -> RejectUpdate:
+        self._rejected_total[reason.value] += 1
+        if self._round is not None and self._phase is Phase.TRAINING:
+            self._round.rejected[reason.value] += 1
+        return RejectUpdate(agent, round_no, reason, detail)
+
+    def _set_phase(self, phase: Phase) -> None:
+        if phase not in _TRANSITIONS[self._phase]:
+            raise RuntimeError(f"illegal transition {self._phase.value} -> {phase.value}")
+        self._phase = phase

@@ -1,0 +1,281 @@
+"""The agent's logic: model announcements in, training requests and updates out.
+
+Rules of this module: it imports no paho, no torch, no threading, no clock.
+The adapter runs the training the core asks for and feeds back the result as
+an event; the core decides what to publish.
+
+Per (run, round, model_id) the agent trains at most once and answers exactly
+once; if the coordinator asks again (a retry, or after a reconnect that may
+have lost the update in flight) the cached answer is sent again, because the
+coordinator counts each (job, round, agent) once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TypeAlias
+
+from typing_extensions import assert_never
+
+from edge_agent.trainer import TrainResult
+from protocol import (
+    ModelAnnouncement,
+    Presence,
+    Publish,
+    RejectReason,
+    Topics,
+    Update,
+    Weights,
+    WireError,
+    check_id,
+    decode_model,
+    encode_delta,
+    encode_presence,
+    encode_update,
+)
+
+#: Identifies what an update answers: (run, round, model_id).
+RoundKey = tuple[str, int, str]
+
+# --- events (in) ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Connected:
+    """The MQTT session is (re)established; the retained model will follow."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelArrived:
+    """Raw bytes on ``.../model``."""
+
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingDone:
+    """The trainer finished the round named by ``key``."""
+
+    key: RoundKey
+    result: TrainResult
+    train_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingFailed:
+    """The trainer could not (or was not allowed to) train ``key``; the agent declines."""
+
+    key: RoundKey
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ShutdownRequested:
+    """The agent is stopping cleanly."""
+
+
+AgentEvent: TypeAlias = Connected | ModelArrived | TrainingDone | TrainingFailed | ShutdownRequested
+
+# --- actions (out) ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Train:
+    """Train on ``model``'s weights and plan, then feed back TrainingDone or TrainingFailed."""
+
+    key: RoundKey
+    model: ModelAnnouncement
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRejected:
+    """A model announcement was refused; the adapter logs it."""
+
+    reason: RejectReason
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateSent:
+    """An update (or decline) for ``key`` was handed to MQTT; ``resent`` if from the cache."""
+
+    key: RoundKey
+    size: int
+    resent: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RunFinished:
+    """The coordinator published the final model; ``model`` is the device's to keep."""
+
+    model: ModelAnnouncement
+
+
+AgentAction: TypeAlias = Publish | Train | ModelRejected | UpdateSent | RunFinished
+
+
+@dataclass(slots=True)
+class _Answer:
+    key: RoundKey
+    attempt: int
+    payload: bytes
+
+
+class AgentCore:
+    """One agent's state: the latest global model and what it has answered."""
+
+    def __init__(
+        self,
+        job: str,
+        agent: str,
+        *,
+        samples: int,
+        trainer: str,
+        device: str | None = None,
+    ) -> None:
+        self.job = check_id(job, "job")
+        self.agent = check_id(agent, "agent")
+        self.topics = Topics(job)
+        self._samples = samples
+        self._trainer = trainer
+        self._device = device
+        self._latest: ModelAnnouncement | None = None
+        self._training: RoundKey | None = None
+        self._answer: _Answer | None = None
+        self._resend_armed = False
+        self.models_rejected = 0
+
+    @property
+    def latest_model(self) -> ModelAnnouncement | None:
+        """The newest valid global model this device holds (for local inference)."""
+        return self._latest
+
+    @property
+    def busy(self) -> bool:
+        return self._training is not None
+
+    def will(self) -> Publish:
+        """The last will the adapter registers: presence ``offline``, retained."""
+        return self._presence(online=False, at=0.0)
+
+    def handle(self, event: AgentEvent, wall: float = 0.0) -> list[AgentAction]:
+        """Apply ``event``; ``wall`` (Unix seconds) only stamps outgoing presence."""
+        match event:
+            case Connected():
+                self._resend_armed = self._answer is not None
+                return [self._presence(online=True, at=wall)]
+            case ModelArrived(payload=payload):
+                return self._on_model(payload)
+            case TrainingDone(key=key, result=result, train_s=train_s):
+                return self._on_trained(key, result, train_s)
+            case TrainingFailed(key=key, reason=reason):
+                return self._on_failed(key, reason)
+            case ShutdownRequested():
+                return [self._presence(online=False, at=wall)]
+            case _:
+                assert_never(event)
+
+    def _on_model(self, payload: bytes) -> list[AgentAction]:
+        try:
+            model = decode_model(payload)
+            if model.job != self.job:
+                raise WireError(RejectReason.WRONG_JOB, f"model for job {model.job!r}")
+        except WireError as exc:
+            self.models_rejected += 1
+            return [ModelRejected(exc.reason, exc.detail)]
+        latest = self._latest
+        if latest is not None and latest.run == model.run and model.round < latest.round:
+            return []  # an older round delivered late; the newer one stands
+        self._latest = model
+        if model.done:
+            return [RunFinished(model)]
+        if model.cohort is not None and self.agent not in model.cohort:
+            return []
+        key: RoundKey = (model.run, model.round, model.model_id)
+        answer = self._answer
+        if answer is not None and answer.key == key:
+            if model.attempt > answer.attempt or self._resend_armed:
+                answer.attempt = model.attempt
+                self._resend_armed = False
+                return self._send(answer, resent=True)
+            return []  # the same announcement again (QoS 1 redelivery)
+        if self._training is not None:
+            return []  # the newest model is picked up when the current training ends
+        self._training = key
+        return [Train(key, model)]
+
+    def _on_trained(self, key: RoundKey, result: TrainResult, train_s: float) -> list[AgentAction]:
+        self._training = None
+        model = self._latest
+        if model is None or self._key(model) != key:
+            return self._train_latest()  # a newer round arrived while training
+        delta: Weights = {
+            name: result.weights[name] - global_w for name, global_w in model.weights.items()
+        }
+        update = Update(
+            job=self.job,
+            agent=self.agent,
+            round=model.round,
+            model_id=model.model_id,
+            samples=result.samples,
+            codec=model.codec,
+            tensors=tuple(encode_delta(delta, model.codec)),
+            metrics=result.metrics,
+            train_s=train_s,
+        )
+        return self._answer_with(model, encode_update(update))
+
+    def _on_failed(self, key: RoundKey, reason: str) -> list[AgentAction]:
+        self._training = None
+        model = self._latest
+        if model is None or self._key(model) != key:
+            return self._train_latest()
+        decline = Update(
+            job=self.job,
+            agent=self.agent,
+            round=model.round,
+            model_id=model.model_id,
+            samples=0,
+            codec=model.codec,
+            tensors=(),
+            declined=reason[:256] or "declined",
+        )
+        return self._answer_with(model, encode_update(decline))
+
+    def _answer_with(self, model: ModelAnnouncement, payload: bytes) -> list[AgentAction]:
+        self._answer = _Answer(self._key(model), model.attempt, payload)
+        self._resend_armed = False
+        return self._send(self._answer, resent=False)
+
+    def _send(self, answer: _Answer, resent: bool) -> list[AgentAction]:
+        return [
+            Publish(self.topics.update(self.agent), answer.payload, retain=False),
+            UpdateSent(answer.key, len(answer.payload), resent),
+        ]
+
+    def _train_latest(self) -> list[AgentAction]:
+        model = self._latest
+        if model is None or model.done:
+            return []
+        if model.cohort is not None and self.agent not in model.cohort:
+            return []
+        key = self._key(model)
+        if self._answer is not None and self._answer.key == key:
+            return []
+        self._training = key
+        return [Train(key, model)]
+
+    @staticmethod
+    def _key(model: ModelAnnouncement) -> RoundKey:
+        return (model.run, model.round, model.model_id)
+
+    def _presence(self, online: bool, at: float) -> Publish:
+        presence = Presence(
+            agent=self.agent,
+            online=online,
+            samples=self._samples,
+            trainer=self._trainer,
+            device=self._device,
+            at=at,
+        )
+        return Publish(self.topics.presence(self.agent), encode_presence(presence), retain=True)

@@ -1,0 +1,266 @@
+"""``fedmq``: one console script, one subcommand per role.
+
+    fedmq demo          private broker + coordinator + N agents, live progress, summary
+    fedmq coordinator   run a job's coordinator against a broker
+    fedmq agent         run one agent (one device) against a broker
+    fedmq agents        host several agents in one process (each its own MQTT connection)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from coordinator import CheckpointError, RoundConfig
+from edge_agent.connection import BrokerURL
+from fedmq.launch import AgentSettings, Connection, build_agent, build_coordinator
+from fedmq.progress import RunRecorder
+from fedmq.tasks import TASKS, DataConfig, get_task
+from protocol import CODECS, Phase, TrainPlan
+
+log = logging.getLogger("fedmq")
+
+
+def _shard(value: str) -> tuple[int, int]:
+    try:
+        index, count = (int(v) for v in value.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard wants I/N, e.g. 3/10, got {value!r}") from None
+    if not 0 <= index < count:
+        raise argparse.ArgumentTypeError(f"--shard {value}: need 0 <= I < N")
+    return index, count
+
+
+def _add_connection(p: argparse.ArgumentParser, required: bool = True) -> None:
+    g = p.add_argument_group("broker")
+    g.add_argument("--broker", required=required, help="mqtt://[user:pass@]host[:port] or mqtts://")
+    g.add_argument("--username", help="MQTT user name (overrides the URL)")
+    g.add_argument("--password", help="MQTT password (overrides the URL)")
+    g.add_argument("--ca-file", type=Path, help="CA certificate for mqtts://")
+    g.add_argument("--mqtt311", action="store_true", help="speak MQTT 3.1.1 instead of 5")
+
+
+def _add_task(p: argparse.ArgumentParser, default: str | None = None) -> None:
+    g = p.add_argument_group("task")
+    g.add_argument("--task", required=default is None, default=default,
+                   help=f"built-in ({', '.join(TASKS)}) or module:object")
+    g.add_argument("--data", type=Path, help="data directory (MNIST files)")
+    g.add_argument("--data-seed", type=int, default=0, help="seed of splits and partitions")
+    g.add_argument("--partition", help="iid | shards | dirichlet:ALPHA (default: the task's)")
+
+
+def _add_rounds(p: argparse.ArgumentParser, rounds: int, deadline: float) -> None:
+    g = p.add_argument_group("rounds")
+    g.add_argument("--rounds", type=int, default=rounds)
+    g.add_argument("--quorum", type=int, help="close a round at K accepted updates "
+                   "(default: every agent online when the round opens)")
+    g.add_argument("--min-replies", type=int, default=1,
+                   help="at the deadline, close with at least M updates")
+    g.add_argument("--deadline", type=float, default=deadline, help="seconds per round")
+    g.add_argument("--min-agents", type=int, help="agents online before round 1")
+    g.add_argument("--on-short-round", choices=("retry", "stop"), default="retry")
+    g.add_argument("--max-retries", type=int, default=3)
+    g.add_argument("--target-accuracy", type=float, help="stop once test accuracy reaches this")
+    g.add_argument("--codec", default="none", choices=CODECS, help="update codec")
+    g.add_argument("--aggregator", default="fedavg", choices=("fedavg", "mean"))
+    g.add_argument("--epochs", type=int, help="local epochs (default: the task's)")
+    g.add_argument("--batch-size", type=int, help="local batch size (default: the task's)")
+    g.add_argument("--lr", type=float, help="local learning rate (default: the task's)")
+    g.add_argument("--seed", type=int, help="training seed (default: the task's)")
+    g.add_argument("--no-eval", action="store_true", help="skip server-side evaluation")
+    g.add_argument("--max-update-bytes", type=int, default=64 * 1024 * 1024)
+
+
+def _connection(args: argparse.Namespace, broker: str) -> Connection:
+    url = BrokerURL.parse(broker).with_credentials(args.username, args.password)
+    return Connection(url, mqtt5=not args.mqtt311, ca_file=args.ca_file)
+
+
+def _data(args: argparse.Namespace) -> DataConfig:
+    return DataConfig(data_dir=args.data, seed=args.data_seed)
+
+
+def _round_config(args: argparse.Namespace, job: str, min_agents: int | None = None) -> RoundConfig:
+    task = get_task(args.task)
+    base = task.plan
+    plan = TrainPlan(
+        epochs=args.epochs if args.epochs is not None else base.epochs,
+        batch_size=args.batch_size if args.batch_size is not None else base.batch_size,
+        lr=args.lr if args.lr is not None else base.lr,
+        seed=args.seed if args.seed is not None else base.seed,
+        options=base.options,
+    )
+    floor = max(args.quorum or 1, args.min_replies)
+    return RoundConfig(
+        job=job,
+        task=args.task,
+        rounds=args.rounds,
+        plan=plan,
+        codec=args.codec,
+        aggregator=args.aggregator,
+        quorum=args.quorum,
+        min_replies=args.min_replies,
+        deadline_s=args.deadline,
+        min_agents=args.min_agents or min_agents or floor,
+        on_short_round=args.on_short_round,
+        max_retries=args.max_retries,
+        target_accuracy=args.target_accuracy,
+        evaluate=not args.no_eval,
+        max_update_bytes=args.max_update_bytes,
+    )
+
+
+def _stop_on_signals(stop: object) -> None:
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        stop(signal.Signals(signum).name)  # type: ignore[operator]
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def cmd_coordinator(args: argparse.Namespace) -> int:
+    config = _round_config(args, args.job)
+    run_dir = args.run_dir or Path("fedmq-runs") / args.job
+    recorder = RunRecorder(config.rounds, jsonl=run_dir / "metrics.jsonl")
+    try:
+        node = build_coordinator(
+            config, _connection(args, args.broker), data=_data(args), run_dir=run_dir,
+            resume=args.resume, on_action=recorder,
+        )
+    except CheckpointError as exc:
+        print(f"fedmq coordinator: {exc}", file=sys.stderr)
+        return 2
+    _stop_on_signals(node.stop)
+    if args.resume:
+        done = node.rounds.completed_rounds
+        print(f"resuming run {node.rounds.run} after round {done} from {run_dir}")
+    print(f"job {args.job}: waiting for {config.min_agents} agent(s) on {args.broker}")
+    try:
+        phase = node.run()
+    except ConnectionRefusedError as exc:
+        print(f"fedmq coordinator: {exc}", file=sys.stderr)
+        return 3
+    summary = recorder.summary(job=args.job, run=node.rounds.run, task=args.task)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"{phase.value}: {node.rounds.message}")
+    return 0 if phase is Phase.DONE else 1
+
+
+def _agent_settings(args: argparse.Namespace, agent_id: str, shard: int, count: int,
+                    exit_when_done: bool) -> AgentSettings:
+    return AgentSettings(
+        job=args.job, task=args.task, agent_id=agent_id, shard=shard, num_shards=count,
+        partition=args.partition, data=_data(args), threads=args.threads,
+        exit_when_done=exit_when_done, device=args.device,
+    )
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    shard, count = args.shard
+    settings = _agent_settings(args, args.agent_id, shard, count, args.exit_when_done)
+    node = build_agent(settings, _connection(args, args.broker))
+    _stop_on_signals(lambda _why: node.stop())
+    node.run()
+    if node.refused:
+        print(f"fedmq agent: {node.refused}", file=sys.stderr)
+        return 3
+    return 0
+
+
+def cmd_agents(args: argparse.Namespace) -> int:
+    from edge_agent.mqtt import run_fleet
+
+    total = args.of or args.count
+    conn = _connection(args, args.broker)
+    nodes = [
+        build_agent(
+            _agent_settings(args, f"{args.id_prefix}{i}", i, total, not args.keep_running), conn
+        )
+        for i in range(args.first, args.first + args.count)
+    ]
+    _stop_on_signals(lambda _why: [n.stop() for n in nodes])
+    for thread in run_fleet(nodes):
+        thread.join()
+    refused = [n.refused for n in nodes if n.refused]
+    if refused:
+        print(f"fedmq agents: {refused[0]}", file=sys.stderr)
+        return 3
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from fedmq.demo import run_demo
+
+    return run_demo(args)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="fedmq", description="Federated learning over MQTT.")
+    top.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING, ERROR")
+    sub = top.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="broker + coordinator + agents on this machine")
+    p.add_argument("--agents", type=int, default=10)
+    p.add_argument("--broker", help="use this broker instead of starting a private Mosquitto")
+    p.add_argument("--job", default="demo")
+    p.add_argument("--summary", type=Path, help="write the run summary as JSON here")
+    p.add_argument("--run-dir", type=Path, help="checkpoint and metrics (default: a temp dir)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per agent process")
+    _add_task(p, default="digits")
+    _add_rounds(p, rounds=10, deadline=30.0)
+    p.set_defaults(func=cmd_demo, username=None, password=None, ca_file=None, mqtt311=False)
+
+    p = sub.add_parser("coordinator", help="run a job's coordinator")
+    p.add_argument("--job", required=True)
+    p.add_argument("--run-dir", type=Path, help="checkpoint + metrics (default fedmq-runs/JOB)")
+    p.add_argument("--resume", action="store_true", help="continue from the run dir's checkpoint")
+    _add_connection(p)
+    _add_task(p)
+    _add_rounds(p, rounds=10, deadline=60.0)
+    p.set_defaults(func=cmd_coordinator)
+
+    for name, helptext in (("agent", "run one agent"), ("agents", "host several agents")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--job", required=True)
+        p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+        p.add_argument("--device", help="device class announced in presence, e.g. rpi4")
+        _add_connection(p)
+        _add_task(p)
+        if name == "agent":
+            p.add_argument("--agent-id", required=True)
+            p.add_argument("--shard", type=_shard, required=True, help="I/N: shard I of N")
+            p.add_argument("--exit-when-done", action="store_true",
+                           help="exit when the coordinator publishes the final model")
+            p.set_defaults(func=cmd_agent)
+        else:
+            p.add_argument("--count", type=int, required=True, help="agents in this process")
+            p.add_argument("--first", type=int, default=0, help="first shard index")
+            p.add_argument("--of", type=int, help="total shards (default: --count)")
+            p.add_argument("--id-prefix", default="agent-")
+            p.add_argument("--keep-running", action="store_true",
+                           help="stay online after the run's final model")
+            p.set_defaults(func=cmd_agents)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        code: int = args.func(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"fedmq {args.command}: {exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,446 @@
+"""Bytes <-> messages. Models and updates are msgpack; status, metrics and presence JSON.
+
+Every ``decode_*`` function validates version, types, ranges and finiteness and
+raises :class:`~protocol.errors.WireError` for bad input; any other exception
+escaping a decoder is a bug. Unknown extra fields are ignored, so a newer peer
+can add optional fields without breaking an older one (docs/PROTOCOL.md,
+"Versioning").
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import msgpack
+
+from protocol.errors import RejectReason, WireError
+from protocol.messages import (
+    SCHEMA_VERSION,
+    ClosedBy,
+    ModelAnnouncement,
+    Phase,
+    Presence,
+    RoundMetrics,
+    Scalar,
+    Status,
+    TrainPlan,
+    Update,
+)
+from protocol.tensors import decode_weights, encode_weights
+from protocol.topics import check_id
+
+#: Refuse to parse payloads above this size unless the caller says otherwise.
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+_MAX_JSON_BYTES = 64 * 1024
+_MAX_MAP_ITEMS = 64
+_MAX_COHORT = 100_000
+_MAX_TENSORS = 4096
+
+
+class _Fields:
+    """Typed, validating access to one decoded map."""
+
+    def __init__(self, obj: Any, what: str) -> None:
+        if not isinstance(obj, Mapping):
+            raise WireError(RejectReason.MALFORMED, f"{what}: expected a map")
+        self.obj, self.what = obj, what
+
+    def _fail(self, key: str, expected: str) -> WireError:
+        got = type(self.obj.get(key)).__name__
+        detail = f"{self.what}.{key}: expected {expected}, got {got}"
+        return WireError(RejectReason.MALFORMED, detail)
+
+    def present(self, key: str) -> bool:
+        return self.obj.get(key) is not None
+
+    def int(self, key: str, lo: int = 0, hi: int = 2**53) -> int:
+        v = self.obj.get(key)
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise self._fail(key, "an integer")
+        if not lo <= v <= hi:
+            raise WireError(RejectReason.MALFORMED, f"{self.what}.{key}={v} outside [{lo}, {hi}]")
+        return v
+
+    def float(self, key: str, lo: float = -math.inf, hi: float = math.inf) -> float:
+        v = self.obj.get(key)
+        if not isinstance(v, int | float) or isinstance(v, bool):
+            raise self._fail(key, "a number")
+        try:
+            finite = math.isfinite(v)
+        except OverflowError:  # a JSON integer beyond float range
+            raise WireError(RejectReason.MALFORMED, f"{self.what}.{key}: out of range") from None
+        if not finite:
+            raise WireError(RejectReason.NON_FINITE, f"{self.what}.{key} is not finite")
+        if not lo <= v <= hi:
+            raise WireError(RejectReason.MALFORMED, f"{self.what}.{key}={v} outside [{lo}, {hi}]")
+        return float(v)
+
+    def str(self, key: str, max_len: int = 256) -> str:
+        v = self.obj.get(key)
+        if not isinstance(v, str) or len(v) > max_len:
+            raise self._fail(key, f"a string of <= {max_len} chars")
+        return v
+
+    def bool(self, key: str) -> bool:
+        v = self.obj.get(key)
+        if not isinstance(v, bool):
+            raise self._fail(key, "a boolean")
+        return v
+
+    def id(self, key: str) -> str:
+        try:
+            return check_id(self.str(key, 64), key)
+        except ValueError as exc:
+            raise WireError(RejectReason.MALFORMED, f"{self.what}.{key}: {exc}") from None
+
+    def map(self, key: str) -> Mapping[Any, Any]:
+        v = self.obj.get(key, {})
+        if not isinstance(v, Mapping) or len(v) > _MAX_MAP_ITEMS:
+            raise self._fail(key, f"a map of <= {_MAX_MAP_ITEMS} items")
+        return v
+
+    def scalars(self, key: str) -> dict[str, Scalar]:
+        out: dict[str, Scalar] = {}
+        for k, v in self.map(key).items():
+            if not isinstance(k, str) or not isinstance(v, int | float | str | bool):
+                raise WireError(RejectReason.MALFORMED, f"{self.what}.{key}: bad entry {k!r}")
+            if isinstance(v, float) and not math.isfinite(v):
+                raise WireError(RejectReason.NON_FINITE, f"{self.what}.{key}.{k} is not finite")
+            out[k] = v
+        return out
+
+    def floats(self, key: str) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for k, v in self.scalars(key).items():
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                raise WireError(RejectReason.MALFORMED, f"{self.what}.{key}.{k}: not a number")
+            out[k] = float(v)
+        return out
+
+    def counts(self, key: str) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for k, v in self.scalars(key).items():
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise WireError(RejectReason.MALFORMED, f"{self.what}.{key}.{k}: not a count")
+            out[k] = v
+        return out
+
+
+def _header(obj: Any, kind: str) -> _Fields:
+    f = _Fields(obj, kind)
+    version = obj.get("v")
+    if not isinstance(version, int) or isinstance(version, bool) or version != SCHEMA_VERSION:
+        raise WireError(RejectReason.BAD_VERSION, f"{kind}: schema version {version!r}, want 1")
+    if obj.get("type") != kind:
+        raise WireError(RejectReason.MALFORMED, f"expected type {kind!r}, got {obj.get('type')!r}")
+    return f
+
+
+def _unpack(payload: bytes, max_bytes: int, kind: str) -> Any:
+    if len(payload) > max_bytes:
+        raise WireError(RejectReason.TOO_LARGE, f"{kind}: {len(payload)} bytes > {max_bytes}")
+    try:
+        return msgpack.unpackb(payload, raw=False, strict_map_key=True, use_list=True)
+    except Exception as exc:  # msgpack raises several unrelated types for bad input
+        raise WireError(RejectReason.MALFORMED, f"{kind}: not msgpack ({exc})") from None
+
+
+def _pack(obj: dict[str, Any]) -> bytes:
+    out: bytes = msgpack.packb(obj, use_bin_type=True)
+    return out
+
+
+def _json_load(payload: bytes, kind: str) -> Any:
+    if len(payload) > _MAX_JSON_BYTES:
+        raise WireError(RejectReason.TOO_LARGE, f"{kind}: {len(payload)} bytes")
+    try:
+        return json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise WireError(RejectReason.MALFORMED, f"{kind}: not JSON ({exc})") from None
+
+
+def _json_dump(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
+
+
+# --- model ------------------------------------------------------------------
+
+
+def encode_model(m: ModelAnnouncement) -> bytes:
+    return _pack(
+        {
+            "v": SCHEMA_VERSION,
+            "type": "model",
+            "job": m.job,
+            "run": m.run,
+            "round": m.round,
+            "attempt": m.attempt,
+            "model_id": m.model_id,
+            "task": m.task,
+            "plan": {
+                "epochs": m.plan.epochs,
+                "batch_size": m.plan.batch_size,
+                "lr": m.plan.lr,
+                "seed": m.plan.seed,
+                "options": dict(m.plan.options),
+            },
+            "codec": m.codec,
+            "deadline_s": m.deadline_s,
+            "cohort": list(m.cohort) if m.cohort is not None else None,
+            "done": m.done,
+            "issued_at": m.issued_at,
+            "tensors": encode_weights(m.weights),
+        }
+    )
+
+
+def decode_model(payload: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> ModelAnnouncement:
+    """Parse and validate a model announcement.
+
+    Raises:
+        WireError: for anything malformed, of another version, or non-finite.
+    """
+    obj = _unpack(payload, max_bytes, "model")
+    f = _header(obj, "model")
+    p = _Fields(f.obj.get("plan"), "model.plan")
+    plan = TrainPlan(
+        epochs=p.int("epochs", 0, 10_000),
+        batch_size=p.int("batch_size", 1, 1 << 20),
+        lr=p.float("lr", 0.0, 1e6),
+        seed=p.int("seed", 0, 2**32 - 1),
+        options=p.scalars("options"),
+    )
+    cohort_raw = f.obj.get("cohort")
+    cohort: tuple[str, ...] | None = None
+    if cohort_raw is not None:
+        if not isinstance(cohort_raw, list) or len(cohort_raw) > _MAX_COHORT:
+            raise WireError(RejectReason.MALFORMED, "model.cohort: expected a list of ids")
+        cohort = tuple(_Fields({"a": a}, "model.cohort").id("a") for a in cohort_raw)
+    tensors = f.obj.get("tensors")
+    if isinstance(tensors, list) and len(tensors) > _MAX_TENSORS:
+        raise WireError(RejectReason.TOO_LARGE, f"model: {len(tensors)} tensors")
+    return ModelAnnouncement(
+        job=f.id("job"),
+        run=f.id("run"),
+        round=f.int("round", 1),
+        attempt=f.int("attempt", 0, 1_000_000),
+        model_id=f.str("model_id", 64),
+        task=f.str("task"),
+        plan=plan,
+        codec=f.str("codec"),
+        deadline_s=f.float("deadline_s", 0.0, 1e7),
+        cohort=cohort,
+        done=f.bool("done"),
+        issued_at=f.float("issued_at", 0.0),
+        weights=decode_weights(tensors),
+    )
+
+
+# --- update -----------------------------------------------------------------
+
+
+def encode_update(u: Update) -> bytes:
+    return _pack(
+        {
+            "v": SCHEMA_VERSION,
+            "type": "update",
+            "job": u.job,
+            "agent": u.agent,
+            "round": u.round,
+            "model_id": u.model_id,
+            "samples": u.samples,
+            "codec": u.codec,
+            "metrics": dict(u.metrics),
+            "train_s": u.train_s,
+            "declined": u.declined,
+            "tensors": [dict(t) for t in u.tensors],
+        }
+    )
+
+
+def decode_update(payload: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> Update:
+    """Parse and validate an update's envelope; the tensors stay codec-encoded.
+
+    Raises:
+        WireError: for anything malformed, of another version, or non-finite.
+    """
+    obj = _unpack(payload, max_bytes, "update")
+    f = _header(obj, "update")
+    declined = f.str("declined", 256) if f.present("declined") else None
+    tensors = obj.get("tensors")
+    if not isinstance(tensors, list) or len(tensors) > _MAX_TENSORS:
+        raise WireError(RejectReason.MALFORMED, "update.tensors: expected a list")
+    if not all(isinstance(t, Mapping) for t in tensors):
+        raise WireError(RejectReason.MALFORMED, "update.tensors: entries must be maps")
+    if declined is None and not tensors:
+        raise WireError(RejectReason.MALFORMED, "update: no tensors and not a decline")
+    return Update(
+        job=f.id("job"),
+        agent=f.id("agent"),
+        round=f.int("round", 1),
+        model_id=f.str("model_id", 64),
+        samples=f.int("samples", 0 if declined is not None else 1, 2**40),
+        codec=f.str("codec"),
+        tensors=tuple(tensors),
+        metrics=f.floats("metrics"),
+        train_s=f.float("train_s", 0.0),
+        declined=declined,
+    )
+
+
+# --- presence ----------------------------------------------------------------
+
+
+def encode_presence(p: Presence) -> bytes:
+    doc: dict[str, Any] = {
+        "v": SCHEMA_VERSION,
+        "type": "presence",
+        "agent": p.agent,
+        "state": "online" if p.online else "offline",
+        "at": p.at,
+    }
+    for key in ("samples", "device", "trainer"):
+        if getattr(p, key) is not None:
+            doc[key] = getattr(p, key)
+    return _json_dump(doc)
+
+
+def decode_presence(payload: bytes) -> Presence:
+    """Parse a presence document.
+
+    Raises:
+        WireError: for anything malformed or of another version.
+    """
+    obj = _json_load(payload, "presence")
+    f = _header(obj, "presence")
+    state = f.str("state", 16)
+    if state not in ("online", "offline"):
+        raise WireError(RejectReason.MALFORMED, f"presence.state: {state!r}")
+    return Presence(
+        agent=f.id("agent"),
+        online=state == "online",
+        samples=f.int("samples", 0, 2**40) if f.present("samples") else None,
+        device=f.str("device", 64) if f.present("device") else None,
+        trainer=f.str("trainer", 64) if f.present("trainer") else None,
+        at=f.float("at", 0.0) if f.present("at") else 0.0,
+    )
+
+
+# --- status -------------------------------------------------------------------
+
+
+def encode_status(s: Status) -> bytes:
+    return _json_dump(
+        {
+            "v": SCHEMA_VERSION,
+            "type": "status",
+            "job": s.job,
+            "run": s.run,
+            "phase": s.phase.value,
+            "round": s.round,
+            "rounds": s.rounds,
+            "attempt": s.attempt,
+            "accepted": s.accepted,
+            "quorum": s.quorum,
+            "min_replies": s.min_replies,
+            "cohort_size": s.cohort_size,
+            "agents_online": s.agents_online,
+            "deadline_at": s.deadline_at,
+            "rejected": dict(s.rejected),
+            "at": s.at,
+            "message": s.message,
+        }
+    )
+
+
+def decode_status(payload: bytes) -> Status:
+    """Parse a status document.
+
+    Raises:
+        WireError: for anything malformed or of another version.
+    """
+    obj = _json_load(payload, "status")
+    f = _header(obj, "status")
+    try:
+        phase = Phase(f.str("phase", 16))
+    except ValueError:
+        raise WireError(RejectReason.MALFORMED, f"status.phase: {obj.get('phase')!r}") from None
+    return Status(
+        job=f.id("job"),
+        run=f.id("run"),
+        phase=phase,
+        round=f.int("round"),
+        rounds=f.int("rounds"),
+        attempt=f.int("attempt"),
+        accepted=f.int("accepted"),
+        quorum=f.int("quorum"),
+        min_replies=f.int("min_replies"),
+        cohort_size=f.int("cohort_size"),
+        agents_online=f.int("agents_online"),
+        deadline_at=f.float("deadline_at", 0.0) if f.present("deadline_at") else None,
+        rejected=f.counts("rejected"),
+        at=f.float("at", 0.0),
+        message=f.str("message", 1024) if f.present("message") else "",
+    )
+
+
+# --- metrics ------------------------------------------------------------------
+
+_OPTIONAL_METRICS = ("accuracy", "loss", "train_loss", "train_accuracy")
+
+
+def encode_metrics(m: RoundMetrics) -> bytes:
+    doc: dict[str, Any] = {
+        "v": SCHEMA_VERSION,
+        "type": "metrics",
+        "job": m.job,
+        "run": m.run,
+        "round": m.round,
+        "closed_by": m.closed_by.value,
+        "accepted": m.accepted,
+        "declined": m.declined,
+        "rejected": dict(m.rejected),
+        "samples": m.samples,
+        "duration_s": m.duration_s,
+        "bytes_up": m.bytes_up,
+        "bytes_down": m.bytes_down,
+        "raw_bytes_up": m.raw_bytes_up,
+        "at": m.at,
+    }
+    for key in _OPTIONAL_METRICS:
+        doc[key] = getattr(m, key)
+    return _json_dump(doc)
+
+
+def decode_metrics(payload: bytes) -> RoundMetrics:
+    """Parse a per-round metrics document.
+
+    Raises:
+        WireError: for anything malformed, of another version, or non-finite.
+    """
+    obj = _json_load(payload, "metrics")
+    f = _header(obj, "metrics")
+    try:
+        closed_by = ClosedBy(f.str("closed_by", 16))
+    except ValueError:
+        raise WireError(RejectReason.MALFORMED, "metrics.closed_by: unknown value") from None
+    optional = {k: f.float(k) if f.present(k) else None for k in _OPTIONAL_METRICS}
+    return RoundMetrics(
+        job=f.id("job"),
+        run=f.id("run"),
+        round=f.int("round", 1),
+        closed_by=closed_by,
+        accepted=f.int("accepted"),
+        declined=f.int("declined"),
+        rejected=f.counts("rejected"),
+        samples=f.int("samples"),
+        duration_s=f.float("duration_s", 0.0),
+        bytes_up=f.int("bytes_up"),
+        bytes_down=f.int("bytes_down"),
+        raw_bytes_up=f.int("raw_bytes_up"),
+        at=f.float("at", 0.0),
+        **optional,
+    )
