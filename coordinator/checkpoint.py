@@ -131,5 +131,3 @@ def load_checkpoint(path: Path) -> Checkpoint:
         CheckpointError: if it is corrupt.
     """
     return decode_checkpoint(path.read_bytes())
-
-

@@ -94,9 +94,7 @@ class CoordinatorNode:
 
     # --- paho callbacks: hand off and return ---------------------------------------------
 
-    def _on_connect(
-        self, client: mqtt.Client, _u: Any, _f: Any, reason_code: Any, _p: Any
-    ) -> None:
+    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason_code: Any, _p: Any) -> None:
         if reason_code.is_failure:
             why = refused_for_good(reason_code)
             log.warning("connection to %s refused: %s", self._broker, reason_code)
@@ -107,9 +105,7 @@ class CoordinatorNode:
         client.subscribe([(topics.all_updates, 1), (topics.all_presence, 1)])
         self._put(BrokerConnected())
 
-    def _on_disconnect(
-        self, _c: mqtt.Client, _u: Any, _f: Any, reason_code: Any, _p: Any
-    ) -> None:
+    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason_code: Any, _p: Any) -> None:
         if not self._stopped.is_set():
             log.warning("disconnected from %s (%s); reconnecting", self._broker, reason_code)
 
@@ -176,8 +172,9 @@ class CoordinatorNode:
                 follow_up = self._carry_out(action)
             except Exception:  # a bug in an action must not kill the run; count it
                 self.bugs += 1
-                log.error("bug while carrying out %s:\n%s", type(action).__name__,
-                          traceback.format_exc())
+                log.error(
+                    "bug while carrying out %s:\n%s", type(action).__name__, traceback.format_exc()
+                )
                 continue
             if follow_up is not None:
                 pending.extend(self.rounds.handle(follow_up, time.monotonic()))
@@ -195,8 +192,9 @@ class CoordinatorNode:
                 if self._checkpoint_path is not None:
                     save_checkpoint(self._checkpoint_path, ckpt)
             case RejectUpdate(agent=agent, round_no=round_no, reason=reason, detail=detail):
-                log.warning("rejected from %s (round %s): %s: %s", agent, round_no,
-                            reason.value, detail)
+                log.warning(
+                    "rejected from %s (round %s): %s: %s", agent, round_no, reason.value, detail
+                )
             case RoundOpened() | UpdateAccepted() | RoundClosed():
                 pass  # progress, for on_action observers
             case Stop(phase=phase, message=message):

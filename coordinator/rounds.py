@@ -208,6 +208,9 @@ class Rounds:
     def _on_connected(self, now: float) -> list[Action]:
         # The broker may have restarted without persistence: restore what it retains.
         actions: list[Action] = []
+        if self._history:
+            last = self._history[-1]
+            actions.append(Publish(self.topics.metrics, encode_metrics(last), retain=True))
         if self._round is not None and not self.finished:
             actions.append(Publish(self.topics.model, self._round.model_payload, retain=True))
         elif self._phase is Phase.DONE:
@@ -423,16 +426,15 @@ class Rounds:
             accuracy=evaluation.get("accuracy"),
             loss=evaluation.get("loss"),
             train_loss=rs.loss_sum / rs.samples if rs.samples else None,
-            train_accuracy=(
-                rs.accuracy_sum / rs.accuracy_samples if rs.accuracy_samples else None
-            ),
+            train_accuracy=(rs.accuracy_sum / rs.accuracy_samples if rs.accuracy_samples else None),
             at=now + self._wall_offset,
         )
         self._history.append(metrics)
+        # Checkpoint first: a round whose metrics anyone has seen survives a crash.
         actions: list[Action] = [
+            SaveCheckpoint(self.checkpoint()),
             Publish(self.topics.metrics, encode_metrics(metrics), retain=True),
             RoundClosed(metrics),
-            SaveCheckpoint(self.checkpoint()),
         ]
         target = self.config.target_accuracy
         if self._completed >= self.config.rounds:

@@ -117,7 +117,8 @@ AgentAction: TypeAlias = Publish | Train | ModelRejected | UpdateSent | RunFinis
 @dataclass(slots=True)
 class _Answer:
     key: RoundKey
-    attempt: int
+    #: (attempt, issued_at) of the announcement last answered: a new pair is a re-announcement
+    asked: tuple[int, float]
     payload: bytes
 
 
@@ -194,8 +195,11 @@ class AgentCore:
         key: RoundKey = (model.run, model.round, model.model_id)
         answer = self._answer
         if answer is not None and answer.key == key:
-            if model.attempt > answer.attempt or self._resend_armed:
-                answer.attempt = model.attempt
+            # Re-announced by a retry or a restarted coordinator, or we reconnected: the
+            # update may have been lost, so send the same bytes again (counted once).
+            asked = (model.attempt, model.issued_at)
+            if asked != answer.asked or self._resend_armed:
+                answer.asked = asked
                 self._resend_armed = False
                 return self._send(answer, resent=True)
             return []  # the same announcement again (QoS 1 redelivery)
@@ -243,7 +247,7 @@ class AgentCore:
         return self._answer_with(model, encode_update(decline))
 
     def _answer_with(self, model: ModelAnnouncement, payload: bytes) -> list[AgentAction]:
-        self._answer = _Answer(self._key(model), model.attempt, payload)
+        self._answer = _Answer(self._key(model), (model.attempt, model.issued_at), payload)
         self._resend_armed = False
         return self._send(self._answer, resent=False)
 

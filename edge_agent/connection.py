@@ -13,8 +13,8 @@ from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from protocol import Publish
 
@@ -79,6 +79,9 @@ class Session:
     mqtt5: bool = True
     #: keep the broker-side session (subscriptions, queued QoS 1 messages) across reconnects
     persistent: bool = False
+    #: with ``persistent``: take over the session a previous process left (``--resume``)
+    #: instead of starting a fresh one on the first connect
+    resume_session: bool = False
     keepalive_s: int = 30
     ca_file: Path | None = None
     certfile: Path | None = None
@@ -115,9 +118,11 @@ def connect(client: mqtt.Client, broker: BrokerURL, session: Session) -> None:
     if session.mqtt5:
         properties = Properties(PacketTypes.CONNECT)
         properties.SessionExpiryInterval = SESSION_EXPIRY_S if session.persistent else 0
-        clean_start: bool | int = not session.persistent
-    else:
-        clean_start = mqtt.MQTT_CLEAN_START_FIRST_ONLY
+    # Clean only on the first connect: paho's reconnects then keep the session, so QoS 1
+    # messages queued by the broker during a network blip are delivered afterwards.
+    clean_start: bool | int = mqtt.MQTT_CLEAN_START_FIRST_ONLY
+    if session.persistent and session.resume_session:
+        clean_start = False
     client.connect_async(
         broker.host,
         broker.port,

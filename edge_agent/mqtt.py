@@ -86,9 +86,7 @@ class AgentNode:
 
     # --- paho callbacks -------------------------------------------------------------------
 
-    def _on_connect(
-        self, client: mqtt.Client, _u: Any, _f: Any, reason_code: Any, _p: Any
-    ) -> None:
+    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason_code: Any, _p: Any) -> None:
         if reason_code.is_failure:
             why = refused_for_good(reason_code)
             log.warning("%s: connection refused: %s", self.core.agent, reason_code)
@@ -154,11 +152,11 @@ class AgentNode:
                 log.warning("%s: rejected a model: %s: %s", self.core.agent, reason.value, detail)
             case UpdateSent(key=key, size=size, resent=resent):
                 verb = "re-sent" if resent else "sent"
-                log.info("%s: %s update for round %d (%d bytes)", self.core.agent, verb, key[1],
-                         size)
+                log.info(
+                    "%s: %s update for round %d (%d bytes)", self.core.agent, verb, key[1], size
+                )
             case RunFinished(model=model):
-                log.info("%s: run %s finished at round %d", self.core.agent, model.run,
-                         model.round)
+                log.info("%s: run %s finished at round %d", self.core.agent, model.run, model.round)
                 self.finished.set()
         return None
 
@@ -167,8 +165,12 @@ class AgentNode:
         try:
             result = self._trainer.train(model.weights, model.plan, model.round)
         except Exception as exc:  # the trainer is user code: decline, log, carry on
-            log.error("%s: training round %d failed:\n%s", self.core.agent, model.round,
-                      traceback.format_exc())
+            log.error(
+                "%s: training round %d failed:\n%s",
+                self.core.agent,
+                model.round,
+                traceback.format_exc(),
+            )
             return TrainingFailed(key, f"training failed: {type(exc).__name__}: {exc}")
         self.rounds_trained += 1
         return TrainingDone(key, result, time.perf_counter() - started)

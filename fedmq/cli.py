@@ -1,9 +1,9 @@
 """``fedmq``: one console script, one subcommand per role.
 
-    fedmq demo          private broker + coordinator + N agents, live progress, summary
-    fedmq coordinator   run a job's coordinator against a broker
-    fedmq agent         run one agent (one device) against a broker
-    fedmq agents        host several agents in one process (each its own MQTT connection)
+fedmq demo          private broker + coordinator + N agents, live progress, summary
+fedmq coordinator   run a job's coordinator against a broker
+fedmq agent         run one agent (one device) against a broker
+fedmq agents        host several agents in one process (each its own MQTT connection)
 """
 
 from __future__ import annotations
@@ -48,8 +48,12 @@ def _add_connection(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 def _add_task(p: argparse.ArgumentParser, default: str | None = None) -> None:
     g = p.add_argument_group("task")
-    g.add_argument("--task", required=default is None, default=default,
-                   help=f"built-in ({', '.join(TASKS)}) or module:object")
+    g.add_argument(
+        "--task",
+        required=default is None,
+        default=default,
+        help=f"built-in ({', '.join(TASKS)}) or module:object",
+    )
     g.add_argument("--data", type=Path, help="data directory (MNIST files)")
     g.add_argument("--data-seed", type=int, default=0, help="seed of splits and partitions")
     g.add_argument("--partition", help="iid | shards | dirichlet:ALPHA (default: the task's)")
@@ -58,10 +62,15 @@ def _add_task(p: argparse.ArgumentParser, default: str | None = None) -> None:
 def _add_rounds(p: argparse.ArgumentParser, rounds: int, deadline: float) -> None:
     g = p.add_argument_group("rounds")
     g.add_argument("--rounds", type=int, default=rounds)
-    g.add_argument("--quorum", type=int, help="close a round at K accepted updates "
-                   "(default: every agent online when the round opens)")
-    g.add_argument("--min-replies", type=int, default=1,
-                   help="at the deadline, close with at least M updates")
+    g.add_argument(
+        "--quorum",
+        type=int,
+        help="close a round at K accepted updates "
+        "(default: every agent online when the round opens)",
+    )
+    g.add_argument(
+        "--min-replies", type=int, default=1, help="at the deadline, close with at least M updates"
+    )
     g.add_argument("--deadline", type=float, default=deadline, help="seconds per round")
     g.add_argument("--min-agents", type=int, help="agents online before round 1")
     g.add_argument("--on-short-round", choices=("retry", "stop"), default="retry")
@@ -130,8 +139,12 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
     recorder = RunRecorder(config.rounds, jsonl=run_dir / "metrics.jsonl")
     try:
         node = build_coordinator(
-            config, _connection(args, args.broker), data=_data(args), run_dir=run_dir,
-            resume=args.resume, on_action=recorder,
+            config,
+            _connection(args, args.broker),
+            data=_data(args),
+            run_dir=run_dir,
+            resume=args.resume,
+            on_action=recorder,
         )
     except CheckpointError as exc:
         print(f"fedmq coordinator: {exc}", file=sys.stderr)
@@ -146,18 +159,26 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
     except ConnectionRefusedError as exc:
         print(f"fedmq coordinator: {exc}", file=sys.stderr)
         return 3
-    summary = recorder.summary(job=args.job, run=node.rounds.run, task=args.task)
+    summary = recorder.summary(node.rounds, job=args.job, run=node.rounds.run, task=args.task)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"{phase.value}: {node.rounds.message}")
     return 0 if phase is Phase.DONE else 1
 
 
-def _agent_settings(args: argparse.Namespace, agent_id: str, shard: int, count: int,
-                    exit_when_done: bool) -> AgentSettings:
+def _agent_settings(
+    args: argparse.Namespace, agent_id: str, shard: int, count: int, exit_when_done: bool
+) -> AgentSettings:
     return AgentSettings(
-        job=args.job, task=args.task, agent_id=agent_id, shard=shard, num_shards=count,
-        partition=args.partition, data=_data(args), threads=args.threads,
-        exit_when_done=exit_when_done, device=args.device,
+        job=args.job,
+        task=args.task,
+        agent_id=agent_id,
+        shard=shard,
+        num_shards=count,
+        partition=args.partition,
+        data=_data(args),
+        threads=args.threads,
+        exit_when_done=exit_when_done,
+        device=args.device,
     )
 
 
@@ -235,16 +256,22 @@ def parser() -> argparse.ArgumentParser:
         if name == "agent":
             p.add_argument("--agent-id", required=True)
             p.add_argument("--shard", type=_shard, required=True, help="I/N: shard I of N")
-            p.add_argument("--exit-when-done", action="store_true",
-                           help="exit when the coordinator publishes the final model")
+            p.add_argument(
+                "--exit-when-done",
+                action="store_true",
+                help="exit when the coordinator publishes the final model",
+            )
             p.set_defaults(func=cmd_agent)
         else:
             p.add_argument("--count", type=int, required=True, help="agents in this process")
             p.add_argument("--first", type=int, default=0, help="first shard index")
             p.add_argument("--of", type=int, help="total shards (default: --count)")
             p.add_argument("--id-prefix", default="agent-")
-            p.add_argument("--keep-running", action="store_true",
-                           help="stay online after the run's final model")
+            p.add_argument(
+                "--keep-running",
+                action="store_true",
+                help="stay online after the run's final model",
+            )
             p.set_defaults(func=cmd_agents)
     return top
 

@@ -26,10 +26,22 @@ AGENTS_EXIT_TIMEOUT_S = 30.0
 
 def agents_command(args: argparse.Namespace, broker_url: str) -> list[str]:
     cmd = [
-        sys.executable, "-m", "fedmq", "agents",
-        "--broker", broker_url, "--job", args.job, "--task", args.task,
-        "--count", str(args.agents), "--threads", str(args.threads),
-        "--data-seed", str(args.data_seed),
+        sys.executable,
+        "-m",
+        "fedmq",
+        "agents",
+        "--broker",
+        broker_url,
+        "--job",
+        args.job,
+        "--task",
+        args.task,
+        "--count",
+        str(args.agents),
+        "--threads",
+        str(args.threads),
+        "--data-seed",
+        str(args.data_seed),
     ]
     if args.data is not None:
         cmd += ["--data", str(args.data)]
@@ -53,18 +65,24 @@ def run_demo(args: argparse.Namespace) -> int:
             broker_url, where = broker.url, f"{broker.url} (private mosquitto, pid {broker.pid})"
         run_dir = args.run_dir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
         config = _round_config(args, args.job, min_agents=args.agents)
-        print(f"fedmq demo: {args.agents} agents, task {args.task}, {config.rounds} rounds, "
-              f"broker {where}")
-        print(f"watch it: fedmq monitor --broker {broker_url}   or   "
-              f"mosquitto_sub -p {broker_url.rsplit(':', 1)[-1]} -v -t 'fedmq/v1/#'")
+        print(
+            f"fedmq demo: {args.agents} agents, task {args.task}, {config.rounds} rounds, "
+            f"broker {where}"
+        )
+        print(
+            f"watch it: fedmq monitor --broker {broker_url}   or   "
+            f"mosquitto_sub -p {broker_url.rsplit(':', 1)[-1]} -v -t 'fedmq/v1/#'"
+        )
         recorder = RunRecorder(config.rounds, jsonl=run_dir / "metrics.jsonl")
         conn: Connection = _connection(args, broker_url)
-        node = build_coordinator(config, conn, data=_data(args), run_dir=run_dir,
-                                 on_action=recorder)
+        node = build_coordinator(
+            config, conn, data=_data(args), run_dir=run_dir, on_action=recorder
+        )
         _stop_on_signals(node.stop)
         agents_log = (run_dir / "agents.log").open("wb")
-        agents = subprocess.Popen(agents_command(args, broker_url), stdout=agents_log,
-                                  stderr=subprocess.STDOUT)
+        agents = subprocess.Popen(
+            agents_command(args, broker_url), stdout=agents_log, stderr=subprocess.STDOUT
+        )
         stack.callback(_reap, agents)
 
         def watch_agents() -> None:
@@ -74,8 +92,9 @@ def run_demo(args: argparse.Namespace) -> int:
 
         threading.Thread(target=watch_agents, daemon=True).start()
         phase = node.run()
-        summary = recorder.summary(job=args.job, run=node.rounds.run, task=args.task,
-                                   agents=args.agents)
+        summary = recorder.summary(
+            node.rounds, job=args.job, run=node.rounds.run, task=args.task, agents=args.agents
+        )
         _print_summary(summary, node.rounds.message)
         if args.summary:
             args.summary.write_text(json.dumps(summary, indent=2) + "\n")

@@ -101,6 +101,7 @@ def build_coordinator(
         client_id=f"fedmq-coordinator-{config.job}",
         mqtt5=conn.mqtt5,
         persistent=True,
+        resume_session=resume,
         ca_file=conn.ca_file,
     )
     return CoordinatorNode(
@@ -131,7 +132,16 @@ def build_agent(
         trainer=trainer.name,
         device=settings.device,
     )
-    session = Session(client_id=f"fedmq-{settings.job}-{settings.agent_id}", mqtt5=conn.mqtt5,
-                      ca_file=conn.ca_file)
-    return AgentNode(core, trainer, conn.broker, session,
-                     exit_when_done=settings.exit_when_done, on_action=on_action)
+    session = Session(
+        client_id=f"fedmq-{settings.job}-{settings.agent_id}",
+        mqtt5=conn.mqtt5,
+        ca_file=conn.ca_file,
+    )
+    return AgentNode(
+        core,
+        trainer,
+        conn.broker,
+        session,
+        exit_when_done=settings.exit_when_done,
+        on_action=on_action,
+    )

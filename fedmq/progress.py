@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from coordinator import Action, RejectUpdate, RoundClosed, RoundOpened, Stop, UpdateAccepted
-from protocol import Phase, RoundMetrics
+from coordinator import Action, RoundClosed, RoundOpened, Rounds
+from protocol import RoundMetrics
 
 
 def human_bytes(n: float) -> str:
@@ -47,9 +47,6 @@ class RunRecorder:
     jsonl: Path | None = None
     started: float = field(default_factory=time.monotonic)
     history: list[RoundMetrics] = field(default_factory=list)
-    rejected: dict[str, int] = field(default_factory=dict)
-    phase: Phase | None = None
-    message: str = ""
     first_round_at: float | None = None
     _quorum: int = 0
 
@@ -68,12 +65,6 @@ class RunRecorder:
                     self.jsonl.parent.mkdir(parents=True, exist_ok=True)
                     with self.jsonl.open("a") as f:
                         f.write(json.dumps(_metrics_dict(metrics)) + "\n")
-            case RejectUpdate(reason=reason):
-                self.rejected[reason.value] = self.rejected.get(reason.value, 0) + 1
-            case Stop(phase=phase, message=message):
-                self.phase, self.message = phase, message
-            case UpdateAccepted():
-                pass
             case _:
                 pass
 
@@ -81,16 +72,21 @@ class RunRecorder:
         if self.out is not None:
             print(line, file=self.out, flush=True)
 
-    def summary(self, **extra: Any) -> dict[str, Any]:
-        """The run in one JSON-ready dict (the demo's ``--summary`` file)."""
-        h = self.history
+    def summary(self, core: Rounds, **extra: Any) -> dict[str, Any]:
+        """The run in one JSON-ready dict (the demo's ``--summary`` file).
+
+        Counts come from the round machine, whose history after ``--resume``
+        includes the rounds closed before the restart.
+        """
+        h = core.history
         last_acc = next((m.accuracy for m in reversed(h) if m.accuracy is not None), None)
         start = self.first_round_at if self.first_round_at is not None else self.started
         raw_up = sum(m.raw_bytes_up for m in h)
         up = sum(m.bytes_up for m in h)
+        rejected = core.rejected_total
         return {
-            "phase": self.phase.value if self.phase else None,
-            "message": self.message,
+            "phase": core.phase.value,
+            "message": core.message,
             "final_accuracy": last_acc,
             "rounds_completed": len(h),
             "wall_s": round(time.monotonic() - start, 3),
@@ -100,8 +96,8 @@ class RunRecorder:
             "compression_ratio_up": round(raw_up / up, 3) if up else None,
             "updates_accepted": sum(m.accepted for m in h),
             "updates_declined": sum(m.declined for m in h),
-            "updates_rejected": sum(self.rejected.values()),
-            "rejected_by_reason": dict(self.rejected),
+            "updates_rejected": sum(rejected.values()),
+            "rejected_by_reason": rejected,
             "accuracy_per_round": [m.accuracy for m in h],
             "seconds_per_round": [round(m.duration_s, 4) for m in h],
             **extra,

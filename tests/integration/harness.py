@@ -1,0 +1,161 @@
+"""Running real coordinators and agents against a real broker, and watching the topics.
+
+Waiting is always on an event with a timeout, never a sleep.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from coordinator import Action, RoundClosed, RoundConfig
+from coordinator.mqtt import CoordinatorNode
+from edge_agent.connection import BrokerURL
+from edge_agent.mqtt import AgentNode, run_fleet
+from fedmq.launch import AgentSettings, Connection, build_agent, build_coordinator
+from fedmq.tasks import DataConfig
+from protocol import RoundMetrics, decode_metrics
+
+TIMEOUT_S = 60.0
+
+
+def wait_until(predicate: Callable[[], bool], cond: threading.Condition, timeout: float) -> None:
+    with cond:
+        if not cond.wait_for(predicate, timeout=timeout):
+            raise TimeoutError(f"condition not met within {timeout} s")
+
+
+@dataclass
+class TopicWatcher:
+    """A plain paho subscriber recording every message under ``fedmq/v1/{job}/#``."""
+
+    url: str
+    job: str
+    messages: list[tuple[str, bytes, bool]] = field(default_factory=list)
+    cond: threading.Condition = field(default_factory=threading.Condition)
+
+    def __post_init__(self) -> None:
+        broker = BrokerURL.parse(self.url)
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self._subscribed = threading.Event()
+        self.client.on_connect = lambda c, *_: c.subscribe(f"fedmq/v1/{self.job}/#", qos=1)
+        self.client.on_subscribe = lambda *_: self._subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.connect(broker.host, broker.port)
+        self.client.loop_start()
+        if not self._subscribed.wait(10):
+            raise TimeoutError("watcher did not subscribe")
+
+    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        with self.cond:
+            self.messages.append((msg.topic, bytes(msg.payload), bool(msg.retain)))
+            self.cond.notify_all()
+
+    def on(self, suffix: str) -> list[bytes]:
+        with self.cond:
+            return [p for t, p, _ in self.messages if t.endswith(suffix)]
+
+    def metrics(self) -> list[RoundMetrics]:
+        return [decode_metrics(p) for p in self.on("/metrics")]
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float = TIMEOUT_S) -> None:
+        wait_until(predicate, self.cond, timeout)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+class CoordinatorThread:
+    """A coordinator node run on a thread of this test process."""
+
+    def __init__(self, config: RoundConfig, url: str, run_dir: Path | None = None,
+                 data: DataConfig | None = None, resume: bool = False,
+                 on_action: Callable[[Action], None] | None = None) -> None:
+        self.closed: list[RoundMetrics] = []
+        self.cond = threading.Condition()
+        self._extra = on_action
+        self.node: CoordinatorNode = build_coordinator(
+            config, Connection(BrokerURL.parse(url)), data=data or DataConfig(),
+            run_dir=run_dir, resume=resume, on_action=self._observe,
+        )
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _observe(self, action: Action) -> None:
+        if self._extra is not None:
+            self._extra(action)
+        if isinstance(action, RoundClosed):
+            with self.cond:
+                self.closed.append(action.metrics)
+                self.cond.notify_all()
+
+    def _run(self) -> None:
+        try:
+            self.node.run()
+        except BaseException as exc:  # surfaced by join()
+            self.error = exc
+
+    def start(self) -> CoordinatorThread:
+        self.thread.start()
+        return self
+
+    def wait_rounds(self, n: int, timeout: float = TIMEOUT_S) -> None:
+        wait_until(lambda: len(self.closed) >= n, self.cond, timeout)
+
+    def join(self, timeout: float = TIMEOUT_S) -> None:
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            self.node.stop("test timeout")
+            self.thread.join(10)
+            raise TimeoutError("coordinator did not finish")
+        if self.error is not None:
+            raise self.error
+
+
+@contextmanager
+def agent_fleet(url: str, job: str, task: str, count: int, *, first: int = 0,
+                total: int | None = None, exit_when_done: bool = True,
+                data: DataConfig | None = None) -> Iterator[list[AgentNode]]:
+    """``count`` in-process agents, each with its own MQTT connection; stopped on exit."""
+    nodes = [
+        build_agent(
+            AgentSettings(job=job, task=task, agent_id=f"agent-{i}", shard=i,
+                          num_shards=total or count, data=data or DataConfig(), threads=1,
+                          exit_when_done=exit_when_done),
+            Connection(BrokerURL.parse(url)),
+        )
+        for i in range(first, first + count)
+    ]
+    threads = run_fleet(nodes)
+    try:
+        yield nodes
+    finally:
+        for node in nodes:
+            node.stop()
+        for thread in threads:
+            thread.join(10)
+
+
+def fedmq_process(*args: str, log: Path) -> subprocess.Popen[bytes]:
+    """``python -m fedmq ARGS`` as a child process, output to ``log``."""
+    return subprocess.Popen([sys.executable, "-m", "fedmq", *args], stdout=log.open("wb"),
+                            stderr=subprocess.STDOUT)
+
+
+def wait_process(proc: subprocess.Popen[bytes], timeout: float = TIMEOUT_S) -> int:
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+        raise
