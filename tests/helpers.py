@@ -78,7 +78,9 @@ def copy_weights(weights: Mapping[str, npt.NDArray[np.float32]]) -> Weights:
     return {name: np.array(arr, dtype=np.float32, copy=True) for name, arr in weights.items()}
 
 
-def weights_equal(a: Mapping[str, npt.NDArray[np.float32]], b: Mapping[str, npt.NDArray[np.float32]]) -> bool:
+def weights_equal(
+    a: Mapping[str, npt.NDArray[np.float32]], b: Mapping[str, npt.NDArray[np.float32]]
+) -> bool:
     """Same names in the same order, same shapes, same dtype, same bits."""
     return list(a) == list(b) and all(
         a[n].dtype == b[n].dtype and a[n].shape == b[n].shape and np.array_equal(a[n], b[n])
@@ -156,7 +158,7 @@ def expected_fedavg(
     plan: TrainPlan,
     participants: Sequence[Sequence[str]],
 ) -> Weights:
-    """The global model after ``len(participants)`` rounds, round r trained by ``participants[r-1]``."""
+    """The global model after ``len(participants)`` rounds; ``participants[r-1]`` train round r."""
     current = copy_weights(weights)
     for round_no, agents in enumerate(participants, start=1):
         results = [trainers[a].train(current, plan, round_no) for a in agents]
@@ -248,8 +250,13 @@ class Fleet:
         self.checkpoints: list[Checkpoint] = []
         self.stop: Stop | None = None
         self.stats = FleetStats()
-        #: called with each coordinator action after it is carried out
+        #: called with each coordinator action after it is carried out; it may call back
+        #: into the fleet (kill an agent, crash the coordinator): events it causes are
+        #: queued and handled after the current event, as in the real adapters
         self.on_action: Callable[[Fleet, Action], None] | None = None
+        self._inbox: deque[Event] = deque()
+        self._feeding = False
+        self._pumping = False
 
     # --- views ------------------------------------------------------------------------
 
@@ -349,6 +356,7 @@ class Fleet:
     def crash_coordinator(self) -> None:
         """The coordinator process dies: what it had not carried out is lost."""
         self.coordinator_up = False
+        self._inbox.clear()
         self.in_flight = deque(m for m in self.in_flight if m.to != COORDINATOR)
 
     def restart_coordinator(self, *, resume: Checkpoint | None = None) -> None:
@@ -367,16 +375,22 @@ class Fleet:
 
     def pump(self, max_steps: int = 100_000) -> None:
         """Deliver messages until nothing deliverable is in flight."""
-        for _ in range(max_steps):
-            message = self._next_message()
-            if message is None:
-                return
-            self.stats.delivered += 1
-            if message.to == COORDINATOR:
-                self._deliver_to_coordinator(message)
-            else:
-                self._feed_agent(message.to, ModelArrived(message.payload))
-        raise AssertionError("the fleet did not settle")
+        if self._pumping or self._feeding:
+            return  # called from a hook: the loop already running delivers it
+        self._pumping = True
+        try:
+            for _ in range(max_steps):
+                message = self._next_message()
+                if message is None:
+                    return
+                self.stats.delivered += 1
+                if message.to == COORDINATOR:
+                    self._deliver_to_coordinator(message)
+                else:
+                    self._feed_agent(message.to, ModelArrived(message.payload))
+            raise AssertionError("the fleet did not settle")
+        finally:
+            self._pumping = False
 
     # --- the fake broker ----------------------------------------------------------------
 
@@ -452,17 +466,25 @@ class Fleet:
         """What the coordinator's adapter does: feed, then carry out each action in order."""
         if not self.coordinator_up:
             return []
+        self._inbox.append(event)
+        if self._feeding:
+            return []  # from a hook: handled once the current event's actions are done
         produced: list[Action] = []
-        pending: deque[Action] = deque(self.rounds.handle(event, self.now))
-        while pending and self.coordinator_up:
-            action = pending.popleft()
-            produced.append(action)
-            self.actions.append(action)
-            follow_up = self._carry_out(action)
-            if follow_up is not None:
-                pending.extend(self.rounds.handle(follow_up, self.now))
-            if self.on_action is not None:
-                self.on_action(self, action)
+        self._feeding = True
+        try:
+            while self._inbox and self.coordinator_up:
+                pending: deque[Action] = deque(self.rounds.handle(self._inbox.popleft(), self.now))
+                while pending and self.coordinator_up:
+                    action = pending.popleft()
+                    produced.append(action)
+                    self.actions.append(action)
+                    follow_up = self._carry_out(action)
+                    if follow_up is not None:
+                        pending.extend(self.rounds.handle(follow_up, self.now))
+                    if self.on_action is not None:
+                        self.on_action(self, action)
+        finally:
+            self._feeding = False
         return produced
 
     def _carry_out(self, action: Action) -> Event | None:

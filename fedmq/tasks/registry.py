@@ -26,9 +26,9 @@ _BUILTIN: dict[str, Task] = {
             name="digits",
             model=ModelSpec("mlp", (64, 64, 10)),
             kind="classification",
-            # ~144 rows per agent: 2 epochs of batch 16 is 18 steps a round, enough
-            # for >= 0.90 test accuracy by round 10 (checked in tests/tasks).
-            plan=TrainPlan(epochs=2, batch_size=16, lr=0.1, seed=0),
+            # ~144 rows per agent: 3 epochs of batch 16 is 27 steps a round; 10 IID
+            # agents reach 0.97 by round 10 (0.95-0.97 over seeds 0-3; tests/tasks).
+            plan=TrainPlan(epochs=3, batch_size=16, lr=0.2, seed=0),
             load=load_digits,
             description="scikit-learn 8x8 digits, MLP 64-64-10 (the demo default)",
         ),
@@ -44,7 +44,7 @@ _BUILTIN: dict[str, Task] = {
             name="linreg",
             model=ModelSpec("linear", (10, 1)),
             kind="regression",
-            plan=TrainPlan(epochs=1, batch_size=32, lr=0.05, seed=0),
+            plan=TrainPlan(epochs=1, batch_size=16, lr=0.1, seed=0),
             load=load_linreg,
             description="synthetic linear regression, 10 features, reports MSE",
         ),

@@ -80,12 +80,13 @@ class CoordinatorThread:
 
     def __init__(self, config: RoundConfig, url: str, run_dir: Path | None = None,
                  data: DataConfig | None = None, resume: bool = False,
-                 on_action: Callable[[Action], None] | None = None) -> None:
+                 on_action: Callable[[Action], None] | None = None,
+                 mqtt5: bool = True) -> None:
         self.closed: list[RoundMetrics] = []
         self.cond = threading.Condition()
         self._extra = on_action
         self.node: CoordinatorNode = build_coordinator(
-            config, Connection(BrokerURL.parse(url)), data=data or DataConfig(),
+            config, Connection(BrokerURL.parse(url), mqtt5=mqtt5), data=data or DataConfig(),
             run_dir=run_dir, resume=resume, on_action=self._observe,
         )
         self.error: BaseException | None = None
@@ -125,14 +126,15 @@ class CoordinatorThread:
 @contextmanager
 def agent_fleet(url: str, job: str, task: str, count: int, *, first: int = 0,
                 total: int | None = None, exit_when_done: bool = True,
-                data: DataConfig | None = None) -> Iterator[list[AgentNode]]:
+                data: DataConfig | None = None, mqtt5: bool = True,
+                ) -> Iterator[list[AgentNode]]:
     """``count`` in-process agents, each with its own MQTT connection; stopped on exit."""
     nodes = [
         build_agent(
             AgentSettings(job=job, task=task, agent_id=f"agent-{i}", shard=i,
                           num_shards=total or count, data=data or DataConfig(), threads=1,
                           exit_when_done=exit_when_done),
-            Connection(BrokerURL.parse(url)),
+            Connection(BrokerURL.parse(url), mqtt5=mqtt5),
         )
         for i in range(first, first + count)
     ]

@@ -580,15 +580,17 @@ def test_reject_bad_topic(topic):
 _FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def _decode_or_reject(case: Case, payload: bytes, same: Callable[[Any, Any], None]) -> None:
-    """The decoder contract: a valid message (that re-encodes to itself) or WireError."""
+def _decode_or_reject(case: Case, payload: bytes) -> None:
+    """The decoder contract: a valid message (that re-encodes stably) or WireError."""
     try:
         message = case.decode(payload)
     except WireError as exc:
         assert isinstance(exc.reason, RejectReason)
         return
     assert isinstance(message, case.kind.cls)
-    same(case.decode(case.kind.encode(message)), message)
+    # Compare bytes, not messages: an update's tensor entries are opaque here (NaN != NaN).
+    encoded = case.kind.encode(message)
+    assert case.kind.encode(case.decode(encoded)) == encoded
     if case.kind.name == "update" and message.declined is None:
         _delta_or_reject(message, case.shapes)
 
@@ -627,9 +629,9 @@ def byte_mutations(draw, payload: bytes) -> bytes:
 @pytest.mark.parametrize("kind", KIND_NAMES)
 @given(data=st.data())
 @_FUZZ
-def test_fuzz_mutated_bytes(cases, same, kind, data):
+def test_fuzz_mutated_bytes(cases, kind, data):
     case = cases[kind]
-    _decode_or_reject(case, data.draw(byte_mutations(case.payload)), same)
+    _decode_or_reject(case, data.draw(byte_mutations(case.payload)))
 
 
 msgpack_values = st.recursive(
@@ -664,7 +666,7 @@ def _paths(doc: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
 @pytest.mark.parametrize("kind", KIND_NAMES)
 @given(data=st.data())
 @_FUZZ
-def test_fuzz_mutated_fields(cases, same, kind, data):
+def test_fuzz_mutated_fields(cases, kind, data):
     case = cases[kind]
     doc = case.doc()
     values = msgpack_values if case.kind.msgpack else json_values
@@ -682,10 +684,10 @@ def test_fuzz_mutated_fields(cases, same, kind, data):
             del parent[key]
         else:
             parent.pop(key)
-    _decode_or_reject(case, case.pack(doc), same)
+    _decode_or_reject(case, case.pack(doc))
 
 
 @pytest.mark.parametrize("kind", KIND_NAMES)
 @given(payload=st.binary(max_size=512))
-def test_fuzz_random_bytes(cases, same, kind, payload):
-    _decode_or_reject(cases[kind], payload, same)
+def test_fuzz_random_bytes(cases, kind, payload):
+    _decode_or_reject(cases[kind], payload)

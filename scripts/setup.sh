@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Idempotent set-up on Debian/Ubuntu: Mosquitto from apt when missing, a virtualenv
+# with the pinned CPU build of torch, and fedmq with the extras given as arguments.
+# Sourced by demo.sh and test.sh; FEDMQ_VENV overrides the venv location.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${FEDMQ_VENV:-$ROOT/.venv}"
+EXTRAS="${1:-coordinator}"
+# The CPU wheel; a bare `torch` requirement would pull a multi-GB CUDA build.
+TORCH_SPEC="${FEDMQ_TORCH_SPEC:-torch==2.13.0}"
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+have_mosquitto() { command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; }
+
+if ! have_mosquitto; then
+  echo "setup: installing Mosquitto from apt"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients
+fi
+have_mosquitto || { echo "setup: Mosquitto could not be installed" >&2; exit 1; }
+
+if ! python3 -c "import ensurepip, venv" >/dev/null 2>&1; then
+  echo "setup: installing python3-venv from apt"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "setup: creating $VENV"
+  python3 -m venv "$VENV"
+fi
+echo "setup: installing $TORCH_SPEC and fedmq[$EXTRAS]"
+"$VENV/bin/pip" install -q --disable-pip-version-check "$TORCH_SPEC"
+"$VENV/bin/pip" install -q --disable-pip-version-check -e "$ROOT[$EXTRAS]"
