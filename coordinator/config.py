@@ -7,8 +7,10 @@ from typing import Literal
 
 from coordinator.aggregate import AGGREGATORS
 from protocol import TrainPlan, check_codec, check_id
+from protocol.compress import DOWNLINKS
 
 ShortRoundPolicy = Literal["retry", "stop"]
+Downlink = Literal["fp32", "fp16"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +22,8 @@ class RoundConfig:
     rounds: int
     plan: TrainPlan = field(default_factory=TrainPlan)
     codec: str = "none"
+    #: the global model's wire dtype; the coordinator's own copy stays float32
+    downlink: Downlink = "fp32"
     aggregator: str = "fedavg"
     #: close the round as soon as this many updates are accepted
     quorum: int | None = None
@@ -41,6 +45,8 @@ class RoundConfig:
     def __post_init__(self) -> None:
         check_id(self.job, "job")
         check_codec(self.codec)
+        if self.downlink not in DOWNLINKS:
+            raise ValueError(f"downlink must be one of {DOWNLINKS}, got {self.downlink!r}")
         if self.aggregator not in AGGREGATORS:
             raise ValueError(f"aggregator must be one of {AGGREGATORS}, got {self.aggregator!r}")
         if self.rounds < 1:

@@ -61,6 +61,7 @@ from protocol import (
     raw_size,
     weights_digest,
 )
+from protocol.compress import downlink_weights
 
 _TRANSITIONS: dict[Phase, frozenset[Phase]] = {
     Phase.WAITING: frozenset({Phase.TRAINING, Phase.DONE}),
@@ -131,7 +132,7 @@ class Rounds:
             self._history = list(resume.history)
             self._rejected_total.update(resume.rejected)
         self._weights = weights
-        self._model_id = weights_digest(weights)
+        self._model_id = self._digest(weights)
         self._shapes = {name: tuple(a.shape) for name, a in weights.items()}
         self._raw_update_bytes = raw_size(self._shapes)
         if self._completed >= config.rounds:
@@ -213,7 +214,7 @@ class Rounds:
             actions.append(Publish(self.topics.metrics, encode_metrics(last), retain=True))
         if self._round is not None and not self.finished:
             actions.append(Publish(self.topics.model, self._round.model_payload, retain=True))
-        elif self._phase is Phase.DONE:
+        elif self.finished:  # DONE or FAILED: both ended by publishing the final model
             actions.append(self._publish_final_model(now))
         actions.append(self._status(now))
         if self.finished:
@@ -408,7 +409,7 @@ class Rounds:
         rs = self._round
         assert rs is not None and rs.new_weights is not None and rs.closed_by is not None
         self._weights = rs.new_weights
-        self._model_id = weights_digest(self._weights)
+        self._model_id = self._digest(self._weights)
         self._completed = rs.number
         metrics = RoundMetrics(
             job=self.config.job,
@@ -463,6 +464,15 @@ class Rounds:
             rejected=dict(self._rejected_total),
         )
 
+    def _digest(self, weights: Weights) -> str:
+        """The model id: the digest of the weights as agents receive them (``downlink``).
+
+        Agents echo it as their update's base. With an fp16 downlink they train from
+        the narrowed model while the round adds their mean delta to the float32 one,
+        so the narrowing error never accumulates across rounds.
+        """
+        return weights_digest(downlink_weights(weights, self.config.downlink))
+
     def _announce(self, number: int, attempt: int, deadline_s: float, now: float) -> bytes:
         cfg = self.config
         return encode_model(
@@ -476,7 +486,7 @@ class Rounds:
                 plan=cfg.plan,
                 codec=cfg.codec,
                 deadline_s=deadline_s,
-                weights=self._weights,
+                weights=downlink_weights(self._weights, cfg.downlink),
                 issued_at=now + self._wall_offset,
             )
         )
@@ -492,7 +502,7 @@ class Rounds:
             plan=cfg.plan,
             codec=cfg.codec,
             deadline_s=0.0,
-            weights=self._weights,
+            weights=downlink_weights(self._weights, cfg.downlink),
             done=True,
             issued_at=now + self._wall_offset,
         )

@@ -12,11 +12,14 @@ coordinator counts each (job, round, agent) once.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
+import numpy as np
 from typing_extensions import assert_never
 
+from edge_agent.feedback import ErrorFeedback, Residual
 from edge_agent.trainer import TrainResult
 from protocol import (
     ModelAnnouncement,
@@ -29,7 +32,6 @@ from protocol import (
     WireError,
     check_id,
     decode_model,
-    encode_delta,
     encode_presence,
     encode_update,
 )
@@ -111,7 +113,14 @@ class RunFinished:
     model: ModelAnnouncement
 
 
-AgentAction: TypeAlias = Publish | Train | ModelRejected | UpdateSent | RunFinished
+@dataclass(frozen=True, slots=True)
+class SaveResidual:
+    """The error-feedback residual changed; the adapter persists it (``None``: delete it)."""
+
+    state: Residual | None
+
+
+AgentAction: TypeAlias = Publish | Train | ModelRejected | UpdateSent | RunFinished | SaveResidual
 
 
 @dataclass(slots=True)
@@ -133,9 +142,15 @@ class AgentCore:
         samples: int,
         trainer: str,
         device: str | None = None,
+        feedback: ErrorFeedback | None = None,
     ) -> None:
+        """``feedback`` carries a residual loaded from the device's state dir, if any."""
         self.job = check_id(job, "job")
         self.agent = check_id(agent, "agent")
+        self._feedback = feedback if feedback is not None else ErrorFeedback()
+        # Stochastic codecs draw from default_rng([plan.seed, round, this]): independent
+        # across agents, and the same numbers if the round is ever encoded again.
+        self._rng_key = int.from_bytes(hashlib.sha256(self.agent.encode()).digest()[:8], "big")
         self.topics = Topics(job)
         self._samples = samples
         self._trainer = trainer
@@ -185,7 +200,10 @@ class AgentCore:
             self.models_rejected += 1
             return [ModelRejected(exc.reason, exc.detail)]
         latest = self._latest
-        if latest is not None and latest.run == model.run and model.round < latest.round:
+        older = latest is not None and latest.run == model.run and model.round < latest.round
+        # A final model is never stale: it carries the last *completed* round, which is
+        # below the open round when a run fails or is stopped mid-round.
+        if older and not model.done:
             return []  # an older round delivered late; the newer one stands
         self._latest = model
         if model.done:
@@ -211,11 +229,17 @@ class AgentCore:
     def _on_trained(self, key: RoundKey, result: TrainResult, train_s: float) -> list[AgentAction]:
         self._training = None
         model = self._latest
-        if model is None or self._key(model) != key:
-            return self._train_latest()  # a newer round arrived while training
+        # A final model can share the key of round 1 (a run stopped before any round closed).
+        if model is None or model.done or self._key(model) != key:
+            return self._train_latest()  # a newer round (or the end) arrived while training
         delta: Weights = {
             name: result.weights[name] - global_w for name, global_w in model.weights.items()
         }
+        before = self._feedback.state
+        try:
+            tensors = self._encode(model, delta)
+        except ValueError as exc:  # a codec this build lacks, or a diverged (NaN) model
+            return self._decline(model, f"cannot encode the update: {exc}")
         update = Update(
             job=self.job,
             agent=self.agent,
@@ -223,17 +247,27 @@ class AgentCore:
             model_id=model.model_id,
             samples=result.samples,
             codec=model.codec,
-            tensors=tuple(encode_delta(delta, model.codec)),
+            tensors=tuple(tensors),
             metrics=result.metrics,
             train_s=train_s,
         )
-        return self._answer_with(model, encode_update(update))
+        actions = self._answer_with(model, encode_update(update))
+        after = self._feedback.state
+        return actions if after is before else [*actions, SaveResidual(after)]
+
+    def _encode(self, model: ModelAnnouncement, delta: Weights) -> list[dict[str, Any]]:
+        """The delta's entries via error feedback (a lossless codec flushes the residual)."""
+        rng = np.random.default_rng([model.plan.seed, model.round, self._rng_key])
+        return self._feedback.encode(delta, model.codec, scope=model.run, rng=rng)
 
     def _on_failed(self, key: RoundKey, reason: str) -> list[AgentAction]:
         self._training = None
         model = self._latest
-        if model is None or self._key(model) != key:
+        if model is None or model.done or self._key(model) != key:
             return self._train_latest()
+        return self._decline(model, reason)
+
+    def _decline(self, model: ModelAnnouncement, reason: str) -> list[AgentAction]:
         decline = Update(
             job=self.job,
             agent=self.agent,

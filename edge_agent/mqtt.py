@@ -16,6 +16,7 @@ import traceback
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -28,6 +29,7 @@ from edge_agent.agent import (
     ModelArrived,
     ModelRejected,
     RunFinished,
+    SaveResidual,
     ShutdownRequested,
     Train,
     TrainingDone,
@@ -35,6 +37,7 @@ from edge_agent.agent import (
     UpdateSent,
 )
 from edge_agent.connection import BrokerURL, Session, connect, make_client, refused_for_good
+from edge_agent.feedback import save_residual
 from edge_agent.trainer import Trainer
 from protocol import Publish
 
@@ -67,13 +70,16 @@ class AgentNode:
         exit_when_done: bool = True,
         on_action: Callable[[AgentAction], None] | None = None,
         queue_size: int = 64,
+        residual_path: Path | None = None,
     ) -> None:
+        """``residual_path``: where the error-feedback residual persists (None: memory only)."""
         self.core = core
         self._trainer = trainer
         self._broker = broker
         self._session = session
         self._exit_when_done = exit_when_done
         self._on_action = on_action
+        self._residual_path = residual_path
         self._queue: queue.Queue[AgentEvent | _Refused | _Quit] = queue.Queue(queue_size)
         self.dropped = 0
         self.rounds_trained = 0
@@ -155,6 +161,11 @@ class AgentNode:
                 log.info(
                     "%s: %s update for round %d (%d bytes)", self.core.agent, verb, key[1], size
                 )
+            case SaveResidual(state=state) if self._residual_path is not None:
+                try:
+                    save_residual(self._residual_path, state)
+                except OSError as exc:  # keep serving: the residual still lives in memory
+                    log.error("%s: cannot save the residual: %s", self.core.agent, exc)
             case RunFinished(model=model):
                 log.info("%s: run %s finished at round %d", self.core.agent, model.run, model.round)
                 self.finished.set()

@@ -67,7 +67,9 @@ def build_module(spec: ModelSpec) -> nn.Module:
     factory = locate(spec.factory)
     module = factory() if callable(factory) else None
     if not isinstance(module, nn.Module):
-        raise ValueError(f"model factory {spec.factory!r} returned {type(module).__name__}, not an nn.Module")
+        raise ValueError(
+            f"model factory {spec.factory!r} returned {type(module).__name__}, not an nn.Module"
+        )
     return module
 
 
@@ -126,7 +128,9 @@ def _batches(order: npt.NDArray[np.int64], size: int) -> Iterator[torch.Tensor]:
         yield torch.from_numpy(order[start : start + size])
 
 
-def _evaluate(module: nn.Module, kind: TaskKind, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+def _evaluate(
+    module: nn.Module, kind: TaskKind, x: torch.Tensor, y: torch.Tensor
+) -> dict[str, float]:
     """Mean loss (and accuracy, or MSE) of ``module`` over all rows, in batches."""
     total_loss, correct = 0.0, 0
     module.eval()
@@ -168,6 +172,7 @@ class TorchTrainer:
         x: npt.NDArray[np.float32],
         y: npt.NDArray[Any],
         index: int,
+        *,
         threads: int | None = None,
     ) -> None:
         if len(x) != len(y) or len(x) == 0:
@@ -206,7 +211,7 @@ class TorchTrainer:
                 optimiser.zero_grad()
                 out = self._module(self._x[rows])
                 loss = _loss(self.kind, out, target, "mean")
-                loss.backward()
+                torch.autograd.backward(loss)
                 optimiser.step()
                 total_loss += loss.item() * len(rows)
                 seen += len(rows)

@@ -4,6 +4,10 @@ fedmq demo          private broker + coordinator + N agents, live progress, summ
 fedmq coordinator   run a job's coordinator against a broker
 fedmq agent         run one agent (one device) against a broker
 fedmq agents        host several agents in one process (each its own MQTT connection)
+fedmq monitor       watch jobs live from their topics alone
+fedmq report        plots and a markdown summary of a finished run's directory
+fedmq swarm         many simulated agents (numpy trainer), one thread per process
+fedmq bench         benchmarks: w1, ingest, scale, footprint (see BENCHMARKS.md)
 """
 
 from __future__ import annotations
@@ -13,16 +17,18 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
-from coordinator import CheckpointError, RoundConfig
+from coordinator import Action, CheckpointError, RoundConfig
 from edge_agent.connection import BrokerURL
+from fedmq.bench.cli import register as register_bench
 from fedmq.launch import AgentSettings, Connection, build_agent, build_coordinator
 from fedmq.progress import RunRecorder
 from fedmq.tasks import TASKS, DataConfig, get_task
-from protocol import CODECS, Phase, TrainPlan
+from protocol import CODECS, Phase, TrainPlan, check_codec
+from protocol.compress import DOWNLINKS
 
 log = logging.getLogger("fedmq")
 
@@ -35,6 +41,13 @@ def _shard(value: str) -> tuple[int, int]:
     if not 0 <= index < count:
         raise argparse.ArgumentTypeError(f"--shard {value}: need 0 <= I < N")
     return index, count
+
+
+def _codec(value: str) -> str:
+    try:
+        return check_codec(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _add_connection(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -76,7 +89,16 @@ def _add_rounds(p: argparse.ArgumentParser, rounds: int, deadline: float) -> Non
     g.add_argument("--on-short-round", choices=("retry", "stop"), default="retry")
     g.add_argument("--max-retries", type=int, default=3)
     g.add_argument("--target-accuracy", type=float, help="stop once test accuracy reaches this")
-    g.add_argument("--codec", default="none", choices=CODECS, help="update codec")
+    g.add_argument(
+        "--codec",
+        default="none",
+        type=_codec,
+        help=f"update codec pipeline: stages {', '.join(CODECS)} joined by '+', "
+        "e.g. topk:0.01+int8+zstd (docs/CODECS.md)",
+    )
+    g.add_argument(
+        "--downlink", default="fp32", choices=DOWNLINKS, help="the global model's wire dtype"
+    )
     g.add_argument("--aggregator", default="fedavg", choices=("fedavg", "mean"))
     g.add_argument("--epochs", type=int, help="local epochs (default: the task's)")
     g.add_argument("--batch-size", type=int, help="local batch size (default: the task's)")
@@ -112,6 +134,7 @@ def _round_config(args: argparse.Namespace, job: str, min_agents: int | None = N
         rounds=args.rounds,
         plan=plan,
         codec=args.codec,
+        downlink=args.downlink,
         aggregator=args.aggregator,
         quorum=args.quorum,
         min_replies=args.min_replies,
@@ -133,6 +156,24 @@ def _stop_on_signals(stop: object) -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def _observers(args: argparse.Namespace, recorder: RunRecorder) -> Callable[[Action], None]:
+    """The recorder, plus the Prometheus exporter when ``--metrics-port`` asks for one."""
+    if args.metrics_port is None:
+        return recorder
+    from fedmq.prometheus import MetricsExporter, parse_listen
+
+    host, port = parse_listen(args.metrics_port)
+    exporter = MetricsExporter()
+    bound = exporter.serve(host, port)
+    print(f"prometheus metrics on http://{host}:{bound}/metrics")
+
+    def both(action: Action) -> None:
+        recorder(action)
+        exporter(action)
+
+    return both
+
+
 def cmd_coordinator(args: argparse.Namespace) -> int:
     config = _round_config(args, args.job)
     run_dir = args.run_dir or Path("fedmq-runs") / args.job
@@ -144,7 +185,7 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
             data=_data(args),
             run_dir=run_dir,
             resume=args.resume,
-            on_action=recorder,
+            on_action=_observers(args, recorder),
         )
     except CheckpointError as exc:
         print(f"fedmq coordinator: {exc}", file=sys.stderr)
@@ -159,6 +200,8 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
     except ConnectionRefusedError as exc:
         print(f"fedmq coordinator: {exc}", file=sys.stderr)
         return 3
+    finally:
+        recorder.close()
     summary = recorder.summary(node.rounds, job=args.job, run=node.rounds.run, task=args.task)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"{phase.value}: {node.rounds.message}")
@@ -179,6 +222,7 @@ def _agent_settings(
         threads=args.threads,
         exit_when_done=exit_when_done,
         device=args.device,
+        state_dir=args.state_dir,
     )
 
 
@@ -221,6 +265,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+def cmd_monitor(args: argparse.Namespace) -> int:
+    from fedmq.monitor.run import main as monitor_main
+
+    url = BrokerURL.parse(args.broker).with_credentials(args.username, args.password)
+    return monitor_main(url, job=args.job, as_json=args.json, model=args.model,
+                        exit_when_done=args.exit_when_done, mqtt5=not args.mqtt311,
+                        ca_file=args.ca_file)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from fedmq.report import write_report
+
+    for path in write_report(args.run_dir, args.out):
+        print(path)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="fedmq", description="Federated learning over MQTT.")
     top.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING, ERROR")
@@ -233,6 +294,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--summary", type=Path, help="write the run summary as JSON here")
     p.add_argument("--run-dir", type=Path, help="checkpoint and metrics (default: a temp dir)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per agent process")
+    p.add_argument("--metrics-port", help="serve Prometheus metrics on [HOST:]PORT")
     _add_task(p, default="digits")
     _add_rounds(p, rounds=10, deadline=30.0)
     p.set_defaults(func=cmd_demo, username=None, password=None, ca_file=None, mqtt311=False)
@@ -241,6 +303,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--job", required=True)
     p.add_argument("--run-dir", type=Path, help="checkpoint + metrics (default fedmq-runs/JOB)")
     p.add_argument("--resume", action="store_true", help="continue from the run dir's checkpoint")
+    p.add_argument("--metrics-port", help="serve Prometheus metrics on [HOST:]PORT")
     _add_connection(p)
     _add_task(p)
     _add_rounds(p, rounds=10, deadline=60.0)
@@ -251,6 +314,11 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--job", required=True)
         p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
         p.add_argument("--device", help="device class announced in presence, e.g. rpi4")
+        p.add_argument(
+            "--state-dir",
+            type=Path,
+            help="keep each agent's codec residual here across restarts (default: memory only)",
+        )
         _add_connection(p)
         _add_task(p)
         if name == "agent":
@@ -273,7 +341,26 @@ def parser() -> argparse.ArgumentParser:
                 help="stay online after the run's final model",
             )
             p.set_defaults(func=cmd_agents)
+    _add_watch_commands(sub)
+    register_bench(sub)
     return top
+
+
+def _add_watch_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("monitor", help="watch jobs live from their topics")
+    p.add_argument("--job", help="only this job (default: every job on the broker)")
+    p.add_argument("--json", action="store_true", help="one JSON object per event, for scripts")
+    p.add_argument("--model", action="store_true",
+                   help="also subscribe to the (megabyte) model topic for its header")
+    p.add_argument("--exit-when-done", action="store_true",
+                   help="exit once every job seen is done (0) or failed (1)")
+    _add_connection(p, required=False)
+    p.set_defaults(func=cmd_monitor, broker="mqtt://localhost:1883")
+
+    p = sub.add_parser("report", help="plots and a summary of a finished run")
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="holds metrics.jsonl")
+    p.add_argument("--out", type=Path, help="write here instead of RUN_DIR")
+    p.set_defaults(func=cmd_report)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -51,7 +51,7 @@ def agents_command(args: argparse.Namespace, broker_url: str) -> list[str]:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from fedmq.cli import _connection, _data, _round_config, _stop_on_signals
+    from fedmq.cli import _connection, _data, _observers, _round_config, _stop_on_signals
 
     with ExitStack() as stack:
         if args.broker:
@@ -64,19 +64,20 @@ def run_demo(args: argparse.Namespace) -> int:
                 return 2
             broker_url, where = broker.url, f"{broker.url} (private mosquitto, pid {broker.pid})"
         run_dir = args.run_dir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        run_dir.mkdir(parents=True, exist_ok=True)
         config = _round_config(args, args.job, min_agents=args.agents)
         print(
             f"fedmq demo: {args.agents} agents, task {args.task}, {config.rounds} rounds, "
             f"broker {where}"
         )
         print(
-            f"watch it: fedmq monitor --broker {broker_url}   or   "
+            f"watch it: fedmq monitor --broker {broker_url} --job {args.job}   or   "
             f"mosquitto_sub -p {broker_url.rsplit(':', 1)[-1]} -v -t 'fedmq/v1/#'"
         )
         recorder = RunRecorder(config.rounds, jsonl=run_dir / "metrics.jsonl")
         conn: Connection = _connection(args, broker_url)
         node = build_coordinator(
-            config, conn, data=_data(args), run_dir=run_dir, on_action=recorder
+            config, conn, data=_data(args), run_dir=run_dir, on_action=_observers(args, recorder)
         )
         _stop_on_signals(node.stop)
         agents_log = (run_dir / "agents.log").open("wb")
@@ -91,14 +92,21 @@ def run_demo(args: argparse.Namespace) -> int:
                 node.stop(f"the agents process exited with code {code}; see {agents_log.name}")
 
         threading.Thread(target=watch_agents, daemon=True).start()
-        phase = node.run()
+        try:
+            phase = node.run()
+        finally:
+            recorder.close()
         summary = recorder.summary(
             node.rounds, job=args.job, run=node.rounds.run, task=args.task, agents=args.agents
         )
         _print_summary(summary, node.rounds.message)
+        summary_json = json.dumps(summary, indent=2) + "\n"
+        (run_dir / "summary.json").write_text(summary_json)
         if args.summary:
-            args.summary.write_text(json.dumps(summary, indent=2) + "\n")
+            args.summary.write_text(summary_json)
             print(f"  summary        {args.summary}")
+        if args.run_dir:
+            print(f"  plots          fedmq report {args.run_dir}")
         return 0 if phase is Phase.DONE else 1
     return 1
 
@@ -119,4 +127,6 @@ def _print_summary(s: dict[str, object], message: str) -> None:
     print(f"  updates        {s['updates_accepted']} accepted, {s['updates_rejected']} rejected")
     up, down = s["bytes_up"], s["bytes_down"]
     assert isinstance(up, int) and isinstance(down, int)
-    print(f"  payload bytes  up {human_bytes(up)}, down {human_bytes(down)}")
+    ratio = s.get("compression_ratio_up")
+    vs_raw = f" ({ratio:.1f}x smaller than raw float32)" if isinstance(ratio, float) else ""
+    print(f"  payload bytes  up {human_bytes(up)}{vs_raw}, down {human_bytes(down)}")

@@ -7,6 +7,7 @@ trainer is imported only when an agent or evaluator actually needs it.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -17,11 +18,16 @@ from coordinator import Action, CheckpointError, RoundConfig, Rounds, load_check
 from coordinator.mqtt import CoordinatorNode, Evaluator
 from edge_agent.agent import AgentAction, AgentCore
 from edge_agent.connection import BrokerURL, Session
+from edge_agent.feedback import ErrorFeedback, load_residual
 from edge_agent.mqtt import AgentNode
 from fedmq.tasks import DataConfig, Task, agent_data, get_task, test_data
 from protocol import Weights
 
 CHECKPOINT_NAME = "checkpoint.msgpack"
+#: an agent's error-feedback residual, under ``{state_dir}/{agent_id}/``
+RESIDUAL_NAME = "residual.msgpack"
+
+log = logging.getLogger("fedmq.launch")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +53,8 @@ class AgentSettings:
     threads: int | None = None
     exit_when_done: bool = True
     device: str | None = None
+    #: where the agent keeps state across restarts (the codec residual); None: memory only
+    state_dir: Path | None = None
 
 
 def new_run_id() -> str:
@@ -125,12 +133,21 @@ def build_agent(
     task = get_task(settings.task)
     x, y = agent_data(task, settings.data, settings.shard, settings.num_shards, settings.partition)
     trainer = TorchTrainer(task.model, task.kind, x, y, settings.shard, threads=settings.threads)
+    residual_path = None
+    feedback = ErrorFeedback()
+    if settings.state_dir is not None:
+        residual_path = settings.state_dir / settings.agent_id / RESIDUAL_NAME
+        try:
+            feedback = ErrorFeedback(load_residual(residual_path))
+        except ValueError as exc:  # a torn or foreign file: start from zero, say so
+            log.warning("%s: ignoring the saved residual: %s", settings.agent_id, exc)
     core = AgentCore(
         settings.job,
         settings.agent_id,
         samples=trainer.samples,
         trainer=trainer.name,
         device=settings.device,
+        feedback=feedback,
     )
     session = Session(
         client_id=f"fedmq-{settings.job}-{settings.agent_id}",
@@ -144,4 +161,5 @@ def build_agent(
         session,
         exit_when_done=settings.exit_when_done,
         on_action=on_action,
+        residual_path=residual_path,
     )

@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -34,6 +36,7 @@ from coordinator import (
     Stop,
     Tick,
     UpdateArrived,
+    save_checkpoint,
 )
 from edge_agent.agent import (
     AgentAction,
@@ -59,6 +62,8 @@ from protocol import (
     parse_topic,
 )
 
+ActionT = TypeVar("ActionT", bound=Action)
+
 #: The coordinator's address in the fake broker (agent ids never contain ':').
 COORDINATOR = ":coordinator"
 
@@ -76,6 +81,21 @@ def initial_weights(seed: int = 0, in_dim: int = IN_DIM, out_dim: int = OUT_DIM)
 
 def copy_weights(weights: Mapping[str, npt.NDArray[np.float32]]) -> Weights:
     return {name: np.array(arr, dtype=np.float32, copy=True) for name, arr in weights.items()}
+
+
+def assert_weights_close(
+    actual: Mapping[str, npt.NDArray[np.float32]],
+    expected: Mapping[str, npt.NDArray[np.float32]],
+) -> None:
+    """Same names, shapes and dtype; values equal up to float32 rounding.
+
+    Streaming float64 sums and ``np.average`` add in different orders, so after the
+    cast to float32 a value may differ in its last bit; nothing else is allowed.
+    """
+    assert list(actual) == list(expected)
+    for name, want in expected.items():
+        assert actual[name].dtype == np.float32 and actual[name].shape == want.shape
+        np.testing.assert_allclose(actual[name], want, rtol=1e-6, atol=1e-7)
 
 
 def weights_equal(
@@ -222,8 +242,11 @@ class Fleet:
         seed: int = 0,
         resume: Checkpoint | None = None,
         evaluate: Callable[[int, Weights], dict[str, float]] | None = None,
+        checkpoint_path: Path | None = None,
     ) -> None:
         self.config = config
+        #: where SaveCheckpoint actions are written, as the coordinator's adapter does
+        self.checkpoint_path = checkpoint_path
         self.run_id = run
         self.initial_weights = copy_weights(weights if weights is not None else initial_weights())
         self.now = 0.0
@@ -268,7 +291,8 @@ class Fleet:
     def history(self) -> tuple[RoundMetrics, ...]:
         return self.rounds.history
 
-    def of_type(self, kind: type[Action]) -> list[Action]:
+    def of_type(self, kind: type[ActionT]) -> list[ActionT]:
+        """The coordinator's actions of one kind, in order."""
         return [a for a in self.actions if isinstance(a, kind)]
 
     def rejections(self) -> list[RejectUpdate]:
@@ -499,6 +523,8 @@ class Fleet:
                 return Evaluated(round_no, self.evaluate(round_no, weights))
             case SaveCheckpoint(checkpoint=ckpt):
                 self.checkpoints.append(ckpt)
+                if self.checkpoint_path is not None:
+                    save_checkpoint(self.checkpoint_path, ckpt)
             case Stop():
                 self.stop = action
             case _:

@@ -45,7 +45,9 @@ def agent_data(
         ValueError: for a bad partition spec or shard, or bad data.
     """
     data = load_dataset(task, data_cfg)
-    rows = agent_indices(partition or task.partition, data.y_train, shard, num_shards, data_cfg.seed)
+    rows = agent_indices(
+        partition or task.partition, data.y_train, shard, num_shards, data_cfg.seed
+    )
     return data.x_train[rows], data.y_train[rows]
 
 

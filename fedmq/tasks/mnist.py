@@ -171,7 +171,9 @@ def verify_checksums(directory: Path, names: tuple[str, ...]) -> None:
             continue
         got = hashlib.sha256((directory / name).read_bytes()).hexdigest()
         if got != want:
-            raise ValueError(f"{directory / name}: SHA256 {got} does not match {CHECKSUMS} ({want})")
+            raise ValueError(
+                f"{directory / name}: SHA256 {got} does not match {CHECKSUMS} ({want})"
+            )
 
 
 def _scale(pixels: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:

@@ -106,7 +106,9 @@ def shards(labels: npt.NDArray[Any], shard: int, num_shards: int, seed: int) -> 
     _check(len(labels), shard, num_shards, pieces)
     order = np.argsort(labels, kind="stable")
     sp = np.random.default_rng(seed).permutation(pieces)
-    runs = [order[slice(*_bounds(len(labels), pieces, int(s)))] for s in sp[2 * shard : 2 * shard + 2]]
+    runs = [
+        order[slice(*_bounds(len(labels), pieces, int(s)))] for s in sp[2 * shard : 2 * shard + 2]
+    ]
     return np.concatenate(runs).astype(np.int64)
 
 

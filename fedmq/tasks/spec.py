@@ -93,17 +93,24 @@ class Dataset:
     y_test: npt.NDArray[np.int64] | npt.NDArray[np.float32]
 
     def __post_init__(self) -> None:
-        for split, x, y in (("train", self.x_train, self.y_train), ("test", self.x_test, self.y_test)):
+        for split, x, y in (
+            ("train", self.x_train, self.y_train),
+            ("test", self.x_test, self.y_test),
+        ):
             if x.dtype != np.float32 or x.ndim != 2:
                 raise ValueError(f"x_{split} must be float32 (n, d), got {x.dtype} {x.shape}")
             if y.dtype not in (np.int64, np.float32) or y.ndim not in (1, 2):
-                raise ValueError(f"y_{split} must be int64 or float32 (n,) or (n, k), got {y.dtype}")
+                raise ValueError(
+                    f"y_{split} must be int64 or float32 (n,) or (n, k), got {y.dtype}"
+                )
             if len(x) != len(y):
                 raise ValueError(f"{split}: {len(x)} inputs but {len(y)} targets")
             x.setflags(write=False)
             y.setflags(write=False)
         if self.x_train.shape[1] != self.x_test.shape[1]:
-            raise ValueError(f"train has {self.x_train.shape[1]} features, test {self.x_test.shape[1]}")
+            raise ValueError(
+                f"train has {self.x_train.shape[1]} features, test {self.x_test.shape[1]}"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,4 +151,3 @@ def check_dataset(task: Task, data: Dataset) -> Dataset:
                 f"expected {np.dtype(want)}{' (n,)' if want is np.int64 else ''}"
             )
     return data
-

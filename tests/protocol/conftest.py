@@ -9,22 +9,14 @@ options) so that rejection and fuzz tests start from another corner of the forma
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, fields, is_dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-# The repository root holds the `protocol` package; the pytest entry point does
-# not put it on sys.path by itself.
-_ROOT = str(Path(__file__).resolve().parents[2])
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-
-from protocol import (  # noqa: E402
+from protocol import (
     ClosedBy,
     ModelAnnouncement,
     Phase,

@@ -10,6 +10,8 @@ The msgpack vectors are laid out one top-level field per line (key, then value).
 from __future__ import annotations
 
 import hashlib
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -315,3 +317,14 @@ def test_reject_reason_wire_strings():
 def test_enum_wire_strings():
     assert [p.value for p in Phase] == ["waiting", "training", "evaluating", "done", "failed"]
     assert [c.value for c in ClosedBy] == ["quorum", "all_replied", "deadline"]
+
+
+def test_protocol_doc_shows_the_golden_bytes():
+    # docs/PROTOCOL.md section 10 annotates MODEL_BYTES: hex on the left, a comment after
+    # three or more spaces. Keep the page and the vector from drifting apart.
+    doc = (Path(__file__).parents[2] / "docs" / "PROTOCOL.md").read_text()
+    section = doc[doc.index("## 10. Golden vectors") :]
+    dump, presence = re.findall(r"```\n(.*?)```", section, flags=re.DOTALL)[:2]
+    hex_columns = [re.split(r" {3,}", line.strip())[0] for line in dump.splitlines()]
+    assert bytes.fromhex(" ".join(hex_columns)) == MODEL_BYTES
+    assert presence.strip().encode() == PRESENCE_BYTES

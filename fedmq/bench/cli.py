@@ -1,0 +1,141 @@
+"""The ``fedmq bench ...`` and ``fedmq swarm`` subcommands, registered by :func:`register`.
+
+Invariant: importing this module imports no benchmark and no torch; each
+command imports what it runs, so ``fedmq agent`` on a device pays nothing for it.
+Every bench prints its figures and writes them, with the command line and the
+machine, to a JSON file (default under ``bench-results/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from fedmq.bench.results import RESULTS_DIR
+
+DEFAULT_SCALE_COUNTS = "100,250,500,1000"
+
+
+def _counts(value: str) -> list[int]:
+    try:
+        counts = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"want N[,N...], got {value!r}") from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"want positive counts, got {value!r}")
+    return counts
+
+
+def _finish(bench: str, begun: dict[str, Any], doc: dict[str, Any], out: Path, text: str) -> int:
+    from fedmq.bench.results import write_results
+
+    print(text)
+    path = write_results(out, bench, begun, doc)
+    print(f"results: {path}")
+    return 0
+
+
+def cmd_w1(args: argparse.Namespace) -> int:
+    from fedmq.bench.results import begin
+    from fedmq.bench.w1 import W1Options, report, run_w1
+
+    opts = W1Options(
+        variant=args.variant,
+        codec=args.codec,
+        task=args.task,
+        agents=args.agents,
+        rounds=args.rounds,
+        data_dir=args.data,
+        broker=args.broker,
+        deadline_s=args.deadline,
+        timeout_s=args.timeout,
+        reference=not args.no_reference,
+        centralised=not args.no_centralised,
+        ref_threads=args.ref_threads,
+    )
+    begun = begin()
+    doc = run_w1(opts)
+    name = "w1" if args.variant == "iid" else "w1-noniid"
+    out = args.out or RESULTS_DIR / f"{name}-{args.codec.replace(':', '_')}.json"
+    return _finish("w1", begun, doc, out, report(doc))
+
+
+def cmd_swarm(args: argparse.Namespace) -> int:
+    from fedmq.bench.fleet import (
+        FleetSpec,
+        exit_code,
+        report_line,
+        run_in_process,
+        run_processes,
+    )
+
+    spec = FleetSpec(
+        broker=args.broker,
+        job=args.job,
+        task=args.task,
+        count=args.count,
+        first=args.first,
+        total=args.of,
+        id_prefix=args.id_prefix,
+        partition=args.partition,
+        data_dir=args.data,
+        data_seed=args.data_seed,
+        mqtt5=not args.mqtt311,
+        keepalive_s=args.keepalive,
+        exit_when_done=not args.keep_running,
+    )
+    if args.processes > 1:
+        return run_processes(spec, args.processes)
+    stats = run_in_process(spec)
+    print(report_line(spec, stats), flush=True)
+    return exit_code(stats)
+
+
+def _add_out(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, help=f"results JSON (default: {RESULTS_DIR}/<bench>.json)")
+
+
+def register(sub: Any) -> None:
+    """Add ``bench`` (w1, ingest, scale, footprint) and ``swarm`` to fedmq's subparsers."""
+    bench = sub.add_parser("bench", help="benchmarks: print figures, write them as JSON")
+    which = bench.add_subparsers(dest="bench", required=True)
+
+    p = which.add_parser("w1", help="Workload W1 over a real Mosquitto vs the in-process reference")
+    p.add_argument("--variant", choices=("iid", "noniid"), default="iid")
+    p.add_argument("--codec", default="none", help="update codec spec (default: none)")
+    p.add_argument("--task", default="mnist-2nn")
+    p.add_argument("--agents", type=int, default=20, help="agent processes (W1: 20)")
+    p.add_argument("--rounds", type=int, default=20)
+    p.add_argument("--data", type=Path, help="MNIST directory (default: ../shared/data/mnist)")
+    p.add_argument("--broker", help="use this broker instead of a private Mosquitto")
+    p.add_argument("--deadline", type=float, default=120.0, help="seconds per round")
+    p.add_argument("--timeout", type=float, default=1800.0, help="give up after this many s")
+    p.add_argument("--ref-threads", type=int, help="torch threads of the references")
+    p.add_argument("--no-reference", action="store_true", help="skip the in-process reference")
+    p.add_argument("--no-centralised", action="store_true", help="skip the centralised baseline")
+    _add_out(p)
+    p.set_defaults(func=cmd_w1)
+
+    p = sub.add_parser("swarm", help="many simulated agents (numpy trainer) in few processes")
+    p.add_argument("--broker", required=True, help="mqtt://host[:port]")
+    p.add_argument("--mqtt311", action="store_true", help="speak MQTT 3.1.1 instead of 5")
+    p.add_argument("--job", required=True)
+    p.add_argument("--task", default="mnist-logreg", help="a task with a 'linear' model")
+    p.add_argument("--data", type=Path, help="data directory (MNIST files)")
+    p.add_argument("--data-seed", type=int, default=0)
+    p.add_argument("--partition", help="iid | shards | dirichlet:ALPHA (default: the task's)")
+    p.add_argument("--count", type=int, required=True, help="agents in all")
+    p.add_argument("--processes", type=int, default=1, help="spread the agents over P processes")
+    p.add_argument("--first", type=int, default=0, help="first shard index")
+    p.add_argument("--of", type=int, help="total shards (default: first + count)")
+    p.add_argument("--id-prefix", default="agent-")
+    p.add_argument("--keepalive", type=int, default=60, help="MQTT keepalive seconds")
+    p.add_argument("--keep-running", action="store_true", help="stay online after the run")
+    p.set_defaults(func=cmd_swarm)
+
+
+def dump(doc: dict[str, Any]) -> str:
+    """``doc`` as indented JSON, for commands that print their whole result."""
+    return json.dumps(doc, indent=2)

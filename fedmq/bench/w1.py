@@ -1,0 +1,308 @@
+"""``fedmq bench w1``: Workload W1 through fedmq over a real Mosquitto, checked against
+the in-process reference.
+
+What runs (DESIGN.md, "Workload W1"): a private Mosquitto (or ``--broker``); the
+coordinator in this process, evaluating every round on the 5,000 held-out
+images; one OS process per agent (``python -m fedmq agent ... --threads 1`` with
+``OMP_NUM_THREADS=1``). Then, in this process, the same workload in plain torch
+(:func:`fedmq.reference.run_reference`, with the same codec's round trip) and
+the centralised baseline (:func:`fedmq.reference.run_centralised`).
+
+What is measured, and how:
+- total wall: from round 1's ``RoundOpened`` to the last round's ``RoundClosed``
+  (seen through the coordinator's ``on_action``), so agent start-up and data
+  loading are excluded, as the reference excludes them;
+- per round: test accuracy and loss, ``RoundMetrics.duration_s``, payload bytes
+  up and down (and raw float32 bytes up);
+- peak RSS: the coordinator's is this process's ``VmHWM`` read when the fedmq
+  run ends (before the reference runs here); each agent's is ``ru_maxrss`` from
+  ``wait4``; the broker's is its ``VmHWM`` before it is stopped.
+- agreement: the largest per-round |accuracy(fedmq) - accuracy(reference)|.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from coordinator import Action, RoundClosed, RoundConfig, RoundOpened
+from edge_agent.connection import BrokerURL
+from fedmq.bench.measure import ExitWatcher, reap, usage
+from fedmq.broker import LocalBroker
+from fedmq.launch import Connection, build_coordinator
+from fedmq.progress import human_bytes
+from fedmq.tasks import DataConfig, get_task
+from protocol import Phase, RoundMetrics
+
+#: W1's variants and the partition each names (DESIGN.md)
+VARIANTS = {"iid": "iid", "noniid": "shards"}
+#: the goals issue 3 set: accuracy within 0.3 points, wall within 1.1x the reference
+ACCURACY_TOLERANCE = 0.003
+WALL_RATIO_GOAL = 1.1
+#: every agent process trains on one thread, whatever library does the maths
+ONE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+
+
+@dataclass(frozen=True, slots=True)
+class W1Options:
+    """One W1 run; the defaults are DESIGN.md's workload."""
+
+    variant: str = "iid"
+    codec: str = "none"
+    task: str = "mnist-2nn"
+    agents: int = 20
+    rounds: int = 20
+    data_dir: Path | None = None
+    broker: str | None = None
+    deadline_s: float = 120.0
+    timeout_s: float = 1800.0
+    reference: bool = True
+    centralised: bool = True
+    ref_threads: int | None = None
+
+
+@dataclass
+class _Clock:
+    """Observes the coordinator: when round 1 was announced, when each round closed."""
+
+    first_opened: float | None = None
+    closed: list[tuple[float, RoundMetrics]] = field(default_factory=list)
+
+    def __call__(self, action: Action) -> None:
+        if isinstance(action, RoundOpened) and action.round_no == 1 and action.attempt == 0:
+            self.first_opened = time.monotonic()
+        elif isinstance(action, RoundClosed):
+            self.closed.append((time.monotonic(), action.metrics))
+
+
+def job_name(opts: W1Options) -> str:
+    """A valid job id naming the variant and codec (codec specs may hold ``:``)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", f"w1-{opts.variant}-{opts.codec}")[:64]
+
+
+def agent_command(opts: W1Options, url: str, job: str, k: int) -> list[str]:
+    """The command line of agent ``k``: W1's shard k of n, one torch thread."""
+    cmd = [
+        sys.executable, "-m", "fedmq", "agent",
+        "--broker", url, "--job", job, "--task", opts.task,
+        "--shard", f"{k}/{opts.agents}", "--agent-id", f"agent-{k}",
+        "--partition", VARIANTS[opts.variant], "--threads", "1", "--exit-when-done",
+    ]  # fmt: skip
+    if opts.data_dir is not None:
+        cmd += ["--data", str(opts.data_dir)]
+    return cmd
+
+
+def _round_config(opts: W1Options, job: str) -> RoundConfig:
+    task = get_task(opts.task)
+    return RoundConfig(
+        job=job,
+        task=opts.task,
+        rounds=opts.rounds,
+        plan=task.plan,
+        codec=opts.codec,
+        min_replies=opts.agents,  # every agent every round, as W1 says
+        deadline_s=opts.deadline_s,
+        min_agents=opts.agents,
+        on_short_round="stop",
+    )
+
+
+def run_fedmq(opts: W1Options, logs: Path) -> dict[str, Any]:
+    """W1 through fedmq: coordinator here, agents as processes, over a real broker."""
+    job = job_name(opts)
+    with ExitStack() as stack:
+        broker = None if opts.broker else stack.enter_context(LocalBroker())
+        url = opts.broker or (broker.url if broker else "")
+        clock = _Clock()
+        node = build_coordinator(
+            _round_config(opts, job),
+            Connection(BrokerURL.parse(url)),
+            data=DataConfig(data_dir=opts.data_dir),
+            run_dir=logs / "coordinator",
+            on_action=clock,
+        )
+        env = {**os.environ, **ONE_THREAD_ENV}
+        procs = []
+        for k in range(opts.agents):
+            log = stack.enter_context((logs / f"agent-{k}.log").open("wb"))
+            cmd = agent_command(opts, url, job, k)
+            procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT))
+        failures: list[str] = []
+
+        def on_exit(index: int, code: int) -> None:
+            if not node.rounds.finished:
+                failures.append(f"agent-{index} exited with {code} (log: {logs}/agent-{index}.log)")
+                node.stop(failures[-1])
+
+        watcher = ExitWatcher(procs, on_exit)
+        timer = threading.Timer(opts.timeout_s, node.stop, args=("bench timeout",))
+        timer.start()
+        started = time.monotonic()
+        try:
+            phase = node.run()
+        finally:
+            timer.cancel()
+            coordinator = usage()
+            broker_usage = usage(broker.pid) if broker and broker.pid else None
+            watcher.close()
+            deadline = time.monotonic() + 60.0
+            agents = [reap(p, deadline - time.monotonic()) for p in procs]
+        closed = clock.closed
+        if phase is not Phase.DONE or len(closed) != opts.rounds or clock.first_opened is None:
+            why = "; ".join(failures) or node.rounds.message
+            raise RuntimeError(f"fedmq run ended {phase.value} after {len(closed)} rounds: {why}")
+        return {
+            "job": job,
+            "broker": url,
+            "agent_command": " ".join(agent_command(opts, "URL", job, 0)),
+            "startup_s": round(clock.first_opened - started, 3),
+            "wall_s": round(closed[-1][0] - clock.first_opened, 4),
+            "rounds": [_round_row(m) for _, m in closed],
+            "peak_rss": {
+                "coordinator": coordinator.peak_rss,
+                "agent_0": agents[0].peak_rss,
+                "agent_max": max(a.peak_rss for a in agents),
+                "broker": broker_usage.peak_rss if broker_usage else None,
+            },
+            "cpu_s": {
+                "coordinator_process": round(coordinator.cpu_s, 2),
+                "agents_total": round(sum(a.cpu_s for a in agents), 2),
+                "broker": round(broker_usage.cpu_s, 2) if broker_usage else None,
+            },
+            "agent_exit_codes": sorted({a.returncode for a in agents}),
+            "agents_timed_out": sum(a.timed_out for a in agents),
+        }
+
+
+def _round_row(m: RoundMetrics) -> dict[str, Any]:
+    return {
+        "round": m.round,
+        "accuracy": m.accuracy,
+        "loss": m.loss,
+        "seconds": round(m.duration_s, 4),
+        "bytes_up": m.bytes_up,
+        "bytes_down": m.bytes_down,
+        "raw_bytes_up": m.raw_bytes_up,
+        "accepted": m.accepted,
+        "closed_by": m.closed_by.value,
+    }
+
+
+def run_references(opts: W1Options) -> dict[str, Any]:
+    """The same workload in this process with plain torch, and the centralised baseline."""
+    import torch
+
+    from fedmq.reference import run_centralised, run_reference
+
+    out: dict[str, Any] = {}
+    if opts.reference:
+        ref = run_reference(
+            opts.variant,
+            opts.rounds,
+            opts.data_dir,
+            None if opts.codec == "none" else opts.codec,
+            task=opts.task,
+            agents=opts.agents,
+            threads=opts.ref_threads,
+        )
+        out["reference"] = {
+            "torch_threads": torch.get_num_threads(),
+            "wall_s": round(ref["wall_s"], 4),
+            "accuracy": ref["accuracy"],
+            "seconds": [round(s, 4) for s in ref["round_s"]],
+            "model_id": ref["model_id"],
+        }
+    if opts.centralised:
+        cen = run_centralised(opts.rounds, opts.data_dir, task=opts.task, threads=opts.ref_threads)
+        out["centralised"] = {
+            "torch_threads": torch.get_num_threads(),
+            "wall_s": round(cen["wall_s"], 4),
+            "accuracy": cen["accuracy"],
+        }
+    return out
+
+
+def compare(fedmq_run: dict[str, Any], refs: dict[str, Any]) -> dict[str, Any]:
+    """How far fedmq is from the reference: accuracy per round and total wall."""
+    if "reference" not in refs:
+        return {}
+    ref = refs["reference"]
+    ours = [r["accuracy"] for r in fedmq_run["rounds"]]
+    diffs = [abs(a - b) for a, b in zip(ours, ref["accuracy"], strict=True)]
+    ratio = fedmq_run["wall_s"] / ref["wall_s"]
+    return {
+        "max_abs_accuracy_diff": max(diffs),
+        "wall_ratio": round(ratio, 3),
+        "accuracy_within_goal": max(diffs) <= ACCURACY_TOLERANCE,
+        "wall_within_goal": ratio <= WALL_RATIO_GOAL,
+    }
+
+
+def run_w1(opts: W1Options) -> dict[str, Any]:
+    """Run fedmq, then the references, and compare; returns the results document."""
+    if opts.variant not in VARIANTS:
+        raise ValueError(f"--variant must be one of {', '.join(VARIANTS)}")
+    with tempfile.TemporaryDirectory(prefix="fedmq-w1-") as tmp:
+        fedmq_run = run_fedmq(opts, Path(tmp))
+    refs = run_references(opts)
+    return {
+        "workload": {
+            "variant": opts.variant,
+            "partition": VARIANTS[opts.variant],
+            "codec": opts.codec,
+            "task": opts.task,
+            "agents": opts.agents,
+            "rounds": opts.rounds,
+        },
+        "fedmq": fedmq_run,
+        **refs,
+        "comparison": compare(fedmq_run, refs),
+    }
+
+
+def report(doc: dict[str, Any]) -> str:
+    """The run as a table a person reads: one line per round, then the totals."""
+    run, ref = doc["fedmq"], doc.get("reference")
+    cen = doc.get("centralised")
+    lines = [
+        "round  acc(fedmq)  acc(ref)  acc(central)  s(fedmq)  s(ref)   up        down",
+    ]
+    for i, r in enumerate(run["rounds"]):
+        ref_acc = f"{ref['accuracy'][i]:.4f}" if ref else "-"
+        ref_s = f"{ref['seconds'][i]:.3f}" if ref else "-"
+        cen_acc = f"{cen['accuracy'][i]:.4f}" if cen else "-"
+        lines.append(
+            f"{r['round']:>5}  {r['accuracy']:.4f}      {ref_acc:<8}  {cen_acc:<12}  "
+            f"{r['seconds']:<8.3f}  {ref_s:<7}  {human_bytes(r['bytes_up']):<8}  "
+            f"{human_bytes(r['bytes_down'])}"
+        )
+    rss = run["peak_rss"]
+    wall = f"wall (round 1 announced -> last round closed): fedmq {run['wall_s']:.2f} s"
+    if ref:
+        wall += f", reference {ref['wall_s']:.2f} s ({ref['torch_threads']} torch threads)"
+    if cen:
+        wall += f", centralised {cen['wall_s']:.2f} s"
+    lines.append(wall)
+    lines.append(
+        f"peak RSS: coordinator {human_bytes(rss['coordinator'])}, agent-0 "
+        f"{human_bytes(rss['agent_0'])} (max {human_bytes(rss['agent_max'])}), broker "
+        + (human_bytes(rss["broker"]) if rss["broker"] else "-")
+    )
+    cmp = doc.get("comparison") or {}
+    if cmp:
+        lines.append(
+            f"max |acc(fedmq) - acc(ref)| = {cmp['max_abs_accuracy_diff']:.4f} "
+            f"(goal <= {ACCURACY_TOLERANCE}); wall ratio {cmp['wall_ratio']:.3f} "
+            f"(goal <= {WALL_RATIO_GOAL})"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,166 @@
+"""Chunked transfer: split, then reassemble under shuffling, duplication, loss and tampering."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from protocol import RejectReason, WireError
+from protocol.chunks import (
+    MIN_MAX_PAYLOAD,
+    Manifest,
+    Reassembler,
+    decode_frame,
+    encode_manifest,
+    is_chunk_frame,
+    split,
+)
+
+
+def reassembler(**kw: float) -> Reassembler:
+    args = {"max_buffered_bytes": 10_000_000, "ttl_s": 60.0, "max_payload_size": 100_000_000}
+    args.update(kw)
+    return Reassembler(
+        int(args["max_buffered_bytes"]), args["ttl_s"], int(args["max_payload_size"])
+    )
+
+
+def test_small_payload_travels_whole() -> None:
+    assert split(b"x" * 2000, 2000) is None
+
+
+def test_every_frame_fits_the_cap() -> None:
+    payload = random.Random(0).randbytes(500_000)
+    result = split(payload, 128 * 1024)
+    assert result is not None
+    manifest, frames = result
+    assert manifest.count == len(frames) == 4
+    assert all(len(f) <= 128 * 1024 for f in frames)
+    assert all(is_chunk_frame(f) for f in frames)
+    assert is_chunk_frame(encode_manifest(manifest))
+
+
+def test_a_cap_below_the_minimum_is_refused() -> None:
+    with pytest.raises(ValueError, match="max_payload"):
+        split(b"x" * 5000, MIN_MAX_PAYLOAD - 1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    extra=st.integers(1, 60_000),
+    cap=st.integers(MIN_MAX_PAYLOAD, 8_000),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_shuffled_and_duplicated_frames_reassemble_exactly_once(
+    extra: int, cap: int, seed: int
+) -> None:
+    rng = random.Random(seed)
+    payload = rng.randbytes(cap + extra)
+    result = split(payload, cap)
+    assert result is not None
+    frames = result[1]
+    delivery = frames + rng.sample(frames, k=min(3, len(frames)))
+    rng.shuffle(delivery)
+    r = reassembler()
+    outputs = [out for f in delivery if (out := r.add("agent-1", f, 0.0)) is not None]
+    assert outputs == [payload]
+    assert r.buffered_bytes == 0
+
+
+def test_a_lost_frame_never_yields_a_payload_and_the_set_expires() -> None:
+    frames = split(bytes(range(256)) * 100, 4096)[1]  # type: ignore[index]
+    r = reassembler(ttl_s=30.0)
+    assert all(r.add("a", f, 0.0) is None for f in frames[1:])
+    assert r.buffered_bytes > 0
+    r.expire(31.0)
+    assert r.buffered_bytes == 0 and r.expired == 1
+
+
+def test_memory_stays_bounded_by_evicting_the_oldest_sets() -> None:
+    r = reassembler(max_buffered_bytes=50_000)
+    for source in range(20):  # twenty senders, each missing its last frame
+        payload = random.Random(source).randbytes(20_000)
+        for frame in split(payload, 4096)[1][:-1]:  # type: ignore[index]
+            r.add(f"agent-{source}", frame, 0.0)
+        assert r.buffered_bytes <= 50_000
+    assert r.evicted > 0
+
+
+def test_sources_do_not_mix() -> None:
+    payload = random.Random(1).randbytes(10_000)
+    frames = split(payload, 4096)[1]  # type: ignore[index]
+    r = reassembler()
+    assert r.add("a", frames[0], 0.0) is None
+    assert r.add("b", frames[1], 0.0) is None
+    assert r.add("a", frames[2], 0.0) is None
+    assert r.add("b", frames[0], 0.0) is None
+    assert r.add("a", frames[1], 0.0) == payload
+
+
+def _tamper(frame: bytes, **changes: object) -> bytes:
+    obj = msgpack.unpackb(frame, raw=False)
+    obj.update(changes)
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def test_altered_data_fails_the_digest() -> None:
+    frames = split(b"a" * 10_000, 4096)[1]  # type: ignore[index]
+    frames[1] = _tamper(frames[1], data=b"b" * len(msgpack.unpackb(frames[1])["data"]))
+    r = reassembler()
+    with pytest.raises(WireError) as info:
+        for f in frames:
+            r.add("a", f, 0.0)
+    assert info.value.reason is RejectReason.MALFORMED
+    assert "digest" in info.value.detail
+    assert r.buffered_bytes == 0
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"index": 99}, RejectReason.MALFORMED),
+        ({"index": -1}, RejectReason.MALFORMED),
+        ({"count": 0}, RejectReason.MALFORMED),
+        ({"count": True}, RejectReason.MALFORMED),
+        ({"digest": "abc"}, RejectReason.MALFORMED),
+        ({"data": "not bytes"}, RejectReason.MALFORMED),
+        ({"size": 1}, RejectReason.MALFORMED),
+        ({"size": 10**12}, RejectReason.TOO_LARGE),
+        ({"v": 2}, RejectReason.MALFORMED),
+        ({"type": "model"}, RejectReason.MALFORMED),
+    ],
+)
+def test_malformed_frames_are_rejected_with_a_reason(
+    changes: dict[str, object], reason: RejectReason
+) -> None:
+    frame = split(b"z" * 10_000, 4096)[1][0]  # type: ignore[index]
+    with pytest.raises(WireError) as info:
+        reassembler().add("a", _tamper(frame, **changes), 0.0)
+    assert info.value.reason is reason
+
+
+def test_a_frame_disagreeing_with_its_set_is_rejected() -> None:
+    frames = split(b"q" * 10_000, 4096)[1]  # type: ignore[index]
+    r = reassembler()
+    r.add("a", frames[0], 0.0)
+    with pytest.raises(WireError, match="disagrees"):
+        r.add("a", _tamper(frames[1], size=9_999), 0.0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300))
+def test_random_bytes_never_crash_the_reassembler(junk: bytes) -> None:
+    r = reassembler()
+    with contextlib.suppress(WireError):
+        assert r.add("a", junk, 0.0) is None
+    assert r.buffered_bytes <= len(junk)
+
+
+def test_manifest_round_trip() -> None:
+    m = Manifest("0" * 64, 3, 5000)
+    assert decode_frame(encode_manifest(m), 10_000) == m
