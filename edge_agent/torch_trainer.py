@@ -106,8 +106,14 @@ def _load(module: nn.Module, weights: Mapping[str, npt.NDArray[np.float32]]) -> 
 
 
 def _targets(kind: TaskKind, y: npt.NDArray[Any]) -> torch.Tensor:
-    """Class labels as int64 (n,), or regression targets as float32 (n, k)."""
+    """Class labels as int64 (n,), or regression targets as float32 (n, k).
+
+    Raises:
+        ValueError: for classification targets that are not 1-D integer labels.
+    """
     if kind == "classification":
+        if y.ndim != 1 or y.dtype.kind not in "iu":
+            raise ValueError(f"class labels must be 1-D integers, got {y.dtype} {y.shape}")
         return torch.tensor(np.asarray(y), dtype=torch.int64)
     t = torch.tensor(np.asarray(y), dtype=torch.float32)
     return t.reshape(len(t), -1)
@@ -240,6 +246,7 @@ class TorchEvaluator:
         kind: TaskKind,
         x: npt.NDArray[np.float32],
         y: npt.NDArray[Any],
+        *,
         threads: int | None = None,
     ) -> None:
         if len(x) != len(y):

@@ -17,8 +17,10 @@ from Decentralized Data" (AISTATS 2017), Algorithm 1 (FederatedAveraging).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TypedDict
@@ -27,7 +29,7 @@ import numpy as np
 
 from edge_agent.torch_trainer import TorchEvaluator, TorchTrainer, initial_weights
 from fedmq.tasks import DataConfig, Task, agent_data, get_task, load_dataset, test_data
-from protocol import TrainPlan, Weights, decode_delta, encode_delta, weights_digest
+from protocol import TrainPlan, Weights, check_codec, decode_delta, encode_delta, weights_digest
 
 #: W1's two splits by their DESIGN.md names; any partition spec is accepted too
 VARIANTS = {"iid": "iid", "noniid": "shards"}
@@ -70,12 +72,25 @@ def fedavg(results: list[tuple[Weights, int]]) -> Weights:
     }
 
 
-def _through_codec(local: Weights, base: Weights, codec: str) -> Weights:
-    """What the coordinator sees of ``local`` after its delta crossed the wire via ``codec``."""
-    delta = {name: local[name] - base[name] for name in base}
-    shapes = {name: arr.shape for name, arr in base.items()}
-    decoded = decode_delta(encode_delta(delta, codec), codec, shapes)
-    return {name: base[name] + decoded[name] for name in base}
+def codec_rng_key(agent_id: str) -> int:
+    """The per-agent key of stochastic codecs' ``default_rng([plan.seed, round, key])``,
+    as :mod:`edge_agent.agent` derives it, so reference and fleet draw the same noise."""
+    return int.from_bytes(hashlib.sha256(agent_id.encode()).digest()[:8], "big")
+
+
+def send_delta(
+    delta: Weights, residual: Weights | None, codec: str, rng: np.random.Generator
+) -> tuple[Weights, Weights]:
+    """What the coordinator decodes of ``delta`` under ``codec``, and the new residual.
+
+    Error feedback written out independently of :mod:`edge_agent.feedback`:
+    send ``u = delta + residual``, keep ``u - decode(encode(u))`` (zero for a
+    lossless codec).
+    """
+    u = delta if residual is None else {n: delta[n] + residual[n] for n in delta}
+    shapes = {name: arr.shape for name, arr in u.items()}
+    sent = decode_delta(encode_delta(u, codec, rng), codec, shapes)
+    return sent, {n: (u[n] - sent[n]).astype(np.float32) for n in u}
 
 
 def _resolve(task: Task | str) -> Task:
@@ -93,14 +108,18 @@ def run_reference(
     seed: int = 0,
     plan: TrainPlan | None = None,
     threads: int | None = None,
+    agent_ids: Sequence[str] | None = None,
 ) -> ReferenceRun:
     """FedAvg in one process: every agent trains every round, then the mean is tested.
 
     ``variant`` is ``iid``, ``noniid`` (W1's shards) or any partition spec;
     ``seed`` seeds the initial model, the data and the partition; ``plan``
-    defaults to the task's. With ``codec`` set, each agent's delta makes the
-    round trip through :func:`protocol.encode_delta` before averaging.
-    ``round_s`` covers training, averaging and testing of one round.
+    defaults to the task's. Without ``codec`` the new model is the weighted
+    mean of the local models (W1). With one, each agent's delta goes through
+    :func:`send_delta` (codec plus error feedback, stochastic rounding keyed
+    by ``agent_ids``, default ``agent-0``, ``agent-1``, ...) and the new model
+    is the old one plus the weighted mean of what was decoded, as the
+    coordinator computes it. ``round_s`` covers training, averaging and testing.
 
     Raises:
         ValueError: for an unknown task, partition spec or codec.
@@ -108,6 +127,13 @@ def run_reference(
     the_task = _resolve(task)
     plan = plan or the_task.plan
     partition = VARIANTS.get(variant, variant)
+    if codec is not None:
+        check_codec(codec)
+    ids = list(agent_ids) if agent_ids is not None else [f"agent-{k}" for k in range(agents)]
+    if len(ids) != agents:
+        raise ValueError(f"{len(ids)} agent ids for {agents} agents")
+    keys = [codec_rng_key(agent_id) for agent_id in ids]
+    residuals: list[Weights | None] = [None] * agents
     cfg = DataConfig(data_dir=Path(data_dir) if data_dir is not None else None, seed=seed)
     trainers = [
         TorchTrainer(
@@ -128,12 +154,22 @@ def run_reference(
     for round_no in range(1, rounds + 1):
         began = time.perf_counter()
         results = []
-        for trainer in trainers:
+        for k, trainer in enumerate(trainers):
             local = trainer.train(weights, plan, round_no).weights
-            if codec is not None:
-                local = _through_codec(local, weights, codec)
-            results.append((local, trainer.samples))
-        weights = fedavg(results)
+            if codec is None:
+                results.append((local, trainer.samples))
+                continue
+            rng = np.random.default_rng([plan.seed, round_no, keys[k]])
+            delta = {name: local[name] - weights[name] for name in weights}
+            sent, residuals[k] = send_delta(delta, residuals[k], codec, rng)
+            results.append((sent, trainer.samples))
+        if codec is None:
+            weights = fedavg(results)
+        else:
+            mean_delta = fedavg(results)
+            weights = {
+                name: (w + mean_delta[name]).astype(np.float32) for name, w in weights.items()
+            }
         metrics = evaluator.evaluate(weights)
         round_s.append(time.perf_counter() - began)
         accuracy.append(metrics.get("accuracy"))

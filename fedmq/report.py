@@ -110,11 +110,18 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> list[Path]:
 def _figure(ncols: int = 1) -> Figure:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=_FIGSIZE_IN, dpi=_DPI, layout="constrained")
     FigureCanvasAgg(fig)
-    fig.subplots(1, ncols)
+    for ax in fig.subplots(1, ncols, squeeze=False).flat:
+        ax.set_xlabel("round")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return fig
+
+
+def _legend_outside(ax: Any) -> None:
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -141,7 +148,6 @@ def _accuracy_figure(rounds: list[RoundMetrics]) -> Figure:
             if xs:
                 ax.plot(xs, ys, style, label=label, markersize=3)
         ax.set_title(f"{name} per round")
-        ax.set_xlabel("round")
         ax.grid(alpha=0.3)
         if ax.get_lines():
             ax.legend(fontsize="small")
@@ -161,10 +167,9 @@ def _bytes_figure(rounds: list[RoundMetrics]) -> Figure:
            label="down (model x agents)")
     ax.plot(xs, [m.raw_bytes_up / 1e6 for m in rounds], "k:", label="up, uncompressed float32")
     ax.set_title("payload bytes per round")
-    ax.set_xlabel("round")
     ax.set_ylabel("MB")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize="small")
+    _legend_outside(ax)
     return fig
 
 
@@ -183,11 +188,10 @@ def _participation_figure(rounds: list[RoundMetrics]) -> Figure:
         ax.bar(xs, counts, bottom=bottom, label=f"rejected: {reason}", hatch="//")
         bottom = [b + c for b, c in zip(bottom, counts, strict=True)]
     ax.set_title("replies per round")
-    ax.set_xlabel("round")
     ax.set_ylabel("messages")
     ax.yaxis.get_major_locator().set_params(integer=True)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize="small", loc="lower right")
+    _legend_outside(ax)
     return fig
 
 

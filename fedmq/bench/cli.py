@@ -9,7 +9,6 @@ machine, to a JSON file (default under ``bench-results/``).
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +59,27 @@ def cmd_w1(args: argparse.Namespace) -> int:
     name = "w1" if args.variant == "iid" else "w1-noniid"
     out = args.out or RESULTS_DIR / f"{name}-{args.codec.replace(':', '_')}.json"
     return _finish("w1", begun, doc, out, report(doc))
+
+
+def cmd_scale(args: argparse.Namespace) -> int:
+    from fedmq.bench.results import begin
+    from fedmq.bench.scale import ScaleOptions, run_scale
+
+    opts = ScaleOptions(
+        counts=tuple(args.counts),
+        processes=args.processes,
+        rounds=args.rounds,
+        deadline_s=args.deadline,
+        task=args.task,
+        data_dir=args.data,
+        timeout_s=args.timeout,
+        stop_on_failure=not args.keep_going,
+    )
+    begun = begin()
+    doc = run_scale(opts)
+    largest = doc["largest_passing_fleet"]
+    text = f"largest fleet with all {opts.rounds} rounds on time: {largest or 'none'}"
+    return _finish("scale", begun, doc, args.out or RESULTS_DIR / "scale.json", text)
 
 
 def cmd_swarm(args: argparse.Namespace) -> int:
@@ -118,6 +138,19 @@ def register(sub: Any) -> None:
     _add_out(p)
     p.set_defaults(func=cmd_w1)
 
+    p = which.add_parser("scale", help="the largest swarm whose rounds all meet their deadline")
+    p.add_argument("--counts", type=_counts, default=_counts(DEFAULT_SCALE_COUNTS),
+                   help=f"fleet sizes to try, smallest first (default {DEFAULT_SCALE_COUNTS})")
+    p.add_argument("--processes", type=int, default=4, help="swarm processes per fleet")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--deadline", type=float, default=60.0, help="seconds per round")
+    p.add_argument("--task", default="mnist-logreg", help="a task with a 'linear' model")
+    p.add_argument("--data", type=Path, help="MNIST directory (default: ../shared/data/mnist)")
+    p.add_argument("--timeout", type=float, default=900.0, help="give up on a size after this")
+    p.add_argument("--keep-going", action="store_true", help="try larger sizes after a failure")
+    _add_out(p)
+    p.set_defaults(func=cmd_scale)
+
     p = sub.add_parser("swarm", help="many simulated agents (numpy trainer) in few processes")
     p.add_argument("--broker", required=True, help="mqtt://host[:port]")
     p.add_argument("--mqtt311", action="store_true", help="speak MQTT 3.1.1 instead of 5")
@@ -135,7 +168,3 @@ def register(sub: Any) -> None:
     p.add_argument("--keep-running", action="store_true", help="stay online after the run")
     p.set_defaults(func=cmd_swarm)
 
-
-def dump(doc: dict[str, Any]) -> str:
-    """``doc`` as indented JSON, for commands that print their whole result."""
-    return json.dumps(doc, indent=2)

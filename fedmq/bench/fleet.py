@@ -117,12 +117,20 @@ def run_in_process(spec: FleetSpec) -> SwarmStats:
     return swarm.run()
 
 
-def spawn(spec: FleetSpec, processes: int) -> list[subprocess.Popen[bytes]]:
-    """Start ``processes`` swarm processes sharing ``spec.count`` agents."""
+def spawn(
+    spec: FleetSpec, processes: int, logs: Path | None = None
+) -> list[subprocess.Popen[bytes]]:
+    """Start ``processes`` swarm processes sharing ``spec.count`` agents; with ``logs``,
+    process i writes its output to ``logs/swarm-i.log`` instead of this terminal."""
     procs = []
-    for first, count in split(spec.count, processes):
+    for i, (first, count) in enumerate(split(spec.count, processes)):
         part = replace(spec, first=spec.first + first, count=count, total=spec.of)
-        procs.append(subprocess.Popen(swarm_command(part)))
+        out = None if logs is None else (logs / f"swarm-{i}.log").open("wb")
+        try:
+            procs.append(subprocess.Popen(swarm_command(part), stdout=out, stderr=out))
+        finally:
+            if out is not None:
+                out.close()  # the child holds its own copy
     return procs
 
 

@@ -1,8 +1,12 @@
 """Reading what the kernel knows about a process: peak and current RSS, CPU seconds.
 
-Linux only (``/proc``, ``pidfd_open``, ``wait4``). Peak RSS is the kernel's own
-high-water mark (``VmHWM``, or ``ru_maxrss`` for a reaped child), never a
-sampled guess. Nothing here imports torch.
+Linux only (``/proc``, ``pidfd_open``, ``waitid``). Peak RSS is the kernel's own
+high-water mark, ``VmHWM``, read while the process lives. Not ``ru_maxrss``
+from ``wait4``: on exec, Linux folds the old address space's high-water mark
+into it, and a child spawned by ``subprocess`` (vfork) starts in its parent's,
+so a small agent spawned by a 300 MB benchmark would report 300 MB. Hence
+children are measured alive, then stopped (:func:`stop_all`). Nothing here
+imports torch.
 """
 
 from __future__ import annotations
@@ -16,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-#: how long a child that ignored its deadline gets after SIGTERM before SIGKILL
-_TERM_GRACE_S = 5.0
+#: how long a child gets to exit after SIGTERM before SIGKILL
+TERM_GRACE_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,21 +33,12 @@ class Usage:
     cpu_s: float
 
 
-@dataclass(frozen=True, slots=True)
-class ExitUsage:
-    """A reaped child: its exit code (negative: killed by that signal), peak RSS, CPU."""
-
-    returncode: int
-    peak_rss: int
-    cpu_s: float
-    timed_out: bool
-
-
 def usage(pid: int | str = "self") -> Usage:
     """Current RSS, peak RSS (``VmHWM``) and user+system CPU seconds of a live process.
 
     Raises:
         FileNotFoundError: if the process is gone.
+        KeyError: if it is a zombie (it has no memory left to measure).
     """
     fields: dict[str, int] = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -51,7 +46,7 @@ def usage(pid: int | str = "self") -> Usage:
         if key in ("VmRSS", "VmHWM"):
             fields[key] = int(value.split()[0]) * 1024  # "12345 kB"
     stat = Path(f"/proc/{pid}/stat").read_text()
-    # fields after the parenthesised command name; utime and stime are the 12th and 13th
+    # the fields after the parenthesised command name; utime and stime are the 12th and 13th
     after = stat[stat.rindex(")") + 2 :].split()
     cpu = (int(after[11]) + int(after[12])) / _CLOCK_TICKS
     return Usage(rss=fields["VmRSS"], peak_rss=fields["VmHWM"], cpu_s=cpu)
@@ -63,34 +58,32 @@ def reset_peak_rss() -> None:
 
 
 def loaded(pid: int, library: str) -> bool:
-    """Whether a shared object whose path contains ``library`` is mapped into ``pid``."""
+    """Whether a file whose path contains ``library`` is mapped into ``pid``."""
     return library in Path(f"/proc/{pid}/maps").read_text()
 
 
-def reap(proc: subprocess.Popen[bytes], timeout: float) -> ExitUsage:
-    """Wait up to ``timeout`` s for ``proc`` to exit (then SIGTERM, then SIGKILL) and
-    reap it with ``wait4``, which returns the kernel's peak RSS and CPU time for it.
-
-    ``proc`` must not have been waited for already (its rusage would be lost).
-    """
-    pidfd = os.pidfd_open(proc.pid)
-    timed_out = False
-    try:
-        if not select.select([pidfd], [], [], max(timeout, 0.0))[0]:
-            timed_out = True
+def stop_all(
+    procs: list[subprocess.Popen[bytes]], timeout: float = TERM_GRACE_S
+) -> list[tuple[Usage | None, int]]:
+    """Measure each child (None if it already exited), SIGTERM them all, and reap them
+    (SIGKILL after ``timeout`` s). Returns (usage, exit code) per child, in order."""
+    measured: list[Usage | None] = []
+    for proc in procs:
+        try:
+            measured.append(usage(proc.pid) if proc.poll() is None else None)
+        except (FileNotFoundError, KeyError):
+            measured.append(None)
+    for proc in procs:
+        if proc.poll() is None:
             proc.terminate()
-            if not select.select([pidfd], [], [], _TERM_GRACE_S)[0]:
-                proc.kill()
-    finally:
-        os.close(pidfd)
-    _, status, rusage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return ExitUsage(
-        returncode=proc.returncode,
-        peak_rss=rusage.ru_maxrss * 1024,  # Linux reports KiB
-        cpu_s=rusage.ru_utime + rusage.ru_stime,
-        timed_out=timed_out,
-    )
+    codes = []
+    for proc in procs:
+        try:
+            codes.append(proc.wait(timeout))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            codes.append(proc.wait())
+    return list(zip(measured, codes, strict=True))
 
 
 class ExitWatcher:

@@ -15,8 +15,8 @@ What is measured, and how:
 - per round: test accuracy and loss, ``RoundMetrics.duration_s``, payload bytes
   up and down (and raw float32 bytes up);
 - peak RSS: the coordinator's is this process's ``VmHWM`` read when the fedmq
-  run ends (before the reference runs here); each agent's is ``ru_maxrss`` from
-  ``wait4``; the broker's is its ``VmHWM`` before it is stopped.
+  run ends (before the reference runs here); each agent's is its ``VmHWM`` read
+  after the run, before it is stopped; the broker's is its ``VmHWM`` before it is stopped.
 - agreement: the largest per-round |accuracy(fedmq) - accuracy(reference)|.
 """
 
@@ -36,7 +36,7 @@ from typing import Any
 
 from coordinator import Action, RoundClosed, RoundConfig, RoundOpened
 from edge_agent.connection import BrokerURL
-from fedmq.bench.measure import ExitWatcher, reap, usage
+from fedmq.bench.measure import ExitWatcher, stop_all, usage
 from fedmq.broker import LocalBroker
 from fedmq.launch import Connection, build_coordinator
 from fedmq.progress import human_bytes
@@ -90,12 +90,16 @@ def job_name(opts: W1Options) -> str:
 
 
 def agent_command(opts: W1Options, url: str, job: str, k: int) -> list[str]:
-    """The command line of agent ``k``: W1's shard k of n, one torch thread."""
+    """The command line of agent ``k``: W1's shard k of n, one torch thread.
+
+    Agents stay online after the run, so the bench can read their peak RSS
+    before it stops them (see :mod:`fedmq.bench.measure`).
+    """
     cmd = [
         sys.executable, "-m", "fedmq", "agent",
         "--broker", url, "--job", job, "--task", opts.task,
         "--shard", f"{k}/{opts.agents}", "--agent-id", f"agent-{k}",
-        "--partition", VARIANTS[opts.variant], "--threads", "1", "--exit-when-done",
+        "--partition", VARIANTS[opts.variant], "--threads", "1",
     ]  # fmt: skip
     if opts.data_dir is not None:
         cmd += ["--data", str(opts.data_dir)]
@@ -155,12 +159,14 @@ def run_fedmq(opts: W1Options, logs: Path) -> dict[str, Any]:
             coordinator = usage()
             broker_usage = usage(broker.pid) if broker and broker.pid else None
             watcher.close()
-            deadline = time.monotonic() + 60.0
-            agents = [reap(p, deadline - time.monotonic()) for p in procs]
+            stopped = stop_all(procs)
         closed = clock.closed
         if phase is not Phase.DONE or len(closed) != opts.rounds or clock.first_opened is None:
             why = "; ".join(failures) or node.rounds.message
             raise RuntimeError(f"fedmq run ended {phase.value} after {len(closed)} rounds: {why}")
+        agents = [u for u, _ in stopped if u is not None]
+        if len(agents) != opts.agents:
+            raise RuntimeError(f"only {len(agents)} of {opts.agents} agents alive at the end")
         return {
             "job": job,
             "broker": url,
@@ -179,8 +185,7 @@ def run_fedmq(opts: W1Options, logs: Path) -> dict[str, Any]:
                 "agents_total": round(sum(a.cpu_s for a in agents), 2),
                 "broker": round(broker_usage.cpu_s, 2) if broker_usage else None,
             },
-            "agent_exit_codes": sorted({a.returncode for a in agents}),
-            "agents_timed_out": sum(a.timed_out for a in agents),
+            "agent_exit_codes": sorted({code for _, code in stopped}),
         }
 
 

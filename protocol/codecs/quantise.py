@@ -34,6 +34,7 @@ from protocol.errors import RejectReason, WireError
 from protocol.tensors import decode_array, encode_array
 
 F16_MAX = float(np.finfo(np.float16).max)  # 65504
+F32_MAX = float(np.finfo(np.float32).max)
 #: smallest step: float32's smallest normal, so steps never underflow to zero
 MIN_STEP = float(np.finfo(np.float32).tiny)
 
@@ -73,6 +74,9 @@ def quantise(x: Floats, q: Quantiser, rng: np.random.Generator | None) -> dict[s
     padded[:m] = np.abs(x)
     peak = padded.reshape(nblocks, block).max(axis=1)  # (nblocks,)
     step = np.maximum(peak / q.levels, MIN_STEP).astype("<f4")  # (nblocks,) > 0
+    # Rounding may lift levels * step past float32's max; one ulp down keeps it finite.
+    over = step.astype(np.float64) * q.levels > F32_MAX
+    step[over] = np.nextafter(step[over], np.float32(0))
     ratio = x.astype(np.float64) / np.repeat(step.astype(np.float64), block)[:m]  # |.| <~ levels
     if q.stochastic:
         if rng is None:

@@ -78,7 +78,9 @@ def test_missing_or_empty_metrics_are_clear_errors(tmp_path: Path) -> None:
     assert main(["report", str(tmp_path)]) == 2
 
 
-def test_cli_report_prints_what_it_wrote(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_report_prints_what_it_wrote(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run_dir = run_dir_of_a_recorded_run(tmp_path)
     assert main(["report", str(run_dir)]) == 0
     printed = capsys.readouterr().out.split()

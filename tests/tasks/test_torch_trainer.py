@@ -198,6 +198,12 @@ def test_wrong_weights_are_refused() -> None:
         trainer.evaluate(w)
 
 
+def test_float_labels_are_refused_for_classification() -> None:
+    x, y = _data()
+    with pytest.raises(ValueError, match="class labels must be 1-D integers, got float32"):
+        TorchTrainer(MLP, "classification", x, y.astype(np.float32), index=0)
+
+
 def test_threads_are_honoured() -> None:
     before = torch.get_num_threads()
     try:

@@ -1,0 +1,211 @@
+"""``fedmq bench scale``: the largest fleet whose rounds all complete within their deadline.
+
+For each fleet size N (smallest first): a fresh private Mosquitto, the
+coordinator in this process (``mnist-logreg`` by default: 784x10 weights, 31 KB
+a model, 10,000/N training rows per agent), and N agents packed into P
+``fedmq swarm`` processes, each agent with its own MQTT connection. A size
+passes when every one of its rounds closes with all N updates accepted before
+the round's deadline (``min_replies=N``, ``on_short_round=stop``).
+
+Measured per size: seconds from spawning the swarms to round 1's announcement
+(connect + presence of N agents); each round's seconds; CPU seconds and share
+of one core, and peak RSS, of the broker, of this (coordinator) process and of
+each swarm process. CPU is counted over the rounds only (round 1 announced to
+the last round closed). The coordinator's peak RSS is reset per size
+(``clear_refs``), so it is that size's peak on top of what earlier sizes left.
+Swarm processes stay online after the run so their ``VmHWM`` can be read
+before they are stopped (see :mod:`fedmq.bench.measure`).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from coordinator import Action, RoundClosed, RoundConfig, RoundOpened
+from edge_agent.connection import BrokerURL
+from fedmq.bench.fleet import FleetSpec, spawn
+from fedmq.bench.measure import ExitWatcher, Usage, reset_peak_rss, stop_all, usage
+from fedmq.broker import LocalBroker
+from fedmq.launch import Connection, build_coordinator
+from fedmq.progress import human_bytes
+from fedmq.tasks import DataConfig, get_task
+from protocol import ClosedBy, Phase, RoundMetrics
+
+
+@dataclass(frozen=True, slots=True)
+class ScaleOptions:
+    """Which fleet sizes to try and how hard each round is pressed."""
+
+    counts: tuple[int, ...] = (100, 250, 500, 1000)
+    processes: int = 4
+    rounds: int = 5
+    deadline_s: float = 60.0
+    task: str = "mnist-logreg"
+    data_dir: Path | None = None
+    #: give up on a size whose fleet is not online and through its rounds by then
+    timeout_s: float = 900.0
+    #: stop trying larger fleets after the first size that fails
+    stop_on_failure: bool = True
+
+
+@dataclass
+class _Window:
+    """Observes the coordinator: CPU and time when round 1 opened and the last one closed."""
+
+    broker_pid: int | None
+    opened_at: float | None = None
+    closed_at: float | None = None
+    start: dict[str, Usage] = field(default_factory=dict)
+    end: dict[str, Usage] = field(default_factory=dict)
+    rounds: list[RoundMetrics] = field(default_factory=list)
+
+    def _sample(self) -> dict[str, Usage]:
+        out = {"coordinator": usage()}
+        if self.broker_pid is not None:
+            out["broker"] = usage(self.broker_pid)
+        return out
+
+    def __call__(self, action: Action) -> None:
+        if isinstance(action, RoundOpened) and action.round_no == 1 and action.attempt == 0:
+            self.opened_at, self.start = time.monotonic(), self._sample()
+        elif isinstance(action, RoundClosed):
+            self.rounds.append(action.metrics)
+            self.closed_at, self.end = time.monotonic(), self._sample()
+
+
+def run_size(n: int, opts: ScaleOptions, logs: Path) -> dict[str, Any]:
+    """One fleet of ``n`` agents through ``opts.rounds`` rounds; its figures."""
+    task = get_task(opts.task)
+    job = f"scale-{n}"
+    with LocalBroker() as broker:
+        window = _Window(broker.pid)
+        config = RoundConfig(
+            job=job,
+            task=opts.task,
+            rounds=opts.rounds,
+            plan=task.plan,
+            min_replies=n,
+            deadline_s=opts.deadline_s,
+            min_agents=n,
+            on_short_round="stop",
+        )
+        node = build_coordinator(
+            config,
+            Connection(BrokerURL.parse(broker.url)),
+            data=DataConfig(data_dir=opts.data_dir),
+            run_dir=None,
+            on_action=window,
+        )
+        reset_peak_rss()
+        spec = FleetSpec(broker=broker.url, job=job, task=opts.task, count=n,
+                         data_dir=opts.data_dir, exit_when_done=False)  # fmt: skip
+        spawned = time.monotonic()
+        procs = spawn(spec, opts.processes, logs)
+        failures: list[str] = []
+
+        def on_exit(index: int, code: int) -> None:
+            if not node.rounds.finished:
+                failures.append(f"swarm process {index} exited with {code}")
+                node.stop(failures[-1])
+
+        watcher = ExitWatcher(procs, on_exit)
+        timer = threading.Timer(opts.timeout_s, node.stop, args=("bench timeout",))
+        timer.start()
+        try:
+            phase = node.run()
+        finally:
+            timer.cancel()
+            coordinator_peak = usage().peak_rss
+            broker_peak = usage(broker.pid).peak_rss if broker.pid else None
+            watcher.close()
+            stopped = stop_all(procs, timeout=60.0)
+    swarms = [u for u, _ in stopped if u is not None]
+    rounds = window.rounds
+    on_time = [m.closed_by in (ClosedBy.QUORUM, ClosedBy.ALL_REPLIED) for m in rounds]
+    passed = phase is Phase.DONE and len(rounds) == opts.rounds and all(on_time)
+    if not passed and not failures:
+        failures.append(node.rounds.message or f"ended {phase.value}")
+    return {
+        "agents": n,
+        "processes": len(procs),
+        "passed": passed,
+        "failure": "; ".join(failures) or None,
+        "startup_s": round(window.opened_at - spawned, 2) if window.opened_at else None,
+        "round_s": [round(m.duration_s, 3) for m in rounds],
+        "closed_by": [m.closed_by.value for m in rounds],
+        "accepted": [m.accepted for m in rounds],
+        "accuracy": [m.accuracy for m in rounds],
+        "bytes_up_per_round": rounds[-1].bytes_up if rounds else None,
+        "bytes_down_per_round": rounds[-1].bytes_down if rounds else None,
+        "rounds_wall_s": _span(window),
+        "cpu_s_during_rounds": _cpu(window),
+        "peak_rss": {
+            "broker": broker_peak,
+            "coordinator": coordinator_peak,
+            "swarm_process_max": max((s.peak_rss for s in swarms), default=None),
+        },
+        "swarm_cpu_s_total": round(sum(s.cpu_s for s in swarms), 2),
+        "swarm_exit_codes": sorted({code for _, code in stopped}),
+    }
+
+
+def _span(window: _Window) -> float | None:
+    if window.opened_at is None or window.closed_at is None:
+        return None
+    return round(window.closed_at - window.opened_at, 3)
+
+
+def _cpu(window: _Window) -> dict[str, float]:
+    return {
+        name: round(window.end[name].cpu_s - window.start[name].cpu_s, 2)
+        for name in window.start
+        if name in window.end
+    }
+
+
+def run_scale(opts: ScaleOptions) -> dict[str, Any]:
+    """Every size in ``opts.counts``, smallest first; the largest that passed."""
+    sizes: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="fedmq-scale-") as tmp:
+        for n in sorted(opts.counts):
+            logs = Path(tmp) / str(n)
+            logs.mkdir()
+            result = run_size(n, opts, logs)
+            sizes.append(result)
+            print(size_line(result), flush=True)
+            if not result["passed"] and opts.stop_on_failure:
+                break
+    passed = [s["agents"] for s in sizes if s["passed"]]
+    return {
+        "workload": {
+            "task": opts.task,
+            "processes": opts.processes,
+            "rounds": opts.rounds,
+            "deadline_s": opts.deadline_s,
+        },
+        "sizes": sizes,
+        "largest_passing_fleet": max(passed) if passed else None,
+    }
+
+
+def size_line(s: dict[str, Any]) -> str:
+    """One fleet size on one line."""
+    verdict = "PASS" if s["passed"] else f"FAIL ({s['failure']})"
+    rounds = " ".join(f"{x:.2f}" for x in s["round_s"]) or "-"
+    cpu = s["cpu_s_during_rounds"]
+    span = s["rounds_wall_s"] or 0.0
+    share = "  ".join(
+        f"{name} cpu {cpu[name]:.1f} s ({100 * cpu[name] / span:.0f}%)" for name in cpu if span
+    )
+    rss = s["peak_rss"]
+    return (
+        f"{s['agents']:>6} agents / {s['processes']} procs  {verdict}  online in "
+        f"{s['startup_s']} s  rounds [{rounds}] s  {share}  peak RSS broker "
+        f"{human_bytes(rss['broker'] or 0)}, coordinator {human_bytes(rss['coordinator'])}, "
+        f"swarm process {human_bytes(rss['swarm_process_max'] or 0)}"
+    )
