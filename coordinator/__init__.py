@@ -10,7 +10,6 @@ from coordinator.events import (
     Evaluated,
     Event,
     PresenceArrived,
-    Publish,
     RejectUpdate,
     RoundClosed,
     RoundOpened,
@@ -22,6 +21,7 @@ from coordinator.events import (
     UpdateArrived,
 )
 from coordinator.rounds import Rounds
+from protocol import Publish
 
 __all__ = [
     "AGGREGATORS",

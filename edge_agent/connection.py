@@ -9,6 +9,7 @@ from __future__ import annotations
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
@@ -116,11 +117,11 @@ def connect(client: mqtt.Client, broker: BrokerURL, session: Session) -> None:
     """Start connecting in the background; paho's thread reconnects with backoff."""
     properties = None
     if session.mqtt5:
-        properties = Properties(PacketTypes.CONNECT)
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = SESSION_EXPIRY_S if session.persistent else 0
     # Clean only on the first connect: paho's reconnects then keep the session, so QoS 1
     # messages queued by the broker during a network blip are delivered afterwards.
-    clean_start: bool | int = mqtt.MQTT_CLEAN_START_FIRST_ONLY
+    clean_start: bool | Literal[3] = mqtt.MQTT_CLEAN_START_FIRST_ONLY
     if session.persistent and session.resume_session:
         clean_start = False
     client.connect_async(

@@ -148,9 +148,11 @@ def _round_config(args: argparse.Namespace, job: str, min_agents: int | None = N
     )
 
 
-def _stop_on_signals(stop: object) -> None:
+def _stop_on_signals(stop: Callable[[str], object]) -> None:
+    """Ctrl-C and SIGTERM end the run cleanly (final model, offline presence)."""
+
     def handler(signum: int, _frame: FrameType | None) -> None:
-        stop(signal.Signals(signum).name)  # type: ignore[operator]
+        stop(signal.Signals(signum).name)
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
@@ -249,7 +251,12 @@ def cmd_agents(args: argparse.Namespace) -> int:
         )
         for i in range(args.first, args.first + args.count)
     ]
-    _stop_on_signals(lambda _why: [n.stop() for n in nodes])
+
+    def stop_all(_why: str) -> None:
+        for n in nodes:
+            n.stop()
+
+    _stop_on_signals(stop_all)
     for thread in run_fleet(nodes):
         thread.join()
     refused = [n.refused for n in nodes if n.refused]

@@ -135,32 +135,29 @@ def decode_frame(payload: bytes, max_size: int) -> Chunk | Manifest:
         raise WireError(RejectReason.MALFORMED, f"chunk: not msgpack ({exc})") from None
     if not isinstance(obj, dict) or obj.get("v") != SCHEMA_VERSION:
         raise WireError(RejectReason.MALFORMED, "chunk: not a version 1 map")
-    kind, digest, count, size = (
-        obj.get("type"),
-        obj.get("digest"),
-        obj.get("count"),
-        obj.get("size"),
-    )
+    kind, digest = obj.get("type"), obj.get("digest")
+    count, size = _count(obj.get("count")), _count(obj.get("size"))
     if not isinstance(digest, str) or len(digest) != 64:
         raise WireError(RejectReason.MALFORMED, "chunk: digest must be 64 hex chars")
-    if not _count(count) or not 1 <= count <= MAX_CHUNKS:
-        raise WireError(RejectReason.MALFORMED, f"chunk: count {count!r}")
-    if not _count(size) or size < count:
-        raise WireError(RejectReason.MALFORMED, f"chunk: size {size!r}")
+    if count is None or not 1 <= count <= MAX_CHUNKS:
+        raise WireError(RejectReason.MALFORMED, f"chunk: count {obj.get('count')!r}")
+    if size is None or size < count:
+        raise WireError(RejectReason.MALFORMED, f"chunk: size {obj.get('size')!r}")
     if size > max_size:
         raise WireError(RejectReason.TOO_LARGE, f"chunked payload of {size} bytes > {max_size}")
     if kind == "chunked":
         return Manifest(digest, count, size)
-    index, data = obj.get("index"), obj.get("data")
-    if kind != "chunk" or not _count(index) or not 0 <= index < count:
-        raise WireError(RejectReason.MALFORMED, f"chunk: bad type or index {index!r}")
+    index, data = _count(obj.get("index")), obj.get("data")
+    if kind != "chunk" or index is None or not index < count:
+        raise WireError(RejectReason.MALFORMED, f"chunk: bad type or index {obj.get('index')!r}")
     if not isinstance(data, bytes) or not data or len(data) > size:
         raise WireError(RejectReason.MALFORMED, "chunk: data must be non-empty binary")
     return Chunk(digest, index, count, size, data)
 
 
-def _count(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+def _count(v: object) -> int | None:
+    """``v`` if it is a non-negative integer (and not a bool), else None."""
+    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else None
 
 
 @dataclass(slots=True)

@@ -56,7 +56,7 @@ class _Fields:
     def present(self, key: str) -> bool:
         return self.obj.get(key) is not None
 
-    def int(self, key: str, lo: int = 0, hi: int = 2**53) -> int:
+    def integer(self, key: str, lo: int = 0, hi: int = 2**53) -> int:
         v = self.obj.get(key)
         if not isinstance(v, int) or isinstance(v, bool):
             raise self._fail(key, "an integer")
@@ -64,7 +64,7 @@ class _Fields:
             raise WireError(RejectReason.MALFORMED, f"{self.what}.{key}={v} outside [{lo}, {hi}]")
         return v
 
-    def float(self, key: str, lo: float = -math.inf, hi: float = math.inf) -> float:
+    def number(self, key: str, lo: float = -math.inf, hi: float = math.inf) -> float:
         v = self.obj.get(key)
         if not isinstance(v, int | float) or isinstance(v, bool):
             raise self._fail(key, "a number")
@@ -78,25 +78,25 @@ class _Fields:
             raise WireError(RejectReason.MALFORMED, f"{self.what}.{key}={v} outside [{lo}, {hi}]")
         return float(v)
 
-    def str(self, key: str, max_len: int = 256) -> str:
+    def text(self, key: str, max_len: int = 256) -> str:
         v = self.obj.get(key)
         if not isinstance(v, str) or len(v) > max_len:
             raise self._fail(key, f"a string of <= {max_len} chars")
         return v
 
-    def bool(self, key: str) -> bool:
+    def flag(self, key: str) -> bool:
         v = self.obj.get(key)
         if not isinstance(v, bool):
             raise self._fail(key, "a boolean")
         return v
 
-    def id(self, key: str) -> str:
+    def ident(self, key: str) -> str:
         try:
-            return check_id(self.str(key, 64), key)
+            return check_id(self.text(key, 64), key)
         except ValueError as exc:
             raise WireError(RejectReason.MALFORMED, f"{self.what}.{key}: {exc}") from None
 
-    def map(self, key: str) -> Mapping[Any, Any]:
+    def mapping(self, key: str) -> Mapping[Any, Any]:
         v = self.obj.get(key, {})
         if not isinstance(v, Mapping) or len(v) > _MAX_MAP_ITEMS:
             raise self._fail(key, f"a map of <= {_MAX_MAP_ITEMS} items")
@@ -104,7 +104,7 @@ class _Fields:
 
     def scalars(self, key: str) -> dict[str, Scalar]:
         out: dict[str, Scalar] = {}
-        for k, v in self.map(key).items():
+        for k, v in self.mapping(key).items():
             if not isinstance(k, str) or not isinstance(v, int | float | str | bool):
                 raise WireError(RejectReason.MALFORMED, f"{self.what}.{key}: bad entry {k!r}")
             if isinstance(v, float) and not math.isfinite(v):
@@ -207,10 +207,10 @@ def decode_model(payload: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> ModelAnn
     f = _header(obj, "model")
     p = _Fields(f.obj.get("plan"), "model.plan")
     plan = TrainPlan(
-        epochs=p.int("epochs", 0, 10_000),
-        batch_size=p.int("batch_size", 1, 1 << 20),
-        lr=p.float("lr", 0.0, 1e6),
-        seed=p.int("seed", 0, 2**32 - 1),
+        epochs=p.integer("epochs", 0, 10_000),
+        batch_size=p.integer("batch_size", 1, 1 << 20),
+        lr=p.number("lr", 0.0, 1e6),
+        seed=p.integer("seed", 0, 2**32 - 1),
         options=p.scalars("options"),
     )
     cohort_raw = f.obj.get("cohort")
@@ -218,23 +218,23 @@ def decode_model(payload: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> ModelAnn
     if cohort_raw is not None:
         if not isinstance(cohort_raw, list) or len(cohort_raw) > _MAX_COHORT:
             raise WireError(RejectReason.MALFORMED, "model.cohort: expected a list of ids")
-        cohort = tuple(_Fields({"a": a}, "model.cohort").id("a") for a in cohort_raw)
+        cohort = tuple(_Fields({"a": a}, "model.cohort").ident("a") for a in cohort_raw)
     tensors = f.obj.get("tensors")
     if isinstance(tensors, list) and len(tensors) > _MAX_TENSORS:
         raise WireError(RejectReason.TOO_LARGE, f"model: {len(tensors)} tensors")
     return ModelAnnouncement(
-        job=f.id("job"),
-        run=f.id("run"),
-        round=f.int("round", 1),
-        attempt=f.int("attempt", 0, 1_000_000),
-        model_id=f.str("model_id", 64),
-        task=f.str("task"),
+        job=f.ident("job"),
+        run=f.ident("run"),
+        round=f.integer("round", 1),
+        attempt=f.integer("attempt", 0, 1_000_000),
+        model_id=f.text("model_id", 64),
+        task=f.text("task"),
         plan=plan,
-        codec=f.str("codec"),
-        deadline_s=f.float("deadline_s", 0.0, 1e7),
+        codec=f.text("codec"),
+        deadline_s=f.number("deadline_s", 0.0, 1e7),
         cohort=cohort,
-        done=f.bool("done"),
-        issued_at=f.float("issued_at", 0.0),
+        done=f.flag("done"),
+        issued_at=f.number("issued_at", 0.0),
         weights=decode_weights(tensors),
     )
 
@@ -269,7 +269,7 @@ def decode_update(payload: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> Update:
     """
     obj = _unpack(payload, max_bytes, "update")
     f = _header(obj, "update")
-    declined = f.str("declined", 256) if f.present("declined") else None
+    declined = f.text("declined", 256) if f.present("declined") else None
     tensors = obj.get("tensors")
     if not isinstance(tensors, list) or len(tensors) > _MAX_TENSORS:
         raise WireError(RejectReason.MALFORMED, "update.tensors: expected a list")
@@ -278,15 +278,15 @@ def decode_update(payload: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> Update:
     if declined is None and not tensors:
         raise WireError(RejectReason.MALFORMED, "update: no tensors and not a decline")
     return Update(
-        job=f.id("job"),
-        agent=f.id("agent"),
-        round=f.int("round", 1),
-        model_id=f.str("model_id", 64),
-        samples=f.int("samples", 0 if declined is not None else 1, 2**40),
-        codec=f.str("codec"),
+        job=f.ident("job"),
+        agent=f.ident("agent"),
+        round=f.integer("round", 1),
+        model_id=f.text("model_id", 64),
+        samples=f.integer("samples", 0 if declined is not None else 1, 2**40),
+        codec=f.text("codec"),
         tensors=tuple(tensors),
         metrics=f.floats("metrics"),
-        train_s=f.float("train_s", 0.0),
+        train_s=f.number("train_s", 0.0),
         declined=declined,
     )
 
@@ -316,16 +316,16 @@ def decode_presence(payload: bytes) -> Presence:
     """
     obj = _json_load(payload, "presence")
     f = _header(obj, "presence")
-    state = f.str("state", 16)
+    state = f.text("state", 16)
     if state not in ("online", "offline"):
         raise WireError(RejectReason.MALFORMED, f"presence.state: {state!r}")
     return Presence(
-        agent=f.id("agent"),
+        agent=f.ident("agent"),
         online=state == "online",
-        samples=f.int("samples", 0, 2**40) if f.present("samples") else None,
-        device=f.str("device", 64) if f.present("device") else None,
-        trainer=f.str("trainer", 64) if f.present("trainer") else None,
-        at=f.float("at", 0.0) if f.present("at") else 0.0,
+        samples=f.integer("samples", 0, 2**40) if f.present("samples") else None,
+        device=f.text("device", 64) if f.present("device") else None,
+        trainer=f.text("trainer", 64) if f.present("trainer") else None,
+        at=f.number("at", 0.0) if f.present("at") else 0.0,
     )
 
 
@@ -365,25 +365,25 @@ def decode_status(payload: bytes) -> Status:
     obj = _json_load(payload, "status")
     f = _header(obj, "status")
     try:
-        phase = Phase(f.str("phase", 16))
+        phase = Phase(f.text("phase", 16))
     except ValueError:
         raise WireError(RejectReason.MALFORMED, f"status.phase: {obj.get('phase')!r}") from None
     return Status(
-        job=f.id("job"),
-        run=f.id("run"),
+        job=f.ident("job"),
+        run=f.ident("run"),
         phase=phase,
-        round=f.int("round"),
-        rounds=f.int("rounds"),
-        attempt=f.int("attempt"),
-        accepted=f.int("accepted"),
-        quorum=f.int("quorum"),
-        min_replies=f.int("min_replies"),
-        cohort_size=f.int("cohort_size"),
-        agents_online=f.int("agents_online"),
-        deadline_at=f.float("deadline_at", 0.0) if f.present("deadline_at") else None,
+        round=f.integer("round"),
+        rounds=f.integer("rounds"),
+        attempt=f.integer("attempt"),
+        accepted=f.integer("accepted"),
+        quorum=f.integer("quorum"),
+        min_replies=f.integer("min_replies"),
+        cohort_size=f.integer("cohort_size"),
+        agents_online=f.integer("agents_online"),
+        deadline_at=f.number("deadline_at", 0.0) if f.present("deadline_at") else None,
         rejected=f.counts("rejected"),
-        at=f.float("at", 0.0),
-        message=f.str("message", 1024) if f.present("message") else "",
+        at=f.number("at", 0.0),
+        message=f.text("message", 1024) if f.present("message") else "",
     )
 
 
@@ -424,23 +424,23 @@ def decode_metrics(payload: bytes) -> RoundMetrics:
     obj = _json_load(payload, "metrics")
     f = _header(obj, "metrics")
     try:
-        closed_by = ClosedBy(f.str("closed_by", 16))
+        closed_by = ClosedBy(f.text("closed_by", 16))
     except ValueError:
         raise WireError(RejectReason.MALFORMED, "metrics.closed_by: unknown value") from None
-    optional = {k: f.float(k) if f.present(k) else None for k in _OPTIONAL_METRICS}
+    optional = {k: f.number(k) if f.present(k) else None for k in _OPTIONAL_METRICS}
     return RoundMetrics(
-        job=f.id("job"),
-        run=f.id("run"),
-        round=f.int("round", 1),
+        job=f.ident("job"),
+        run=f.ident("run"),
+        round=f.integer("round", 1),
         closed_by=closed_by,
-        accepted=f.int("accepted"),
-        declined=f.int("declined"),
+        accepted=f.integer("accepted"),
+        declined=f.integer("declined"),
         rejected=f.counts("rejected"),
-        samples=f.int("samples"),
-        duration_s=f.float("duration_s", 0.0),
-        bytes_up=f.int("bytes_up"),
-        bytes_down=f.int("bytes_down"),
-        raw_bytes_up=f.int("raw_bytes_up"),
-        at=f.float("at", 0.0),
+        samples=f.integer("samples"),
+        duration_s=f.number("duration_s", 0.0),
+        bytes_up=f.integer("bytes_up"),
+        bytes_down=f.integer("bytes_down"),
+        raw_bytes_up=f.integer("raw_bytes_up"),
+        at=f.number("at", 0.0),
         **optional,
     )
