@@ -115,6 +115,9 @@ class Rounds:
         self.topics = Topics(config.job)
         self._wall_offset = wall_offset
         self._online: dict[str, Presence] = {}
+        # the ids of _online whose presence says online, kept in step with it: the status
+        # after every accepted update counts them, so counting must not cost O(agents)
+        self._online_ids: set[str] = set()
         self._rejected_total: Counter[str] = Counter()
         self._history: list[RoundMetrics] = []
         self._completed = 0
@@ -176,7 +179,7 @@ class Rounds:
 
     @property
     def agents_online(self) -> frozenset[str]:
-        return frozenset(a for a, p in self._online.items() if p.online)
+        return frozenset(self._online_ids)
 
     def next_deadline(self) -> float | None:
         """When the adapter must send a :class:`Tick`, or None if nothing is timed."""
@@ -224,6 +227,7 @@ class Rounds:
     def _on_presence(self, agent: str, payload: bytes, now: float) -> list[Action]:
         if not payload:  # a cleared retained message
             self._online.pop(agent, None)
+            self._online_ids.discard(agent)
             return [self._status(now)]
         try:
             presence = decode_presence(payload)
@@ -232,9 +236,13 @@ class Rounds:
         except WireError as exc:
             return [self._reject(agent, None, exc.reason, f"presence: {exc.detail}")]
         self._online[agent] = presence
+        if presence.online:
+            self._online_ids.add(agent)
+        else:
+            self._online_ids.discard(agent)
         actions: list[Action] = []
-        online = self.agents_online
-        if self._phase is Phase.WAITING and len(self._eligible(online)) >= self.config.min_agents:
+        waiting = self._phase is Phase.WAITING
+        if waiting and len(self._eligible(self.agents_online)) >= self.config.min_agents:
             actions.extend(self._open_round(now))
         else:
             actions.append(self._status(now))
@@ -327,7 +335,7 @@ class Rounds:
             raise WireError(RejectReason.DUPLICATE, f"{agent} already answered round {rs.number}")
         if update.model_id != self._model_id:
             raise WireError(RejectReason.BASE_MISMATCH, f"trained from {update.model_id[:12]}")
-        if agent not in rs.expected and agent not in self.agents_online:
+        if agent not in rs.expected and agent not in self._online_ids:
             raise WireError(RejectReason.UNKNOWN_AGENT, f"{agent!r} never announced presence")
         if update.declined is None and update.codec != cfg.codec:
             detail = f"codec {update.codec!r}, the round uses {cfg.codec!r}"
@@ -522,7 +530,7 @@ class Rounds:
             quorum=rs.quorum if rs is not None else (self.config.quorum or 0),
             min_replies=self.config.min_replies,
             cohort_size=len(rs.expected) if rs is not None else 0,
-            agents_online=len(self.agents_online),
+            agents_online=len(self._online_ids),
             deadline_at=(
                 rs.deadline + self._wall_offset
                 if rs is not None and self._phase is Phase.TRAINING

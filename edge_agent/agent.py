@@ -158,6 +158,8 @@ class AgentCore:
         self._latest: ModelAnnouncement | None = None
         self._training: RoundKey | None = None
         self._answer: _Answer | None = None
+        #: runs this agent has trained for: only their final model ends its work
+        self._runs_joined: set[str] = set()
         self._resend_armed = False
         self.models_rejected = 0
 
@@ -207,7 +209,9 @@ class AgentCore:
             return []  # an older round delivered late; the newer one stands
         self._latest = model
         if model.done:
-            return [RunFinished(model)]
+            # A retained final model of some earlier run ends nothing for a newcomer:
+            # keep it as the device's model and wait for the next run.
+            return [RunFinished(model)] if model.run in self._runs_joined else []
         if model.cohort is not None and self.agent not in model.cohort:
             return []
         key: RoundKey = (model.run, model.round, model.model_id)
@@ -223,8 +227,7 @@ class AgentCore:
             return []  # the same announcement again (QoS 1 redelivery)
         if self._training is not None:
             return []  # the newest model is picked up when the current training ends
-        self._training = key
-        return [Train(key, model)]
+        return self._start(key, model)
 
     def _on_trained(self, key: RoundKey, result: TrainResult, train_s: float) -> list[AgentAction]:
         self._training = None
@@ -300,7 +303,11 @@ class AgentCore:
         key = self._key(model)
         if self._answer is not None and self._answer.key == key:
             return []
+        return self._start(key, model)
+
+    def _start(self, key: RoundKey, model: ModelAnnouncement) -> list[AgentAction]:
         self._training = key
+        self._runs_joined.add(model.run)
         return [Train(key, model)]
 
     @staticmethod

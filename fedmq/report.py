@@ -174,6 +174,8 @@ def _bytes_figure(rounds: list[RoundMetrics]) -> Figure:
 
 
 def _participation_figure(rounds: list[RoundMetrics]) -> Figure:
+    from matplotlib.ticker import MaxNLocator
+
     fig = _figure()
     ax = fig.axes[0]
     xs = [m.round for m in rounds]
@@ -189,7 +191,7 @@ def _participation_figure(rounds: list[RoundMetrics]) -> Figure:
         bottom = [b + c for b, c in zip(bottom, counts, strict=True)]
     ax.set_title("replies per round")
     ax.set_ylabel("messages")
-    ax.yaxis.get_major_locator().set_params(integer=True)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(axis="y", alpha=0.3)
     _legend_outside(ax)
     return fig

@@ -107,8 +107,9 @@ def _encode_tensor(
         if flat.size > MAX_NUMEL:
             raise ValueError(f"{name}: {flat.size} elements are too many to sparsify")
         k = pipe.kept(flat.size)
-        top = np.argpartition(np.abs(flat), flat.size - k)[flat.size - k :] if k else []
-        idx = np.sort(np.asarray(top, dtype=np.int64))  # (k,) increasing
+        idx = np.zeros(0, dtype=np.int64)  # (k,) increasing
+        if k:
+            idx = np.sort(np.argpartition(np.abs(flat), flat.size - k)[flat.size - k :])
         fields["idx"] = encode_indices(idx)
         flat = flat[idx]  # (k,) the kept values, in index order
     fields.update(quantise(flat, pipe.quantiser, rng))

@@ -30,7 +30,8 @@ def _counts(value: str) -> list[int]:
 def _finish(bench: str, begun: dict[str, Any], doc: dict[str, Any], out: Path, text: str) -> int:
     from fedmq.bench.results import write_results
 
-    print(text)
+    if text:
+        print(text)
     path = write_results(out, bench, begun, doc)
     print(f"results: {path}")
     return 0
@@ -61,6 +62,22 @@ def cmd_w1(args: argparse.Namespace) -> int:
     return _finish("w1", begun, doc, out, report(doc))
 
 
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from fedmq.bench.ingest import DEFAULT_CODECS, DEFAULT_TASKS, IngestOptions, run_ingest
+    from fedmq.bench.results import begin
+
+    opts = IngestOptions(
+        tasks=tuple(args.task or DEFAULT_TASKS),
+        codecs=tuple(args.codec or DEFAULT_CODECS),
+        modes=("pure", "broker") if args.mode == "both" else (args.mode,),
+        updates=args.updates,
+        data_dir=args.data,
+    )
+    begun = begin()
+    doc = run_ingest(opts)
+    return _finish("ingest", begun, doc, args.out or RESULTS_DIR / "ingest.json", "")
+
+
 def cmd_scale(args: argparse.Namespace) -> int:
     from fedmq.bench.results import begin
     from fedmq.bench.scale import ScaleOptions, run_scale
@@ -80,6 +97,16 @@ def cmd_scale(args: argparse.Namespace) -> int:
     largest = doc["largest_passing_fleet"]
     text = f"largest fleet with all {opts.rounds} rounds on time: {largest or 'none'}"
     return _finish("scale", begun, doc, args.out or RESULTS_DIR / "scale.json", text)
+
+
+def cmd_footprint(args: argparse.Namespace) -> int:
+    from fedmq.bench.footprint import report, run_footprint
+    from fedmq.bench.results import begin
+
+    begun = begin()
+    doc = run_footprint(args.data)
+    return _finish("footprint", begun, doc, args.out or RESULTS_DIR / "footprint.json",
+                   report(doc))
 
 
 def cmd_swarm(args: argparse.Namespace) -> int:
@@ -121,7 +148,14 @@ def register(sub: Any) -> None:
     """Add ``bench`` (w1, ingest, scale, footprint) and ``swarm`` to fedmq's subparsers."""
     bench = sub.add_parser("bench", help="benchmarks: print figures, write them as JSON")
     which = bench.add_subparsers(dest="bench", required=True)
+    _add_w1(which)
+    _add_ingest(which)
+    _add_scale(which)
+    _add_footprint(which)
+    _add_swarm(sub)
 
+
+def _add_w1(which: Any) -> None:
     p = which.add_parser("w1", help="Workload W1 over a real Mosquitto vs the in-process reference")
     p.add_argument("--variant", choices=("iid", "noniid"), default="iid")
     p.add_argument("--codec", default="none", help="update codec spec (default: none)")
@@ -138,6 +172,19 @@ def register(sub: Any) -> None:
     _add_out(p)
     p.set_defaults(func=cmd_w1)
 
+
+def _add_ingest(which: Any) -> None:
+    p = which.add_parser("ingest", help="coordinator updates/s, pure and through the broker")
+    p.add_argument("--task", action="append", help="repeatable (default: mnist-2nn, mnist-cnn)")
+    p.add_argument("--codec", action="append", help="repeatable codec spec (default: a set)")
+    p.add_argument("--mode", choices=("pure", "broker", "both"), default="both")
+    p.add_argument("--updates", type=int, help="updates per measurement (default: per task)")
+    p.add_argument("--data", type=Path, help="MNIST directory (default: ../shared/data/mnist)")
+    _add_out(p)
+    p.set_defaults(func=cmd_ingest)
+
+
+def _add_scale(which: Any) -> None:
     p = which.add_parser("scale", help="the largest swarm whose rounds all meet their deadline")
     p.add_argument("--counts", type=_counts, default=_counts(DEFAULT_SCALE_COUNTS),
                    help=f"fleet sizes to try, smallest first (default {DEFAULT_SCALE_COUNTS})")
@@ -151,6 +198,15 @@ def register(sub: Any) -> None:
     _add_out(p)
     p.set_defaults(func=cmd_scale)
 
+
+def _add_footprint(which: Any) -> None:
+    p = which.add_parser("footprint", help="agent RSS (idle, training), import time, disk")
+    p.add_argument("--data", type=Path, help="MNIST directory (default: ../shared/data/mnist)")
+    _add_out(p)
+    p.set_defaults(func=cmd_footprint)
+
+
+def _add_swarm(sub: Any) -> None:
     p = sub.add_parser("swarm", help="many simulated agents (numpy trainer) in few processes")
     p.add_argument("--broker", required=True, help="mqtt://host[:port]")
     p.add_argument("--mqtt311", action="store_true", help="speak MQTT 3.1.1 instead of 5")
@@ -167,4 +223,3 @@ def register(sub: Any) -> None:
     p.add_argument("--keepalive", type=int, default=60, help="MQTT keepalive seconds")
     p.add_argument("--keep-running", action="store_true", help="stay online after the run")
     p.set_defaults(func=cmd_swarm)
-

@@ -87,7 +87,7 @@ def swarm_command(spec: FleetSpec) -> list[str]:
         "--count", str(spec.count), "--first", str(spec.first), "--of", str(spec.of),
         "--id-prefix", spec.id_prefix, "--data-seed", str(spec.data_seed),
         "--keepalive", str(spec.keepalive_s), "--processes", "1",
-    ]  # fmt: skip
+    ]
     if spec.partition:
         cmd += ["--partition", spec.partition]
     if spec.data_dir is not None:

@@ -26,11 +26,18 @@ TERM_GRACE_S = 10.0
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """One process's memory and CPU: bytes and seconds."""
+    """One process's memory and CPU: bytes and seconds.
+
+    ``rss_file`` is the part of ``rss`` backed by files (shared libraries,
+    mostly), which other processes mapping the same files share; ``rss_anon``
+    is the process's own.
+    """
 
     rss: int
     peak_rss: int
     cpu_s: float
+    rss_anon: int = 0
+    rss_file: int = 0
 
 
 def usage(pid: int | str = "self") -> Usage:
@@ -43,13 +50,19 @@ def usage(pid: int | str = "self") -> Usage:
     fields: dict[str, int] = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
+        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
             fields[key] = int(value.split()[0]) * 1024  # "12345 kB"
     stat = Path(f"/proc/{pid}/stat").read_text()
     # the fields after the parenthesised command name; utime and stime are the 12th and 13th
     after = stat[stat.rindex(")") + 2 :].split()
     cpu = (int(after[11]) + int(after[12])) / _CLOCK_TICKS
-    return Usage(rss=fields["VmRSS"], peak_rss=fields["VmHWM"], cpu_s=cpu)
+    return Usage(
+        rss=fields["VmRSS"],
+        peak_rss=fields["VmHWM"],
+        cpu_s=cpu,
+        rss_anon=fields.get("RssAnon", 0),
+        rss_file=fields.get("RssFile", 0),
+    )
 
 
 def reset_peak_rss() -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import tempfile
 import threading
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,11 +79,16 @@ class _Window:
             self.closed_at, self.end = time.monotonic(), self._sample()
 
 
-def run_size(n: int, opts: ScaleOptions, logs: Path) -> dict[str, Any]:
-    """One fleet of ``n`` agents through ``opts.rounds`` rounds; its figures."""
+def run_size(
+    n: int, opts: ScaleOptions, logs: Path, broker: LocalBroker | None = None
+) -> dict[str, Any]:
+    """One fleet of ``n`` agents through ``opts.rounds`` rounds (on ``broker``, or a
+    fresh private one, whose CPU and RSS then belong to this size alone); its figures."""
     task = get_task(opts.task)
     job = f"scale-{n}"
-    with LocalBroker() as broker:
+    with ExitStack() as stack:
+        if broker is None:
+            broker = stack.enter_context(LocalBroker())
         window = _Window(broker.pid)
         config = RoundConfig(
             job=job,
@@ -103,7 +109,7 @@ def run_size(n: int, opts: ScaleOptions, logs: Path) -> dict[str, Any]:
         )
         reset_peak_rss()
         spec = FleetSpec(broker=broker.url, job=job, task=opts.task, count=n,
-                         data_dir=opts.data_dir, exit_when_done=False)  # fmt: skip
+                         data_dir=opts.data_dir, exit_when_done=False)
         spawned = time.monotonic()
         procs = spawn(spec, opts.processes, logs)
         failures: list[str] = []

@@ -100,7 +100,7 @@ def agent_command(opts: W1Options, url: str, job: str, k: int) -> list[str]:
         "--broker", url, "--job", job, "--task", opts.task,
         "--shard", f"{k}/{opts.agents}", "--agent-id", f"agent-{k}",
         "--partition", VARIANTS[opts.variant], "--threads", "1",
-    ]  # fmt: skip
+    ]
     if opts.data_dir is not None:
         cmd += ["--data", str(opts.data_dir)]
     return cmd

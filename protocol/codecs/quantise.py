@@ -98,8 +98,8 @@ def dequantise(entry: Mapping[str, Any], q: Quantiser, m: int, what: str) -> Flo
             TOO_LARGE or NON_FINITE from the array decoder.
     """
     if q.float_dtype is not None:
-        values = _field(entry, "val", q.float_dtype, m, what)
-        return values.astype(np.float32)
+        floats: Floats = _field(entry, "val", q.float_dtype, m, what).astype(np.float32)
+        return floats
     ints = _field(entry, "q", "|i1", m, what)
     block = q.block or max(m, 1)
     nblocks = block_count(m, block)
@@ -109,7 +109,8 @@ def dequantise(entry: Mapping[str, Any], q: Quantiser, m: int, what: str) -> Flo
     if m and int(np.abs(ints.astype(np.int16)).max()) > q.levels:
         raise WireError(RejectReason.BAD_CODEC, f"{what}.q: |q| > {q.levels} levels")
     with np.errstate(over="ignore"):  # an absurd step overflows: the caller rejects Inf
-        return ints.astype(np.float32) * np.repeat(step, block)[:m]
+        values: Floats = ints.astype(np.float32) * np.repeat(step, block)[:m]
+    return values
 
 
 def _field(

@@ -314,6 +314,17 @@ def test_final_model_finishes_the_run_without_training() -> None:
     assert not core.busy
 
 
+def test_retained_final_model_of_a_run_never_joined_does_not_end_the_agent() -> None:
+    # A newcomer on a broker that still retains an earlier run's final model keeps that
+    # model for local use and waits for the next run instead of exiting.
+    core = agent()
+    assert core.handle(ModelArrived(announce(5, done=True, run="old-run"))) == []
+    assert core.latest_model is not None and core.latest_model.run == "old-run"
+
+    train = only(core.handle(ModelArrived(announce(1, run="new-run"))), Train)
+    assert train.key[0] == "new-run"
+
+
 def test_final_model_of_an_earlier_round_still_finishes_a_failed_run() -> None:
     # a run that fails in round 3 publishes the model of round 2, the last completed
     core = agent()

@@ -1,0 +1,135 @@
+"""Small versions of every benchmark, so the harness cannot rot.
+
+They assert what each bench guarantees (all rounds closed, all updates
+accepted, agreement with the reference, figures present and plausible),
+never how fast anything ran: speed is for the benchmarks themselves.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from edge_agent.connection import BrokerURL
+from edge_agent.swarm import MemberState, Swarm
+from fedmq.bench import fleet, footprint, ingest, scale, w1
+from fedmq.bench.measure import stop_all, usage
+from fedmq.broker import LocalBroker
+from fedmq.tasks.mnist import REPO_MNIST_DIR, TEST_IMAGES
+
+needs_mnist = pytest.mark.skipif(
+    not (REPO_MNIST_DIR / TEST_IMAGES).is_file(), reason="real MNIST absent"
+)
+
+
+@pytest.mark.integration
+@needs_mnist
+def test_w1_shaped_run_matches_its_reference(broker: LocalBroker) -> None:
+    opts = w1.W1Options(task="mnist-logreg", agents=3, rounds=2, broker=broker.url,
+                        ref_threads=1, timeout_s=120.0)
+    doc = w1.run_w1(opts)
+    run = doc["fedmq"]
+    assert [r["round"] for r in run["rounds"]] == [1, 2]
+    assert all(r["accepted"] == 3 and r["closed_by"] == "quorum" for r in run["rounds"])
+    assert len(doc["reference"]["accuracy"]) == len(doc["centralised"]["accuracy"]) == 2
+    assert doc["comparison"]["max_abs_accuracy_diff"] <= w1.ACCURACY_TOLERANCE
+    raw = run["rounds"][0]["raw_bytes_up"]
+    assert raw == 3 * 4 * (784 * 10 + 10)  # three float32 logreg deltas
+    assert raw < run["rounds"][0]["bytes_up"] < 1.01 * raw  # msgpack envelopes are small
+    assert run["wall_s"] > 0 and run["agent_exit_codes"] == [0]
+    assert run["peak_rss"]["agent_0"] > 0 and run["peak_rss"]["coordinator"] > 0
+    assert "closed" in w1.report(doc)
+
+
+@needs_mnist
+def test_ingest_pure_accepts_every_update() -> None:
+    weights, deltas = ingest.real_deltas("mnist-logreg", None)
+    for codec in ("none", "topk+int8+zstd"):
+        row = ingest.ingest_pure("mnist-logreg", codec, weights, deltas, updates=6)
+        assert row["updates"] == 6 and row["updates_per_s"] > 0
+    assert row["mean_update_bytes"] < 4 * (784 * 10 + 10)  # sparsified and compressed
+
+
+@pytest.mark.integration
+@needs_mnist
+def test_ingest_through_the_broker(broker: LocalBroker) -> None:
+    opts = ingest.IngestOptions(broker=broker, timeout_s=120.0)
+    row = ingest.ingest_broker("mnist-logreg", "fp16", 5, opts)
+    assert row["updates"] == 5 and row["dropped"] == 0
+    assert row["updates_per_s"] > 0 and row["publisher_updates_per_s"] > 0
+
+
+@pytest.mark.integration
+@needs_mnist
+def test_swarm_of_twenty_in_two_processes_keeps_its_deadlines(
+    broker: LocalBroker, tmp_path: Path
+) -> None:
+    opts = scale.ScaleOptions(counts=(20,), processes=2, rounds=2, deadline_s=60.0,
+                              timeout_s=120.0)
+    result = scale.run_size(20, opts, tmp_path, broker=broker)
+    assert result["passed"], result["failure"]
+    assert result["accepted"] == [20, 20] and result["processes"] == 2
+    assert result["swarm_exit_codes"] == [0]
+    assert result["peak_rss"]["swarm_process_max"] > 0
+    assert "PASS" in scale.size_line(result)
+
+
+@pytest.mark.integration
+def test_swarm_members_reconnect_after_a_broker_restart(own_broker: LocalBroker) -> None:
+    spec = fleet.FleetSpec(broker=own_broker.url, job="swarm-restart", task="linreg", count=4,
+                           exit_when_done=False)
+    swarm = Swarm(fleet.build_members(spec), BrokerURL.parse(own_broker.url),
+                  exit_when_done=False)
+    thread = threading.Thread(target=swarm.run, daemon=True)
+    thread.start()
+    online = threading.Event()
+    watcher = footprint.OnlineWatch(own_broker.url, "swarm-restart", "agent-3")
+    try:
+        assert watcher.event.wait(30)
+        watcher.close()
+        own_broker.restart()  # no persistence: retained presence is gone with it
+        watcher = footprint.OnlineWatch(own_broker.url, "swarm-restart", "agent-3")
+        assert watcher.event.wait(30)  # republished by the reconnected member
+        online.set()
+    finally:
+        watcher.close()
+        swarm.stop()
+        thread.join(30)
+    assert online.is_set() and not thread.is_alive()
+    assert swarm.stats.reconnects >= 4
+    assert all(m.state is MemberState.GONE for m in swarm.members)
+
+
+def test_fleet_split_covers_every_agent_once() -> None:
+    assert fleet.split(10, 3) == [(0, 4), (4, 3), (7, 3)]
+    assert fleet.split(2, 4) == [(0, 1), (1, 1)]
+    with pytest.raises(ValueError, match="processes"):
+        fleet.split(5, 0)
+
+
+@pytest.mark.integration
+def test_footprint_of_a_torch_free_agent(broker: LocalBroker) -> None:
+    case = footprint.AgentCase("numpy agent, linreg", "linreg", torch=False)
+    agent = footprint.measure_agent(case, broker.url, None)
+    assert agent["torch_loaded"] == {"idle": False, "after_training": False}
+    assert 0 < agent["idle"]["rss"] <= agent["peak_rss_while_training"]
+    imports = footprint.import_seconds("edge_agent.numpy_trainer", runs=1)
+    assert imports["median_s"] > 0
+    size = footprint.installed_size()
+    assert {"numpy", "msgpack", "paho-mqtt"} <= set(size["distributions"])
+    assert "torch" not in size["distributions"]
+    assert size["total"] > size["fedmq_source"] > 0
+
+
+def test_children_are_measured_alive_then_stopped() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                            stdin=subprocess.PIPE)
+    [(measured, code)] = stop_all([proc])
+    assert measured is not None and measured.peak_rss > 0
+    # the kernel's ru_maxrss would have reported this (large) test process's peak instead
+    assert measured.peak_rss < usage().peak_rss
+    assert code == -15
