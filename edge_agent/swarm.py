@@ -291,7 +291,7 @@ class Swarm:
             if first:
                 properties = None
                 if self._mqtt5:
-                    properties = Properties(PacketTypes.CONNECT)
+                    properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
                     properties.SessionExpiryInterval = 0
                 member.client.connect(
                     self._broker.host,

@@ -126,6 +126,7 @@ class ExitWatcher:
             for fd in ready:
                 index = pending.pop(fd)
                 info = os.waitid(os.P_PID, self._pids[index], os.WEXITED | os.WNOWAIT)
+                assert info is not None  # the pidfd said it exited; only WNOHANG returns None
                 code = info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
                 self._on_exit(index, code)
 
