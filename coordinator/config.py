@@ -7,6 +7,7 @@ from typing import Literal
 
 from coordinator.aggregate import AGGREGATORS
 from protocol import TrainPlan, check_codec, check_id
+from protocol.chunks import MIN_MAX_PAYLOAD
 from protocol.compress import DOWNLINKS
 
 ShortRoundPolicy = Literal["retry", "stop"]
@@ -39,6 +40,10 @@ class RoundConfig:
     target_accuracy: float | None = None
     evaluate: bool = True
     max_update_bytes: int = 64 * 1024 * 1024
+    #: the broker's payload cap; larger models and updates travel as chunks (0: no cap)
+    max_payload: int = 0
+    #: memory for partially received chunked updates, all agents together
+    max_reassembly_bytes: int = 256 * 1024 * 1024
     #: if set, only these agent ids may take part (for provisioned fleets)
     allowed_agents: frozenset[str] | None = None
 
@@ -63,5 +68,7 @@ class RoundConfig:
             raise ValueError("min_agents must be >= 1")
         if self.on_short_round not in ("retry", "stop"):
             raise ValueError("on_short_round must be 'retry' or 'stop'")
+        if self.max_payload and self.max_payload < MIN_MAX_PAYLOAD:
+            raise ValueError(f"max_payload must be 0 (no cap) or >= {MIN_MAX_PAYLOAD} bytes")
         if self.max_retries < 0 or self.retry_backoff < 1.0:
             raise ValueError("max_retries must be >= 0 and retry_backoff >= 1")

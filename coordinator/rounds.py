@@ -61,6 +61,7 @@ from protocol import (
     raw_size,
     weights_digest,
 )
+from protocol.chunks import Reassembler, encode_manifest, is_chunk_frame, split
 from protocol.compress import downlink_weights
 
 _TRANSITIONS: dict[Phase, frozenset[Phase]] = {
@@ -98,6 +99,10 @@ class _RoundState:
     new_weights: Weights | None = None
 
 
+def _size(publishes: list[Action]) -> int:
+    return sum(len(p.payload) for p in publishes if isinstance(p, Publish))
+
+
 class Rounds:
     """Drives one federated run. Feed it events with :meth:`handle`."""
 
@@ -125,6 +130,11 @@ class Rounds:
         self._phase = Phase.WAITING
         self._message = ""
         self._round: _RoundState | None = None
+        self._chunks = Reassembler(
+            config.max_reassembly_bytes,
+            ttl_s=max(2 * config.deadline_s, 60.0),
+            max_payload_size=config.max_update_bytes,
+        )
         if resume is not None:
             if resume.job != config.job or resume.task != config.task:
                 raise ValueError(
@@ -216,9 +226,9 @@ class Rounds:
             last = self._history[-1]
             actions.append(Publish(self.topics.metrics, encode_metrics(last), retain=True))
         if self._round is not None and not self.finished:
-            actions.append(Publish(self.topics.model, self._round.model_payload, retain=True))
+            actions.extend(self._model_publishes(self._round.model_payload))
         elif self.finished:  # DONE or FAILED: both ended by publishing the final model
-            actions.append(self._publish_final_model(now))
+            actions.extend(self._publish_final_model(now))
         actions.append(self._status(now))
         if self.finished:
             actions.append(Stop(self._phase, self._message))
@@ -252,6 +262,15 @@ class Rounds:
         rs = self._round
         if rs is not None and self._phase is Phase.TRAINING:
             rs.bytes_up += len(payload)
+        if is_chunk_frame(payload):
+            try:
+                whole = self._chunks.add(agent, payload, now)
+            except WireError as exc:
+                round_no = rs.number if rs is not None else None
+                return [self._reject(agent, round_no, exc.reason, f"chunk: {exc.detail}")]
+            if whole is None:
+                return []
+            payload = whole
         try:
             update = self._validate(agent, payload)
         except WireError as exc:
@@ -353,6 +372,7 @@ class Rounds:
         expected = self._eligible(self.agents_online)
         number = self._completed + 1
         payload = self._announce(number, attempt=0, deadline_s=cfg.deadline_s, now=now)
+        publishes = self._model_publishes(payload)
         quorum = cfg.quorum if cfg.quorum is not None else max(len(expected), cfg.min_replies)
         self._round = _RoundState(
             number=number,
@@ -367,11 +387,11 @@ class Rounds:
             accepted=set(),
             declined=set(),
             rejected=Counter(),
-            bytes_down=len(payload) * len(expected),
+            bytes_down=_size(publishes) * len(expected),
         )
         self._set_phase(Phase.TRAINING)
         return [
-            Publish(self.topics.model, payload, retain=True),
+            *publishes,
             RoundOpened(number, 0, len(expected), quorum, cfg.deadline_s),
             self._status(now),
         ]
@@ -385,10 +405,11 @@ class Rounds:
         newcomers = self._eligible(self.agents_online) - rs.expected
         rs.expected = rs.expected | newcomers
         rs.model_payload = self._announce(rs.number, rs.attempt, rs.deadline_s, now)
-        rs.bytes_down += len(rs.model_payload) * len(rs.expected - rs.accepted)
+        publishes = self._model_publishes(rs.model_payload)
+        rs.bytes_down += _size(publishes) * len(rs.expected - rs.accepted)
         self._set_phase(Phase.TRAINING)
         return [
-            Publish(self.topics.model, rs.model_payload, retain=True),
+            *publishes,
             RoundOpened(rs.number, rs.attempt, len(rs.expected), rs.quorum, rs.deadline_s),
             self._status(now),
         ]
@@ -456,7 +477,7 @@ class Rounds:
     def _end(self, phase: Phase, message: str, now: float) -> list[Action]:
         self._set_phase(phase)
         self._message = message
-        return [self._publish_final_model(now), self._status(now), Stop(phase, message)]
+        return [*self._publish_final_model(now), self._status(now), Stop(phase, message)]
 
     # --- outputs ---------------------------------------------------------------------------
 
@@ -496,10 +517,26 @@ class Rounds:
                 deadline_s=deadline_s,
                 weights=downlink_weights(self._weights, cfg.downlink),
                 issued_at=now + self._wall_offset,
+                max_payload=cfg.max_payload,
             )
         )
 
-    def _publish_final_model(self, now: float) -> Publish:
+    def _model_publishes(self, payload: bytes) -> list[Action]:
+        """A model announcement as retained publishes: whole, or its chunks then a manifest.
+
+        The manifest goes last and replaces any whole model retained on the main topic;
+        a late agent gets the retained chunks and reassembles the model at once.
+        """
+        parts = split(payload, self.config.max_payload) if self.config.max_payload else None
+        if parts is None:
+            return [Publish(self.topics.model, payload, retain=True)]
+        manifest, frames = parts
+        return [
+            *(Publish(self.topics.model_chunk(i), f, retain=True) for i, f in enumerate(frames)),
+            Publish(self.topics.model, encode_manifest(manifest), retain=True),
+        ]
+
+    def _publish_final_model(self, now: float) -> list[Action]:
         cfg = self.config
         final = ModelAnnouncement(
             job=cfg.job,
@@ -513,8 +550,9 @@ class Rounds:
             weights=downlink_weights(self._weights, cfg.downlink),
             done=True,
             issued_at=now + self._wall_offset,
+            max_payload=cfg.max_payload,
         )
-        return Publish(self.topics.model, encode_model(final), retain=True)
+        return self._model_publishes(encode_model(final))
 
     def _status(self, now: float) -> Publish:
         rs = self._round

@@ -35,6 +35,11 @@ from protocol import (
     encode_presence,
     encode_update,
 )
+from protocol.chunks import Reassembler, is_chunk_frame, split
+from protocol.wire import DEFAULT_MAX_BYTES
+
+#: incomplete chunked models older than this are dropped (a round's model is re-sent anyway)
+MODEL_CHUNK_TTL_S = 600.0
 
 #: Identifies what an update answers: (run, round, model_id).
 RoundKey = tuple[str, int, str]
@@ -128,7 +133,8 @@ class _Answer:
     key: RoundKey
     #: (attempt, issued_at) of the announcement last answered: a new pair is a re-announcement
     asked: tuple[int, float]
-    payload: bytes
+    #: the update as published: one payload, or its chunk frames under a payload cap
+    frames: tuple[bytes, ...]
 
 
 class AgentCore:
@@ -161,6 +167,9 @@ class AgentCore:
         #: runs this agent has trained for: only their final model ends its work
         self._runs_joined: set[str] = set()
         self._resend_armed = False
+        self._chunks = Reassembler(
+            2 * DEFAULT_MAX_BYTES, ttl_s=MODEL_CHUNK_TTL_S, max_payload_size=DEFAULT_MAX_BYTES
+        )
         self.models_rejected = 0
 
     @property
@@ -183,7 +192,7 @@ class AgentCore:
                 self._resend_armed = self._answer is not None
                 return [self._presence(online=True, at=wall)]
             case ModelArrived(payload=payload):
-                return self._on_model(payload)
+                return self._on_model(payload, wall)
             case TrainingDone(key=key, result=result, train_s=train_s):
                 return self._on_trained(key, result, train_s)
             case TrainingFailed(key=key, reason=reason):
@@ -193,8 +202,13 @@ class AgentCore:
             case _:
                 assert_never(event)
 
-    def _on_model(self, payload: bytes) -> list[AgentAction]:
+    def _on_model(self, payload: bytes, wall: float) -> list[AgentAction]:
         try:
+            if is_chunk_frame(payload):  # a piece of a model sent in chunks (or its manifest)
+                whole = self._chunks.add("model", payload, wall)
+                if whole is None:
+                    return []
+                payload = whole
             model = decode_model(payload)
             if model.job != self.job:
                 raise WireError(RejectReason.WRONG_JOB, f"model for job {model.job!r}")
@@ -259,7 +273,7 @@ class AgentCore:
         return actions if after is before else [*actions, SaveResidual(after)]
 
     def _encode(self, model: ModelAnnouncement, delta: Weights) -> list[dict[str, Any]]:
-        """The delta's entries via error feedback (a lossless codec flushes the residual)."""
+        """The delta's entries via error feedback (kept for biased codecs only)."""
         rng = np.random.default_rng([model.plan.seed, model.round, self._rng_key])
         return self._feedback.encode(delta, model.codec, scope=model.run, rng=rng)
 
@@ -284,14 +298,17 @@ class AgentCore:
         return self._answer_with(model, encode_update(decline))
 
     def _answer_with(self, model: ModelAnnouncement, payload: bytes) -> list[AgentAction]:
-        self._answer = _Answer(self._key(model), (model.attempt, model.issued_at), payload)
+        parts = split(payload, model.max_payload) if model.max_payload else None
+        frames = (payload,) if parts is None else tuple(parts[1])
+        self._answer = _Answer(self._key(model), (model.attempt, model.issued_at), frames)
         self._resend_armed = False
         return self._send(self._answer, resent=False)
 
     def _send(self, answer: _Answer, resent: bool) -> list[AgentAction]:
+        topic = self.topics.update(self.agent)
         return [
-            Publish(self.topics.update(self.agent), answer.payload, retain=False),
-            UpdateSent(answer.key, len(answer.payload), resent),
+            *(Publish(topic, frame, retain=False) for frame in answer.frames),
+            UpdateSent(answer.key, sum(len(f) for f in answer.frames), resent),
         ]
 
     def _train_latest(self) -> list[AgentAction]:

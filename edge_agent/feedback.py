@@ -4,7 +4,8 @@ Each round the agent encodes ``u = delta + residual`` and keeps
 ``residual' = u - decode(encode(u))``, computed with the receiver's own decoder.
 Summed over rounds, what the coordinator decoded plus the residual left here
 equals the sum of the true deltas (to float32 rounding), so top-k and
-quantisation delay information instead of losing it.
+deterministic rounding delay information instead of losing it. Unbiased codecs
+(``qsgd`` alone) lose nothing on average and keep no residual.
 
 References: Seide et al., "1-Bit Stochastic Gradient Descent" (Interspeech 2014);
 Stich, Cordonnier and Jaggi, "Sparsified SGD with Memory" (NeurIPS 2018);
@@ -63,7 +64,8 @@ class ErrorFeedback:
     ) -> list[dict[str, Any]]:
         """Encode ``delta`` plus the carried residual with codec ``spec``; keep the new residual.
 
-        A lossless codec sends the residual in full and leaves none.
+        Only a biased codec (top-k, deterministic rounding) keeps a residual; a
+        lossless or unbiased one (``qsgd``) sends any carried residual and leaves none.
 
         Raises:
             ValueError: for a bad spec, or a non-finite delta (the residual is unchanged).
@@ -74,7 +76,7 @@ class ErrorFeedback:
         if not all(np.isfinite(a).all() for a in total.values()):
             raise ValueError("the delta holds NaN or Inf")
         entries = encode_delta(total, spec, rng)
-        if pipe.lossless:
+        if not pipe.biased:
             self._state = None
             return entries
         shapes = {name: tuple(a.shape) for name, a in delta.items()}

@@ -99,7 +99,7 @@ class AgentNode:
             if why is not None:
                 self._put(_Refused(why))
             return
-        client.subscribe(self.core.topics.model, qos=1)
+        client.subscribe(self.core.topics.agent_subscriptions)
         self._put(Connected())
 
     def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:

@@ -215,7 +215,7 @@ class Swarm:
             return
         self._set_state(member, MemberState.ONLINE)
         member.backoff_s = RECONNECT_MIN_S
-        client.subscribe(member.core.topics.model, qos=1)
+        client.subscribe(member.core.topics.agent_subscriptions)
         self._inbox.append((member, Connected()))
 
     def _on_disconnect(self, _c: mqtt.Client, member: Member, _f: Any, rc: Any, _p: Any) -> None:

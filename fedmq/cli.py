@@ -50,6 +50,20 @@ def _codec(value: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "m": 1024**2, "mb": 1024**2, "g": 1024**3}
+
+
+def _size(value: str) -> int:
+    """Bytes from ``131072``, ``128k`` or ``1m`` (binary units, as brokers count)."""
+    number = value.strip().lower().rstrip("ib")
+    digits = number.rstrip("kmg")
+    unit = number[len(digits):]
+    try:
+        return int(float(digits) * _UNITS[unit])
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"not a size: {value!r} (try 131072, 128k, 1m)") from None
+
+
 def _add_connection(p: argparse.ArgumentParser, required: bool = True) -> None:
     g = p.add_argument_group("broker")
     g.add_argument("--broker", required=required, help="mqtt://[user:pass@]host[:port] or mqtts://")
@@ -105,7 +119,11 @@ def _add_rounds(p: argparse.ArgumentParser, rounds: int, deadline: float) -> Non
     g.add_argument("--lr", type=float, help="local learning rate (default: the task's)")
     g.add_argument("--seed", type=int, help="training seed (default: the task's)")
     g.add_argument("--no-eval", action="store_true", help="skip server-side evaluation")
-    g.add_argument("--max-update-bytes", type=int, default=64 * 1024 * 1024)
+    g.add_argument("--max-update-bytes", type=_size, default=64 * 1024 * 1024,
+                   help="reject larger updates (e.g. 64m)")
+    g.add_argument("--max-payload", type=_size, default=0,
+                   help="the broker's payload cap, e.g. 128k for AWS IoT Core: larger "
+                        "models and updates travel as chunks (default: no cap)")
 
 
 def _connection(args: argparse.Namespace, broker: str) -> Connection:
@@ -145,6 +163,7 @@ def _round_config(args: argparse.Namespace, job: str, min_agents: int | None = N
         target_accuracy=args.target_accuracy,
         evaluate=not args.no_eval,
         max_update_bytes=args.max_update_bytes,
+        max_payload=args.max_payload,
     )
 
 

@@ -30,6 +30,7 @@ import numpy as np
 from edge_agent.torch_trainer import TorchEvaluator, TorchTrainer, initial_weights
 from fedmq.tasks import DataConfig, Task, agent_data, get_task, load_dataset, test_data
 from protocol import TrainPlan, Weights, check_codec, decode_delta, encode_delta, weights_digest
+from protocol.compress import codec_pipeline
 
 #: W1's two splits by their DESIGN.md names; any partition spec is accepted too
 VARIANTS = {"iid": "iid", "noniid": "shards"}
@@ -84,12 +85,14 @@ def send_delta(
     """What the coordinator decodes of ``delta`` under ``codec``, and the new residual.
 
     Error feedback written out independently of :mod:`edge_agent.feedback`:
-    send ``u = delta + residual``, keep ``u - decode(encode(u))`` (zero for a
-    lossless codec).
+    send ``u = delta + residual``, keep ``u - decode(encode(u))`` for a biased
+    codec, zero for a lossless or unbiased one (``qsgd`` alone), as agents do.
     """
     u = delta if residual is None else {n: delta[n] + residual[n] for n in delta}
     shapes = {name: arr.shape for name, arr in u.items()}
     sent = decode_delta(encode_delta(u, codec, rng), codec, shapes)
+    if not codec_pipeline(codec).biased:
+        return sent, {n: np.zeros_like(a, dtype=np.float32) for n, a in u.items()}
     return sent, {n: (u[n] - sent[n]).astype(np.float32) for n in u}
 
 

@@ -80,6 +80,8 @@ class ModelAnnouncement:
     cohort: tuple[str, ...] | None = None
     done: bool = False
     issued_at: float = 0.0
+    #: the broker's payload cap: agents send updates above it as chunks (0: no cap)
+    max_payload: int = 0
 
 
 @dataclass(frozen=True, slots=True)

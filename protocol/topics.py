@@ -56,6 +56,8 @@ class TopicRef:
     job: str
     kind: TopicKind
     agent: str | None = None
+    #: for ``model/chunk/{i}``: the chunk's index (docs/PROTOCOL.md, "Chunked transfer")
+    chunk: int | None = None
 
 
 class Topics:
@@ -68,6 +70,19 @@ class Topics:
     @property
     def model(self) -> str:
         return f"{self.base}/model"
+
+    def model_chunk(self, index: int) -> str:
+        """Where chunk ``index`` of a chunked model is retained."""
+        return f"{self.base}/model/chunk/{index}"
+
+    @property
+    def all_model_chunks(self) -> str:
+        return f"{self.base}/model/chunk/+"
+
+    @property
+    def agent_subscriptions(self) -> list[tuple[str, int]]:
+        """What an agent subscribes to (QoS 1): the model, whole or in chunks."""
+        return [(self.model, 1), (self.all_model_chunks, 1)]
 
     @property
     def status(self) -> str:
@@ -118,6 +133,10 @@ def parse_topic(topic: str) -> TopicRef:
             return TopicRef(job, kind, check_id(rest[0], "agent"))
         except ValueError as exc:
             raise WireError(RejectReason.MALFORMED, str(exc)) from None
+    if kind is TopicKind.MODEL and len(rest) == 2 and rest[0] == "chunk":
+        if not rest[1].isdigit() or len(rest[1]) > 6:
+            raise WireError(RejectReason.MALFORMED, f"bad chunk index in {topic!r}")
+        return TopicRef(job, kind, chunk=int(rest[1]))
     if rest:
         raise WireError(RejectReason.MALFORMED, f"unexpected levels after {kind.value}")
     return TopicRef(job, kind)

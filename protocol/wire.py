@@ -16,6 +16,7 @@ from typing import Any
 
 import msgpack
 
+from protocol.chunks import MIN_MAX_PAYLOAD
 from protocol.errors import RejectReason, WireError
 from protocol.messages import (
     SCHEMA_VERSION,
@@ -192,6 +193,7 @@ def encode_model(m: ModelAnnouncement) -> bytes:
             "cohort": list(m.cohort) if m.cohort is not None else None,
             "done": m.done,
             "issued_at": m.issued_at,
+            "max_payload": m.max_payload,
             "tensors": encode_weights(m.weights),
         }
     )
@@ -235,8 +237,17 @@ def decode_model(payload: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> ModelAnn
         cohort=cohort,
         done=f.flag("done"),
         issued_at=f.number("issued_at", 0.0),
+        max_payload=_max_payload(f),
         weights=decode_weights(tensors),
     )
+
+
+def _max_payload(f: _Fields) -> int:
+    """0 (no cap) or a cap an agent can chunk for."""
+    cap = f.integer("max_payload", 0, 2**31) if f.present("max_payload") else 0
+    if 0 < cap < MIN_MAX_PAYLOAD:
+        raise WireError(RejectReason.MALFORMED, f"model.max_payload={cap} < {MIN_MAX_PAYLOAD}")
+    return cap
 
 
 # --- update -----------------------------------------------------------------

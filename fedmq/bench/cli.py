@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from fedmq.bench.results import RESULTS_DIR
+from fedmq.bench.results import RESULTS_DIR, begin, write_results
 
 DEFAULT_SCALE_COUNTS = "100,250,500,1000"
 
@@ -28,8 +28,6 @@ def _counts(value: str) -> list[int]:
 
 
 def _finish(bench: str, begun: dict[str, Any], doc: dict[str, Any], out: Path, text: str) -> int:
-    from fedmq.bench.results import write_results
-
     if text:
         print(text)
     path = write_results(out, bench, begun, doc)
@@ -38,7 +36,6 @@ def _finish(bench: str, begun: dict[str, Any], doc: dict[str, Any], out: Path, t
 
 
 def cmd_w1(args: argparse.Namespace) -> int:
-    from fedmq.bench.results import begin
     from fedmq.bench.w1 import W1Options, report, run_w1
 
     opts = W1Options(
@@ -64,7 +61,6 @@ def cmd_w1(args: argparse.Namespace) -> int:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     from fedmq.bench.ingest import DEFAULT_CODECS, DEFAULT_TASKS, IngestOptions, run_ingest
-    from fedmq.bench.results import begin
 
     opts = IngestOptions(
         tasks=tuple(args.task or DEFAULT_TASKS),
@@ -79,7 +75,6 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_scale(args: argparse.Namespace) -> int:
-    from fedmq.bench.results import begin
     from fedmq.bench.scale import ScaleOptions, run_scale
 
     opts = ScaleOptions(
@@ -101,7 +96,6 @@ def cmd_scale(args: argparse.Namespace) -> int:
 
 def cmd_footprint(args: argparse.Namespace) -> int:
     from fedmq.bench.footprint import report, run_footprint
-    from fedmq.bench.results import begin
 
     begun = begin()
     doc = run_footprint(args.data)

@@ -21,7 +21,7 @@ from edge_agent.connection import BrokerURL
 from edge_agent.numpy_trainer import NumpyTrainer
 from edge_agent.swarm import Swarm, SwarmStats
 from edge_agent.trainer import Trainer
-from fedmq.tasks import DataConfig, agent_data, get_task
+from fedmq.tasks import DataConfig, agent_data, get_task, load_dataset, parse_partition
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,20 +47,33 @@ class FleetSpec:
         return self.total or self.first + self.count
 
 
+def shard_count(agents: int, rows: int, partition: str) -> int:
+    """How many distinct shards ``agents`` agents can be given from ``rows`` training rows
+    (the ``shards`` partition cuts two label-sorted pieces per shard)."""
+    per_shard = 2 if parse_partition(partition).kind == "shards" else 1
+    return max(1, min(agents, rows // per_shard))
+
+
 def build_members(spec: FleetSpec) -> list[tuple[AgentCore, Trainer]]:
-    """An (AgentCore, NumpyTrainer) pair per hosted shard, each on its own rows.
+    """An (AgentCore, NumpyTrainer) pair per hosted agent, each on its own rows.
+
+    Agent ``i`` holds shard ``i mod S`` of ``S``, where S is the fleet size, or
+    fewer when the task has fewer rows than that (a fleet larger than the
+    dataset then holds some rows twice, rather than failing to start).
 
     Raises:
         ValueError: for a task the numpy trainer cannot train, or bad shards.
     """
     task = get_task(spec.task)
     data = DataConfig(data_dir=spec.data_dir, seed=spec.data_seed)
+    partition = spec.partition or task.partition
+    shards = shard_count(spec.of, len(load_dataset(task, data).y_train), partition)
     members: list[tuple[AgentCore, Trainer]] = []
-    for shard in range(spec.first, spec.first + spec.count):
-        x, y = agent_data(task, data, shard, spec.of, spec.partition)
-        trainer = NumpyTrainer(task.model, task.kind, x, y, index=shard)
+    for index in range(spec.first, spec.first + spec.count):
+        x, y = agent_data(task, data, index % shards, shards, partition)
+        trainer = NumpyTrainer(task.model, task.kind, x, y, index=index)
         core = AgentCore(
-            spec.job, f"{spec.id_prefix}{shard}", samples=trainer.samples, trainer=trainer.name
+            spec.job, f"{spec.id_prefix}{index}", samples=trainer.samples, trainer=trainer.name
         )
         members.append((core, trainer))
     return members

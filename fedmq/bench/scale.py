@@ -116,7 +116,8 @@ def run_size(
 
         def on_exit(index: int, code: int) -> None:
             if not node.rounds.finished:
-                failures.append(f"swarm process {index} exited with {code}")
+                said = _last_line(logs / f"swarm-{index}.log")
+                failures.append(f"swarm process {index} exited with {code}: {said}")
                 node.stop(failures[-1])
 
         watcher = ExitWatcher(procs, on_exit)
@@ -158,6 +159,11 @@ def run_size(
         "swarm_cpu_s_total": round(sum(s.cpu_s for s in swarms), 2),
         "swarm_exit_codes": sorted({code for _, code in stopped}),
     }
+
+
+def _last_line(log: Path) -> str:
+    lines = log.read_text(errors="replace").strip().splitlines() if log.is_file() else []
+    return lines[-1] if lines else "(no output)"
 
 
 def _span(window: _Window) -> float | None:

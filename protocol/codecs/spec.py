@@ -55,9 +55,14 @@ STAGES: dict[str, tuple[str, tuple[_Param, ...]]] = {
     "fp16": ("quantiser", ()),
     # block=0: one scale per tensor
     "int8": ("quantiser", (_Param("block", int, 0, 0, MAX_BLOCK),)),
+    # density=0: no cap on the expected share of non-zero levels
     "qsgd": (
         "quantiser",
-        (_Param("levels", int, 16, 1, MAX_LEVELS), _Param("block", int, 0, 0, MAX_BLOCK)),
+        (
+            _Param("levels", int, 16, 1, MAX_LEVELS),
+            _Param("block", int, 0, 0, MAX_BLOCK),
+            _Param("density", float, 0.0, 0.0, 1.0),
+        ),
     ),
     "zstd": ("entropy", (_Param("level", int, 3, 1, 22),)),
 }
@@ -70,13 +75,16 @@ class Quantiser:
 
     For the integer kinds, ``levels`` is the largest |q| and ``block`` the number
     of values sharing one step (0: the whole tensor); ``stochastic`` rounds
-    up or down at random so that the expectation is the input (QSGD).
+    up or down at random so that the expectation is the input (QSGD), and a
+    ``density`` > 0 widens the step until the expected share of non-zero levels
+    is at most that (fewer bits after zstd, more variance).
     """
 
     kind: str
     levels: int = 0
     block: int = 0
     stochastic: bool = False
+    density: float = 0.0
 
     @property
     def float_dtype(self) -> str | None:
@@ -98,6 +106,17 @@ class Pipeline:
     def lossless(self) -> bool:
         """True if decode(encode(x)) == x exactly, so no residual is ever left."""
         return self.topk is None and self.quantiser == RAW
+
+    @property
+    def biased(self) -> bool:
+        """True if E[decode(encode(x))] != x: top-k, or deterministic rounding.
+
+        Error feedback applies to biased pipelines only. An unbiased one (``qsgd``
+        without top-k) needs none, and a residual would flatten the values it
+        quantises, raising the share of non-zero levels and so the bytes after zstd
+        (docs/CODECS.md has the measurement).
+        """
+        return not self.lossless and not (self.topk is None and self.quantiser.stochastic)
 
     @property
     def stochastic(self) -> bool:
@@ -183,7 +202,8 @@ def parse_codec(spec: str) -> Pipeline:
         elif name == "int8":
             quantiser = Quantiser("int", MAX_LEVELS, int(v["block"]))
         elif name == "qsgd":
-            quantiser = Quantiser("int", int(v["levels"]), int(v["block"]), stochastic=True)
+            levels, block, density = int(v["levels"]), int(v["block"]), float(v["density"])
+            quantiser = Quantiser("int", levels, block, stochastic=True, density=density)
         else:
             level = int(v["level"])
     return Pipeline(topk, quantiser, level)

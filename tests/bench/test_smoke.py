@@ -104,6 +104,17 @@ def test_swarm_members_reconnect_after_a_broker_restart(own_broker: LocalBroker)
     assert all(m.state is MemberState.GONE for m in swarm.members)
 
 
+def test_fleets_larger_than_the_dataset_reuse_shards() -> None:
+    assert fleet.shard_count(1000, 10_000, "iid") == 1000
+    assert fleet.shard_count(16_000, 10_000, "iid") == 10_000
+    assert fleet.shard_count(16_000, 10_000, "shards") == 5_000
+    spec = fleet.FleetSpec(broker="mqtt://127.0.0.1:1", job="big", task="linreg", count=3,
+                           first=2000, total=2003)
+    members = fleet.build_members(spec)  # linreg has 2,000 training rows
+    assert [core.agent for core, _ in members] == ["agent-2000", "agent-2001", "agent-2002"]
+    assert [trainer.samples for _, trainer in members] == [1, 1, 1]
+
+
 def test_fleet_split_covers_every_agent_once() -> None:
     assert fleet.split(10, 3) == [(0, 4), (4, 3), (7, 3)]
     assert fleet.split(2, 4) == [(0, 1), (1, 1)]

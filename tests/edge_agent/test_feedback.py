@@ -30,21 +30,15 @@ from protocol import (
     decode_delta,
     decode_model,
     decode_update,
+    encode_delta,
     encode_model,
     weights_digest,
 )
 from tests.helpers import LinearTrainer, initial_weights
 
 SHAPES = {"w": (8, 5), "b": (5,)}
-LOSSY = [
-    "fp16",
-    "int8",
-    "int8:block=4",
-    "qsgd:4",
-    "topk:0.1",
-    "topk:0.2+int8",
-    "topk:0.1+int8+zstd",
-]
+#: biased codecs: the ones error feedback applies to
+BIASED = ["fp16", "int8", "int8:block=4", "topk:0.1", "topk:0.2+int8", "topk:0.1+qsgd:4+zstd"]
 
 
 def delta_at(seed: int, scale: float = 1.0) -> Weights:
@@ -70,7 +64,7 @@ delta_sequences = st.lists(
 
 
 @settings(deadline=None, max_examples=300)
-@given(spec=st.sampled_from(LOSSY), deltas=delta_sequences, seed=st.integers(0, 2**16))
+@given(spec=st.sampled_from(BIASED), deltas=delta_sequences, seed=st.integers(0, 2**16))
 def test_sent_plus_residual_equals_the_sum_of_true_deltas(
     spec: str, deltas: list[Weights], seed: int
 ) -> None:
@@ -117,6 +111,22 @@ def test_lossless_codec_sends_the_residual_in_full_and_keeps_none() -> None:
     assert fb.state is None
     for n in SHAPES:
         np.testing.assert_array_equal(got[n], d2[n] + residual.tensors[n])
+
+
+@pytest.mark.parametrize("spec", ["qsgd:4", "qsgd:1,block=8+zstd"])
+def test_unbiased_codec_sends_the_residual_and_keeps_none(spec: str) -> None:
+    fb = ErrorFeedback()
+    d1, d2 = delta_at(1), delta_at(2)
+    fb.encode(d1, "topk:0.1", scope="r")
+    residual = fb.state
+    assert residual is not None
+    entries = fb.encode(d2, spec, scope="r", rng=np.random.default_rng(4))
+    assert fb.state is None
+    carried = {n: d2[n] + residual.tensors[n] for n in SHAPES}
+    assert entries == encode_delta(carried, spec, np.random.default_rng(4))
+    assert ErrorFeedback().encode(d2, spec, scope="r", rng=np.random.default_rng(4)) == (
+        encode_delta(d2, spec, np.random.default_rng(4))
+    )
 
 
 def test_lossless_codec_without_a_residual_keeps_state_untouched() -> None:

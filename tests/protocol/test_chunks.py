@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import contextlib
 import random
+from typing import Any
 
 import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol import RejectReason, WireError
+from protocol import (
+    RejectReason,
+    TopicKind,
+    TopicRef,
+    Topics,
+    WireError,
+    decode_model,
+    encode_model,
+    parse_topic,
+)
 from protocol.chunks import (
     MIN_MAX_PAYLOAD,
     Manifest,
@@ -164,3 +174,20 @@ def test_random_bytes_never_crash_the_reassembler(junk: bytes) -> None:
 def test_manifest_round_trip() -> None:
     m = Manifest("0" * 64, 3, 5000)
     assert decode_frame(encode_manifest(m), 10_000) == m
+
+
+def test_chunk_topics_parse_to_their_index() -> None:
+    topics = Topics("job-1")
+    assert parse_topic(topics.model_chunk(17)) == TopicRef("job-1", TopicKind.MODEL, chunk=17)
+    for bad in ("fedmq/v1/job-1/model/chunk/x", "fedmq/v1/job-1/model/chunk/1234567",
+                "fedmq/v1/job-1/model/piece/1"):
+        with pytest.raises(WireError):
+            parse_topic(bad)
+
+
+def test_a_model_announcing_a_tiny_payload_cap_is_refused(samples: dict[str, Any]) -> None:
+    obj = msgpack.unpackb(encode_model(samples["model"]), raw=False)
+    obj["max_payload"] = 100
+    with pytest.raises(WireError) as info:
+        decode_model(msgpack.packb(obj, use_bin_type=True))
+    assert info.value.reason is RejectReason.MALFORMED

@@ -62,7 +62,7 @@ MODEL = ModelAnnouncement(
     weights=WEIGHTS,
 )
 MODEL_BYTES = bytes.fromhex(
-    "8f"  # map of 15
+    "de0010"  # map16 of 16
     "a176 01"  # v: 1
     "a474797065 a56d6f64656c"  # type: "model"
     "a36a6f62 a464656d6f"  # job: "demo"
@@ -83,6 +83,7 @@ MODEL_BYTES = bytes.fromhex(
     "a6636f686f7274 c0"  # cohort: nil
     "a4646f6e65 c2"  # done: false
     "a96973737565645f6174 cb41d954fc40000000"  # issued_at: 1700000000.0
+    "ab6d61785f7061796c6f6164 00"  # max_payload: 0 (no cap)
     "a774656e736f7273 92"  # tensors: array of 2
     "84 a46e616d65 a177"  # name: "w"
     "a56474797065 a33c6634"  # dtype: "<f4"
