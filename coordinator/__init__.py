@@ -1,6 +1,6 @@
 """The coordinator: a sans-I/O round machine (:mod:`coordinator.rounds`) and its paho adapter."""
 
-from coordinator.aggregate import AGGREGATORS, Aggregate, Aggregator, make_aggregator
+from coordinator.aggregate import Aggregate, AggregationError, Aggregator
 from coordinator.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from coordinator.config import RoundConfig
 from coordinator.events import (
@@ -21,12 +21,14 @@ from coordinator.events import (
     UpdateArrived,
 )
 from coordinator.rounds import Rounds
+from coordinator.strategy import AGGREGATORS, make_aggregator, parse_aggregator
 from protocol import Publish
 
 __all__ = [
     "AGGREGATORS",
     "Action",
     "Aggregate",
+    "AggregationError",
     "Aggregator",
     "BrokerConnected",
     "Checkpoint",
@@ -49,5 +51,6 @@ __all__ = [
     "UpdateArrived",
     "load_checkpoint",
     "make_aggregator",
+    "parse_aggregator",
     "save_checkpoint",
 ]

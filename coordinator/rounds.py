@@ -14,12 +14,13 @@ everyone asked has answered, or at the deadline with ``min_replies`` -> aggregat
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass
 
 from typing_extensions import assert_never
 
-from coordinator.aggregate import Aggregator, apply_delta, make_aggregator
+from coordinator.aggregate import AggregationError, Aggregator, apply_delta
 from coordinator.checkpoint import Checkpoint
 from coordinator.config import RoundConfig
 from coordinator.events import (
@@ -39,6 +40,7 @@ from coordinator.events import (
     UpdateAccepted,
     UpdateArrived,
 )
+from coordinator.strategy import make_aggregator
 from protocol import (
     ClosedBy,
     ModelAnnouncement,
@@ -63,6 +65,7 @@ from protocol import (
 )
 from protocol.chunks import Reassembler, encode_manifest, is_chunk_frame, split
 from protocol.compress import downlink_weights
+from protocol.signing import COORDINATOR_SIGNER, Purpose, open_update, seal
 
 _TRANSITIONS: dict[Phase, frozenset[Phase]] = {
     Phase.WAITING: frozenset({Phase.TRAINING, Phase.DONE}),
@@ -101,6 +104,12 @@ class _RoundState:
 
 def _size(publishes: list[Action]) -> int:
     return sum(len(p.payload) for p in publishes if isinstance(p, Publish))
+
+
+def _finite(value: float | None) -> float | None:
+    """A metric as published, or None: agents' reported losses (each finite) can still sum
+    to inf, and a diverged model evaluates to inf or NaN, neither of which JSON can carry."""
+    return value if value is not None and math.isfinite(value) else None
 
 
 class Rounds:
@@ -286,6 +295,9 @@ class Rounds:
             return [self._reject(agent, rs.number, exc.reason, exc.detail)]
         rs.aggregator.add(delta, update.samples)
         rs.accepted.add(agent)
+        # Proof of life: after a broker restart the agent's last will (offline) can come
+        # before its re-sent update and its new presence; it must stay in the next cohort.
+        self._online_ids.add(agent)
         rs.samples += update.samples
         if "loss" in update.metrics:
             rs.loss_sum += update.metrics["loss"] * update.samples
@@ -305,10 +317,7 @@ class Rounds:
             f"round {rs.number}: {len(rs.accepted)} of min_replies={self.config.min_replies} "
             f"updates by the deadline"
         )
-        if self.config.on_short_round == "retry" and rs.attempt < self.config.max_retries:
-            return self._retry_round(now)
-        tries = f" after {rs.attempt} retries" if rs.attempt else ""
-        return self._end(Phase.FAILED, f"{short}{tries}; stopping", now)
+        return self._short_round(short, now)
 
     def _on_evaluated(self, round_no: int, metrics: dict[str, float], now: float) -> list[Action]:
         rs = self._round
@@ -334,7 +343,16 @@ class Rounds:
             raise WireError(
                 RejectReason.TOO_LARGE, f"{len(payload)} bytes > {cfg.max_update_bytes}"
             )
-        update = decode_update(payload, cfg.max_update_bytes)
+        # Verify the bytes as received, then decode what they vouch for (docs/SECURITY.md).
+        body = open_update(
+            payload,
+            job=cfg.job,
+            run=self._run,
+            agent=agent,
+            keys=cfg.agent_keys,
+            max_body_bytes=cfg.max_update_bytes,
+        )
+        update = decode_update(body, cfg.max_update_bytes)
         if update.agent != agent:
             raise WireError(RejectReason.AGENT_MISMATCH, f"payload names {update.agent!r}")
         if update.job != cfg.job:
@@ -382,7 +400,7 @@ class Rounds:
             deadline_s=cfg.deadline_s,
             expected=expected,
             quorum=quorum,
-            aggregator=make_aggregator(cfg.aggregator, self._shapes),
+            aggregator=make_aggregator(cfg.aggregator, self._shapes, clip_norm=cfg.clip_norm),
             model_payload=payload,
             accepted=set(),
             declined=set(),
@@ -424,11 +442,28 @@ class Rounds:
             return self._close(ClosedBy.ALL_REPLIED, now)
         return []
 
+    def _short_round(self, why: str, now: float) -> list[Action]:
+        """The deadline passed and the round cannot close: retry it or stop, saying why."""
+        rs = self._round
+        assert rs is not None
+        if self.config.on_short_round == "retry" and rs.attempt < self.config.max_retries:
+            self._message = f"{why}; retry {rs.attempt + 1} of {self.config.max_retries}"
+            return self._retry_round(now)
+        tries = f" after {rs.attempt} retries" if rs.attempt else ""
+        return self._end(Phase.FAILED, f"{why}{tries}; stopping", now)
+
     def _close(self, closed_by: ClosedBy, now: float) -> list[Action]:
         rs = self._round
         assert rs is not None
+        try:
+            aggregate = rs.aggregator.result()
+            rs.new_weights = apply_delta(self._weights, aggregate.delta)
+        except AggregationError as exc:
+            if closed_by is not ClosedBy.DEADLINE:
+                return []  # keep gathering: more updates may come before the deadline
+            return self._short_round(f"round {rs.number}: {exc}", now)
         rs.closed_by = closed_by
-        rs.new_weights = apply_delta(self._weights, rs.aggregator.result().delta)
+        self._message = ""  # a retry's reason no longer applies
         if not self.config.evaluate:
             return self._finish_round({}, now)
         self._set_phase(Phase.EVALUATING)
@@ -453,10 +488,12 @@ class Rounds:
             bytes_up=rs.bytes_up,
             bytes_down=rs.bytes_down,
             raw_bytes_up=self._raw_update_bytes * len(rs.accepted),
-            accuracy=evaluation.get("accuracy"),
-            loss=evaluation.get("loss"),
-            train_loss=rs.loss_sum / rs.samples if rs.samples else None,
-            train_accuracy=(rs.accuracy_sum / rs.accuracy_samples if rs.accuracy_samples else None),
+            accuracy=_finite(evaluation.get("accuracy")),
+            loss=_finite(evaluation.get("loss")),
+            train_loss=_finite(rs.loss_sum / rs.samples if rs.samples else None),
+            train_accuracy=_finite(
+                rs.accuracy_sum / rs.accuracy_samples if rs.accuracy_samples else None
+            ),
             at=now + self._wall_offset,
         )
         self._history.append(metrics)
@@ -527,6 +564,7 @@ class Rounds:
         The manifest goes last and replaces any whole model retained on the main topic;
         a late agent gets the retained chunks and reassembles the model at once.
         """
+        payload = self._sealed(payload)
         parts = split(payload, self.config.max_payload) if self.config.max_payload else None
         if parts is None:
             return [Publish(self.topics.model, payload, retain=True)]
@@ -535,6 +573,17 @@ class Rounds:
             *(Publish(self.topics.model_chunk(i), f, retain=True) for i, f in enumerate(frames)),
             Publish(self.topics.model, encode_manifest(manifest), retain=True),
         ]
+
+    def _sealed(self, model: bytes) -> bytes:
+        """The model signed with the coordinator's key, if it has one; chunked after this.
+
+        Ed25519 is deterministic, so re-sealing a re-published model gives the same bytes.
+        """
+        key = self.config.signing_key
+        if key is None:
+            return model
+        job, run = self.config.job, self._run
+        return seal(model, Purpose.MODEL, job=job, run=run, signer=COORDINATOR_SIGNER, key=key)
 
     def _publish_final_model(self, now: float) -> list[Action]:
         cfg = self.config

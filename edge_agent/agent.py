@@ -36,6 +36,7 @@ from protocol import (
     encode_update,
 )
 from protocol.chunks import Reassembler, is_chunk_frame, split
+from protocol.signing import Purpose, SigningKey, VerifyKey, open_model, seal
 from protocol.wire import DEFAULT_MAX_BYTES
 
 #: incomplete chunked models older than this are dropped (a round's model is re-sent anyway)
@@ -149,8 +150,16 @@ class AgentCore:
         trainer: str,
         device: str | None = None,
         feedback: ErrorFeedback | None = None,
+        signing_key: SigningKey | None = None,
+        coordinator_key: VerifyKey | None = None,
     ) -> None:
-        """``feedback`` carries a residual loaded from the device's state dir, if any."""
+        """``feedback`` carries a residual loaded from the device's state dir, if any.
+
+        ``signing_key`` signs every update; with ``coordinator_key`` set, a model
+        that is unsigned or not signed by it is refused (docs/SECURITY.md).
+        """
+        self._signing_key = signing_key
+        self._coordinator_key = coordinator_key
         self.job = check_id(job, "job")
         self.agent = check_id(agent, "agent")
         self._feedback = feedback if feedback is not None else ErrorFeedback()
@@ -209,7 +218,11 @@ class AgentCore:
                 if whole is None:
                     return []
                 payload = whole
-            model = decode_model(payload)
+            # Verify the bytes as received, then decode what they vouch for.
+            body = open_model(
+                payload, job=self.job, key=self._coordinator_key, max_body_bytes=DEFAULT_MAX_BYTES
+            )
+            model = decode_model(body)
             if model.job != self.job:
                 raise WireError(RejectReason.WRONG_JOB, f"model for job {model.job!r}")
         except WireError as exc:
@@ -298,6 +311,15 @@ class AgentCore:
         return self._answer_with(model, encode_update(decline))
 
     def _answer_with(self, model: ModelAnnouncement, payload: bytes) -> list[AgentAction]:
+        if self._signing_key is not None:  # sign, then chunk: chunks reassemble to the envelope
+            payload = seal(
+                payload,
+                Purpose.UPDATE,
+                job=self.job,
+                run=model.run,
+                signer=self.agent,
+                key=self._signing_key,
+            )
         parts = split(payload, model.max_payload) if model.max_payload else None
         frames = (payload,) if parts is None else tuple(parts[1])
         self._answer = _Answer(self._key(model), (model.attempt, model.issued_at), frames)

@@ -8,11 +8,13 @@ fedmq monitor       watch jobs live from their topics alone
 fedmq report        plots and a markdown summary of a finished run's directory
 fedmq swarm         many simulated agents (numpy trainer), one thread per process
 fedmq bench         benchmarks: w1, ingest, scale, footprint (see BENCHMARKS.md)
+fedmq chaos         train while killing agents, the broker and the coordinator
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import signal
@@ -21,11 +23,21 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
-from coordinator import Action, CheckpointError, RoundConfig
+from coordinator import Action, CheckpointError, RoundConfig, parse_aggregator
+from coordinator.strategy import AGGREGATOR_HELP
 from edge_agent.connection import BrokerURL
 from fedmq.bench.cli import register as register_bench
+from fedmq.bundle import (
+    expand_bundle,
+    load_agent_keys,
+    load_signing_key,
+    load_verify_key,
+    read_password,
+)
+from fedmq.chaos import add_parser as register_chaos
 from fedmq.launch import AgentSettings, Connection, build_agent, build_coordinator
 from fedmq.progress import RunRecorder
+from fedmq.provision import register as register_provision
 from fedmq.tasks import TASKS, DataConfig, get_task
 from protocol import CODECS, Phase, TrainPlan, check_codec
 from protocol.compress import DOWNLINKS
@@ -50,6 +62,14 @@ def _codec(value: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _aggregator(value: str) -> str:
+    try:
+        parse_aggregator(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
 _UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "m": 1024**2, "mb": 1024**2, "g": 1024**3}
 
 
@@ -69,6 +89,7 @@ def _add_connection(p: argparse.ArgumentParser, required: bool = True) -> None:
     g.add_argument("--broker", required=required, help="mqtt://[user:pass@]host[:port] or mqtts://")
     g.add_argument("--username", help="MQTT user name (overrides the URL)")
     g.add_argument("--password", help="MQTT password (overrides the URL)")
+    g.add_argument("--password-file", type=Path, help="read the MQTT password from this file")
     g.add_argument("--ca-file", type=Path, help="CA certificate for mqtts://")
     g.add_argument("--mqtt311", action="store_true", help="speak MQTT 3.1.1 instead of 5")
 
@@ -113,7 +134,10 @@ def _add_rounds(p: argparse.ArgumentParser, rounds: int, deadline: float) -> Non
     g.add_argument(
         "--downlink", default="fp32", choices=DOWNLINKS, help="the global model's wire dtype"
     )
-    g.add_argument("--aggregator", default="fedavg", choices=("fedavg", "mean"))
+    g.add_argument("--aggregator", default="fedavg", type=_aggregator, help=AGGREGATOR_HELP)
+    g.add_argument("--clip-norm", type=float, metavar="C",
+                   help="scale each update's delta down to L2 norm C before aggregating "
+                        "(any aggregator; docs/ROBUSTNESS.md)")
     g.add_argument("--epochs", type=int, help="local epochs (default: the task's)")
     g.add_argument("--batch-size", type=int, help="local batch size (default: the task's)")
     g.add_argument("--lr", type=float, help="local learning rate (default: the task's)")
@@ -127,7 +151,7 @@ def _add_rounds(p: argparse.ArgumentParser, rounds: int, deadline: float) -> Non
 
 
 def _connection(args: argparse.Namespace, broker: str) -> Connection:
-    url = BrokerURL.parse(broker).with_credentials(args.username, args.password)
+    url = BrokerURL.parse(broker).with_credentials(args.username, _password(args))
     return Connection(url, mqtt5=not args.mqtt311, ca_file=args.ca_file)
 
 
@@ -145,7 +169,8 @@ def _round_config(args: argparse.Namespace, job: str, min_agents: int | None = N
         seed=args.seed if args.seed is not None else base.seed,
         options=base.options,
     )
-    floor = max(args.quorum or 1, args.min_replies)
+    # by default wait for enough agents to meet the quorum, min_replies and the aggregator
+    floor = max(args.quorum or 1, args.min_replies, parse_aggregator(args.aggregator).min_updates)
     return RoundConfig(
         job=job,
         task=args.task,
@@ -154,6 +179,7 @@ def _round_config(args: argparse.Namespace, job: str, min_agents: int | None = N
         codec=args.codec,
         downlink=args.downlink,
         aggregator=args.aggregator,
+        clip_norm=args.clip_norm,
         quorum=args.quorum,
         min_replies=args.min_replies,
         deadline_s=args.deadline,
@@ -196,7 +222,7 @@ def _observers(args: argparse.Namespace, recorder: RunRecorder) -> Callable[[Act
 
 
 def cmd_coordinator(args: argparse.Namespace) -> int:
-    config = _round_config(args, args.job)
+    config = _signed_config(_round_config(args, args.job), args)
     run_dir = args.run_dir or Path("fedmq-runs") / args.job
     recorder = RunRecorder(config.rounds, jsonl=run_dir / "metrics.jsonl")
     try:
@@ -250,7 +276,7 @@ def _agent_settings(
 def cmd_agent(args: argparse.Namespace) -> int:
     shard, count = args.shard
     settings = _agent_settings(args, args.agent_id, shard, count, args.exit_when_done)
-    node = build_agent(settings, _connection(args, args.broker))
+    node = build_agent(_signed_settings(settings, args), _connection(args, args.broker))
     _stop_on_signals(lambda _why: node.stop())
     node.run()
     if node.refused:
@@ -294,7 +320,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_monitor(args: argparse.Namespace) -> int:
     from fedmq.monitor.run import main as monitor_main
 
-    url = BrokerURL.parse(args.broker).with_credentials(args.username, args.password)
+    url = BrokerURL.parse(args.broker).with_credentials(args.username, _password(args))
     return monitor_main(url, job=args.job, as_json=args.json, model=args.model,
                         exit_when_done=args.exit_when_done, mqtt5=not args.mqtt311,
                         ca_file=args.ca_file)
@@ -323,7 +349,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", help="serve Prometheus metrics on [HOST:]PORT")
     _add_task(p, default="digits")
     _add_rounds(p, rounds=10, deadline=30.0)
-    p.set_defaults(func=cmd_demo, username=None, password=None, ca_file=None, mqtt311=False)
+    p.set_defaults(func=cmd_demo, username=None, password=None, password_file=None,
+                   ca_file=None, mqtt311=False)
 
     p = sub.add_parser("coordinator", help="run a job's coordinator")
     p.add_argument("--job", required=True)
@@ -331,6 +358,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the run dir's checkpoint")
     p.add_argument("--metrics-port", help="serve Prometheus metrics on [HOST:]PORT")
     _add_connection(p)
+    _add_security(p, "coordinator")
     _add_task(p)
     _add_rounds(p, rounds=10, deadline=60.0)
     p.set_defaults(func=cmd_coordinator)
@@ -348,6 +376,7 @@ def parser() -> argparse.ArgumentParser:
         _add_connection(p)
         _add_task(p)
         if name == "agent":
+            _add_security(p, "agent")
             p.add_argument("--agent-id", required=True)
             p.add_argument("--shard", type=_shard, required=True, help="I/N: shard I of N")
             p.add_argument(
@@ -368,7 +397,9 @@ def parser() -> argparse.ArgumentParser:
             )
             p.set_defaults(func=cmd_agents)
     _add_watch_commands(sub)
+    register_provision(sub)
     register_bench(sub)
+    register_chaos(sub)
     return top
 
 
@@ -389,7 +420,68 @@ def _add_watch_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     p.set_defaults(func=cmd_report)
 
 
+# --- security: bundles, password files, signing keys (docs/SECURITY.md) ---------------------
+
+UNSIGNED_NOTICE = (
+    "unsigned: anyone who can publish to the broker can forge models and updates; "
+    "see docs/SECURITY.md"
+)
+#: what each role's --signing-key signs
+_SIGNS = {"coordinator": "model", "agent": "update"}
+
+
+def _add_security(p: argparse.ArgumentParser, role: str) -> None:
+    g = p.add_argument_group("security (docs/SECURITY.md)")
+    g.add_argument(
+        "--bundle",
+        type=Path,
+        help=f"a bundle from `fedmq provision` (its dir or {role}.toml): supplies --broker, "
+        "--job, credentials and keys; flags given here win",
+    )
+    g.add_argument("--signing-key", type=Path, help=f"sign every {_SIGNS[role]} with this key")
+    if role == "coordinator":
+        g.add_argument(
+            "--agent-keys",
+            type=Path,
+            help="directory of AGENT_ID.pub: accept only updates signed by these agents",
+        )
+    else:
+        g.add_argument(
+            "--coordinator-key",
+            type=Path,
+            help="train only on models signed by this key (the coordinator's public key)",
+        )
+
+
+def _password(args: argparse.Namespace) -> str | None:
+    if args.password is None and args.password_file is not None:
+        return read_password(args.password_file)
+    password: str | None = args.password
+    return password
+
+
+def _signed_config(config: RoundConfig, args: argparse.Namespace) -> RoundConfig:
+    signing_key = load_signing_key(args.signing_key) if args.signing_key else None
+    agent_keys = load_agent_keys(args.agent_keys) if args.agent_keys else None
+    if signing_key is None or agent_keys is None:
+        print(f"fedmq coordinator: {UNSIGNED_NOTICE}", file=sys.stderr)
+    return dataclasses.replace(config, signing_key=signing_key, agent_keys=agent_keys)
+
+
+def _signed_settings(settings: AgentSettings, args: argparse.Namespace) -> AgentSettings:
+    signing_key = load_signing_key(args.signing_key) if args.signing_key else None
+    coordinator_key = load_verify_key(args.coordinator_key) if args.coordinator_key else None
+    if signing_key is None or coordinator_key is None:
+        print(f"fedmq agent: {UNSIGNED_NOTICE}", file=sys.stderr)
+    return dataclasses.replace(settings, signing_key=signing_key, coordinator_key=coordinator_key)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        argv = expand_bundle(sys.argv[1:] if argv is None else argv)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"fedmq: --bundle: {exc}", file=sys.stderr)
+        return 2
     args = parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -51,7 +51,14 @@ def agents_command(args: argparse.Namespace, broker_url: str) -> list[str]:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from fedmq.cli import _connection, _data, _observers, _round_config, _stop_on_signals
+    from fedmq.cli import (
+        UNSIGNED_NOTICE,
+        _connection,
+        _data,
+        _observers,
+        _round_config,
+        _stop_on_signals,
+    )
 
     with ExitStack() as stack:
         if args.broker:
@@ -70,6 +77,7 @@ def run_demo(args: argparse.Namespace) -> int:
             f"fedmq demo: {args.agents} agents, task {args.task}, {config.rounds} rounds, "
             f"broker {where}"
         )
+        print(UNSIGNED_NOTICE)
         print(
             f"watch it: fedmq monitor --broker {broker_url} --job {args.job}   or   "
             f"mosquitto_sub -p {broker_url.rsplit(':', 1)[-1]} -v -t 'fedmq/v1/#'"

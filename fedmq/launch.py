@@ -22,6 +22,7 @@ from edge_agent.feedback import ErrorFeedback, load_residual
 from edge_agent.mqtt import AgentNode
 from fedmq.tasks import DataConfig, Task, agent_data, get_task, test_data
 from protocol import Weights
+from protocol.signing import SigningKey, VerifyKey
 
 CHECKPOINT_NAME = "checkpoint.msgpack"
 #: an agent's error-feedback residual, under ``{state_dir}/{agent_id}/``
@@ -55,6 +56,10 @@ class AgentSettings:
     device: str | None = None
     #: where the agent keeps state across restarts (the codec residual); None: memory only
     state_dir: Path | None = None
+    #: signs the agent's updates (docs/SECURITY.md); None: updates go out unsigned
+    signing_key: SigningKey | None = None
+    #: when set, only models signed with this key are trained on
+    coordinator_key: VerifyKey | None = None
 
 
 def new_run_id() -> str:
@@ -148,6 +153,8 @@ def build_agent(
         trainer=trainer.name,
         device=settings.device,
         feedback=feedback,
+        signing_key=settings.signing_key,
+        coordinator_key=settings.coordinator_key,
     )
     session = Session(
         client_id=f"fedmq-{settings.job}-{settings.agent_id}",

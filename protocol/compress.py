@@ -3,7 +3,8 @@
 The coordinator names a codec pipeline by a spec string in the round's model
 announcement (grammar in :mod:`protocol.codecs.spec`), so every agent of a round
 uses the same one: ``none``, ``fp16``, ``int8[:block]``, ``qsgd[:levels[,block]]``,
-``topk[:fraction]``, optionally ``+zstd[:level]``, e.g. ``topk:0.01+int8+zstd``.
+``topk[:fraction]``, optionally ``+zstd[:level]``, e.g. ``qsgd:1+zstd:19`` or
+``topk:0.01+int8+zstd``.
 
 One entry per tensor, in model order, each with its ``name`` and ``shape``:
 

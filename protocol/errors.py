@@ -44,6 +44,10 @@ class RejectReason(str, enum.Enum):
     BAD_CODEC = "bad_codec"
     #: a message arrived while no round was open (waiting, or the run is over)
     NO_ROUND = "no_round"
+    #: a bare (unsigned) model or update where signatures are required (docs/SECURITY.md)
+    UNSIGNED = "unsigned"
+    #: a signature that does not verify with the signer's provisioned key: forged or altered
+    BAD_SIGNATURE = "bad_signature"
 
 
 class WireError(Exception):

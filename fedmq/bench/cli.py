@@ -51,6 +51,7 @@ def cmd_w1(args: argparse.Namespace) -> int:
         reference=not args.no_reference,
         centralised=not args.no_centralised,
         ref_threads=args.ref_threads,
+        repeat=args.repeat,
     )
     begun = begin()
     doc = run_w1(opts)
@@ -86,6 +87,7 @@ def cmd_scale(args: argparse.Namespace) -> int:
         data_dir=args.data,
         timeout_s=args.timeout,
         stop_on_failure=not args.keep_going,
+        broker_config="\n".join(args.broker_config or ()),
     )
     begun = begin()
     doc = run_scale(opts)
@@ -161,6 +163,7 @@ def _add_w1(which: Any) -> None:
     p.add_argument("--deadline", type=float, default=120.0, help="seconds per round")
     p.add_argument("--timeout", type=float, default=1800.0, help="give up after this many s")
     p.add_argument("--ref-threads", type=int, help="torch threads of the references")
+    p.add_argument("--repeat", type=int, default=1, help="fedmq and reference runs each")
     p.add_argument("--no-reference", action="store_true", help="skip the in-process reference")
     p.add_argument("--no-centralised", action="store_true", help="skip the centralised baseline")
     _add_out(p)
@@ -189,6 +192,8 @@ def _add_scale(which: Any) -> None:
     p.add_argument("--data", type=Path, help="MNIST directory (default: ../shared/data/mnist)")
     p.add_argument("--timeout", type=float, default=900.0, help="give up on a size after this")
     p.add_argument("--keep-going", action="store_true", help="try larger sizes after a failure")
+    p.add_argument("--broker-config", action="append", metavar="LINE",
+                   help="repeatable: a line appended to the private Mosquitto's config")
     _add_out(p)
     p.set_defaults(func=cmd_scale)
 

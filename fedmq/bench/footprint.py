@@ -220,8 +220,11 @@ def installed_size() -> dict[str, Any]:
         "distributions": dists,
         "fedmq_source": own,
         "total": own + sum(dists.values()),
+        # for contrast: what the torch trainer adds (zstandard counts above when the extra has it)
         "optional": {
-            name: _dist_size(name) for name in ("zstandard", "torch") if _installed(name)
+            name: _dist_size(name)
+            for name in ("zstandard", "torch")
+            if _installed(name) and name not in dists
         },
     }
 

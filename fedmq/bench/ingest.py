@@ -11,8 +11,12 @@ accepted update. Two ways, per task and codec:
   Mosquitto, fed by a publisher in another process over one MQTT connection;
   the rate is accepted updates over the span from the first accepted update to
   the last (seen through ``on_action``). The publisher's own rate, and the CPU
-  seconds of broker and coordinator process from the publisher's start to the
-  last accepted update (presence handling included), show who set the pace.
+  seconds of broker, coordinator process and publisher from the round's
+  announcement to the last accepted update, show who set the pace.
+
+Every row also has ``foreign_cpu_s``: the CPU seconds the rest of the machine
+used during the measurement (``/proc/stat`` minus our processes), i.e. how
+disturbed it was.
 
 The deltas are real: round 1 of W1's agents 0..3 (torch, 1 epoch), reused in
 turn, so entropy coders see real weight statistics. A round's cohort is one
@@ -26,15 +30,23 @@ import re
 import threading
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from coordinator import Action, PresenceArrived, RoundConfig, Rounds, UpdateAccepted, UpdateArrived
+from coordinator import (
+    Action,
+    PresenceArrived,
+    RoundConfig,
+    RoundOpened,
+    Rounds,
+    UpdateAccepted,
+    UpdateArrived,
+)
 from edge_agent.connection import BrokerURL
-from fedmq.bench.measure import usage
+from fedmq.bench.measure import cpu_s, system_cpu_s, usage
 from fedmq.broker import LocalBroker
 from fedmq.launch import Connection, build_coordinator
 from fedmq.tasks import DataConfig, agent_data, get_task
@@ -132,6 +144,7 @@ def ingest_pure(task_name: str, codec: str, weights: Weights, deltas: list[Weigh
     model_id = weights_digest(weights)
     tensors = encoded_tensors(deltas, codec)
     busy, size = 0.0, 0
+    machine, ours = system_cpu_s(), cpu_s(["self"])
     for i in range(updates):
         payload = update_payload(job, f"agent-{i}", model_id, tensors[i % len(tensors)], codec)
         size += len(payload)
@@ -140,9 +153,11 @@ def ingest_pure(task_name: str, codec: str, weights: Weights, deltas: list[Weigh
         busy += time.perf_counter() - began
         if not any(isinstance(a, UpdateAccepted) for a in actions):
             raise RuntimeError(f"update {i} under {codec} was not accepted: {actions[0]}")
+    foreign = (system_cpu_s() - machine) - (cpu_s(["self"]) - ours)
     return {"updates": updates, "seconds": round(busy, 4),
             "updates_per_s": round(updates / busy, 1),
-            "mean_update_bytes": size // updates}
+            "mean_update_bytes": size // updates,
+            "foreign_cpu_s": round(max(foreign, 0.0), 2)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +175,8 @@ class PublisherJob:
 def publish_updates(job: PublisherJob, report: Any) -> None:
     """The publisher process: presence for ``updates + 1`` agents, then, once round 1
     is announced, ``updates`` updates as fast as one QoS 1 connection carries them;
-    puts its own rate (updates/s, until the last PUBACK) on ``report``."""
+    puts its own rate (updates/s, until the last PUBACK) and the CPU seconds it spent
+    publishing on ``report``."""
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
@@ -194,29 +210,38 @@ def publish_updates(job: PublisherJob, report: Any) -> None:
         raise TimeoutError("no model announced")
     if decode_model(announced[-1]).model_id != model_id:
         raise RuntimeError("the coordinator announced another initial model")
-    began = time.monotonic()
+    began, cpu_began = time.monotonic(), time.process_time()
     info = None
     for i, payload in enumerate(payloads):
         info = client.publish(topics.update(f"agent-{i}"), payload, qos=1)
     assert info is not None
     info.wait_for_publish(300)
-    report.put(updates / (time.monotonic() - began))
+    report.put((updates / (time.monotonic() - began), time.process_time() - cpu_began))
     client.disconnect()
     client.loop_stop()
 
 
 @dataclass
 class _Accepted:
-    """Observes the coordinator: when each update was accepted."""
+    """Observes the coordinator: CPU when the round opened and when the last update was
+    accepted (machine, broker, this process), and when each update was accepted."""
 
     target: int
-    times: list[float]
-    done: threading.Event
+    broker_pid: int
+    times: list[float] = field(default_factory=list)
+    done: threading.Event = field(default_factory=threading.Event)
+    cpu: list[tuple[float, float, float]] = field(default_factory=list)
+
+    def _snapshot(self) -> None:
+        self.cpu.append((system_cpu_s(), usage(self.broker_pid).cpu_s, usage().cpu_s))
 
     def __call__(self, action: Action) -> None:
-        if isinstance(action, UpdateAccepted):
+        if isinstance(action, RoundOpened):
+            self._snapshot()
+        elif isinstance(action, UpdateAccepted):
             self.times.append(time.monotonic())
             if len(self.times) >= self.target:
+                self._snapshot()
                 self.done.set()
 
 
@@ -228,7 +253,7 @@ def ingest_broker(task_name: str, codec: str, updates: int, opts: IngestOptions)
     job = job_name(task_name, codec, "broker")
     with ExitStack() as stack:
         broker = opts.broker or stack.enter_context(LocalBroker())
-        seen = _Accepted(updates, [], threading.Event())
+        seen = _Accepted(updates, broker.pid or 0)
         node = build_coordinator(_config(job, task_name, codec, updates + 1),
                                  Connection(BrokerURL.parse(broker.url)),
                                  data=DataConfig(data_dir=opts.data_dir), run_dir=None,
@@ -237,20 +262,24 @@ def ingest_broker(task_name: str, codec: str, updates: int, opts: IngestOptions)
         runner.start()
         spec = PublisherJob(broker.url, job, task_name, codec, updates, opts.data_dir)
         publisher = ctx.Process(target=publish_updates, args=(spec, report))
-        before = {"broker": usage(broker.pid or 0), "coordinator_process": usage()}
         publisher.start()
         finished = seen.done.wait(opts.timeout_s)
-        after = {"broker": usage(broker.pid or 0), "coordinator_process": usage()}
         node.stop("ingest measured")
         runner.join(30)
         publisher.join(60)
         if not finished:
             raise RuntimeError(f"{len(seen.times)} of {updates} updates accepted in time")
     span = seen.times[-1] - seen.times[0]
+    rate, publisher_cpu = report.get(timeout=10)
+    (machine0, broker0, self0), (machine1, broker1, self1) = seen.cpu
+    foreign = (machine1 - machine0) - (broker1 - broker0) - (self1 - self0) - publisher_cpu
     return {"updates": updates, "seconds": round(span, 4),
             "updates_per_s": round((updates - 1) / span, 1),
-            "publisher_updates_per_s": round(report.get(timeout=10), 1),
-            "cpu_s": {k: round(after[k].cpu_s - before[k].cpu_s, 2) for k in before},
+            "publisher_updates_per_s": round(rate, 1),
+            "cpu_s": {"broker": round(broker1 - broker0, 2),
+                      "coordinator_process": round(self1 - self0, 2),
+                      "publisher": round(publisher_cpu, 2)},
+            "foreign_cpu_s": round(max(foreign, 0.0), 2),
             "dropped": node.dropped}
 
 
@@ -280,5 +309,6 @@ def row_line(row: dict[str, Any]) -> str:
     size = f"  {row['mean_update_bytes'] / 1e3:.1f} kB/update" if "mean_update_bytes" in row else ""
     return (
         f"{row['task']:<10} {row['codec']:<15} {row['mode']:<6} "
-        f"{row['updates_per_s']:>9.1f} updates/s{size}{extra}"
+        f"{row['updates_per_s']:>9.1f} updates/s{size}{extra}  foreign CPU "
+        f"{row['foreign_cpu_s']:.1f} s"
     )

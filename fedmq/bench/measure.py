@@ -65,6 +65,28 @@ def usage(pid: int | str = "self") -> Usage:
     )
 
 
+def system_cpu_s() -> float:
+    """CPU seconds the whole machine has been busy since boot (all cores, ``/proc/stat``).
+
+    The difference over a window, minus what a benchmark's own processes used in
+    it, is the CPU other work took meanwhile: how disturbed the measurement was.
+    """
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / _CLOCK_TICKS
+
+
+def cpu_s(pids: list[int | str]) -> float:
+    """Total CPU seconds of the live processes among ``pids``."""
+    total = 0.0
+    for pid in pids:
+        try:
+            total += usage(pid).cpu_s
+        except (FileNotFoundError, KeyError):
+            continue  # gone: the window's figure only counts what it can see
+    return total
+
+
 def reset_peak_rss() -> None:
     """Restart this process's ``VmHWM`` from its current RSS (``clear_refs`` value 5)."""
     Path("/proc/self/clear_refs").write_text("5")

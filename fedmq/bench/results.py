@@ -91,9 +91,23 @@ def now_utc() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
+def revision() -> str | None:
+    """The checkout's commit, ``-dirty`` when it has uncommitted changes; None outside git."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            cwd=root, capture_output=True, text=True, check=True, timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
 def begin() -> dict[str, Any]:
-    """Call before a benchmark runs: the start time and the machine (its load, untouched)."""
-    return {"started": now_utc(), "machine": machine()}
+    """Call before a benchmark runs: the start time, the code's revision and the machine
+    (its load, untouched)."""
+    return {"started": now_utc(), "revision": revision(), "machine": machine()}
 
 
 def write_results(path: Path, bench: str, begun: dict[str, Any], figures: dict[str, Any]) -> Path:
@@ -103,6 +117,7 @@ def write_results(path: Path, bench: str, begun: dict[str, Any], figures: dict[s
         "command": command_line(),
         **begun,
         "finished": now_utc(),
+        "load_average_at_finish": [round(x, 2) for x in os.getloadavg()],
         **figures,
     }
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,14 @@ from typing import Any
 from coordinator import Action, RoundClosed, RoundConfig, RoundOpened
 from edge_agent.connection import BrokerURL
 from fedmq.bench.fleet import FleetSpec, spawn
-from fedmq.bench.measure import ExitWatcher, Usage, reset_peak_rss, stop_all, usage
+from fedmq.bench.measure import (
+    ExitWatcher,
+    cpu_s,
+    reset_peak_rss,
+    stop_all,
+    system_cpu_s,
+    usage,
+)
 from fedmq.broker import LocalBroker
 from fedmq.launch import Connection, build_coordinator
 from fedmq.progress import human_bytes
@@ -52,6 +59,8 @@ class ScaleOptions:
     timeout_s: float = 900.0
     #: stop trying larger fleets after the first size that fails
     stop_on_failure: bool = True
+    #: lines appended to the private broker's config (mosquitto.conf), e.g. a queue limit
+    broker_config: str = ""
 
 
 @dataclass
@@ -59,16 +68,20 @@ class _Window:
     """Observes the coordinator: CPU and time when round 1 opened and the last one closed."""
 
     broker_pid: int | None
+    #: the swarm processes, once spawned
+    swarm_pids: list[int] = field(default_factory=list)
     opened_at: float | None = None
     closed_at: float | None = None
-    start: dict[str, Usage] = field(default_factory=dict)
-    end: dict[str, Usage] = field(default_factory=dict)
+    start: dict[str, float] = field(default_factory=dict)
+    end: dict[str, float] = field(default_factory=dict)
     rounds: list[RoundMetrics] = field(default_factory=list)
 
-    def _sample(self) -> dict[str, Usage]:
-        out = {"coordinator": usage()}
+    def _sample(self) -> dict[str, float]:
+        """CPU seconds so far: ours by role, and the whole machine's."""
+        out = {"coordinator": usage().cpu_s, "swarms": cpu_s(list(self.swarm_pids))}
         if self.broker_pid is not None:
-            out["broker"] = usage(self.broker_pid)
+            out["broker"] = usage(self.broker_pid).cpu_s
+        out["machine"] = system_cpu_s()
         return out
 
     def __call__(self, action: Action) -> None:
@@ -88,7 +101,7 @@ def run_size(
     job = f"scale-{n}"
     with ExitStack() as stack:
         if broker is None:
-            broker = stack.enter_context(LocalBroker())
+            broker = stack.enter_context(LocalBroker(extra_config=opts.broker_config))
         window = _Window(broker.pid)
         config = RoundConfig(
             job=job,
@@ -112,6 +125,7 @@ def run_size(
                          data_dir=opts.data_dir, exit_when_done=False)
         spawned = time.monotonic()
         procs = spawn(spec, opts.processes, logs)
+        window.swarm_pids = [p.pid for p in procs]
         failures: list[str] = []
 
         def on_exit(index: int, code: int) -> None:
@@ -131,12 +145,16 @@ def run_size(
             broker_peak = usage(broker.pid).peak_rss if broker.pid else None
             watcher.close()
             stopped = stop_all(procs, timeout=60.0)
+            broker_log = broker.log().strip().splitlines()
+            broker_said = [line for line in broker_log if "dropped" in line] or broker_log[-1:]
     swarms = [u for u, _ in stopped if u is not None]
     rounds = window.rounds
     on_time = [m.closed_by in (ClosedBy.QUORUM, ClosedBy.ALL_REPLIED) for m in rounds]
     passed = phase is Phase.DONE and len(rounds) == opts.rounds and all(on_time)
     if not passed and not failures:
         failures.append(node.rounds.message or f"ended {phase.value}")
+    if broker_said and not passed:  # e.g. QoS 1 messages beyond a client's max_queued_messages
+        failures.append(f"broker log: {broker_said[-1]} ({len(broker_said)} such lines)")
     return {
         "agents": n,
         "processes": len(procs),
@@ -151,6 +169,7 @@ def run_size(
         "bytes_down_per_round": rounds[-1].bytes_down if rounds else None,
         "rounds_wall_s": _span(window),
         "cpu_s_during_rounds": _cpu(window),
+        "foreign_cpu_s": _foreign(window),
         "peak_rss": {
             "broker": broker_peak,
             "coordinator": coordinator_peak,
@@ -174,10 +193,18 @@ def _span(window: _Window) -> float | None:
 
 def _cpu(window: _Window) -> dict[str, float]:
     return {
-        name: round(window.end[name].cpu_s - window.start[name].cpu_s, 2)
+        name: round(window.end[name] - window.start[name], 2)
         for name in window.start
-        if name in window.end
+        if name in window.end and name != "machine"
     }
+
+
+def _foreign(window: _Window) -> float | None:
+    """CPU seconds the rest of the machine used during the rounds."""
+    if not window.start or not window.end:
+        return None
+    machine = window.end["machine"] - window.start["machine"]
+    return round(max(machine - sum(_cpu(window).values()), 0.0), 2)
 
 
 def run_scale(opts: ScaleOptions) -> dict[str, Any]:
@@ -219,5 +246,6 @@ def size_line(s: dict[str, Any]) -> str:
         f"{s['agents']:>6} agents / {s['processes']} procs  {verdict}  online in "
         f"{s['startup_s']} s  rounds [{rounds}] s  {share}  peak RSS broker "
         f"{human_bytes(rss['broker'] or 0)}, coordinator {human_bytes(rss['coordinator'])}, "
-        f"swarm process {human_bytes(rss['swarm_process_max'] or 0)}"
+        f"swarm process {human_bytes(rss['swarm_process_max'] or 0)}  foreign CPU "
+        f"{s['foreign_cpu_s']} s"
     )

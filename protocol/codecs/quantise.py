@@ -72,14 +72,8 @@ def quantise(x: Floats, q: Quantiser, rng: np.random.Generator | None) -> dict[s
     nblocks = block_count(m, block)
     padded = np.zeros(nblocks * block, dtype=np.float64)
     padded[:m] = np.abs(x)
-    blocks = padded.reshape(nblocks, block)  # (m,) -> (nblocks, block) float64, zero-padded
-    step = blocks.max(axis=1) / q.levels  # (nblocks,)
-    if q.density:
-        # E[sum |q|] = sum |x| / step: a step >= mean|x| / density caps the non-zero share
-        sizes = np.minimum(block, m - block * np.arange(nblocks))  # the last block may be short
-        step = np.maximum(step, blocks.sum(axis=1) / sizes / q.density)
-    # levels * step stays finite (>= the peak, so no value is clipped), and positive
-    step = np.clip(step, MIN_STEP, F32_MAX / q.levels).astype("<f4")  # (nblocks,)
+    peak = padded.reshape(nblocks, block).max(axis=1)  # (m,) -> (nblocks, block) -> (nblocks,)
+    step = np.maximum(peak / q.levels, MIN_STEP).astype("<f4")  # (nblocks,) > 0
     # Rounding may lift levels * step past float32's max; one ulp down keeps it finite.
     over = step.astype(np.float64) * q.levels > F32_MAX
     step[over] = np.nextafter(step[over], np.float32(0))

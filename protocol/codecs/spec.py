@@ -55,14 +55,9 @@ STAGES: dict[str, tuple[str, tuple[_Param, ...]]] = {
     "fp16": ("quantiser", ()),
     # block=0: one scale per tensor
     "int8": ("quantiser", (_Param("block", int, 0, 0, MAX_BLOCK),)),
-    # density=0: no cap on the expected share of non-zero levels
     "qsgd": (
         "quantiser",
-        (
-            _Param("levels", int, 16, 1, MAX_LEVELS),
-            _Param("block", int, 0, 0, MAX_BLOCK),
-            _Param("density", float, 0.0, 0.0, 1.0),
-        ),
+        (_Param("levels", int, 16, 1, MAX_LEVELS), _Param("block", int, 0, 0, MAX_BLOCK)),
     ),
     "zstd": ("entropy", (_Param("level", int, 3, 1, 22),)),
 }
@@ -75,16 +70,13 @@ class Quantiser:
 
     For the integer kinds, ``levels`` is the largest |q| and ``block`` the number
     of values sharing one step (0: the whole tensor); ``stochastic`` rounds
-    up or down at random so that the expectation is the input (QSGD), and a
-    ``density`` > 0 widens the step until the expected share of non-zero levels
-    is at most that (fewer bits after zstd, more variance).
+    up or down at random so that the expectation is the input (QSGD).
     """
 
     kind: str
     levels: int = 0
     block: int = 0
     stochastic: bool = False
-    density: float = 0.0
 
     @property
     def float_dtype(self) -> str | None:
@@ -122,11 +114,6 @@ class Pipeline:
     def stochastic(self) -> bool:
         """True if encoding draws random numbers (the caller should pass a seeded rng)."""
         return self.quantiser.stochastic
-
-    @property
-    def inner(self) -> Pipeline:
-        """The pipeline without its entropy stage (what zstd wraps)."""
-        return Pipeline(self.topk, self.quantiser, None)
 
     def kept(self, numel: int) -> int:
         """How many values of a tensor of ``numel`` the sparsifier keeps: ceil(f * n), >= 1."""
@@ -202,8 +189,7 @@ def parse_codec(spec: str) -> Pipeline:
         elif name == "int8":
             quantiser = Quantiser("int", MAX_LEVELS, int(v["block"]))
         elif name == "qsgd":
-            levels, block, density = int(v["levels"]), int(v["block"]), float(v["density"])
-            quantiser = Quantiser("int", levels, block, stochastic=True, density=density)
+            quantiser = Quantiser("int", int(v["levels"]), int(v["block"]), stochastic=True)
         else:
             level = int(v["level"])
     return Pipeline(topk, quantiser, level)

