@@ -111,7 +111,7 @@ class WeightedMean:
     def __init__(self, shapes: Shapes, *, by_samples: bool = True) -> None:
         self._by_samples = by_samples
         self._layout = Layout(shapes)
-        self._sum = ExactSum(self._layout.size, scratch=self._layout.largest)
+        self._sum = ExactSum(self._layout.size)
         self._count = 0
         self._total = Fraction(0)
 
@@ -120,8 +120,7 @@ class WeightedMean:
         if not 1.0 <= w <= 2.0**53:
             raise ValueError(f"weight must be positive (a sample count), got {weight}")
         self._layout.check(delta)  # all or nothing: a bad tensor must not leave a partial sum
-        for name, where in self._layout.slices.items():
-            self._sum.add(delta[name], w, where.start)
+        self._sum.add_parts([delta[name] for name in self._layout.slices], w)
         self._count += 1
         self._total += Fraction(w)
 

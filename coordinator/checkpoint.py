@@ -47,6 +47,11 @@ class Checkpoint:
     rejected: Mapping[str, int] = field(default_factory=dict)
     #: named tensor groups a strategy keeps between rounds (e.g. server momentum)
     strategy_state: Mapping[str, Weights] = field(default_factory=dict)
+    #: the server optimiser spec ``strategy_state`` belongs to, and the steps it took
+    server_opt: str = "fedavg"
+    server_steps: int = 0
+    #: (sampling rate q, noise multiplier z) of each DP round so far, for the accountant
+    dp_rounds: tuple[tuple[float, float], ...] = ()
 
 
 def encode_checkpoint(ckpt: Checkpoint) -> bytes:
@@ -61,6 +66,9 @@ def encode_checkpoint(ckpt: Checkpoint) -> bytes:
         "history": [encode_metrics(m) for m in ckpt.history],
         "rejected": dict(ckpt.rejected),
         "strategy_state": {k: encode_weights(v) for k, v in ckpt.strategy_state.items()},
+        "server_opt": ckpt.server_opt,
+        "server_steps": ckpt.server_steps,
+        "dp_rounds": [[q, z] for q, z in ckpt.dp_rounds],
     }
     out: bytes = msgpack.packb(doc, use_bin_type=True)
     return out
@@ -84,6 +92,11 @@ def decode_checkpoint(data: bytes) -> Checkpoint:
         round_no = doc["round"]
         if not isinstance(round_no, int) or round_no < 0:
             raise CheckpointError(f"bad round {round_no!r}")
+        # absent from checkpoints written before server optimisers and DP existed
+        steps = doc.get("server_steps", 0)
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+            raise CheckpointError(f"bad server_steps {steps!r}")
+        dp_rounds = tuple(_dp_round(r) for r in doc.get("dp_rounds", []))
         return Checkpoint(
             job=str(doc["job"]),
             run=str(doc["run"]),
@@ -93,6 +106,9 @@ def decode_checkpoint(data: bytes) -> Checkpoint:
             history=history,
             rejected=rejected,
             strategy_state=state,
+            server_opt=str(doc.get("server_opt", "fedavg")),
+            server_steps=steps,
+            dp_rounds=dp_rounds,
         )
     except CheckpointError:
         raise
@@ -100,6 +116,16 @@ def decode_checkpoint(data: bytes) -> Checkpoint:
         raise CheckpointError(f"corrupt checkpoint: {exc}") from None
     except Exception as exc:  # msgpack's own error types for truncated or bad bytes
         raise CheckpointError(f"unreadable checkpoint: {exc}") from None
+
+
+def _dp_round(entry: object) -> tuple[float, float]:
+    """One DP round's (q, z): 0 < q <= 1, z >= 0, both finite."""
+    if isinstance(entry, list) and len(entry) == 2:
+        q, z = entry
+        numbers = all(isinstance(x, float | int) and not isinstance(x, bool) for x in (q, z))
+        if numbers and 0 < q <= 1 and 0 <= z < float("inf"):
+            return float(q), float(z)
+    raise CheckpointError(f"bad DP round {entry!r}")
 
 
 def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:

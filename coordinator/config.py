@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from coordinator.optimisers import parse_server_opt
 from coordinator.strategy import parse_aggregator
 from protocol import TrainPlan, check_codec, check_id
 from protocol.chunks import MIN_MAX_PAYLOAD
@@ -14,6 +15,8 @@ from protocol.signing import SigningKey, VerifyKey
 
 ShortRoundPolicy = Literal["retry", "stop"]
 Downlink = Literal["fp32", "fp16"]
+SamplePolicy = Literal["uniform", "by-samples"]
+SAMPLE_POLICIES = ("uniform", "by-samples")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +46,29 @@ class RoundConfig:
     #: each retry's deadline is the previous one times this
     retry_backoff: float = 1.5
     target_accuracy: float | None = None
+    #: stop once test accuracy has not beaten its best by more than ``min_delta`` for
+    #: this many rounds in a row (None: never)
+    patience: int | None = None
+    min_delta: float = 0.0
+    #: how the aggregated delta moves the model (coordinator/optimisers.py), e.g. fedadam
+    server_opt: str = "fedavg"
+    #: ask this fraction (0, 1] of the eligible agents online each round (None: all) ...
+    sample_fraction: float | None = None
+    #: ... or this many; the cohort never drops below what quorum and min_replies need
+    sample_count: int | None = None
+    #: uniform, or by-samples: weighted by the sample counts agents advertise in presence
+    sample_policy: SamplePolicy = "uniform"
+    #: only agents whose presence names one of these device classes take part (None: any)
+    device_classes: frozenset[str] | None = None
+    #: cohorts are drawn with numpy.random.default_rng([sample_seed, round, attempt])
+    sample_seed: int = 0
+    #: DP-FedAvg (coordinator/privacy.py): the noise multiplier z (None: no DP) ...
+    dp_noise: float | None = None
+    #: ... the L2 clip norm C of each update, and the delta of the reported (epsilon, delta)
+    dp_clip: float | None = None
+    dp_delta: float = 1e-5
+    #: the noise is drawn with numpy.random.default_rng([dp_seed, round]): keep it secret
+    dp_seed: int = 0
     evaluate: bool = True
     max_update_bytes: int = 64 * 1024 * 1024
     #: the broker's payload cap; larger models and updates travel as chunks (0: no cap)
@@ -64,6 +90,10 @@ class RoundConfig:
         if self.downlink not in DOWNLINKS:
             raise ValueError(f"downlink must be one of {DOWNLINKS}, got {self.downlink!r}")
         self._check_aggregator()
+        self._check_sampling()
+        self._check_privacy()
+        parse_server_opt(self.server_opt)
+        self._check_patience()
         if self.rounds < 1:
             raise ValueError("rounds must be >= 1")
         if self.quorum is not None and self.quorum < 1:
@@ -94,6 +124,60 @@ class RoundConfig:
             )
         if self.clip_norm is not None and not 0 < self.clip_norm < float("inf"):
             raise ValueError(f"clip_norm must be a positive number, got {self.clip_norm}")
+
+    @property
+    def names_cohort(self) -> bool:
+        """True if rounds ask a chosen cohort (announced by name), not every agent online."""
+        return self.sample_fraction is not None or self.sample_count is not None or (
+            self.device_classes is not None
+        )
+
+    @property
+    def cohort_floor(self) -> int:
+        """The smallest cohort a round can close with: quorum, min_replies, the aggregator's."""
+        need = parse_aggregator(self.aggregator).min_updates
+        return max(self.quorum or 1, self.min_replies, need)
+
+    def _check_sampling(self) -> None:
+        fraction, count = self.sample_fraction, self.sample_count
+        if fraction is not None and count is not None:
+            raise ValueError("give a sample fraction or a sample count, not both")
+        if fraction is not None and not 0 < fraction <= 1:
+            raise ValueError(f"sample fraction must be in (0, 1], got {fraction}")
+        if count is not None and count < self.cohort_floor:
+            raise ValueError(
+                f"a cohort of {count} cannot meet quorum/min_replies/the aggregator's minimum "
+                f"({self.cohort_floor}); ask at least that many"
+            )
+        if self.sample_policy not in SAMPLE_POLICIES:
+            raise ValueError(f"sample policy must be one of {SAMPLE_POLICIES}")
+        devices = self.device_classes
+        if devices is not None and not (devices and all(0 < len(d) <= 64 for d in devices)):
+            raise ValueError("device classes must be non-empty names of <= 64 chars")
+
+    def _check_patience(self) -> None:
+        if self.patience is not None and (self.patience < 1 or not self.evaluate):
+            raise ValueError("patience must be >= 1 and needs server-side evaluation")
+        if not 0 <= self.min_delta < 1:
+            raise ValueError(f"min_delta must be in [0, 1), got {self.min_delta}")
+
+    def _check_privacy(self) -> None:
+        z, clip, delta = self.dp_noise, self.dp_clip, self.dp_delta
+        if z is None:
+            if clip is not None:
+                raise ValueError("dp_clip needs dp_noise (for clipping alone use clip_norm)")
+            return
+        if clip is None or not 0 < clip < float("inf"):
+            raise ValueError("DP needs dp_clip, the L2 clip norm C, a positive number")
+        if not 0 <= z < float("inf"):
+            raise ValueError(f"dp_noise (the noise multiplier z) must be >= 0, got {z}")
+        if not 0 < delta < 1:
+            raise ValueError(f"dp_delta must be in (0, 1), got {delta}")
+        if self.aggregator != "fedavg" or self.clip_norm is not None:
+            raise ValueError(
+                "DP-FedAvg replaces the aggregator and its clipping: use it with the default "
+                "fedavg aggregator and without clip_norm"
+            )
 
     def _check_agent_keys(self, keys: Mapping[str, VerifyKey]) -> None:
         for agent in keys:

@@ -17,10 +17,12 @@ resumes ends with the same model, bit for bit, as one that never stopped.
 How: bin ``j`` holds an exact multiple of ``2**(W * j)`` in a float64 lane per
 coordinate. A term is cut, top bin first, into pieces that are multiples of each
 bin's unit; every piece and every partial sum has at most 53 significant bits, so
-each float64 addition is exact. Carries move upwards every
-``NORMALIZE_EVERY`` adds and before reading the total, which is taken from the
-unique base-``2**W`` digits of the exact sum, so the float64 it returns is the
-same for every order of the same terms.
+each float64 addition is exact. The lowest bin any term reaches is bounded from the
+smallest term before cutting starts, and what is left for that bin goes in whole, so
+an add costs a few passes over the array per bin and no test for "anything left?".
+Carries move upwards every ``NORMALIZE_EVERY`` adds and before reading the total,
+which is taken from the unique base-``2**W`` digits of the exact sum, so the float64
+it returns is the same for every order of the same terms.
 
 Invariants: terms are float32 values times a weight in ``[1, 2**53]``, so each
 is a finite multiple of ``2**-201`` below ``2**181``; memory is one float64 lane
@@ -31,6 +33,7 @@ number of adds; nothing is allocated per add once the bins exist.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -74,11 +77,26 @@ class ExactSum:
         Raises:
             ValueError: for a weight outside ``[1, 2**53]`` or a non-finite value.
         """
+        self.add_parts((values,), weight, start)
+
+    def add_parts(
+        self, parts: Sequence[npt.NDArray[np.float32]], weight: float, start: int = 0
+    ) -> None:
+        """:meth:`add` the arrays ``parts`` laid end to end (a model's tensors, say) at once.
+
+        One pass over the whole model costs far less than one per tensor.
+
+        Raises:
+            ValueError: for a weight outside ``[1, 2**53]`` or a non-finite value.
+        """
         if not 1.0 <= weight <= MAX_WEIGHT:
             raise ValueError(f"weight must be in [1, 2**53], got {weight}")
-        n = values.size
+        n = sum(p.size for p in parts)
         rest, piece = self._rest[:n], self._piece[:n]
-        rest[...] = values.reshape(-1)  # widened by a plain copy: a ufunc would buffer the cast
+        offset = 0
+        for p in parts:  # widened by plain copies: a ufunc would buffer the cast
+            rest[offset : offset + p.size] = p.reshape(-1)
+            offset += p.size
         rest *= weight  # float64: exact for integer weights below 2**29
         np.abs(rest, out=piece)
         top = float(piece.max()) if n else 0.0
@@ -87,18 +105,18 @@ class ExactSum:
         if top == 0.0:
             return
         j = (math.frexp(top)[1] - 1) // BIN_BITS  # top < 2**(W * (j + 1))
-        while True:
+        low = _lowest_bin(piece, weight, all(p.dtype == np.float32 for p in parts))
+        if low < _J_MIN:
+            raise ValueError("a term below 2**-201: values times weight out of range")
+        while j > low:
             c = 1.5 * math.ldexp(1.0, BIN_BITS * j + 52)
             np.add(rest, c, out=piece)
             np.subtract(piece, c, out=piece)  # rest rounded to a multiple of 2**(W*j), exactly
-            lane = self._lane(j)[start : start + n]
-            np.add(lane, piece, out=lane)
+            self._add_to(j, piece, start)
             np.subtract(rest, piece, out=rest)
             j -= 1
-            if not np.count_nonzero(rest):
-                break
-            if j < _J_MIN:
-                raise ValueError("a term below 2**-201: values times weight out of range")
+        # what is left is a multiple of the lowest bin's unit: it goes in whole
+        self._add_to(low, rest, start)
         self._since_normalized += 1
         if self._since_normalized >= NORMALIZE_EVERY:
             self._normalize(self._bins)
@@ -116,15 +134,42 @@ class ExactSum:
                 out[start:stop] = _digits_total(bins)
         return out
 
-    def _lane(self, j: int) -> Lane:
+    def _add_to(self, j: int, piece: Lane, start: int) -> None:
+        """Add ``piece`` into bin ``j``; a bin is only created for a nonzero piece, as the
+        lowest bin's bound is conservative."""
         lane = self._bins.get(j)
         if lane is None:
+            if not np.count_nonzero(piece):
+                return
             lane = self._bins[j] = np.zeros(self._size, np.float64)
-        return lane
+        part = lane[start : start + piece.size]
+        np.add(part, piece, out=part)
 
     def _normalize(self, bins: dict[int, Lane]) -> None:
         _normalize(bins)
         self._since_normalized = 0
+
+
+def _lowest_bin(magnitudes: Lane, weight: float, float32: bool) -> int:
+    """The lowest bin any term has a bit in; ``magnitudes`` are the terms' absolute values.
+
+    A float64 term ``t`` with ``2**(e - 1) <= |t| < 2**e`` is a multiple of ``2**(e - 53)``.
+    A float32 value ``v`` is a multiple of ``2**(ev - 24)``, and an integer weight ``w``
+    keeps that (rounding the product only drops lower bits), where ``ev >= e - ew - 1``.
+    The smallest nonzero term bounds every term's lowest bit from below. It is found on
+    the terms' bit patterns, where a nonzero magnitude's order is its integer order and
+    ``pattern - 1`` sends zero to the largest integer; ``magnitudes`` is scratch and is
+    overwritten, so an add allocates nothing.
+    """
+    bits = magnitudes.view(np.uint64)
+    np.subtract(bits, np.uint64(1), out=bits)
+    smallest = float(np.array(bits.min() + np.uint64(1), np.uint64).view(np.float64))
+    e = math.frexp(smallest)[1]
+    if float32 and float(weight).is_integer():
+        lowest_bit = e - math.frexp(weight)[1] - 25
+    else:
+        lowest_bit = e - 53
+    return lowest_bit // BIN_BITS
 
 
 #: coordinates worked on at a time when reading the total

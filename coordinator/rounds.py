@@ -7,17 +7,21 @@ Rules of this module:
    adapter when to call back with a :class:`~coordinator.events.Tick`.
 3. A rejected message changes nothing but the rejection counters.
 
-A round: announce the model (retained) -> accept updates -> close at quorum, when
-everyone asked has answered, or at the deadline with ``min_replies`` -> aggregate
--> evaluate -> publish metrics -> checkpoint -> announce the next round.
+A round: draw the cohort -> announce the model (retained) -> accept updates ->
+close at quorum, when everyone asked has answered, or at the deadline with
+``min_replies`` -> aggregate -> server optimiser step -> evaluate -> publish
+metrics -> checkpoint -> announce the next round (or stop: rounds done, target
+accuracy reached, or no improvement for ``patience`` rounds).
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from fractions import Fraction
 
+import numpy as np
 from typing_extensions import assert_never
 
 from coordinator.aggregate import AggregationError, Aggregator, apply_delta
@@ -40,6 +44,10 @@ from coordinator.events import (
     UpdateAccepted,
     UpdateArrived,
 )
+from coordinator.optimisers import OptState, parse_server_opt
+from coordinator.privacy import NoisySum, PrivacyLedger
+from coordinator.robust import NormClip
+from coordinator.sampling import select_cohort
 from coordinator.strategy import make_aggregator
 from protocol import (
     ClosedBy,
@@ -100,6 +108,12 @@ class _RoundState:
     accuracy_samples: int = 0
     closed_by: ClosedBy | None = None
     new_weights: Weights | None = None
+    #: the server optimiser's state once this round's model is committed
+    new_opt_state: OptState | None = None
+    #: the cohort size the round asked for (a retry tops the cohort up to it)
+    cohort_target: int = 0
+    #: every eligible agent online at one of the round's draws: q = cohort / pool for DP
+    pool: set[str] = field(default_factory=set)
 
 
 def _size(publishes: list[Action]) -> int:
@@ -139,6 +153,9 @@ class Rounds:
         self._phase = Phase.WAITING
         self._message = ""
         self._round: _RoundState | None = None
+        self._server_opt = parse_server_opt(config.server_opt)
+        self._opt_state = OptState()
+        self._dp_rounds: tuple[tuple[float, float], ...] = ()
         self._chunks = Reassembler(
             config.max_reassembly_bytes,
             ttl_s=max(2 * config.deadline_s, 60.0),
@@ -153,6 +170,11 @@ class Rounds:
             weights, self._run, self._completed = resume.weights, resume.run, resume.round
             self._history = list(resume.history)
             self._rejected_total.update(resume.rejected)
+            self._opt_state = self._resumed_opt_state(resume)
+            self._dp_rounds = resume.dp_rounds
+        self._ledger = (
+            PrivacyLedger(config.dp_delta, self._dp_rounds) if config.dp_noise is not None else None
+        )
         self._weights = weights
         self._model_id = self._digest(weights)
         self._shapes = {name: tuple(a.shape) for name, a in weights.items()}
@@ -372,24 +394,73 @@ class Rounds:
             raise WireError(RejectReason.DUPLICATE, f"{agent} already answered round {rs.number}")
         if update.model_id != self._model_id:
             raise WireError(RejectReason.BASE_MISMATCH, f"trained from {update.model_id[:12]}")
-        if agent not in rs.expected and agent not in self._online_ids:
-            raise WireError(RejectReason.UNKNOWN_AGENT, f"{agent!r} never announced presence")
+        self._check_asked(agent, rs)
         if update.declined is None and update.codec != cfg.codec:
             detail = f"codec {update.codec!r}, the round uses {cfg.codec!r}"
             raise WireError(RejectReason.BAD_CODEC, detail)
         return update
 
+    def _check_asked(self, agent: str, rs: _RoundState) -> None:
+        """Refuse an agent the round did not ask: never seen online, or not in its cohort.
+
+        Raises:
+            WireError: UNKNOWN_AGENT or NOT_IN_COHORT.
+        """
+        if agent in rs.expected:
+            return
+        if agent not in self._online_ids:
+            raise WireError(RejectReason.UNKNOWN_AGENT, f"{agent!r} never announced presence")
+        if self.config.names_cohort:
+            raise WireError(RejectReason.NOT_IN_COHORT, f"{agent!r} was not asked in {rs.number}")
+
     # --- round lifecycle ----------------------------------------------------------------
 
     def _eligible(self, agents: frozenset[str]) -> frozenset[str]:
-        allowed = self.config.allowed_agents
-        return agents if allowed is None else agents & allowed
+        allowed, devices = self.config.allowed_agents, self.config.device_classes
+        eligible = agents if allowed is None else agents & allowed
+        if devices is None:
+            return eligible
+        return frozenset(a for a in eligible if self._device(a) in devices)
+
+    def _device(self, agent: str) -> str | None:
+        presence = self._online.get(agent)
+        return presence.device if presence is not None else None
+
+    def _cohort_size(self, eligible: int) -> int:
+        """How many of ``eligible`` agents a round asks: the sampled share, never fewer
+        than a round needs to close (``cohort_floor``), never more than there are."""
+        cfg = self.config
+        if cfg.sample_fraction is not None:
+            want = math.ceil(Fraction(str(cfg.sample_fraction)) * eligible)
+        elif cfg.sample_count is not None:
+            want = cfg.sample_count
+        else:
+            return eligible
+        return min(eligible, max(want, cfg.cohort_floor))
+
+    def _draw(self, candidates: frozenset[str], size: int, number: int, attempt: int
+              ) -> frozenset[str]:
+        """``size`` of ``candidates``, drawn with the run's seed for this round and attempt."""
+        cfg = self.config
+        rng = np.random.default_rng([cfg.sample_seed, number, attempt])
+        offered = {a: p.samples if (p := self._online.get(a)) else None for a in candidates}
+        return select_cohort(offered, size, cfg.sample_policy, rng)
+
+    def _new_aggregator(self, number: int, cohort: int) -> Aggregator:
+        cfg = self.config
+        if cfg.dp_noise is None or cfg.dp_clip is None:
+            return make_aggregator(cfg.aggregator, self._shapes, clip_norm=cfg.clip_norm)
+        noisy = NoisySum(self._shapes, clip=cfg.dp_clip, noise_multiplier=cfg.dp_noise,
+                         denominator=max(cohort, 1), seed=[cfg.dp_seed, number])
+        return NormClip(noisy, cfg.dp_clip)
 
     def _open_round(self, now: float) -> list[Action]:
         cfg = self.config
-        expected = self._eligible(self.agents_online)
+        eligible = self._eligible(self.agents_online)
         number = self._completed + 1
-        payload = self._announce(number, attempt=0, deadline_s=cfg.deadline_s, now=now)
+        target = self._cohort_size(len(eligible))
+        expected = self._draw(eligible, target, number, 0)
+        payload = self._announce(number, 0, cfg.deadline_s, now, expected)
         publishes = self._model_publishes(payload)
         quorum = cfg.quorum if cfg.quorum is not None else max(len(expected), cfg.min_replies)
         self._round = _RoundState(
@@ -400,12 +471,14 @@ class Rounds:
             deadline_s=cfg.deadline_s,
             expected=expected,
             quorum=quorum,
-            aggregator=make_aggregator(cfg.aggregator, self._shapes, clip_norm=cfg.clip_norm),
+            aggregator=self._new_aggregator(number, len(expected)),
             model_payload=payload,
             accepted=set(),
             declined=set(),
             rejected=Counter(),
             bytes_down=_size(publishes) * len(expected),
+            cohort_target=target,
+            pool=set(eligible),
         )
         self._set_phase(Phase.TRAINING)
         return [
@@ -420,9 +493,18 @@ class Rounds:
         rs.attempt += 1
         rs.deadline_s = self.config.deadline_s * self.config.retry_backoff**rs.attempt
         rs.deadline = now + rs.deadline_s
-        newcomers = self._eligible(self.agents_online) - rs.expected
+        eligible = self._eligible(self.agents_online)
+        rs.pool |= eligible
+        if self.config.names_cohort:
+            # top the cohort up to its size with agents not asked yet, in place of those
+            # that declined or went offline; silent ones still online may yet answer
+            waiting = (rs.expected - rs.accepted - rs.declined) & eligible
+            short = rs.cohort_target - len(rs.accepted) - len(waiting)
+            newcomers = self._draw(eligible - rs.expected, short, rs.number, rs.attempt)
+        else:
+            newcomers = eligible - rs.expected
         rs.expected = rs.expected | newcomers
-        rs.model_payload = self._announce(rs.number, rs.attempt, rs.deadline_s, now)
+        rs.model_payload = self._announce(rs.number, rs.attempt, rs.deadline_s, now, rs.expected)
         publishes = self._model_publishes(rs.model_payload)
         rs.bytes_down += _size(publishes) * len(rs.expected - rs.accepted)
         self._set_phase(Phase.TRAINING)
@@ -457,7 +539,8 @@ class Rounds:
         assert rs is not None
         try:
             aggregate = rs.aggregator.result()
-            rs.new_weights = apply_delta(self._weights, aggregate.delta)
+            change, rs.new_opt_state = self._server_opt.step(self._opt_state, aggregate.delta)
+            rs.new_weights = apply_delta(self._weights, change)
         except AggregationError as exc:
             if closed_by is not ClosedBy.DEADLINE:
                 return []  # keep gathering: more updates may come before the deadline
@@ -472,9 +555,16 @@ class Rounds:
     def _finish_round(self, evaluation: dict[str, float], now: float) -> list[Action]:
         rs = self._round
         assert rs is not None and rs.new_weights is not None and rs.closed_by is not None
+        assert rs.new_opt_state is not None
         self._weights = rs.new_weights
+        self._opt_state = rs.new_opt_state
         self._model_id = self._digest(self._weights)
         self._completed = rs.number
+        epsilon = None
+        if self._ledger is not None and self.config.dp_noise is not None:
+            q = len(rs.expected) / max(len(rs.pool), len(rs.expected), 1)
+            epsilon = self._ledger.record(q, self.config.dp_noise)
+            self._dp_rounds = tuple(self._ledger.rounds)
         metrics = RoundMetrics(
             job=self.config.job,
             run=self._run,
@@ -495,6 +585,7 @@ class Rounds:
                 rs.accuracy_sum / rs.accuracy_samples if rs.accuracy_samples else None
             ),
             at=now + self._wall_offset,
+            epsilon=epsilon,
         )
         self._history.append(metrics)
         # Checkpoint first: a round whose metrics anyone has seen survives a crash.
@@ -509,7 +600,32 @@ class Rounds:
         if target is not None and metrics.accuracy is not None and metrics.accuracy >= target:
             message = f"reached target accuracy {metrics.accuracy:.4f} >= {target} "
             return actions + self._end(Phase.DONE, f"{message}in round {rs.number}", now)
+        stalled = self._stalled()
+        if stalled is not None:
+            return actions + self._end(Phase.DONE, stalled, now)
         return actions + self._open_round(now)
+
+    def _stalled(self) -> str | None:
+        """Why the run should stop for lack of progress, or None: ``patience`` evaluated
+        rounds in a row whose test accuracy did not beat the best so far by more than
+        ``min_delta``. Rounds without an accuracy (no evaluator) neither count nor reset."""
+        patience, min_delta = self.config.patience, self.config.min_delta
+        if patience is None:
+            return None
+        best, best_round, since = -math.inf, 0, 0
+        for m in self._history:
+            if m.accuracy is None:
+                continue
+            if m.accuracy > best + min_delta:
+                best, best_round, since = m.accuracy, m.round, 0
+            else:
+                since += 1
+        if since < patience:
+            return None
+        return (
+            f"no improvement in accuracy above {min_delta:g} for {patience} rounds "
+            f"(best {best:.4f} in round {best_round}); stopped after round {self._completed}"
+        )
 
     def _end(self, phase: Phase, message: str, now: float) -> list[Action]:
         self._set_phase(phase)
@@ -520,6 +636,7 @@ class Rounds:
 
     def checkpoint(self) -> Checkpoint:
         """The state to resume from: the model after the last completed round."""
+        opt = self._opt_state
         return Checkpoint(
             job=self.config.job,
             run=self._run,
@@ -528,7 +645,26 @@ class Rounds:
             weights=self._weights,
             history=tuple(self._history),
             rejected=dict(self._rejected_total),
+            strategy_state={k: v for k, v in (("m", opt.m), ("v", opt.v)) if v},
+            server_opt=self.config.server_opt,
+            server_steps=opt.step,
+            dp_rounds=self._dp_rounds,
         )
+
+    def _resumed_opt_state(self, resume: Checkpoint) -> OptState:
+        """The server optimiser's state from ``resume``; a different optimiser's moments
+        cannot be continued, so that is refused rather than silently reset.
+
+        Raises:
+            ValueError: if the checkpoint holds another optimiser's moments.
+        """
+        state = resume.strategy_state
+        if state and parse_server_opt(resume.server_opt) != self._server_opt:
+            raise ValueError(
+                f"checkpoint holds the state of server optimiser {resume.server_opt!r}, "
+                f"not {self.config.server_opt!r}; resume with the same --server-opt"
+            )
+        return OptState(resume.server_steps, dict(state.get("m", {})), dict(state.get("v", {})))
 
     def _digest(self, weights: Weights) -> str:
         """The model id: the digest of the weights as agents receive them (``downlink``).
@@ -539,7 +675,10 @@ class Rounds:
         """
         return weights_digest(downlink_weights(weights, self.config.downlink))
 
-    def _announce(self, number: int, attempt: int, deadline_s: float, now: float) -> bytes:
+    def _announce(
+        self, number: int, attempt: int, deadline_s: float, now: float, cohort: frozenset[str]
+    ) -> bytes:
+        """The round's model announcement; it names the cohort when the round asks one."""
         cfg = self.config
         return encode_model(
             ModelAnnouncement(
@@ -553,6 +692,7 @@ class Rounds:
                 codec=cfg.codec,
                 deadline_s=deadline_s,
                 weights=downlink_weights(self._weights, cfg.downlink),
+                cohort=tuple(sorted(cohort)) if cfg.names_cohort else None,
                 issued_at=now + self._wall_offset,
                 max_payload=cfg.max_payload,
             )

@@ -187,6 +187,11 @@ class AgentCore:
         return self._latest
 
     @property
+    def residual(self) -> Residual | None:
+        """The error-feedback residual carried into the next update (persisted by the adapter)."""
+        return self._feedback.state
+
+    @property
     def busy(self) -> bool:
         return self._training is not None
 

@@ -14,14 +14,13 @@ Karimireddy et al., "Error Feedback Fixes SignSGD" (ICML 2019).
 Invariants: numpy, msgpack and protocol only; no clock, no threads. A residual
 belongs to one run (its ``scope``) and one set of tensor shapes; anything else
 starts from zero. Files are touched only by :func:`save_residual` and
-:func:`load_residual`, which the adapter calls; writes are atomic (temporary
-file, fsync, rename) and use msgpack with the wire's tensor encoding, never pickle.
+:func:`load_residual`, which the adapter calls; writes are atomic and durable
+(:func:`edge_agent.durable.atomic_write`) and use msgpack with the wire's tensor
+encoding, never pickle.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from edge_agent.durable import atomic_write
 from protocol import Weights, WireError, decode_delta, decode_weights, encode_delta, encode_weights
 from protocol.compress import codec_pipeline
 
@@ -102,20 +102,9 @@ def save_residual(path: Path, state: Residual | None) -> None:
     if state is None:
         path.unlink(missing_ok=True)
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = encode_weights(state.tensors)
     doc = {"v": _VERSION, "type": "residual", "scope": state.scope, "tensors": tensors}
-    data: bytes = msgpack.packb(doc, use_bin_type=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, msgpack.packb(doc, use_bin_type=True))
 
 
 def load_residual(path: Path) -> Residual | None:

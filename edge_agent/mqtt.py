@@ -1,9 +1,11 @@
 """The agent's paho adapter: owns the MQTT client, the clock and the training call.
 
 paho's network thread only queues what arrives. The agent's own thread (the
-one in :meth:`AgentNode.run`) feeds the core, runs training when the core asks
-for it (so the network thread keeps the session alive meanwhile), and feeds
-the result back as one more event.
+one in :meth:`AgentNode.run`) feeds the core and carries out its actions. When
+the core asks for training, a worker thread checks the resource policy and
+trains, then queues the result as one more event; meanwhile the network thread
+keeps the session alive and the agent's thread can still stop: a shutdown
+mid-round abandons the round (declines it) instead of waiting for the trainer.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import paho.mqtt.client as mqtt
 
 from edge_agent.agent import (
@@ -28,6 +32,7 @@ from edge_agent.agent import (
     Connected,
     ModelArrived,
     ModelRejected,
+    RoundKey,
     RunFinished,
     SaveResidual,
     ShutdownRequested,
@@ -37,9 +42,13 @@ from edge_agent.agent import (
     UpdateSent,
 )
 from edge_agent.connection import BrokerURL, Session, connect, make_client, refused_for_good
+from edge_agent.device_model import save_device_model
 from edge_agent.feedback import save_residual
+from edge_agent.personal import DeviceTrainer
+from edge_agent.policy import Memory, ResourcePolicy, read_memory, run_hook, veto
+from edge_agent.state import SavedModel, StateDir
 from edge_agent.trainer import Trainer
-from protocol import Publish
+from protocol import ModelAnnouncement, Publish
 
 log = logging.getLogger("fedmq.agent")
 
@@ -71,8 +80,14 @@ class AgentNode:
         on_action: Callable[[AgentAction], None] | None = None,
         queue_size: int = 64,
         residual_path: Path | None = None,
+        device_model_path: Path | None = None,
+        state: StateDir | None = None,
+        policy: ResourcePolicy | None = None,
     ) -> None:
-        """``residual_path``: where the error-feedback residual persists (None: memory only)."""
+        """``residual_path``: where the error-feedback residual persists (None: memory only);
+        ``device_model_path``: where a :class:`DeviceTrainer`'s device model is saved after
+        every round and at the run's end (None: not saved); ``state``: where each round's
+        global model is kept; ``policy``: when this device may train (None: always)."""
         self.core = core
         self._trainer = trainer
         self._broker = broker
@@ -80,6 +95,13 @@ class AgentNode:
         self._exit_when_done = exit_when_done
         self._on_action = on_action
         self._residual_path = residual_path
+        self._device_model_path = device_model_path
+        self._state = state
+        #: the newest global model on this device, kept across restarts in ``state``
+        self.saved_model: SavedModel | None = state.load_model() if state is not None else None
+        self._policy = policy or ResourcePolicy()
+        #: the round a worker thread is training, until its result is fed back
+        self._round: RoundKey | None = None
         self._queue: queue.Queue[AgentEvent | _Refused | _Quit] = queue.Queue(queue_size)
         self.dropped = 0
         self.rounds_trained = 0
@@ -121,12 +143,27 @@ class AgentNode:
     def run(self) -> None:
         """Connect and serve rounds until stopped, refused, or (optionally) the run is done."""
         connect(self._client, self._broker, self._session)
+        # What arrives while a round trains waits for its result, so the core sees events
+        # in the order a trainer running inline would: a round's update goes out even
+        # when the next round's model came in meanwhile (the coordinator counts it stale).
+        deferred: deque[AgentEvent] = deque()
         try:
             while True:
-                item = self._queue.get()
+                item = deferred.popleft() if deferred and self._round is None else self._queue.get()
                 if isinstance(item, _Quit):
+                    self._abandon_round()
                     self._feed(ShutdownRequested())
                     break
+                if isinstance(item, TrainingDone | TrainingFailed):
+                    self._round = None
+                    self.rounds_trained += isinstance(item, TrainingDone)
+                elif self._round is not None and not isinstance(item, _Refused):
+                    if len(deferred) < self._queue.maxsize:
+                        deferred.append(item)
+                    else:
+                        self.dropped += 1
+                        log.error("%s: inbound queue full; dropped a message", self.core.agent)
+                    continue
                 if isinstance(item, _Refused):
                     self.refused = item.why
                     log.error("%s: %s", self.core.agent, item.why)
@@ -139,21 +176,17 @@ class AgentNode:
             self._flush_and_disconnect()
 
     def _feed(self, event: AgentEvent) -> None:
-        pending: deque[AgentAction] = deque(self.core.handle(event, time.time()))
-        while pending:
-            action = pending.popleft()
-            follow_up = self._carry_out(action)
-            if follow_up is not None:
-                pending.extend(self.core.handle(follow_up, time.time()))
+        for action in self.core.handle(event, time.time()):
+            self._carry_out(action)
             if self._on_action is not None:
                 self._on_action(action)
 
-    def _carry_out(self, action: AgentAction) -> AgentEvent | None:
+    def _carry_out(self, action: AgentAction) -> None:
         match action:
             case Publish(topic=topic, payload=payload, retain=retain):
                 self._last_publish = self._client.publish(topic, payload, qos=1, retain=retain)
             case Train(key=key, model=model):
-                return self._train(key, model)
+                self._start_round(key, model)
             case ModelRejected(reason=reason, detail=detail):
                 log.warning("%s: rejected a model: %s: %s", self.core.agent, reason.value, detail)
             case UpdateSent(key=key, size=size, resent=resent):
@@ -161,6 +194,8 @@ class AgentNode:
                 log.info(
                     "%s: %s update for round %d (%d bytes)", self.core.agent, verb, key[1], size
                 )
+                if not resent:  # after the publish, so saving never delays the reply
+                    self._save_device_model()
             case SaveResidual(state=state) if self._residual_path is not None:
                 try:
                     save_residual(self._residual_path, state)
@@ -168,10 +203,60 @@ class AgentNode:
                     log.error("%s: cannot save the residual: %s", self.core.agent, exc)
             case RunFinished(model=model):
                 log.info("%s: run %s finished at round %d", self.core.agent, model.run, model.round)
+                self._keep(model)
+                if isinstance(self._trainer, DeviceTrainer):  # personal layers, fine-tuning
+                    try:
+                        self._trainer.adopt(model.weights, model.plan)
+                    except ValueError as exc:
+                        log.error("%s: cannot adopt the final model: %s", self.core.agent, exc)
+                    self._save_device_model()
                 self.finished.set()
-        return None
 
-    def _train(self, key: tuple[str, int, str], model: Any) -> AgentEvent:
+    def _start_round(self, key: RoundKey, model: ModelAnnouncement) -> None:
+        self._keep(model)
+        self._round = key
+        worker = threading.Thread(
+            target=lambda: self._queue.put(self._train(key, model)),
+            name=f"train-{self.core.agent}-{model.round}",
+            daemon=True,  # abandoned at shutdown: the process does not wait for it
+        )
+        worker.start()
+
+    def _keep(self, model: ModelAnnouncement) -> None:
+        """Remember ``model`` as the device's newest global model (on disk too, with state)."""
+        self.saved_model = SavedModel(model.job, model.run, model.round, model.weights, model.done)
+        if self._state is not None:
+            try:
+                self._state.save_model(model)
+            except OSError as exc:  # keep serving: the model still lives in memory
+                log.error("%s: cannot save the global model: %s", self.core.agent, exc)
+
+    def _abandon_round(self) -> None:
+        """Decline the round in training, so the coordinator need not wait for it."""
+        if self._round is None:
+            return
+        log.warning("%s: stopping mid-round %d: abandoned, declined", self.core.agent,
+                    self._round[1])
+        self._feed(TrainingFailed(self._round, "agent shutting down"))
+        self._round = None
+
+    def _vetoed(self, model: ModelAnnouncement) -> str | None:
+        """The resource policy's reason to skip this round, or None (runs the hook)."""
+        policy = self._policy
+        now = time.localtime()
+        memory = read_memory() if policy.checks_memory else Memory(None, None)
+        reason = veto(policy, now.tm_hour * 60 + now.tm_min, memory)
+        if reason is None and policy.hook is not None:
+            context = {"job": self.core.job, "agent": self.core.agent, "round": str(model.round)}
+            reason = run_hook(policy.hook, context, policy.hook_timeout_s)
+        return reason
+
+    def _train(self, key: RoundKey, model: ModelAnnouncement) -> AgentEvent:
+        """On the round's worker thread: the policy, then the trainer."""
+        reason = self._vetoed(model)
+        if reason is not None:
+            log.info("%s: declining round %d: %s", self.core.agent, model.round, reason)
+            return TrainingFailed(key, f"vetoed: {reason}")
         started = time.perf_counter()
         try:
             result = self._trainer.train(model.weights, model.plan, model.round)
@@ -183,8 +268,29 @@ class AgentNode:
                 traceback.format_exc(),
             )
             return TrainingFailed(key, f"training failed: {type(exc).__name__}: {exc}")
-        self.rounds_trained += 1
         return TrainingDone(key, result, time.perf_counter() - started)
+
+    def predict(self, x: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
+        """The device model's outputs for ``x`` (see :meth:`DeviceTrainer.predict`).
+
+        Raises:
+            ValueError: if the trainer keeps no device model, or holds none yet.
+        """
+        if not isinstance(self._trainer, DeviceTrainer):
+            raise ValueError(f"{type(self._trainer).__name__} keeps no device model")
+        return self._trainer.predict(x)
+
+    def _save_device_model(self) -> None:
+        path = self._device_model_path
+        if path is None or not isinstance(self._trainer, DeviceTrainer):
+            return
+        weights = self._trainer.device_model
+        if weights is None:
+            return
+        try:
+            save_device_model(path, weights)
+        except OSError as exc:  # keep serving: the model still lives in memory
+            log.error("%s: cannot save the device model: %s", self.core.agent, exc)
 
     def _flush_and_disconnect(self) -> None:
         if self._last_publish is not None and self._client.is_connected():

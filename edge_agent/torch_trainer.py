@@ -23,6 +23,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from edge_agent.proximal import proximal_mu
 from edge_agent.trainer import TrainResult
 from fedmq.tasks.locate import locate
 from fedmq.tasks.spec import ModelSpec, TaskKind
@@ -197,11 +198,16 @@ class TorchTrainer:
         """``plan.epochs`` epochs of plain SGD from ``weights``; metrics are running
         means over every sample seen (loss weighted by batch size).
 
+        With a FedProx ``mu`` in the plan, each step adds ``mu * (w - weights)`` to
+        the gradient; the reported loss stays the data loss, comparable across ``mu``.
+
         Raises:
-            ValueError: for weights that do not fit the model, or a batch size < 1.
+            ValueError: for weights that do not fit the model, a batch size < 1, or
+                a bad ``mu``.
         """
         if plan.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {plan.batch_size}")
+        mu = proximal_mu(plan)
         _load(self._module, weights)
         if plan.epochs == 0:
             return TrainResult(_to_weights(self._module), self.samples, self.evaluate(weights))
@@ -209,6 +215,8 @@ class TorchTrainer:
         optimiser = self._optimiser
         for group in optimiser.param_groups:
             group["lr"] = plan.lr
+        params = list(self._module.parameters())
+        anchors = [p.detach().clone() for p in params] if mu else []
         total_loss, correct, seen = 0.0, 0, 0
         self._module.train()
         for _ in range(plan.epochs):
@@ -218,6 +226,9 @@ class TorchTrainer:
                 out = self._module(self._x[rows])
                 loss = _loss(self.kind, out, target, "mean")
                 torch.autograd.backward(loss)
+                for param, anchor in zip(params, anchors, strict=False):  # none when mu == 0
+                    if param.grad is not None:  # grad of mu/2 * ||w - w_global||^2
+                        param.grad.add_(param.detach() - anchor, alpha=mu)
                 optimiser.step()
                 total_loss += loss.item() * len(rows)
                 seen += len(rows)
@@ -234,6 +245,22 @@ class TorchTrainer:
         """Loss and accuracy (or MSE) of ``weights`` on this agent's own rows."""
         _load(self._module, weights)
         return _evaluate(self._module, self.kind, self._x, self._y)
+
+    def initial_weights(self, seed: int) -> Weights:
+        """The whole model as :func:`initial_weights` builds it (personal layers start here)."""
+        return initial_weights(self.spec, seed)
+
+    def predict(self, weights: Weights, x: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
+        """The model's outputs ``(n, out)`` for inputs ``x`` (logits for classification)."""
+        _load(self._module, weights)
+        inputs = _inputs(x)
+        self._module.eval()
+        with torch.no_grad():
+            outs = [
+                self._module(inputs[start : start + EVAL_BATCH])
+                for start in range(0, max(len(inputs), 1), EVAL_BATCH)
+            ]
+        return torch.cat(outs).numpy().astype(np.float32)
 
 
 class TorchEvaluator:

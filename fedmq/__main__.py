@@ -1,5 +1,5 @@
 import sys
 
-from fedmq.cli import main
+from fedmq.entry import main
 
 sys.exit(main())

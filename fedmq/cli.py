@@ -17,42 +17,47 @@ import argparse
 import dataclasses
 import json
 import logging
-import signal
+import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import FrameType
 
 from coordinator import Action, CheckpointError, RoundConfig, parse_aggregator
+from coordinator.config import SAMPLE_POLICIES
+from coordinator.optimisers import SERVER_OPT_HELP, parse_server_opt
 from coordinator.strategy import AGGREGATOR_HELP
 from edge_agent.connection import BrokerURL
+from edge_agent.personal import with_local_layers
+from edge_agent.proximal import MU
+from fedmq.agent_cli import (
+    UNSIGNED_NOTICE,
+    add_agent_arguments,
+    add_device_options,
+)
+from fedmq.agent_cli import add_connection as _add_connection
+from fedmq.agent_cli import add_security as _add_security
+from fedmq.agent_cli import add_task as _add_task
+from fedmq.agent_cli import connection as _connection
+from fedmq.agent_cli import data_config as _data
+from fedmq.agent_cli import main as agent_main
+from fedmq.agent_cli import password as _password
+from fedmq.agent_cli import stop_on_signals as _stop_on_signals
 from fedmq.bench.cli import register as register_bench
 from fedmq.bundle import (
     expand_bundle,
     load_agent_keys,
     load_signing_key,
-    load_verify_key,
-    read_password,
 )
 from fedmq.chaos import add_parser as register_chaos
-from fedmq.launch import AgentSettings, Connection, build_agent, build_coordinator
+from fedmq.entry import command_of
+from fedmq.launch import AgentSettings, build_agent, build_coordinator
 from fedmq.progress import RunRecorder
 from fedmq.provision import register as register_provision
-from fedmq.tasks import TASKS, DataConfig, get_task
+from fedmq.tasks import get_task
 from protocol import CODECS, Phase, TrainPlan, check_codec
 from protocol.compress import DOWNLINKS
 
 log = logging.getLogger("fedmq")
-
-
-def _shard(value: str) -> tuple[int, int]:
-    try:
-        index, count = (int(v) for v in value.split("/"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--shard wants I/N, e.g. 3/10, got {value!r}") from None
-    if not 0 <= index < count:
-        raise argparse.ArgumentTypeError(f"--shard {value}: need 0 <= I < N")
-    return index, count
 
 
 def _codec(value: str) -> str:
@@ -60,6 +65,16 @@ def _codec(value: str) -> str:
         return check_codec(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _mu(value: str) -> float:
+    try:
+        mu = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--mu wants a number, got {value!r}") from None
+    if not math.isfinite(mu) or mu < 0:
+        raise argparse.ArgumentTypeError(f"--mu must be finite and >= 0, got {value!r}")
+    return mu
 
 
 def _aggregator(value: str) -> str:
@@ -82,29 +97,6 @@ def _size(value: str) -> int:
         return int(float(digits) * _UNITS[unit])
     except (ValueError, KeyError):
         raise argparse.ArgumentTypeError(f"not a size: {value!r} (try 131072, 128k, 1m)") from None
-
-
-def _add_connection(p: argparse.ArgumentParser, required: bool = True) -> None:
-    g = p.add_argument_group("broker")
-    g.add_argument("--broker", required=required, help="mqtt://[user:pass@]host[:port] or mqtts://")
-    g.add_argument("--username", help="MQTT user name (overrides the URL)")
-    g.add_argument("--password", help="MQTT password (overrides the URL)")
-    g.add_argument("--password-file", type=Path, help="read the MQTT password from this file")
-    g.add_argument("--ca-file", type=Path, help="CA certificate for mqtts://")
-    g.add_argument("--mqtt311", action="store_true", help="speak MQTT 3.1.1 instead of 5")
-
-
-def _add_task(p: argparse.ArgumentParser, default: str | None = None) -> None:
-    g = p.add_argument_group("task")
-    g.add_argument(
-        "--task",
-        required=default is None,
-        default=default,
-        help=f"built-in ({', '.join(TASKS)}) or module:object",
-    )
-    g.add_argument("--data", type=Path, help="data directory (MNIST files)")
-    g.add_argument("--data-seed", type=int, default=0, help="seed of splits and partitions")
-    g.add_argument("--partition", help="iid | shards | dirichlet:ALPHA (default: the task's)")
 
 
 def _add_rounds(p: argparse.ArgumentParser, rounds: int, deadline: float) -> None:
@@ -142,21 +134,56 @@ def _add_rounds(p: argparse.ArgumentParser, rounds: int, deadline: float) -> Non
     g.add_argument("--batch-size", type=int, help="local batch size (default: the task's)")
     g.add_argument("--lr", type=float, help="local learning rate (default: the task's)")
     g.add_argument("--seed", type=int, help="training seed (default: the task's)")
+    g.add_argument("--mu", type=_mu, default=0.0,
+                   help="FedProx proximal weight mu >= 0 sent to agents (default 0: FedAvg; "
+                        "docs/STRATEGIES.md)")
+    g.add_argument("--local-layers", metavar="NAMES",
+                   help="comma-separated tensors kept on each device, never sent (FedPer), "
+                        "e.g. 4.weight,4.bias; '' for none (default: the task's)")
     g.add_argument("--no-eval", action="store_true", help="skip server-side evaluation")
     g.add_argument("--max-update-bytes", type=_size, default=64 * 1024 * 1024,
                    help="reject larger updates (e.g. 64m)")
     g.add_argument("--max-payload", type=_size, default=0,
                    help="the broker's payload cap, e.g. 128k for AWS IoT Core: larger "
                         "models and updates travel as chunks (default: no cap)")
+    _add_strategy(p)
 
 
-def _connection(args: argparse.Namespace, broker: str) -> Connection:
-    url = BrokerURL.parse(broker).with_credentials(args.username, _password(args))
-    return Connection(url, mqtt5=not args.mqtt311, ca_file=args.ca_file)
+def _server_opt(value: str) -> str:
+    try:
+        parse_server_opt(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
 
 
-def _data(args: argparse.Namespace) -> DataConfig:
-    return DataConfig(data_dir=args.data, seed=args.data_seed)
+def _add_strategy(p: argparse.ArgumentParser) -> None:
+    """Server optimiser, client sampling, DP-FedAvg, early stopping (docs/STRATEGIES.md)."""
+    g = p.add_argument_group("strategy (docs/STRATEGIES.md)")
+    g.add_argument("--server-opt", default="fedavg", type=_server_opt, metavar="SPEC",
+                   help=SERVER_OPT_HELP)
+    share = g.add_mutually_exclusive_group()
+    share.add_argument("--sample-fraction", type=float, metavar="F",
+                       help="ask a fraction 0<F<=1 of the eligible agents online each round "
+                            "(never fewer than quorum/min-replies need; default: all)")
+    share.add_argument("--sample-count", type=int, metavar="K",
+                       help="ask K of the eligible agents online each round")
+    g.add_argument("--sample-policy", choices=SAMPLE_POLICIES, default="uniform",
+                   help="uniform, or by-samples: weighted by the sample counts agents advertise")
+    g.add_argument("--device-class", action="append", metavar="NAME",
+                   help="repeatable: only agents whose presence names this device class train")
+    g.add_argument("--sample-seed", type=int, default=0, help="seed of the cohort draws")
+    g.add_argument("--dp-noise", type=float, metavar="Z",
+                   help="DP-FedAvg: Gaussian noise multiplier z (needs --dp-clip); each round's "
+                        "metrics report epsilon")
+    g.add_argument("--dp-clip", type=float, metavar="C", help="DP-FedAvg: L2 clip norm of updates")
+    g.add_argument("--dp-delta", type=float, default=1e-5, help="delta of the reported epsilon")
+    g.add_argument("--dp-seed", type=int, default=0,
+                   help="seed of the DP noise: keep it secret in a real deployment")
+    g.add_argument("--patience", type=int, metavar="P",
+                   help="stop when test accuracy has not improved for P rounds")
+    g.add_argument("--min-delta", type=float, default=0.0,
+                   help="with --patience: a gain must exceed this to count")
 
 
 def _round_config(args: argparse.Namespace, job: str, min_agents: int | None = None) -> RoundConfig:
@@ -169,6 +196,10 @@ def _round_config(args: argparse.Namespace, job: str, min_agents: int | None = N
         seed=args.seed if args.seed is not None else base.seed,
         options=base.options,
     )
+    if args.mu:
+        plan = dataclasses.replace(plan, options={**plan.options, MU: args.mu})
+    if args.local_layers is not None:
+        plan = with_local_layers(plan, filter(None, args.local_layers.split(",")))
     # by default wait for enough agents to meet the quorum, min_replies and the aggregator
     floor = max(args.quorum or 1, args.min_replies, parse_aggregator(args.aggregator).min_updates)
     return RoundConfig(
@@ -187,20 +218,22 @@ def _round_config(args: argparse.Namespace, job: str, min_agents: int | None = N
         on_short_round=args.on_short_round,
         max_retries=args.max_retries,
         target_accuracy=args.target_accuracy,
+        patience=args.patience,
+        min_delta=args.min_delta,
+        server_opt=args.server_opt,
+        sample_fraction=args.sample_fraction,
+        sample_count=args.sample_count,
+        sample_policy=args.sample_policy,
+        device_classes=frozenset(args.device_class) if args.device_class else None,
+        sample_seed=args.sample_seed,
+        dp_noise=args.dp_noise,
+        dp_clip=args.dp_clip,
+        dp_delta=args.dp_delta,
+        dp_seed=args.dp_seed,
         evaluate=not args.no_eval,
         max_update_bytes=args.max_update_bytes,
         max_payload=args.max_payload,
     )
-
-
-def _stop_on_signals(stop: Callable[[str], object]) -> None:
-    """Ctrl-C and SIGTERM end the run cleanly (final model, offline presence)."""
-
-    def handler(signum: int, _frame: FrameType | None) -> None:
-        stop(signal.Signals(signum).name)
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
 
 
 def _observers(args: argparse.Namespace, recorder: RunRecorder) -> Callable[[Action], None]:
@@ -270,19 +303,9 @@ def _agent_settings(
         exit_when_done=exit_when_done,
         device=args.device,
         state_dir=args.state_dir,
+        finetune_epochs=args.finetune_epochs,
+        trainer=args.trainer,
     )
-
-
-def cmd_agent(args: argparse.Namespace) -> int:
-    shard, count = args.shard
-    settings = _agent_settings(args, args.agent_id, shard, count, args.exit_when_done)
-    node = build_agent(_signed_settings(settings, args), _connection(args, args.broker))
-    _stop_on_signals(lambda _why: node.stop())
-    node.run()
-    if node.refused:
-        print(f"fedmq agent: {node.refused}", file=sys.stderr)
-        return 3
-    return 0
 
 
 def cmd_agents(args: argparse.Namespace) -> int:
@@ -363,39 +386,19 @@ def parser() -> argparse.ArgumentParser:
     _add_rounds(p, rounds=10, deadline=60.0)
     p.set_defaults(func=cmd_coordinator)
 
-    for name, helptext in (("agent", "run one agent"), ("agents", "host several agents")):
-        p = sub.add_parser(name, help=helptext)
-        p.add_argument("--job", required=True)
-        p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
-        p.add_argument("--device", help="device class announced in presence, e.g. rpi4")
-        p.add_argument(
-            "--state-dir",
-            type=Path,
-            help="keep each agent's codec residual here across restarts (default: memory only)",
-        )
-        _add_connection(p)
-        _add_task(p)
-        if name == "agent":
-            _add_security(p, "agent")
-            p.add_argument("--agent-id", required=True)
-            p.add_argument("--shard", type=_shard, required=True, help="I/N: shard I of N")
-            p.add_argument(
-                "--exit-when-done",
-                action="store_true",
-                help="exit when the coordinator publishes the final model",
-            )
-            p.set_defaults(func=cmd_agent)
-        else:
-            p.add_argument("--count", type=int, required=True, help="agents in this process")
-            p.add_argument("--first", type=int, default=0, help="first shard index")
-            p.add_argument("--of", type=int, help="total shards (default: --count)")
-            p.add_argument("--id-prefix", default="agent-")
-            p.add_argument(
-                "--keep-running",
-                action="store_true",
-                help="stay online after the run's final model",
-            )
-            p.set_defaults(func=cmd_agents)
+    add_agent_arguments(sub.add_parser("agent", help="run one agent"))
+    p = sub.add_parser("agents", help="host several agents")
+    add_device_options(p)
+    p.add_argument("--count", type=int, required=True, help="agents in this process")
+    p.add_argument("--first", type=int, default=0, help="first shard index")
+    p.add_argument("--of", type=int, help="total shards (default: --count)")
+    p.add_argument("--id-prefix", default="agent-")
+    p.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="stay online after the run's final model",
+    )
+    p.set_defaults(func=cmd_agents)
     _add_watch_commands(sub)
     register_provision(sub)
     register_bench(sub)
@@ -422,44 +425,6 @@ def _add_watch_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
 
 # --- security: bundles, password files, signing keys (docs/SECURITY.md) ---------------------
 
-UNSIGNED_NOTICE = (
-    "unsigned: anyone who can publish to the broker can forge models and updates; "
-    "see docs/SECURITY.md"
-)
-#: what each role's --signing-key signs
-_SIGNS = {"coordinator": "model", "agent": "update"}
-
-
-def _add_security(p: argparse.ArgumentParser, role: str) -> None:
-    g = p.add_argument_group("security (docs/SECURITY.md)")
-    g.add_argument(
-        "--bundle",
-        type=Path,
-        help=f"a bundle from `fedmq provision` (its dir or {role}.toml): supplies --broker, "
-        "--job, credentials and keys; flags given here win",
-    )
-    g.add_argument("--signing-key", type=Path, help=f"sign every {_SIGNS[role]} with this key")
-    if role == "coordinator":
-        g.add_argument(
-            "--agent-keys",
-            type=Path,
-            help="directory of AGENT_ID.pub: accept only updates signed by these agents",
-        )
-    else:
-        g.add_argument(
-            "--coordinator-key",
-            type=Path,
-            help="train only on models signed by this key (the coordinator's public key)",
-        )
-
-
-def _password(args: argparse.Namespace) -> str | None:
-    if args.password is None and args.password_file is not None:
-        return read_password(args.password_file)
-    password: str | None = args.password
-    return password
-
-
 def _signed_config(config: RoundConfig, args: argparse.Namespace) -> RoundConfig:
     signing_key = load_signing_key(args.signing_key) if args.signing_key else None
     agent_keys = load_agent_keys(args.agent_keys) if args.agent_keys else None
@@ -468,17 +433,12 @@ def _signed_config(config: RoundConfig, args: argparse.Namespace) -> RoundConfig
     return dataclasses.replace(config, signing_key=signing_key, agent_keys=agent_keys)
 
 
-def _signed_settings(settings: AgentSettings, args: argparse.Namespace) -> AgentSettings:
-    signing_key = load_signing_key(args.signing_key) if args.signing_key else None
-    coordinator_key = load_verify_key(args.coordinator_key) if args.coordinator_key else None
-    if signing_key is None or coordinator_key is None:
-        print(f"fedmq agent: {UNSIGNED_NOTICE}", file=sys.stderr)
-    return dataclasses.replace(settings, signing_key=signing_key, coordinator_key=coordinator_key)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if command_of(argv) == "agent":  # the config file and thread budget are its own
+        return agent_main(argv)
     try:
-        argv = expand_bundle(sys.argv[1:] if argv is None else argv)
+        argv = expand_bundle(argv)
     except (ValueError, FileNotFoundError) as exc:
         print(f"fedmq: --bundle: {exc}", file=sys.stderr)
         return 2

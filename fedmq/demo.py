@@ -51,14 +51,11 @@ def agents_command(args: argparse.Namespace, broker_url: str) -> list[str]:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from fedmq.cli import (
-        UNSIGNED_NOTICE,
-        _connection,
-        _data,
-        _observers,
-        _round_config,
-        _stop_on_signals,
-    )
+    from fedmq.agent_cli import UNSIGNED_NOTICE
+    from fedmq.agent_cli import connection as _connection
+    from fedmq.agent_cli import data_config as _data
+    from fedmq.agent_cli import stop_on_signals as _stop_on_signals
+    from fedmq.cli import _observers, _round_config
 
     with ExitStack() as stack:
         if args.broker:

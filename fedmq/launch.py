@@ -2,7 +2,9 @@
 
 The CLI, the demo, the benchmarks and the integration tests all build their
 nodes here, so "what a coordinator for task X is" has one definition. The torch
-trainer is imported only when an agent or evaluator actually needs it.
+trainer is imported only when an agent or evaluator actually needs it, and the
+coordinator package only when a coordinator is built, so ``fedmq agent`` on a
+small device loads neither.
 """
 
 from __future__ import annotations
@@ -13,20 +15,25 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from coordinator import Action, CheckpointError, RoundConfig, Rounds, load_checkpoint
-from coordinator.mqtt import CoordinatorNode, Evaluator
 from edge_agent.agent import AgentAction, AgentCore
 from edge_agent.connection import BrokerURL, Session
-from edge_agent.feedback import ErrorFeedback, load_residual
+from edge_agent.device_model import load_device_model
+from edge_agent.feedback import ErrorFeedback
 from edge_agent.mqtt import AgentNode
+from edge_agent.personal import DeviceTrainer, LocalModel, local_layers, shared_weights
+from edge_agent.policy import ResourcePolicy
+from edge_agent.state import DEVICE_MODEL_NAME, RESIDUAL_NAME, StateDir
 from fedmq.tasks import DataConfig, Task, agent_data, get_task, test_data
 from protocol import Weights
 from protocol.signing import SigningKey, VerifyKey
 
+if TYPE_CHECKING:
+    from coordinator import Action, RoundConfig
+    from coordinator.mqtt import CoordinatorNode, Evaluator
+
 CHECKPOINT_NAME = "checkpoint.msgpack"
-#: an agent's error-feedback residual, under ``{state_dir}/{agent_id}/``
-RESIDUAL_NAME = "residual.msgpack"
 
 log = logging.getLogger("fedmq.launch")
 
@@ -60,6 +67,12 @@ class AgentSettings:
     signing_key: SigningKey | None = None
     #: when set, only models signed with this key are trained on
     coordinator_key: VerifyKey | None = None
+    #: epochs of local fine-tuning of the run's final model (the device model; never sent)
+    finetune_epochs: int = 0
+    #: ``torch``, or ``numpy`` for devices without torch (linear and mlp models)
+    trainer: str = "torch"
+    #: when this device may train (None: always)
+    policy: ResourcePolicy | None = None
 
 
 def new_run_id() -> str:
@@ -95,6 +108,9 @@ def build_coordinator(
     Raises:
         CheckpointError: if ``resume`` is set and the checkpoint is unusable.
     """
+    from coordinator import CheckpointError, Rounds, load_checkpoint
+    from coordinator.mqtt import CoordinatorNode
+
     task = get_task(config.task)
     ckpt_path = run_dir / CHECKPOINT_NAME if run_dir is not None else None
     checkpoint = None
@@ -102,7 +118,11 @@ def build_coordinator(
         if ckpt_path is None or not ckpt_path.exists():
             raise CheckpointError(f"--resume: no checkpoint at {ckpt_path}")
         checkpoint = load_checkpoint(ckpt_path)
+    # Personal layers (FedPer) never leave the devices: the global model is the rest.
+    personal = local_layers(config.plan)
     weights = checkpoint.weights if checkpoint else initial_weights(task, model_seed)
+    if personal and not checkpoint:
+        weights = shared_weights(weights, personal)
     rounds = Rounds(
         config,
         weights,
@@ -121,7 +141,9 @@ def build_coordinator(
         rounds,
         conn.broker,
         session,
-        evaluator=evaluator_for(task, data) if config.evaluate else None,
+        # A personalised model has no one global head to test: agents report their own
+        # training metrics instead (docs/STRATEGIES.md, "Personalisation").
+        evaluator=evaluator_for(task, data) if config.evaluate and not personal else None,
         checkpoint_path=ckpt_path,
         on_action=on_action,
     )
@@ -133,19 +155,23 @@ def build_agent(
     on_action: Callable[[AgentAction], None] | None = None,
 ) -> AgentNode:
     """An agent holding shard ``settings.shard`` of the task's training data."""
-    from edge_agent.torch_trainer import TorchTrainer
-
     task = get_task(settings.task)
     x, y = agent_data(task, settings.data, settings.shard, settings.num_shards, settings.partition)
-    trainer = TorchTrainer(task.model, task.kind, x, y, settings.shard, threads=settings.threads)
-    residual_path = None
+    model = make_trainer(settings, task, x, y)
+    residual_path = device_model_path = None
     feedback = ErrorFeedback()
+    saved = None
+    state = None
     if settings.state_dir is not None:
-        residual_path = settings.state_dir / settings.agent_id / RESIDUAL_NAME
-        try:
-            feedback = ErrorFeedback(load_residual(residual_path))
-        except ValueError as exc:  # a torn or foreign file: start from zero, say so
-            log.warning("%s: ignoring the saved residual: %s", settings.agent_id, exc)
+        state = StateDir(settings.state_dir, settings.agent_id)  # drops torn temporaries
+        residual_path = state.path / RESIDUAL_NAME
+        device_model_path = state.path / DEVICE_MODEL_NAME
+        try:  # personal layers carry over a restart
+            saved = load_device_model(device_model_path)
+        except ValueError as exc:
+            log.warning("%s: ignoring the saved device model: %s", settings.agent_id, exc)
+        feedback = ErrorFeedback(state.load_residual())  # a bad file is set aside, logged
+    trainer = DeviceTrainer(model, finetune_epochs=settings.finetune_epochs, saved=saved)
     core = AgentCore(
         settings.job,
         settings.agent_id,
@@ -169,4 +195,24 @@ def build_agent(
         exit_when_done=settings.exit_when_done,
         on_action=on_action,
         residual_path=residual_path,
+        device_model_path=device_model_path,
+        state=state,
+        policy=settings.policy,
     )
+
+
+def make_trainer(settings: AgentSettings, task: Task, x: Any, y: Any) -> LocalModel:
+    """``settings.trainer`` over these rows; torch is imported only when it is the choice.
+
+    Raises:
+        ValueError: for another trainer name, or a model the numpy trainer cannot build.
+    """
+    if settings.trainer == "numpy":
+        from edge_agent.numpy_trainer import NumpyTrainer
+
+        return NumpyTrainer(task.model, task.kind, x, y, settings.shard)
+    if settings.trainer != "torch":
+        raise ValueError(f"trainer must be torch or numpy, got {settings.trainer!r}")
+    from edge_agent.torch_trainer import TorchTrainer
+
+    return TorchTrainer(task.model, task.kind, x, y, settings.shard, threads=settings.threads)

@@ -34,6 +34,8 @@ def round_line(m: RoundMetrics, rounds: int, quorum: int) -> str:
     loss = f"loss {m.loss:.4f}" if m.loss is not None else ""
     rejected = sum(m.rejected.values())
     extra = f"  rejected {rejected}" if rejected else ""
+    if m.epsilon is not None:  # DP-FedAvg: the privacy spent so far
+        extra += f"  epsilon {m.epsilon:.3g}"
     # the uplink's compression: raw float32 deltas of the accepted updates / bytes received
     ratio = f" (x{m.raw_bytes_up / m.bytes_up:.1f})" if m.bytes_up else ""
     return (

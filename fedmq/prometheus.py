@@ -73,6 +73,8 @@ class MetricsExporter:
         self.accuracy = Gauge("fedmq_accuracy", "Test accuracy of the latest global model",
                               registry=r)
         self.loss = Gauge("fedmq_loss", "Test loss of the latest global model", registry=r)
+        self.epsilon = Gauge("fedmq_dp_epsilon", "DP-FedAvg: the run's epsilon so far",
+                             registry=r)
         self._info: tuple[str, str] | None = None
         self._server: WSGIServer | None = None
 
@@ -97,6 +99,8 @@ class MetricsExporter:
                     self.accuracy.set(m.accuracy)
                 if m.loss is not None:
                     self.loss.set(m.loss)
+                if m.epsilon is not None:
+                    self.epsilon.set(m.epsilon)
             case Publish(topic=topic, payload=payload):
                 self._on_publish(topic, payload)
             case _:

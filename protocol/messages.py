@@ -160,3 +160,5 @@ class RoundMetrics:
     train_loss: float | None = None
     train_accuracy: float | None = None
     at: float = 0.0
+    #: DP-FedAvg: the run's privacy loss epsilon after this round, at the job's delta
+    epsilon: float | None = None

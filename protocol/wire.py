@@ -423,6 +423,8 @@ def encode_metrics(m: RoundMetrics) -> bytes:
     }
     for key in _OPTIONAL_METRICS:
         doc[key] = getattr(m, key)
+    if m.epsilon is not None:  # only DP runs have one; other documents stay as they were
+        doc["epsilon"] = m.epsilon
     return _json_dump(doc)
 
 
@@ -453,5 +455,6 @@ def decode_metrics(payload: bytes) -> RoundMetrics:
         bytes_down=f.integer("bytes_down"),
         raw_bytes_up=f.integer("raw_bytes_up"),
         at=f.number("at", 0.0),
+        epsilon=f.number("epsilon", 0.0) if f.present("epsilon") else None,
         **optional,
     )

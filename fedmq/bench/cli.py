@@ -60,6 +60,54 @@ def cmd_w1(args: argparse.Namespace) -> int:
     return _finish("w1", begun, doc, out, report(doc))
 
 
+def cmd_personal(args: argparse.Namespace) -> int:
+    from fedmq.bench.personal import PersonalOptions, report, run_personal
+
+    opts = PersonalOptions(
+        agents=args.agents,
+        rounds=args.rounds,
+        data_dir=args.data,
+        finetune_epochs=args.finetune_epochs,
+        mu=args.mu,
+        threads=args.threads,
+    )
+    begun = begin()
+    doc = run_personal(opts)
+    return _finish("personal", begun, doc, args.out or RESULTS_DIR / "personal.json", report(doc))
+
+
+def cmd_strategies(args: argparse.Namespace) -> int:
+    from fedmq.bench.strategies import (
+        DEFAULT_SERVER_OPTS,
+        StrategiesOptions,
+        report,
+        run_strategies,
+    )
+
+    def given(values: list[Any] | None, default: tuple[Any, ...]) -> tuple[Any, ...]:
+        """The repeated flag's values, without 'none'; the default if the flag is absent."""
+        return default if values is None else tuple(v for v in values if v not in (None, "none"))
+
+    opts = StrategiesOptions(
+        variant=args.variant,
+        agents=args.agents,
+        rounds=args.rounds,
+        task=args.task,
+        data_dir=args.data,
+        threads=args.threads,
+        server_opts=given(args.server_opt, DEFAULT_SERVER_OPTS),
+        mus=given(args.mu, (0.01,)),
+        sample_fractions=given(args.sample_fraction, (0.5,)),
+        dp_noises=given(args.dp_noise, (0.1, 1.0)),
+        dp_clip=args.dp_clip,
+        dp_delta=args.dp_delta,
+    )
+    begun = begin()
+    doc = run_strategies(opts)
+    name = f"strategies-{args.variant}"
+    return _finish("strategies", begun, doc, args.out or RESULTS_DIR / f"{name}.json", report(doc))
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
     from fedmq.bench.ingest import DEFAULT_CODECS, DEFAULT_TASKS, IngestOptions, run_ingest
 
@@ -145,6 +193,8 @@ def register(sub: Any) -> None:
     bench = sub.add_parser("bench", help="benchmarks: print figures, write them as JSON")
     which = bench.add_subparsers(dest="bench", required=True)
     _add_w1(which)
+    _add_strategies(which)
+    _add_personal(which)
     _add_ingest(which)
     _add_scale(which)
     _add_footprint(which)
@@ -168,6 +218,56 @@ def _add_w1(which: Any) -> None:
     p.add_argument("--no-centralised", action="store_true", help="skip the centralised baseline")
     _add_out(p)
     p.set_defaults(func=cmd_w1)
+
+
+def _add_personal(which: Any) -> None:
+    p = which.add_parser(
+        "personal", help="W1-noniid in process: FedAvg, fine-tuning, FedPer, FedProx per agent"
+    )
+    p.add_argument("--agents", type=int, default=20)
+    p.add_argument("--rounds", type=int, default=20)
+    p.add_argument("--finetune-epochs", type=int, default=1, help="local epochs on the final model")
+    p.add_argument("--mu", type=float, default=0.01, help="FedProx's mu for its row")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--data", type=Path, help="MNIST directory (default: ../shared/data/mnist)")
+    _add_out(p)
+    p.set_defaults(func=cmd_personal)
+
+
+def _number_or_none(value: str) -> float | None:
+    if value == "none":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"want a number or 'none', got {value!r}") from None
+
+
+def _add_strategies(which: Any) -> None:
+    p = which.add_parser(
+        "strategies",
+        help="W1 in process through the real round machine: server optimisers, FedProx, "
+             "sampling, DP-FedAvg (accuracy and epsilon)",
+    )
+    p.add_argument("--variant", choices=("iid", "noniid"), default="noniid")
+    p.add_argument("--agents", type=int, default=20)
+    p.add_argument("--rounds", type=int, default=20)
+    p.add_argument("--task", default="mnist-2nn")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--data", type=Path, help="MNIST directory (default: ../shared/data/mnist)")
+    p.add_argument("--server-opt", action="append", metavar="SPEC",
+                   help="repeatable: a row per server optimiser ('none' for no row; default: "
+                        "fedavgm, fedadam, fedyogi, fedadagrad with their defaults)")
+    p.add_argument("--mu", action="append", metavar="MU", type=_number_or_none,
+                   help="repeatable: a FedProx row per mu ('none' for no row; default 0.01)")
+    p.add_argument("--sample-fraction", action="append", metavar="F", type=_number_or_none,
+                   help="repeatable: a row asking this fraction each round (default 0.5)")
+    p.add_argument("--dp-noise", action="append", metavar="Z", type=_number_or_none,
+                   help="repeatable: a DP-FedAvg row per noise multiplier (default 0.1 and 1)")
+    p.add_argument("--dp-clip", type=float, default=1.0, help="DP rows' clip norm C")
+    p.add_argument("--dp-delta", type=float, default=1e-5, help="DP rows' delta")
+    _add_out(p)
+    p.set_defaults(func=cmd_strategies)
 
 
 def _add_ingest(which: Any) -> None:

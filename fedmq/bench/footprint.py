@@ -2,10 +2,14 @@
 
 - Memory: real agent processes on a private Mosquitto. Each is measured idle
   (its presence is online and no round has been announced) and again after a
-  coordinator in this process has run it through a few rounds, when ``VmHWM``
-  is its peak while training. Torch-free agents are ``fedmq swarm --count 1``
-  (numpy trainer); the torch agent is ``fedmq agent --threads 1``. Whether
-  torch is loaded is read from the process's memory map, not assumed.
+  coordinator in this process has run it through a few rounds; its ``VmHWM`` is
+  reset in between (``/proc/PID/clear_refs``), so the peak is training's own,
+  not start-up's (an MNIST agent peaks while parsing the dataset). Agents are
+  what a device runs: ``fedmq agent`` with ``--trainer numpy`` (torch-free) or
+  ``--trainer torch --threads 1``; ``fedmq swarm --count 1`` (the simulator's
+  numpy agent) is kept for
+  comparison with earlier figures. Whether torch is loaded is read from the
+  process's memory map, not assumed.
 - Import time: seconds to import a set of modules in a fresh interpreter
   (``perf_counter`` around the import statement), the median of several runs.
 - Disk: the installed size of the base distribution set (what
@@ -47,7 +51,9 @@ AGENT_PACKAGES = ("protocol", "edge_agent", "fedmq")
 IMPORTS = {
     "agent runtime without torch (edge_agent.mqtt, numpy_trainer, fedmq.tasks)":
         "edge_agent.mqtt, edge_agent.numpy_trainer, fedmq.tasks",
-    "fedmq.cli (what `fedmq agent` / `fedmq swarm` import before running)": "fedmq.cli",
+    "fedmq.agent_cli, fedmq.launch (what `fedmq agent` imports before running)":
+        "fedmq.agent_cli, fedmq.launch",
+    "fedmq.cli (what every other command imports)": "fedmq.cli",
     "torch trainer (edge_agent.torch_trainer, imports torch)": "edge_agent.torch_trainer",
 }
 IMPORT_RUNS = 5
@@ -62,13 +68,14 @@ class AgentCase:
 
     name: str
     task: str
-    torch: bool
+    #: ``torch`` or ``numpy``: ``fedmq agent --trainer``; ``swarm``: ``fedmq swarm --count 1``
+    runner: str
 
     def command(self, url: str, job: str, data_dir: Path | None) -> list[str]:
-        if self.torch:
+        if self.runner != "swarm":
             cmd = [sys.executable, "-m", "fedmq", "agent", "--broker", url, "--job", job,
                    "--task", self.task, "--shard", "0/20", "--agent-id", "agent-0",
-                   "--threads", "1"]
+                   "--trainer", self.runner, "--threads", "1"]
         else:
             cmd = [sys.executable, "-m", "fedmq", "swarm", "--broker", url, "--job", job,
                    "--task", self.task, "--count", "1", "--of", "20",
@@ -77,9 +84,11 @@ class AgentCase:
 
 
 CASES = (
-    AgentCase("numpy agent, mnist-logreg (W1 shard of MNIST)", "mnist-logreg", torch=False),
-    AgentCase("numpy agent, linreg (synthetic, 100 rows)", "linreg", torch=False),
-    AgentCase("torch agent, mnist-2nn (W1 shard, 1 thread)", "mnist-2nn", torch=True),
+    AgentCase("numpy agent, linreg (synthetic, 100 rows)", "linreg", runner="numpy"),
+    AgentCase("numpy agent, mnist-logreg (W1 shard of MNIST)", "mnist-logreg", runner="numpy"),
+    AgentCase("numpy agent, mnist-2nn (W1 shard, MLP in numpy)", "mnist-2nn", runner="numpy"),
+    AgentCase("torch agent, mnist-2nn (W1 shard, 1 thread)", "mnist-2nn", runner="torch"),
+    AgentCase("swarm of 1 (numpy), linreg (synthetic, 100 rows)", "linreg", runner="swarm"),
 )
 
 
@@ -117,7 +126,7 @@ def _train(url: str, job: str, task_name: str, data_dir: Path | None) -> None:
 
 def measure_agent(case: AgentCase, url: str, data_dir: Path | None) -> dict[str, Any]:
     """Idle, then trained: one agent process's memory."""
-    job = re.sub(r"[^a-z0-9]+", "-", f"fp-{case.task}-{'torch' if case.torch else 'numpy'}")
+    job = re.sub(r"[^a-z0-9]+", "-", f"fp-{case.task}-{case.runner}")
     online = OnlineWatch(url, job, "agent-0")
     env = {**os.environ, **ONE_THREAD_ENV}
     proc = subprocess.Popen(case.command(url, job, data_dir), env=env,
@@ -127,6 +136,7 @@ def measure_agent(case: AgentCase, url: str, data_dir: Path | None) -> dict[str,
             raise TimeoutError(f"{case.name}: not online in {ONLINE_TIMEOUT_S} s")
         idle = usage(proc.pid)
         torch_idle = loaded(proc.pid, "/torch/")
+        peak_reset = reset_peak(proc.pid)  # else VmHWM is start-up's peak (parsing MNIST)
         _train(url, job, case.task, data_dir)
         trained = usage(proc.pid)
         torch_trained = loaded(proc.pid, "/torch/")
@@ -138,9 +148,19 @@ def measure_agent(case: AgentCase, url: str, data_dir: Path | None) -> dict[str,
         "command": " ".join(case.command("URL", job, data_dir)),
         "idle": _usage_dict(idle),
         "after_training": _usage_dict(trained),
-        "peak_rss_while_training": trained.peak_rss,
+        "peak_rss_while_training": trained.peak_rss if peak_reset else None,
+        "peak_rss_since_start": trained.peak_rss,
         "torch_loaded": {"idle": torch_idle, "after_training": torch_trained},
     }
+
+
+def reset_peak(pid: int) -> bool:
+    """Restart ``pid``'s ``VmHWM`` from its current RSS (``clear_refs`` 5); False if refused."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
 
 
 def _usage_dict(u: Usage) -> dict[str, Any]:
@@ -245,14 +265,18 @@ def run_footprint(data_dir: Path | None = None) -> dict[str, Any]:
     return {"agents": agents, "import_s": imports, "installed_bytes": installed_size()}
 
 
+def _maybe_bytes(n: int | None) -> str:
+    return "not measured (clear_refs refused)" if n is None else human_bytes(n)
+
+
 def report(doc: dict[str, Any]) -> str:
     lines = []
     for a in doc["agents"]:
         lines.append(
             f"{a['case']}: idle RSS {human_bytes(a['idle']['rss'])} (anon "
             f"{human_bytes(a['idle']['rss_anon'])}, file {human_bytes(a['idle']['rss_file'])}; "
-            f"peak so far {human_bytes(a['idle']['peak_rss'])}), peak while training "
-            f"{human_bytes(a['peak_rss_while_training'])}, torch loaded: "
+            f"peak at start-up {human_bytes(a['idle']['peak_rss'])}), peak while training "
+            f"{_maybe_bytes(a['peak_rss_while_training'])}, torch loaded: "
             f"{a['torch_loaded']['after_training']}"
         )
     for name, t in doc["import_s"].items():

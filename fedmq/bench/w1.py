@@ -13,7 +13,8 @@ What is measured, and how:
   (seen through the coordinator's ``on_action``), so agent start-up and data
   loading are excluded, as the reference excludes them;
 - per round: test accuracy and loss, ``RoundMetrics.duration_s``, payload bytes
-  up and down (and raw float32 bytes up);
+  up and down (and raw float32 bytes up), and the peak RSS so far (``VmHWM``) of
+  the coordinator's process and of agent-0, read as the round closes;
 - peak RSS: the coordinator's is this process's ``VmHWM`` read when the fedmq
   run ends (before the reference runs here); each agent's is its ``VmHWM`` read
   after the run, before it is stopped; the broker's is its ``VmHWM`` before it is stopped.
@@ -79,8 +80,12 @@ class _Clock:
     the machine's and our processes' CPU seconds at those moments."""
 
     pids: list[int | str] = field(default_factory=lambda: ["self"])
+    #: whose peak RSS each round's row also records, besides this process's
+    agent_pid: int | None = None
     first_opened: float | None = None
     closed: list[tuple[float, RoundMetrics]] = field(default_factory=list)
+    #: per closed round: peak RSS so far of this process and of ``agent_pid``
+    peak_rss: list[tuple[int, int | None]] = field(default_factory=list)
     cpu_at_open: tuple[float, float] = (0.0, 0.0)
     cpu_at_close: tuple[float, float] = (0.0, 0.0)
 
@@ -91,6 +96,8 @@ class _Clock:
         elif isinstance(action, RoundClosed):
             self.closed.append((time.monotonic(), action.metrics))
             self.cpu_at_close = (system_cpu_s(), cpu_s(self.pids))
+            agent = usage(self.agent_pid).peak_rss if self.agent_pid else None
+            self.peak_rss.append((usage().peak_rss, agent))
 
     def foreign_cpu_s(self) -> float:
         """CPU seconds used between round 1 and the last close by processes not ours."""
@@ -165,6 +172,7 @@ def run_fedmq(opts: W1Options, logs: Path) -> dict[str, Any]:
 
         clock.pids = ["self", *([broker.pid] if broker and broker.pid else []),
                       *(p.pid for p in procs)]
+        clock.agent_pid = procs[0].pid
         watcher = ExitWatcher(procs, on_exit)
         timer = threading.Timer(opts.timeout_s, node.stop, args=("bench timeout",))
         timer.start()
@@ -191,7 +199,9 @@ def run_fedmq(opts: W1Options, logs: Path) -> dict[str, Any]:
             "startup_s": round(clock.first_opened - started, 3),
             "wall_s": round(closed[-1][0] - clock.first_opened, 4),
             "foreign_cpu_s": clock.foreign_cpu_s(),
-            "rounds": [_round_row(m) for _, m in closed],
+            "rounds": [
+                _round_row(m, rss) for (_, m), rss in zip(closed, clock.peak_rss, strict=True)
+            ],
             "peak_rss": {
                 "coordinator": coordinator.peak_rss,
                 "agent_0": agents[0].peak_rss,
@@ -207,7 +217,7 @@ def run_fedmq(opts: W1Options, logs: Path) -> dict[str, Any]:
         }
 
 
-def _round_row(m: RoundMetrics) -> dict[str, Any]:
+def _round_row(m: RoundMetrics, peak_rss: tuple[int, int | None]) -> dict[str, Any]:
     return {
         "round": m.round,
         "accuracy": m.accuracy,
@@ -218,6 +228,8 @@ def _round_row(m: RoundMetrics) -> dict[str, Any]:
         "raw_bytes_up": m.raw_bytes_up,
         "accepted": m.accepted,
         "closed_by": m.closed_by.value,
+        "peak_rss_coordinator": peak_rss[0],
+        "peak_rss_agent_0": peak_rss[1],
     }
 
 
@@ -338,7 +350,8 @@ def report(doc: dict[str, Any]) -> str:
     run, ref = doc["fedmq"], doc.get("reference")
     cen = doc.get("centralised")
     lines = [
-        "round  acc(fedmq)  acc(ref)  acc(central)  s(fedmq)  s(ref)   up        down",
+        "round  acc(fedmq)  acc(ref)  acc(central)  s(fedmq)  s(ref)   up        down"
+        "      peak RSS coordinator / agent-0",
     ]
     for i, r in enumerate(run["rounds"]):
         ref_acc = f"{ref['accuracy'][i]:.4f}" if ref else "-"
@@ -347,7 +360,8 @@ def report(doc: dict[str, Any]) -> str:
         lines.append(
             f"{r['round']:>5}  {r['accuracy']:.4f}      {ref_acc:<8}  {cen_acc:<12}  "
             f"{r['seconds']:<8.3f}  {ref_s:<7}  {human_bytes(r['bytes_up']):<8}  "
-            f"{human_bytes(r['bytes_down'])}"
+            f"{human_bytes(r['bytes_down']):<8}  {human_bytes(r['peak_rss_coordinator'])} / "
+            f"{human_bytes(r['peak_rss_agent_0']) if r['peak_rss_agent_0'] else '-'}"
         )
     for name, rows in doc["repeats"].items():
         walls = ", ".join(

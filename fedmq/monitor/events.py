@@ -156,6 +156,8 @@ def describe(event: MonitorEvent) -> str:
             return f"{job}: {s.phase.value} round {s.round}/{s.rounds}{left}"
         case RoundSeen(job=job, metrics=m):
             acc = f"acc {m.accuracy:.4f}" if m.accuracy is not None else "acc -"
+            if m.epsilon is not None:
+                acc += f", epsilon {m.epsilon:.3g}"
             rejected = sum(m.rejected.values())
             return (
                 f"{job}: round {m.round} closed by {m.closed_by.value}: {m.accepted} accepted, "

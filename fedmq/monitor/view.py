@@ -70,7 +70,10 @@ def job_panel(view: JobView, now: float) -> Panel:
     if last is not None:
         acc = f"{last.accuracy:.4f}" if last.accuracy is not None else "-"
         loss = f"{last.loss:.4f}" if last.loss is not None else "-"
-        lines.append(Text(f"last     accuracy {acc}   loss {loss}   (round {last.round})"))
+        eps = f"   epsilon {last.epsilon:.3g}" if last.epsilon is not None else ""
+        lines.append(
+            Text(f"last     accuracy {acc}   loss {loss}{eps}   (round {last.round})")
+        )
     if view.model is not None:
         m = view.model
         what = "final" if m.done else f"round {m.round}"

@@ -51,6 +51,11 @@ def agent_data(
     return data.x_train[rows], data.y_train[rows]
 
 
+def release_datasets() -> None:
+    """Drop the cached datasets: a one-agent process keeps its shard (a copy) and no more."""
+    _load.cache_clear()
+
+
 def test_data(task: Task, data_cfg: DataConfig) -> tuple[Inputs, Targets]:
     """The held-out test set (read-only arrays) for server-side evaluation."""
     data = load_dataset(task, data_cfg)

@@ -71,6 +71,16 @@ _BUILTIN: dict[str, Task] = {
             load=load_mnist,
             description="MNIST, the FedAvg paper's CNN (two 5x5 convs, 1,663,370 parameters)",
         ),
+        Task(
+            name="mnist-2nn-per",
+            model=ModelSpec("mlp", (784, 200, 200, 10)),
+            kind="classification",
+            # FedPer: the classifier head stays on each device (edge_agent/personal.py)
+            plan=TrainPlan(1, 32, 0.05, 0, options={"local_layers": "4.weight,4.bias"}),
+            load=load_mnist,
+            partition="shards",
+            description="MNIST 2NN with a personal head per device (FedPer), non-IID shards",
+        ),
     )
 }
 

@@ -2,7 +2,9 @@
 
 Tolerance: both compute in float32 but sum in different orders, so weights
 agree to ``ATOL`` (one W1-shaped round from the same start differed by at most
-1.2e-7 on mnist-logreg and linreg when this was written); metrics to 1e-5 relative.
+1.2e-7 on mnist-logreg and linreg when this was written; for MLPs, one round from shard 0
+differed by at most 8.9e-8 on blobs (10-100-10), 4.5e-8 on digits (64-64-10) and 1.5e-8 on
+W1's 2NN, 07:37 UTC); metrics to 1e-5 relative.
 """
 
 from __future__ import annotations
@@ -71,6 +73,42 @@ def test_linear_regression_matches_torch() -> None:
     assert evaluated["mse"] == pytest.approx(torch_t.evaluate(want.weights)["mse"], rel=1e-5)
 
 
+@pytest.mark.parametrize(
+    ("plan", "round_no"),
+    [(W1_PLAN, 1), (TrainPlan(epochs=3, batch_size=7, lr=0.2, seed=5), 4)],
+)
+def test_mlp_matches_torch(plan: TrainPlan, round_no: int) -> None:
+    task = get_task("mlp")  # MLP 10-100-10 on 500 blob rows
+    numpy_t, torch_t, _ = _pair("mlp", task.model, shard=2, shards=10)
+    start = initial_weights(task.model, seed=0)
+    got = numpy_t.train(start, plan, round_no)
+    want = torch_t.train(start, plan, round_no)
+    _assert_same(got.weights, want.weights)
+    assert list(got.weights) == list(want.weights)  # nn.Sequential's names and order
+    assert got.metrics["accuracy"] == want.metrics["accuracy"]
+    assert got.metrics["loss"] == pytest.approx(want.metrics["loss"], rel=1e-5)
+    evaluated = numpy_t.evaluate(got.weights)
+    assert evaluated["loss"] == pytest.approx(torch_t.evaluate(want.weights)["loss"], rel=1e-5)
+
+
+def test_digits_mlp_matches_torch() -> None:
+    task = get_task("digits")  # MLP 64-64-10, the demo task
+    numpy_t, torch_t, _ = _pair("digits", task.model, shard=0, shards=10)
+    start = initial_weights(task.model, seed=0)
+    got, want = numpy_t.train(start, task.plan, 1), torch_t.train(start, task.plan, 1)
+    _assert_same(got.weights, want.weights)
+
+
+@pytest.mark.skipif(not (REPO_MNIST_DIR / TEST_IMAGES).is_file(), reason="real MNIST absent")
+def test_mnist_2nn_w1_round_matches_torch() -> None:
+    task = get_task("mnist-2nn")
+    numpy_t, torch_t, _ = _pair("mnist-2nn", task.model, shard=0, shards=20)
+    start = initial_weights(task.model, seed=0)
+    got, want = numpy_t.train(start, task.plan, 1), torch_t.train(start, task.plan, 1)
+    _assert_same(got.weights, want.weights)
+    assert got.metrics["accuracy"] == want.metrics["accuracy"]
+
+
 @pytest.mark.skipif(not (REPO_MNIST_DIR / TEST_IMAGES).is_file(), reason="real MNIST absent")
 def test_mnist_logreg_w1_round_matches_torch() -> None:
     task = get_task("mnist-logreg")
@@ -105,8 +143,8 @@ def test_zero_epochs_returns_the_weights_and_their_metrics() -> None:
 def test_refuses_what_it_cannot_train() -> None:
     task = get_task("mlp")
     x, y = agent_data(task, DataConfig(), 0, 10)
-    with pytest.raises(ValueError, match="linear"):
-        NumpyTrainer(task.model, task.kind, x, y, index=0)
+    with pytest.raises(ValueError, match="cnn"):
+        NumpyTrainer(ModelSpec("cnn"), task.kind, x, y, index=0)
     trainer = NumpyTrainer(ModelSpec("linear", (10, 10)), task.kind, x, y, index=0)
     with pytest.raises(ValueError, match="shape"):
         trainer.train({"0.weight": np.zeros((10, 9), np.float32),

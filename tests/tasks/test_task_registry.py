@@ -39,7 +39,9 @@ NOT_A_TASK = 42
 
 
 def test_builtin_names() -> None:
-    assert TASKS == ("digits", "mlp", "linreg", "mnist-logreg", "mnist-2nn", "mnist-cnn")
+    assert TASKS == (
+        "digits", "mlp", "linreg", "mnist-logreg", "mnist-2nn", "mnist-cnn", "mnist-2nn-per"
+    )
     for name in TASKS:
         assert get_task(name).name == name
 
@@ -49,6 +51,12 @@ def test_mnist_2nn_is_w1() -> None:
     assert task.model == ModelSpec("mlp", (784, 200, 200, 10))
     assert task.plan == TrainPlan(epochs=1, batch_size=32, lr=0.05, seed=0)
     assert task.kind == "classification" and task.partition == "iid"
+
+
+def test_mnist_2nn_per_is_w1_noniid_with_a_personal_head() -> None:
+    task, w1 = get_task("mnist-2nn-per"), get_task("mnist-2nn")
+    assert task.model == w1.model and task.partition == "shards"
+    assert task.plan == TrainPlan(1, 32, 0.05, 0, options={"local_layers": "4.weight,4.bias"})
 
 
 def test_unknown_task_lists_builtins() -> None:
