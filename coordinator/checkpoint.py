@@ -9,14 +9,13 @@ checkpoint, never a torn one.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgpack
 
+from edge_agent.durable import atomic_write
 from protocol import (
     RoundMetrics,
     Weights,
@@ -129,24 +128,8 @@ def _dp_round(entry: object) -> tuple[float, float]:
 
 
 def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
-    """Atomically replace ``path`` with ``ckpt``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = encode_checkpoint(ckpt)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    """Atomically and durably replace ``path`` with ``ckpt``."""
+    atomic_write(path, encode_checkpoint(ckpt))
 
 
 def load_checkpoint(path: Path) -> Checkpoint:

@@ -44,6 +44,8 @@ BIN_BITS = 40
 NORMALIZE_EVERY = 2**12
 #: the weight range that keeps every term a multiple of 2**-201 below 2**181
 MAX_WEIGHT = float(2**53)
+#: integer weights below this times a float32 (24 bits) are exact float64 products
+_EXACT_WEIGHT = float(2**29)
 #: the lowest bin a term in range can reach: 2**(40 * -6) = 2**-240 < 2**-201
 _J_MIN = -6
 
@@ -155,7 +157,8 @@ def _lowest_bin(magnitudes: Lane, weight: float, float32: bool) -> int:
 
     A float64 term ``t`` with ``2**(e - 1) <= |t| < 2**e`` is a multiple of ``2**(e - 53)``.
     A float32 value ``v`` is a multiple of ``2**(ev - 24)``, and an integer weight ``w``
-    keeps that (rounding the product only drops lower bits), where ``ev >= e - ew - 1``.
+    keeps that (rounding the product only drops lower bits), where ``ev >= e - ew - 1``;
+    below ``2**29`` the product is exact and ``ev`` is read off ``|t| / w`` exactly.
     The smallest nonzero term bounds every term's lowest bit from below. It is found on
     the terms' bit patterns, where a nonzero magnitude's order is its integer order and
     ``pattern - 1`` sends zero to the largest integer; ``magnitudes`` is scratch and is
@@ -165,7 +168,9 @@ def _lowest_bin(magnitudes: Lane, weight: float, float32: bool) -> int:
     np.subtract(bits, np.uint64(1), out=bits)
     smallest = float(np.array(bits.min() + np.uint64(1), np.uint64).view(np.float64))
     e = math.frexp(smallest)[1]
-    if float32 and float(weight).is_integer():
+    if float32 and float(weight).is_integer() and weight < _EXACT_WEIGHT:
+        lowest_bit = math.frexp(smallest / weight)[1] - 24  # the product was exact: so is this
+    elif float32 and float(weight).is_integer():
         lowest_bit = e - math.frexp(weight)[1] - 25
     else:
         lowest_bit = e - 53

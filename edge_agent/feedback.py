@@ -11,12 +11,12 @@ References: Seide et al., "1-Bit Stochastic Gradient Descent" (Interspeech 2014)
 Stich, Cordonnier and Jaggi, "Sparsified SGD with Memory" (NeurIPS 2018);
 Karimireddy et al., "Error Feedback Fixes SignSGD" (ICML 2019).
 
-Invariants: numpy, msgpack and protocol only; no clock, no threads. A residual
-belongs to one run (its ``scope``) and one set of tensor shapes; anything else
-starts from zero. Files are touched only by :func:`save_residual` and
-:func:`load_residual`, which the adapter calls; writes are atomic and durable
-(:func:`edge_agent.durable.atomic_write`) and use msgpack with the wire's tensor
-encoding, never pickle.
+Invariants: numpy and protocol only; no clock, no threads. A residual belongs
+to one run (its ``scope``) and one set of tensor shapes; anything else starts
+from zero. Files are touched only by :func:`save_residual` and
+:func:`load_residual`, which the adapter calls: an :mod:`edge_agent.statefile`
+document of type ``residual`` with a ``scope`` field, written atomically and
+durably, never pickle.
 """
 
 from __future__ import annotations
@@ -25,14 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import numpy as np
 
-from edge_agent.durable import atomic_write
-from protocol import Weights, WireError, decode_delta, decode_weights, encode_delta, encode_weights
+from edge_agent.statefile import load_doc, save_doc
+from protocol import Weights, WireError, decode_delta, encode_delta
 from protocol.compress import codec_pipeline
 
 _VERSION = 1
+_RESIDUAL = "residual"
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,9 +102,7 @@ def save_residual(path: Path, state: Residual | None) -> None:
     if state is None:
         path.unlink(missing_ok=True)
         return
-    tensors = encode_weights(state.tensors)
-    doc = {"v": _VERSION, "type": "residual", "scope": state.scope, "tensors": tensors}
-    atomic_write(path, msgpack.packb(doc, use_bin_type=True))
+    save_doc(path, _RESIDUAL, _VERSION, state.tensors, {"scope": state.scope})
 
 
 def load_residual(path: Path) -> Residual | None:
@@ -113,21 +111,11 @@ def load_residual(path: Path) -> Residual | None:
     Raises:
         ValueError: for a file that is not a residual of this version, or corrupt.
     """
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
+    loaded = load_doc(path, _RESIDUAL, _VERSION)
+    if loaded is None:
         return None
-    try:
-        doc = msgpack.unpackb(data, raw=False, strict_map_key=True)
-    except Exception as exc:  # msgpack raises several unrelated types for bad bytes
-        raise ValueError(f"{path}: unreadable residual ({exc})") from None
-    if not isinstance(doc, dict) or doc.get("type") != "residual" or doc.get("v") != _VERSION:
-        raise ValueError(f"{path}: not a version-{_VERSION} fedmq residual")
+    doc, tensors = loaded
     scope = doc.get("scope")
     if not isinstance(scope, str):
         raise ValueError(f"{path}: residual without a scope")
-    try:
-        tensors = decode_weights(doc.get("tensors"))
-    except WireError as exc:
-        raise ValueError(f"{path}: corrupt residual ({exc.detail})") from None
     return Residual(scope, tensors)

@@ -8,9 +8,10 @@ Layout, under ``{state_dir}/{agent_id}/``:
 - ``device-model.msgpack``: the device's own model (personal layers, local
   inference), written by :mod:`edge_agent.device_model`.
 
-Invariants: every write is :func:`edge_agent.durable.atomic_write` (msgpack, the
-wire's tensor encoding, never pickle); an update the agent has sent is never
-stored (the residual is what it did *not* send); a file that does not load is
+Invariants: every file is an :mod:`edge_agent.statefile` document (msgpack, the
+wire's tensor encoding, never pickle, written atomically and durably); an update
+the agent has sent is never stored (the residual is what it did *not* send, the
+device model holds the global layers as received); a file that does not load is
 set aside as ``NAME.corrupt`` with the reason logged, and the agent starts
 without it instead of crashing; temporary files a power cut left are removed
 unread.
@@ -23,11 +24,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import msgpack
-
-from edge_agent.durable import atomic_write, stray_temporaries
+from edge_agent.durable import stray_temporaries
 from edge_agent.feedback import Residual, load_residual
-from protocol import ModelAnnouncement, Weights, WireError, decode_weights, encode_weights
+from edge_agent.statefile import load_doc, save_doc
+from protocol import ModelAnnouncement, Weights
 
 log = logging.getLogger("fedmq.agent.state")
 
@@ -62,16 +62,8 @@ class StateDir:
                 stray.unlink(missing_ok=True)
 
     def save_model(self, model: ModelAnnouncement) -> None:
-        doc = {
-            "v": _VERSION,
-            "type": _MODEL_TYPE,
-            "job": model.job,
-            "run": model.run,
-            "round": model.round,
-            "done": model.done,
-            "tensors": encode_weights(model.weights),
-        }
-        atomic_write(self.path / MODEL_NAME, msgpack.packb(doc, use_bin_type=True))
+        fields = {"job": model.job, "run": model.run, "round": model.round, "done": model.done}
+        save_doc(self.path / MODEL_NAME, _MODEL_TYPE, _VERSION, model.weights, fields)
 
     def load_model(self) -> SavedModel | None:
         """The last saved global model; ``None`` if none, or if it is unusable (logged)."""
@@ -106,23 +98,13 @@ class StateDir:
 
 def _read_model(path: Path) -> SavedModel | None:
     """Raises: ValueError for a file that is not a version-1 saved global model."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
+    loaded = load_doc(path, _MODEL_TYPE, _VERSION)
+    if loaded is None:
         return None
-    try:
-        doc = msgpack.unpackb(data, raw=False, strict_map_key=True)
-    except Exception as exc:  # msgpack raises several unrelated types for bad bytes
-        raise ValueError(f"unreadable msgpack ({exc})") from None
-    if not isinstance(doc, dict) or doc.get("type") != _MODEL_TYPE or doc.get("v") != _VERSION:
-        raise ValueError(f"not a version-{_VERSION} fedmq {_MODEL_TYPE}")
+    doc, weights = loaded
     job, run, round_no, done = doc.get("job"), doc.get("run"), doc.get("round"), doc.get("done")
     if not (isinstance(job, str) and isinstance(run, str) and isinstance(done, bool)):
-        raise ValueError("job, run or done missing")
+        raise ValueError(f"{path}: job, run or done missing")
     if not isinstance(round_no, int) or isinstance(round_no, bool) or round_no < 0:
-        raise ValueError(f"bad round {round_no!r}")
-    try:
-        weights = decode_weights(doc.get("tensors"))
-    except WireError as exc:
-        raise ValueError(f"corrupt tensors ({exc.detail})") from None
-    return SavedModel(job, run, round_no, {n: a.copy() for n, a in weights.items()}, done)
+        raise ValueError(f"{path}: bad round {round_no!r}")
+    return SavedModel(job, run, round_no, weights, done)
