@@ -5,8 +5,10 @@ high-water mark, ``VmHWM``, read while the process lives. Not ``ru_maxrss``
 from ``wait4``: on exec, Linux folds the old address space's high-water mark
 into it, and a child spawned by ``subprocess`` (vfork) starts in its parent's,
 so a small agent spawned by a 300 MB benchmark would report 300 MB. Hence
-children are measured alive, then stopped (:func:`stop_all`). Nothing here
-imports torch.
+children are measured alive, then stopped (:func:`stop_all`). ``VmHWM`` is
+``max(hiwater, current RSS)`` with the kernel updating ``hiwater`` lazily, so a
+later read can be a few pages lower than an earlier one: callers that read it
+more than once keep the largest value they saw. Nothing here imports torch.
 """
 
 from __future__ import annotations

@@ -97,7 +97,17 @@ class _Clock:
             self.closed.append((time.monotonic(), action.metrics))
             self.cpu_at_close = (system_cpu_s(), cpu_s(self.pids))
             agent = usage(self.agent_pid).peak_rss if self.agent_pid else None
-            self.peak_rss.append((usage().peak_rss, agent))
+            coordinator = usage().peak_rss
+            if self.peak_rss:  # VmHWM can read lower later (see measure.py): keep the max seen
+                before_c, before_a = self.peak_rss[-1]
+                coordinator = max(coordinator, before_c)
+                agent = max(agent, before_a) if agent and before_a else agent
+            self.peak_rss.append((coordinator, agent))
+
+    def peak(self, final: int, which: int) -> int:
+        """The larger of a final ``VmHWM`` read and the last per-round one (0 or 1)."""
+        seen = self.peak_rss[-1][which] if self.peak_rss else None
+        return max(final, seen or 0)
 
     def foreign_cpu_s(self) -> float:
         """CPU seconds used between round 1 and the last close by processes not ours."""
@@ -192,6 +202,7 @@ def run_fedmq(opts: W1Options, logs: Path) -> dict[str, Any]:
         agents = [u for u, _ in stopped if u is not None]
         if len(agents) != opts.agents:
             raise RuntimeError(f"only {len(agents)} of {opts.agents} agents alive at the end")
+        agent_0 = clock.peak(agents[0].peak_rss, 1)
         return {
             "job": job,
             "broker": url,
@@ -203,9 +214,9 @@ def run_fedmq(opts: W1Options, logs: Path) -> dict[str, Any]:
                 _round_row(m, rss) for (_, m), rss in zip(closed, clock.peak_rss, strict=True)
             ],
             "peak_rss": {
-                "coordinator": coordinator.peak_rss,
-                "agent_0": agents[0].peak_rss,
-                "agent_max": max(a.peak_rss for a in agents),
+                "coordinator": clock.peak(coordinator.peak_rss, 0),
+                "agent_0": agent_0,
+                "agent_max": max(agent_0, *(a.peak_rss for a in agents)),
                 "broker": broker_usage.peak_rss if broker_usage else None,
             },
             "cpu_s": {
