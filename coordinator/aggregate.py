@@ -82,14 +82,24 @@ class Layout:
         Raises:
             ValueError: naming the tensor.
         """
+        self.check_shapes(delta)
+        for name in self.shapes:
+            arr = delta[name]
+            # max and min propagate NaN and see Inf without a temporary the model's size
+            if arr.size and not (math.isfinite(arr.max()) and math.isfinite(arr.min())):
+                raise ValueError(f"delta {name!r} is not finite")
+
+    def check_shapes(self, delta: Weights) -> None:
+        """Refuse a delta with a missing or misshapen tensor.
+
+        Raises:
+            ValueError: naming the tensor.
+        """
         for name, shape in self.shapes.items():
             arr = delta.get(name)
             if arr is None or arr.shape != shape:
                 got = None if arr is None else arr.shape
                 raise ValueError(f"delta {name!r}: want shape {shape}, got {got}")
-            # max and min propagate NaN and see Inf without a temporary the model's size
-            if arr.size and not (math.isfinite(arr.max()) and math.isfinite(arr.min())):
-                raise ValueError(f"delta {name!r} is not finite")
 
     def unflatten(self, flat: npt.NDArray[np.float64]) -> Weights:
         """Float32 tensors from a flat float64 vector of means of float32 values (which fit)."""
@@ -113,16 +123,18 @@ class WeightedMean:
         self._layout = Layout(shapes)
         self._sum = ExactSum(self._layout.size)
         self._count = 0
-        self._total = Fraction(0)
+        self._total: Fraction | int = 0  # exact: sample counts are integers
 
     def add(self, delta: Weights, weight: float) -> None:
         w = float(weight) if self._by_samples else 1.0
         if not 1.0 <= w <= 2.0**53:
             raise ValueError(f"weight must be positive (a sample count), got {weight}")
-        self._layout.check(delta)  # all or nothing: a bad tensor must not leave a partial sum
+        # All or nothing: a bad tensor must not leave a partial sum. ExactSum refuses a
+        # non-finite value before it changes anything, so only shapes are checked here.
+        self._layout.check_shapes(delta)
         self._sum.add_parts([delta[name] for name in self._layout.slices], w)
         self._count += 1
-        self._total += Fraction(w)
+        self._total += int(w) if w.is_integer() else Fraction(w)
 
     def result(self) -> Aggregate:
         if self._count == 0:

@@ -15,6 +15,7 @@ evicted first, and sets older than ``ttl_s`` expire.
 from __future__ import annotations
 
 import hashlib
+import io
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -44,8 +45,9 @@ def is_chunk_frame(payload: bytes) -> bool:
     Reads map entries only up to the ``type`` field, skipping (not decoding)
     the values before it, so it is cheap even for a large message.
     """
-    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=max(len(payload), 1))
-    unpacker.feed(payload)
+    # read from a file, not fed: feeding copies the whole payload into the unpacker
+    unpacker = msgpack.Unpacker(io.BytesIO(payload), raw=False, read_size=4096,
+                                max_buffer_size=max(len(payload), 4096))
     try:
         for _ in range(unpacker.read_map_header()):
             if unpacker.unpack() == "type":

@@ -94,11 +94,14 @@ def dequantise(entry: Mapping[str, Any], q: Quantiser, m: int, what: str) -> Flo
 
     Raises:
         WireError: BAD_CODEC for a field the quantiser does not write, a wrong
-            dtype or count, |q| above the levels or a step <= 0; MALFORMED,
-            TOO_LARGE or NON_FINITE from the array decoder.
+            dtype or count, |q| above the levels or a step <= 0; NON_FINITE
+            when ``q * scale`` overflows; MALFORMED, TOO_LARGE or NON_FINITE
+            from the array decoder.
     """
     if q.float_dtype is not None:
-        floats: Floats = _field(entry, "val", q.float_dtype, m, what).astype(np.float32)
+        floats: Floats = _field(entry, "val", q.float_dtype, m, what).astype(
+            np.float32, copy=False
+        )
         return floats
     ints = _field(entry, "q", "|i1", m, what)
     block = q.block or max(m, 1)
@@ -108,8 +111,10 @@ def dequantise(entry: Mapping[str, Any], q: Quantiser, m: int, what: str) -> Flo
         raise WireError(RejectReason.BAD_CODEC, f"{what}.scale: steps must be > 0")
     if m and int(np.abs(ints.astype(np.int16)).max()) > q.levels:
         raise WireError(RejectReason.BAD_CODEC, f"{what}.q: |q| > {q.levels} levels")
-    with np.errstate(over="ignore"):  # an absurd step overflows: the caller rejects Inf
+    with np.errstate(over="ignore"):  # an absurd step overflows: refused just below
         values: Floats = ints.astype(np.float32) * np.repeat(step, block)[:m]
+    if not np.isfinite(values).all():
+        raise WireError(RejectReason.NON_FINITE, f"{what}: q times scale is not finite")
     return values
 
 

@@ -55,6 +55,27 @@ def test_every_frame_fits_the_cap() -> None:
     assert is_chunk_frame(encode_manifest(manifest))
 
 
+@pytest.mark.parametrize(
+    ("doc", "expected"),
+    [
+        ({"data": b"x" * 300_000, "type": "chunk"}, True),  # found past a large value
+        ({"data": b"x" * 300_000, "type": "update"}, False),
+        ({"type": "chunked", "data": b"x" * 10}, True),
+        ({"data": b"x" * 10}, False),
+    ],
+)
+def test_chunk_frames_are_told_by_their_type_field(doc: dict[str, Any], expected: bool) -> None:
+    assert is_chunk_frame(msgpack.packb(doc)) is expected
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"", b"\xc1", msgpack.packb([1, 2]), msgpack.packb({"data": b"x" * 300_000})[:-10]],
+)
+def test_what_is_not_a_map_or_is_cut_short_is_not_a_chunk_frame(payload: bytes) -> None:
+    assert is_chunk_frame(payload) is False
+
+
 def test_a_cap_below_the_minimum_is_refused() -> None:
     with pytest.raises(ValueError, match="max_payload"):
         split(b"x" * 5000, MIN_MAX_PAYLOAD - 1)
