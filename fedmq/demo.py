@@ -133,5 +133,10 @@ def _print_summary(s: dict[str, object], message: str) -> None:
     up, down = s["bytes_up"], s["bytes_down"]
     assert isinstance(up, int) and isinstance(down, int)
     ratio = s.get("compression_ratio_up")
-    vs_raw = f" ({ratio:.1f}x smaller than raw float32)" if isinstance(ratio, float) else ""
+    if not isinstance(ratio, float):
+        vs_raw = ""
+    elif ratio > 1.05:
+        vs_raw = f" ({ratio:.1f}x smaller than raw float32)"
+    else:
+        vs_raw = " (raw float32: --codec none)"
     print(f"  payload bytes  up {human_bytes(up)}{vs_raw}, down {human_bytes(down)}")
