@@ -33,6 +33,7 @@ from fedmq.bundle import (
 from fedmq.cli import UNSIGNED_NOTICE, _signed_config, main, parser
 from fedmq.credentials import mosquitto_hash
 from fedmq.provision import Deployment, provision
+from tests.needs import require_program
 
 AGENTS = ("pi-0", "pi-1", "pi-2")
 SECRETS = {"ca.key", "server.key", "signing.key", "password", "passwd"}
@@ -102,10 +103,10 @@ def test_every_user_has_a_pbkdf2_hash_of_its_own_password(fleet: Path):
     assert len({e.split("$")[3] for e in entries.values()}) == len(entries)  # fresh salts
 
 
-@pytest.mark.skipif(shutil.which("mosquitto_passwd") is None, reason="needs mosquitto_passwd")
 def test_the_hash_matches_mosquitto_passwd(tmp_path: Path):
     path = tmp_path / "pw"
-    subprocess.run(["mosquitto_passwd", "-c", "-b", str(path), "alice", "s3cret"], check=True)
+    passwd = require_program("mosquitto_passwd")
+    subprocess.run([passwd, "-c", "-b", str(path), "alice", "s3cret"], check=True)
     _, theirs = path.read_text().strip().split(":", 1)
     salt = base64.b64decode(theirs.split("$")[3])
     assert mosquitto_hash("s3cret", salt) == theirs

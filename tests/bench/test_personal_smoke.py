@@ -10,11 +10,8 @@ import pytest
 
 from fedmq.bench.personal import ROW_LABELS, PersonalOptions, own_accuracy, report, run_personal
 from fedmq.cli import main
-from fedmq.tasks.mnist import REPO_MNIST_DIR, TEST_IMAGES
 
-needs_mnist = pytest.mark.skipif(
-    not (REPO_MNIST_DIR / TEST_IMAGES).is_file(), reason="real MNIST absent"
-)
+needs_mnist = pytest.mark.usefixtures("real_mnist")
 
 
 def test_own_accuracy_weights_labels_by_the_agents_mix() -> None:

@@ -19,11 +19,8 @@ from edge_agent.swarm import MemberState, Swarm
 from fedmq.bench import fleet, footprint, ingest, scale, w1
 from fedmq.bench.measure import stop_all, usage
 from fedmq.broker import LocalBroker
-from fedmq.tasks.mnist import REPO_MNIST_DIR, TEST_IMAGES
 
-needs_mnist = pytest.mark.skipif(
-    not (REPO_MNIST_DIR / TEST_IMAGES).is_file(), reason="real MNIST absent"
-)
+needs_mnist = pytest.mark.usefixtures("real_mnist")
 
 
 @pytest.mark.integration

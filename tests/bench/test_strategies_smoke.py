@@ -10,11 +10,8 @@ import pytest
 from coordinator.privacy import PrivacyLedger
 from fedmq.bench.strategies import StrategiesOptions, report, run_strategies
 from fedmq.cli import main
-from fedmq.tasks.mnist import REPO_MNIST_DIR, TEST_IMAGES
 
-needs_mnist = pytest.mark.skipif(
-    not (REPO_MNIST_DIR / TEST_IMAGES).is_file(), reason="real MNIST absent"
-)
+needs_mnist = pytest.mark.usefixtures("real_mnist")
 
 
 @needs_mnist

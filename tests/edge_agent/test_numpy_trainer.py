@@ -19,7 +19,6 @@ import pytest
 from edge_agent.numpy_trainer import NumpyTrainer
 from edge_agent.torch_trainer import TorchTrainer, initial_weights
 from fedmq.tasks import DataConfig, ModelSpec, agent_data, get_task
-from fedmq.tasks.mnist import REPO_MNIST_DIR, TEST_IMAGES
 from protocol import TrainPlan
 
 ATOL = 1e-5
@@ -99,7 +98,7 @@ def test_digits_mlp_matches_torch() -> None:
     _assert_same(got.weights, want.weights)
 
 
-@pytest.mark.skipif(not (REPO_MNIST_DIR / TEST_IMAGES).is_file(), reason="real MNIST absent")
+@pytest.mark.usefixtures("real_mnist")
 def test_mnist_2nn_w1_round_matches_torch() -> None:
     task = get_task("mnist-2nn")
     numpy_t, torch_t, _ = _pair("mnist-2nn", task.model, shard=0, shards=20)
@@ -109,7 +108,7 @@ def test_mnist_2nn_w1_round_matches_torch() -> None:
     assert got.metrics["accuracy"] == want.metrics["accuracy"]
 
 
-@pytest.mark.skipif(not (REPO_MNIST_DIR / TEST_IMAGES).is_file(), reason="real MNIST absent")
+@pytest.mark.usefixtures("real_mnist")
 def test_mnist_logreg_w1_round_matches_torch() -> None:
     task = get_task("mnist-logreg")
     numpy_t, torch_t, _ = _pair("mnist-logreg", task.model, shard=0, shards=20)

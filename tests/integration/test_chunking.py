@@ -16,6 +16,7 @@ from fedmq.tasks import DataConfig, Task, agent_data, get_task
 from fedmq.tasks.mnist import find_mnist_dir
 from protocol import ClosedBy, Phase, Weights, decode_model
 from protocol.chunks import Reassembler
+from tests.needs import unavailable
 
 pytestmark = pytest.mark.integration
 
@@ -52,7 +53,7 @@ def test_cnn_trains_through_a_128k_payload_cap(capped_broker: LocalBroker,
     try:
         data = DataConfig(data_dir=find_mnist_dir(None))
     except FileNotFoundError as exc:
-        pytest.skip(f"MNIST not available: {exc}")
+        unavailable(f"MNIST not available: {exc}")
     job, cnn = "chunked-cnn", get_task("mnist-cnn")
     watcher = TopicWatcher(capped_broker.url, job)
     config = RoundConfig(job=job, task="mnist-cnn", rounds=2, plan=cnn.plan, min_agents=3,

@@ -45,7 +45,7 @@ from edge_agent.connection import BrokerURL, Session, make_client
 from edge_agent.mqtt import AgentNode, run_fleet
 from edge_agent.torch_trainer import initial_weights
 from edge_agent.trainer import TrainResult
-from fedmq.broker import BrokerError, LocalBroker, find_mosquitto, free_port
+from fedmq.broker import LocalBroker, free_port
 from fedmq.bundle import load_agent_keys, load_signing_key, load_verify_key, read_password
 from fedmq.credentials import mosquitto_hash
 from fedmq.launch import AgentSettings, Connection, build_agent, build_coordinator
@@ -60,6 +60,7 @@ from protocol import (
     encode_model,
 )
 from protocol.signing import COORDINATOR_SIGNER, Purpose, SigningKey, seal
+from tests.needs import require_mosquitto
 
 pytestmark = pytest.mark.integration
 
@@ -82,12 +83,7 @@ def fleet_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def private_broker(conf: Path, port: int | None = None) -> LocalBroker:
     """A private broker from ``conf``, to start with ``with``; without Mosquitto, fail under
     CI and skip elsewhere (as tests/conftest.py's fixtures do)."""
-    try:
-        find_mosquitto()
-    except BrokerError as exc:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI needs Mosquitto: {exc}", pytrace=False)
-        pytest.skip(str(exc))
+    require_mosquitto()
     return LocalBroker(conf, port=port, extra_config=RUN_AS)
 
 

@@ -11,8 +11,7 @@ import pytest
 
 from fedmq.tasks import DataConfig, mnist
 from fedmq.tasks.mnist import load_mnist, read_csv_sample, read_idx, read_images, read_labels
-
-REAL = mnist.REPO_MNIST_DIR
+from tests.needs import require_mnist
 
 
 def _idx(path: Path, magic: int, array: np.ndarray, dims: tuple[int, ...] | None = None) -> Path:
@@ -44,9 +43,7 @@ def _write_csv(path: Path, rows: np.ndarray) -> None:
 
 @pytest.fixture(scope="module")
 def real_dir() -> Path:
-    if not (REAL / mnist.TEST_IMAGES).is_file():
-        pytest.skip(f"real MNIST not present in {REAL}")
-    return REAL
+    return require_mnist()
 
 
 def test_w1_split_from_real_files(real_dir: Path) -> None:

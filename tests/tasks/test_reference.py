@@ -11,7 +11,7 @@ import pytest
 
 from fedmq import reference
 from fedmq.reference import fedavg, run_centralised, run_reference, send_delta
-from fedmq.tasks import mnist
+from tests.needs import require_mnist
 
 #: DESIGN.md, "Workload W1": accuracy after rounds 1, 2, 3 (IID)
 W1_FIRST_ROUNDS = [0.2052, 0.5182, 0.5864]
@@ -23,8 +23,7 @@ TOLERANCE = 0.001
 
 @pytest.fixture(scope="module")
 def mnist_dir() -> None:
-    if not (mnist.REPO_MNIST_DIR / mnist.TEST_IMAGES).is_file():
-        pytest.skip(f"real MNIST not present in {mnist.REPO_MNIST_DIR}")
+    require_mnist()
 
 
 def test_fedavg_is_the_sample_weighted_mean() -> None:
