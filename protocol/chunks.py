@@ -15,7 +15,6 @@ evicted first, and sets older than ``ttl_s`` expire.
 from __future__ import annotations
 
 import hashlib
-import io
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ import msgpack
 
 from protocol.errors import RejectReason, WireError
 from protocol.messages import SCHEMA_VERSION
+from protocol.peek import peek_fields
 
 #: msgpack framing around a chunk's data is well under this many bytes
 FRAME_OVERHEAD = 160
@@ -42,20 +42,12 @@ def _digest(payload: bytes) -> str:
 def is_chunk_frame(payload: bytes) -> bool:
     """Whether ``payload`` is a chunk frame or a manifest rather than a whole message.
 
-    Reads map entries only up to the ``type`` field, skipping (not decoding)
-    the values before it, so it is cheap even for a large message.
+    Cheap even for a large message (:func:`protocol.peek.peek_fields`).
     """
-    # read from a file, not fed: feeding copies the whole payload into the unpacker
-    unpacker = msgpack.Unpacker(io.BytesIO(payload), raw=False, read_size=4096,
-                                max_buffer_size=max(len(payload), 4096))
     try:
-        for _ in range(unpacker.read_map_header()):
-            if unpacker.unpack() == "type":
-                return unpacker.unpack() in ("chunk", "chunked")
-            unpacker.skip()
-    except Exception:  # not a msgpack map: certainly not a chunk frame
+        return peek_fields(payload, ("type",)).get("type") in ("chunk", "chunked")
+    except ValueError:  # not a msgpack map: certainly not a chunk frame
         return False
-    return False
 
 
 @dataclass(frozen=True, slots=True)

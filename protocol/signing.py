@@ -36,6 +36,7 @@ import msgpack
 
 from protocol.errors import RejectReason, WireError
 from protocol.messages import SCHEMA_VERSION
+from protocol.peek import peek_fields
 from protocol.topics import check_id
 
 if TYPE_CHECKING:
@@ -209,17 +210,11 @@ def seal(
 
 
 def is_signed(payload: bytes) -> bool:
-    """Whether ``payload`` is an envelope. Cheap: reads entries up to ``type``, skips values."""
-    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=max(len(payload), 1))
-    unpacker.feed(payload)
+    """Whether ``payload`` is an envelope; cheap (:func:`protocol.peek.peek_fields`)."""
     try:
-        for _ in range(unpacker.read_map_header()):
-            if unpacker.unpack() == "type":
-                return bool(unpacker.unpack() == "signed")
-            unpacker.skip()
-    except Exception:  # not a msgpack map: certainly not an envelope
+        return bool(peek_fields(payload, ("type",)).get("type") == "signed")
+    except ValueError:  # not a msgpack map: certainly not an envelope
         return False
-    return False
 
 
 def decode_signed(payload: bytes, max_body_bytes: int) -> Signed:

@@ -96,13 +96,12 @@ class _Clock:
         elif isinstance(action, RoundClosed):
             self.closed.append((time.monotonic(), action.metrics))
             self.cpu_at_close = (system_cpu_s(), cpu_s(self.pids))
+            # VmHWM can read lower later (see measure.py): keep the largest value seen
+            seen_c, seen_a = self.peak_rss[-1] if self.peak_rss else (0, None)
             agent = usage(self.agent_pid).peak_rss if self.agent_pid else None
-            coordinator = usage().peak_rss
-            if self.peak_rss:  # VmHWM can read lower later (see measure.py): keep the max seen
-                before_c, before_a = self.peak_rss[-1]
-                coordinator = max(coordinator, before_c)
-                agent = max(agent, before_a) if agent and before_a else agent
-            self.peak_rss.append((coordinator, agent))
+            self.peak_rss.append(
+                (max(usage().peak_rss, seen_c), max(agent or 0, seen_a or 0) or None)
+            )
 
     def peak(self, final: int, which: int) -> int:
         """The larger of a final ``VmHWM`` read and the last per-round one (0 or 1)."""

@@ -22,12 +22,10 @@ Rules of this module:
 
 from __future__ import annotations
 
-import io
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgpack
 from typing_extensions import assert_never
 
 from fedmq.monitor.events import (
@@ -54,6 +52,7 @@ from protocol import (
     decode_status,
     parse_topic,
 )
+from protocol.peek import peek_fields
 
 #: rounds kept per job; the table shows the newest few, the rest only bounds memory
 MAX_ROUNDS_KEPT = 1000
@@ -273,19 +272,10 @@ def peek_model_header(payload: bytes) -> dict[str, Any]:
     """
     if len(payload) > MAX_MODEL_BYTES:
         raise WireError(RejectReason.TOO_LARGE, f"model: {len(payload)} bytes")
-    unpacker = msgpack.Unpacker(
-        io.BytesIO(payload), raw=False, strict_map_key=True, max_buffer_size=max(len(payload), 1)
-    )
-    found: dict[str, Any] = {}
     try:
-        for _ in range(unpacker.read_map_header()):
-            key = unpacker.unpack()
-            if key in _MODEL_HEADER_KEYS:
-                found[key] = unpacker.unpack()
-            else:
-                unpacker.skip()
-    except Exception as exc:  # msgpack raises several unrelated types for bad input
-        raise WireError(RejectReason.MALFORMED, f"model: not a msgpack map ({exc})") from None
+        found = peek_fields(payload, _MODEL_HEADER_KEYS)
+    except ValueError as exc:
+        raise WireError(RejectReason.MALFORMED, f"model: {exc}") from None
     if found.get("v") != SCHEMA_VERSION or found.get("type") != "model":
         raise WireError(RejectReason.BAD_VERSION, f"model: version {found.get('v')!r}")
     try:
