@@ -7,9 +7,11 @@ References:
 
 Invariants: candidates are only agents the round machine knows to be online
 (and eligible: provisioned, of an allowed device class), so an offline agent is
-never asked; the draw is a function of the candidate set, the size, the policy
-and the seed words alone (candidates are sorted first), so a seed reproduces
-every cohort of a run, resumed or not.
+never asked; the draw is the rule of :mod:`protocol.cohort` (a seeded hash of
+run, round and agent), a function of the candidates, the size, the policy and
+the seed alone, so a seed reproduces every cohort of a run, resumed or not, and
+the announcement carries the rule, not the names: its size does not grow with
+the fleet.
 """
 
 from __future__ import annotations
@@ -18,34 +20,10 @@ import math
 from collections.abc import Mapping
 from fractions import Fraction
 
-import numpy as np
-
 from coordinator.config import RoundConfig
 from coordinator.open_round import OpenRound
-from protocol import Presence, RejectReason, WireError, decode_presence
-
-
-def select_cohort(
-    candidates: Mapping[str, int | None], size: int, policy: str, rng: np.random.Generator
-) -> frozenset[str]:
-    """``size`` distinct agents drawn from ``candidates`` (id -> advertised sample count).
-
-    ``uniform`` gives every candidate the same chance; ``by-samples`` draws in
-    proportion to the advertised sample count (an agent that advertises none, or
-    zero, weighs 1), so data-rich devices are asked more often. Asking for at
-    least as many as there are returns them all.
-    """
-    ids = sorted(candidates)
-    if size >= len(ids):
-        return frozenset(ids)
-    if size <= 0:
-        return frozenset()
-    if policy == "by-samples":
-        weights = np.array([max(candidates[a] or 0, 1) for a in ids], np.float64)
-        chosen = rng.choice(len(ids), size=size, replace=False, p=weights / weights.sum())
-    else:
-        chosen = rng.choice(len(ids), size=size, replace=False)
-    return frozenset(ids[int(i)] for i in chosen)
+from protocol import CohortRule, Presence, RejectReason, WireError, decode_presence
+from protocol.cohort import draw, everyone
 
 
 class Roster:
@@ -120,24 +98,34 @@ class CohortPolicy:
         candidates: frozenset[str],
         size: int,
         presences: Mapping[str, Presence],
+        *,
+        run: str,
         round_no: int,
-        attempt: int,
-    ) -> frozenset[str]:
-        """``size`` of ``candidates``, drawn with the run's seed for this round and attempt."""
+        keep: frozenset[str] = frozenset(),
+    ) -> tuple[frozenset[str], CohortRule | None]:
+        """``keep`` and ``size`` more of ``candidates``, and the rule announcing them (None
+        when a round asks every agent online)."""
         cfg = self._config
-        rng = np.random.default_rng([cfg.sample_seed, round_no, attempt])
+        if not cfg.names_cohort:
+            return keep | candidates, None
+        devices = tuple(sorted(cfg.device_classes)) if cfg.device_classes is not None else None
+        if cfg.sample_fraction is None and cfg.sample_count is None:
+            return keep | candidates, everyone(devices)  # a device-class filter alone
         offered = {a: p.samples if (p := presences.get(a)) else None for a in candidates}
-        return select_cohort(offered, size, cfg.sample_policy, rng)
+        return draw(offered, size, seed=cfg.sample_seed, run=run, round_no=round_no,
+                    by_samples=cfg.sample_policy == "by-samples", keep=keep, devices=devices)
 
     def top_up(
-        self, rs: OpenRound, eligible: frozenset[str], presences: Mapping[str, Presence]
-    ) -> frozenset[str]:
-        """A retried round's cohort: with a drawn cohort, topped up to its size with agents
-        not asked yet, in place of those that declined or went offline (silent ones still
-        online may yet answer); otherwise every eligible agent online."""
-        if not self._config.names_cohort:
-            return rs.cohort | eligible
+        self, rs: OpenRound, online: frozenset[str], presences: Mapping[str, Presence], run: str
+    ) -> None:
+        """Set a retried round's cohort (and its rule): with a drawn cohort, topped up to its
+        size with eligible agents not asked yet, in place of those that declined or went
+        offline (silent ones still online may yet answer); otherwise every eligible agent
+        online. The eligible agents join the round's pool (DP's sampling rate)."""
+        eligible = self.eligible(online, presences)
+        rs.pool |= eligible
         waiting = (rs.cohort - rs.answered) & eligible
         short = rs.cohort_target - len(rs.accepted) - len(waiting)
-        newcomers = self.draw(eligible - rs.cohort, short, presences, rs.number, rs.attempt)
-        return rs.cohort | newcomers
+        rs.cohort, rs.cohort_rule = self.draw(
+            eligible - rs.cohort, short, presences, run=run, round_no=rs.number, keep=rs.cohort
+        )

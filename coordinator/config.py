@@ -60,7 +60,7 @@ class RoundConfig:
     sample_policy: SamplePolicy = "uniform"
     #: only agents whose presence names one of these device classes take part (None: any)
     device_classes: frozenset[str] | None = None
-    #: cohorts are drawn with numpy.random.default_rng([sample_seed, round, attempt])
+    #: cohorts are drawn by a hash of (sample_seed, run, round, agent) (protocol/cohort.py)
     sample_seed: int = 0
     #: DP-FedAvg (coordinator/privacy.py): the noise multiplier z (None: no DP) ...
     dp_noise: float | None = None
@@ -70,6 +70,8 @@ class RoundConfig:
     #: the noise is drawn with numpy.random.default_rng([dp_seed, round]): keep it secret
     dp_seed: int = 0
     evaluate: bool = True
+    #: the status goes out on every phase change, and otherwise at most this often
+    status_interval_s: float = 0.5
     max_update_bytes: int = 64 * 1024 * 1024
     #: the broker's payload cap; larger models and updates travel as chunks (0: no cap)
     max_payload: int = 0
@@ -115,6 +117,8 @@ class RoundConfig:
             raise ValueError("on_short_round must be 'retry' or 'stop'")
         if self.max_payload and self.max_payload < MIN_MAX_PAYLOAD:
             raise ValueError(f"max_payload must be 0 (no cap) or >= {MIN_MAX_PAYLOAD} bytes")
+        if not 0 <= self.status_interval_s < float("inf"):
+            raise ValueError(f"status_interval_s must be >= 0, got {self.status_interval_s}")
         if self.max_retries < 0 or self.retry_backoff < 1.0:
             raise ValueError("max_retries must be >= 0 and retry_backoff >= 1")
         if self.agent_keys is not None:
@@ -156,8 +160,10 @@ class RoundConfig:
         if self.sample_policy not in SAMPLE_POLICIES:
             raise ValueError(f"sample policy must be one of {SAMPLE_POLICIES}")
         devices = self.device_classes
-        if devices is not None and not (devices and all(0 < len(d) <= 64 for d in devices)):
-            raise ValueError("device classes must be non-empty names of <= 64 chars")
+        if devices is not None and not (
+            0 < len(devices) <= 64 and all(0 < len(d) <= 64 for d in devices)
+        ):
+            raise ValueError("device classes: 1 to 64 non-empty names of <= 64 chars")
 
     def _check_patience(self) -> None:
         if self.patience is not None and (self.patience < 1 or not self.evaluate):

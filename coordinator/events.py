@@ -33,10 +33,15 @@ class UpdateArrived:
 
 @dataclass(frozen=True, slots=True)
 class PresenceArrived:
-    """Raw bytes on ``.../agents/{agent}``; an empty payload clears a retained presence."""
+    """Raw bytes on ``.../agents/{agent}``; an empty payload clears a retained presence.
+
+    ``retained``: the broker replayed it from its store on subscribing, rather than
+    forwarding it as an agent (or its last will) published it.
+    """
 
     agent: str
     payload: bytes
+    retained: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +59,8 @@ class Evaluated:
 
 @dataclass(frozen=True, slots=True)
 class StopRequested:
-    """The operator asked the run to end (Ctrl-C, SIGTERM)."""
+    """The operator asked the coordinator to stop (Ctrl-C, SIGTERM): the run stays
+    resumable, so nothing final is published."""
 
     reason: str
 
@@ -121,7 +127,8 @@ class RoundClosed:
 
 @dataclass(frozen=True, slots=True)
 class Stop:
-    """The run is over; ``phase`` is DONE or FAILED and ``message`` says why."""
+    """The coordinator's work is over; ``phase`` is DONE or FAILED (the run ended) or
+    STOPPED (an operator's stop: resumable), and ``message`` says why."""
 
     phase: Phase
     message: str

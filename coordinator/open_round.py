@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from coordinator.aggregate import Aggregator
 from coordinator.optimisers import OptState
-from protocol import ClosedBy, RoundMetrics, Update, Weights
+from protocol import ClosedBy, CohortRule, RoundMetrics, Update, Weights
 
 
 def _finite(value: float | None) -> float | None:
@@ -53,6 +53,8 @@ class OpenRound:
     cohort_target: int = 0
     #: every eligible agent online at one of the round's draws: q = cohort / pool for DP
     pool: set[str] = field(default_factory=set)
+    #: how the announcement names ``cohort`` (None: every agent online is asked)
+    cohort_rule: CohortRule | None = None
 
     @property
     def answered(self) -> set[str]:

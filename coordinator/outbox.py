@@ -7,20 +7,24 @@ The round machine decides *what* to say; this module says it on the wire. Pure:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 from coordinator.config import RoundConfig
 from coordinator.open_round import OpenRound
 from protocol import (
+    CohortRule,
     ModelAnnouncement,
     Phase,
     Publish,
+    RollCall,
     RoundMetrics,
     Status,
     Topics,
     Weights,
     encode_metrics,
     encode_model,
+    encode_rollcall,
     encode_status,
     weights_digest,
 )
@@ -57,12 +61,12 @@ class Outbox:
         round_no: int,
         attempt: int,
         deadline_s: float,
-        cohort: frozenset[str],
+        cohort_rule: CohortRule | None,
         weights: Weights,
         model_id: str,
         now: float,
     ) -> bytes:
-        """A round's model announcement; it names the cohort when the round asks one."""
+        """A round's model announcement; its rule names the cohort when the round asks one."""
         cfg = self._config
         return encode_model(
             ModelAnnouncement(
@@ -76,9 +80,9 @@ class Outbox:
                 codec=cfg.codec,
                 deadline_s=deadline_s,
                 weights=downlink_weights(weights, cfg.downlink),
-                cohort=tuple(sorted(cohort)) if cfg.names_cohort else None,
                 issued_at=self.wall(now),
                 max_payload=cfg.max_payload,
+                cohort_rule=cohort_rule,
             )
         )
 
@@ -131,6 +135,12 @@ class Outbox:
         job = self._config.job
         return seal(model, Purpose.MODEL, job=job, run=run, signer=COORDINATOR_SIGNER, key=key)
 
+    def rollcall(self, *, run: str, now: float) -> Publish:
+        """Ask every agent connected to announce itself now (not retained: only those
+        connected answer, and agents connecting later announce themselves anyway)."""
+        call = RollCall(job=self._config.job, run=run, at=self.wall(now))
+        return Publish(self.topics.rollcall, encode_rollcall(call), retain=False)
+
     def metrics(self, metrics: RoundMetrics) -> Publish:
         """A round's metrics, retained: the last one is what a newcomer sees first."""
         return Publish(self.topics.metrics, encode_metrics(metrics), retain=True)
@@ -172,3 +182,30 @@ class Outbox:
             message=message,
         )
         return Publish(self.topics.status, encode_status(status), retain=True)
+
+
+class StatusPacer:
+    """When the status may go out: at once for a phase change, else at most once per
+    ``interval_s``; a change held back is due at the end of the interval (the round
+    machine wakes for it), so the status is never more than ``interval_s`` stale."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self._sent_at = -math.inf
+        #: when a held-back status must go out (None: nothing held back)
+        self.due: float | None = None
+
+    def sent(self, now: float) -> None:
+        self._sent_at, self.due = now, None
+
+    def may_send(self, now: float) -> bool:
+        """True if a change may be published now; otherwise it is held back until ``due``."""
+        if now - self._sent_at >= self.interval_s:
+            return True
+        if self.due is None:
+            self.due = self._sent_at + self.interval_s
+        return False
+
+    def ready(self, now: float) -> bool:
+        """Whether a held-back status is due."""
+        return self.due is not None and now >= self.due

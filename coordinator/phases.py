@@ -24,10 +24,12 @@ class Trigger(enum.Enum):
     EVALUATE = "evaluate"
     #: a round is committed and the next one announced
     NEXT = "next"
-    #: the run ends well: rounds done, target reached, stalled, or stopped
+    #: the run ends well: rounds done, target reached, or stalled
     FINISH = "finish"
     #: a short round has no retries left
     FAIL = "fail"
+    #: the operator stopped the coordinator: the run stays resumable, nothing is final
+    HALT = "halt"
 
 
 _TRANSITIONS: dict[tuple[Phase, Trigger], Phase] = {
@@ -40,6 +42,9 @@ _TRANSITIONS: dict[tuple[Phase, Trigger], Phase] = {
     (Phase.TRAINING, Trigger.FAIL): Phase.FAILED,
     (Phase.EVALUATING, Trigger.NEXT): Phase.TRAINING,
     (Phase.EVALUATING, Trigger.FINISH): Phase.DONE,
+    (Phase.WAITING, Trigger.HALT): Phase.STOPPED,
+    (Phase.TRAINING, Trigger.HALT): Phase.STOPPED,
+    (Phase.EVALUATING, Trigger.HALT): Phase.STOPPED,
 }
 
 

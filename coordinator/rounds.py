@@ -48,7 +48,7 @@ from coordinator.events import (
 )
 from coordinator.global_model import GlobalModel
 from coordinator.open_round import OpenRound
-from coordinator.outbox import Outbox
+from coordinator.outbox import Outbox, StatusPacer
 from coordinator.phases import Trigger, next_phase
 from coordinator.stopping import stop_reason
 from coordinator.validation import Intake, RunView
@@ -79,6 +79,7 @@ class Rounds:
         """``wall_offset`` turns monotonic ``now`` into Unix time for the wire."""
         self.config = config
         self._outbox = Outbox(config, wall_offset=wall_offset)
+        self._pacer = StatusPacer(config.status_interval_s)
         self.topics = self._outbox.topics
         self._cohorts = CohortPolicy(config)
         self._roster = Roster()
@@ -106,6 +107,12 @@ class Rounds:
 
     @property
     def finished(self) -> bool:
+        """This coordinator's work is over: the run ended, or the operator stopped it."""
+        return self._phase in (Phase.DONE, Phase.FAILED, Phase.STOPPED)
+
+    @property
+    def ended(self) -> bool:
+        """The run itself is over (done or failed): nothing can resume it."""
         return self._phase in (Phase.DONE, Phase.FAILED)
 
     @property
@@ -139,9 +146,10 @@ class Rounds:
 
     def next_deadline(self) -> float | None:
         """When the adapter must send a :class:`Tick`, or None if nothing is timed."""
+        due = [self._pacer.due] if self._pacer.due is not None else []
         if self._phase is Phase.TRAINING and self._round is not None:
-            return self._round.deadline
-        return None
+            due.append(self._round.deadline)
+        return min(due, default=None)
 
     # --- the one entry point ----------------------------------------------------------
 
@@ -150,8 +158,8 @@ class Rounds:
         match event:
             case BrokerConnected():
                 return self._on_connected(now)
-            case PresenceArrived(agent=agent, payload=payload):
-                return self._on_presence(agent, payload, now)
+            case PresenceArrived(agent=agent, payload=payload, retained=retained):
+                return [] if retained else self._on_presence(agent, payload, now)
             case UpdateArrived(agent=agent, payload=payload):
                 return self._on_update(agent, payload, now)
             case Tick():
@@ -172,12 +180,14 @@ class Rounds:
             actions.append(self._outbox.metrics(self._history[-1]))
         if self._round is not None and not self.finished:
             actions.extend(self._outbox.model_publishes(self._round.model_payload, run=self._run))
-        elif self.finished:  # DONE or FAILED: both ended by publishing the final model
+        elif self.ended:  # DONE or FAILED: both ended by publishing the final model
             actions.extend(self._final_model(now))
         actions.append(self._status(now))
         if self.finished:
-            actions.append(Stop(self._phase, self._message))
-        return actions
+            return [*actions, Stop(self._phase, self._message)]
+        # Who is online is learnt from live presence only (retained presence is a broker's
+        # memory, possibly stale, and not every broker replays it to a wildcard).
+        return [*actions, self._outbox.rollcall(run=self._run, now=now)]
 
     def _on_presence(self, agent: str, payload: bytes, now: float) -> list[Action]:
         try:
@@ -187,7 +197,7 @@ class Rounds:
         eligible = self._cohorts.eligible(self.agents_online, self._roster.presences)
         if self._phase is Phase.WAITING and len(eligible) >= self.config.min_agents:
             return self._open_round(now)
-        return [self._status(now)]
+        return self._status_soon(now)
 
     def _on_update(self, agent: str, payload: bytes, now: float) -> list[Action]:
         rs = self._round
@@ -213,18 +223,18 @@ class Rounds:
         update, delta = taken
         if delta is None:
             accepting.declined.add(agent)
-            return [self._status(now), *self._maybe_close(now)]
+            return [*self._maybe_close(now)] or self._status_soon(now)
         accepting.aggregator.add(delta, update.samples)
         accepting.tally(update)
         self._roster.alive(agent)
         accepted = UpdateAccepted(agent, accepting.number, len(accepting.accepted),
                                   accepting.quorum)
-        return [accepted, self._status(now), *self._maybe_close(now)]
+        return [accepted, *(self._maybe_close(now) or self._status_soon(now))]
 
     def _on_tick(self, now: float) -> list[Action]:
         rs = self._round
         if self._phase is not Phase.TRAINING or rs is None or now < rs.deadline:
-            return []
+            return [self._status(now)] if self._pacer.ready(now) else []
         if len(rs.accepted) >= self.config.min_replies:
             return self._close(ClosedBy.DEADLINE, now)
         short = (
@@ -240,9 +250,13 @@ class Rounds:
         return self._finish_round(metrics, now)
 
     def _on_stop(self, reason: str, now: float) -> list[Action]:
+        """An operator's stop is not the end of the run: no final model, agents wait, and
+        ``--resume`` continues from the last checkpoint."""
         if self.finished:
             return []
-        return self._end(Trigger.FINISH, f"stopped: {reason}", now)
+        self._fire(Trigger.HALT)
+        self._message = f"stopped ({reason}) after round {self._completed}: resumable"
+        return [self._status(now), Stop(self._phase, self._message)]
 
     # --- round lifecycle ----------------------------------------------------------------
 
@@ -250,7 +264,8 @@ class Rounds:
         """Encode ``rs``'s announcement, count its bytes down, and report it."""
         rs.model_payload = self._outbox.announcement(
             run=self._run, round_no=rs.number, attempt=rs.attempt, deadline_s=rs.deadline_s,
-            cohort=rs.cohort, weights=self._model.weights, model_id=self._model_id, now=now,
+            cohort_rule=rs.cohort_rule, weights=self._model.weights, model_id=self._model_id,
+            now=now,
         )
         publishes = self._outbox.model_publishes(rs.model_payload, run=self._run)
         rs.bytes_down += sum(len(p.payload) for p in publishes) * len(rs.cohort - rs.accepted)
@@ -262,35 +277,17 @@ class Rounds:
         eligible = self._cohorts.eligible(self.agents_online, self._roster.presences)
         number = self._completed + 1
         target = self._cohorts.size(len(eligible))
-        cohort = self._cohorts.draw(eligible, target, self._roster.presences, number, 0)
+        cohort, rule = self._cohorts.draw(eligible, target, self._roster.presences,
+                                          run=self._run, round_no=number)
         quorum = cfg.quorum if cfg.quorum is not None else max(len(cohort), cfg.min_replies)
         self._round = OpenRound(
-            number=number,
-            attempt=0,
-            opened_at=now,
-            deadline=now + cfg.deadline_s,
-            deadline_s=cfg.deadline_s,
-            cohort=cohort,
-            quorum=quorum,
-            aggregator=self._model.aggregator(number, len(cohort)),
-            model_payload=b"",
-            cohort_target=target,
-            pool=set(eligible),
+            number=number, attempt=0, opened_at=now, deadline=now + cfg.deadline_s,
+            deadline_s=cfg.deadline_s, cohort=cohort, quorum=quorum,
+            aggregator=self._model.aggregator(number, len(cohort)), model_payload=b"",
+            cohort_target=target, pool=set(eligible), cohort_rule=rule,
         )
         self._fire(Trigger.OPEN if self._phase is Phase.WAITING else Trigger.NEXT)
         return self._announce(self._round, now)
-
-    def _retry_round(self, now: float) -> list[Action]:
-        rs = self._round
-        assert rs is not None
-        rs.attempt += 1
-        rs.deadline_s = self.config.deadline_s * self.config.retry_backoff**rs.attempt
-        rs.deadline = now + rs.deadline_s
-        eligible = self._cohorts.eligible(self.agents_online, self._roster.presences)
-        rs.pool |= eligible
-        rs.cohort = self._cohorts.top_up(rs, eligible, self._roster.presences)
-        self._fire(Trigger.RETRY)
-        return self._announce(rs, now)
 
     def _maybe_close(self, now: float) -> list[Action]:
         rs = self._round
@@ -307,7 +304,12 @@ class Rounds:
         assert rs is not None
         if self.config.on_short_round == "retry" and rs.attempt < self.config.max_retries:
             self._message = f"{why}; retry {rs.attempt + 1} of {self.config.max_retries}"
-            return self._retry_round(now)
+            rs.attempt += 1
+            rs.deadline_s = self.config.deadline_s * self.config.retry_backoff**rs.attempt
+            rs.deadline = now + rs.deadline_s
+            self._cohorts.top_up(rs, self.agents_online, self._roster.presences, self._run)
+            self._fire(Trigger.RETRY)
+            return self._announce(rs, now)
         tries = f" after {rs.attempt} retries" if rs.attempt else ""
         return self._end(Trigger.FAIL, f"{why}{tries}; stopping", now)
 
@@ -363,12 +365,8 @@ class Rounds:
 
     def checkpoint(self) -> Checkpoint:
         """The state to resume from: the model after the last completed round."""
-        return self._model.checkpoint(
-            run=self._run,
-            completed=self._completed,
-            history=tuple(self._history),
-            rejected=self._rejected_total,
-        )
+        return self._model.checkpoint(run=self._run, completed=self._completed,
+                                      history=tuple(self._history), rejected=self._rejected_total)
 
     def _final_model(self, now: float) -> list[Action]:
         return list(self._outbox.final_model(
@@ -376,16 +374,17 @@ class Rounds:
             model_id=self._model_id, now=now,
         ))
 
+    def _status_soon(self, now: float) -> list[Action]:
+        """The status after a change that is not a phase change, at most every
+        ``status_interval_s`` (a Tick publishes one held back), however many arrive."""
+        return [self._status(now)] if self._pacer.may_send(now) else []
+
     def _status(self, now: float) -> Publish:
+        self._pacer.sent(now)
         return self._outbox.status(
-            run=self._run,
-            phase=self._phase,
-            last_round=self._round,
-            completed=self._completed,
-            agents_online=len(self._roster.online),
-            rejected=self._rejected_total,
-            message=self._message,
-            now=now,
+            run=self._run, phase=self._phase, last_round=self._round, completed=self._completed,
+            agents_online=len(self._roster.online), rejected=self._rejected_total,
+            message=self._message, now=now,
         )
 
     def _reject(

@@ -14,11 +14,28 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any
 
 import numpy as np
 from typing_extensions import assert_never
 
+from edge_agent.events import (
+    AgentAction,
+    AgentEvent,
+    Connected,
+    ModelArrived,
+    ModelRejected,
+    RollCalled,
+    RoundKey,
+    RunFinished,
+    SaveResidual,
+    ShutdownRequested,
+    Subscribe,
+    Train,
+    TrainingDone,
+    TrainingFailed,
+    UpdateSent,
+)
 from edge_agent.feedback import ErrorFeedback, Residual
 from edge_agent.trainer import TrainResult
 from protocol import (
@@ -32,102 +49,17 @@ from protocol import (
     WireError,
     check_id,
     decode_model,
+    decode_rollcall,
     encode_presence,
     encode_update,
 )
-from protocol.chunks import Reassembler, is_chunk_frame, split
+from protocol.chunks import Reassembler, chunk_count, is_chunk_frame, split
+from protocol.cohort import names
 from protocol.fields import DEFAULT_MAX_BYTES
 from protocol.signing import Purpose, SigningKey, VerifyKey, open_model, seal
 
 #: incomplete chunked models older than this are dropped (a round's model is re-sent anyway)
 MODEL_CHUNK_TTL_S = 600.0
-
-#: Identifies what an update answers: (run, round, model_id).
-RoundKey = tuple[str, int, str]
-
-# --- events (in) ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Connected:
-    """The MQTT session is (re)established; the retained model will follow."""
-
-
-@dataclass(frozen=True, slots=True)
-class ModelArrived:
-    """Raw bytes on ``.../model``."""
-
-    payload: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class TrainingDone:
-    """The trainer finished the round named by ``key``."""
-
-    key: RoundKey
-    result: TrainResult
-    train_s: float
-
-
-@dataclass(frozen=True, slots=True)
-class TrainingFailed:
-    """The trainer could not (or was not allowed to) train ``key``; the agent declines."""
-
-    key: RoundKey
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class ShutdownRequested:
-    """The agent is stopping cleanly."""
-
-
-AgentEvent: TypeAlias = Connected | ModelArrived | TrainingDone | TrainingFailed | ShutdownRequested
-
-# --- actions (out) ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Train:
-    """Train on ``model``'s weights and plan, then feed back TrainingDone or TrainingFailed."""
-
-    key: RoundKey
-    model: ModelAnnouncement
-
-
-@dataclass(frozen=True, slots=True)
-class ModelRejected:
-    """A model announcement was refused; the adapter logs it."""
-
-    reason: RejectReason
-    detail: str
-
-
-@dataclass(frozen=True, slots=True)
-class UpdateSent:
-    """An update (or decline) for ``key`` was handed to MQTT; ``resent`` if from the cache."""
-
-    key: RoundKey
-    size: int
-    resent: bool
-
-
-@dataclass(frozen=True, slots=True)
-class RunFinished:
-    """The coordinator published the final model; ``model`` is the device's to keep."""
-
-    model: ModelAnnouncement
-
-
-@dataclass(frozen=True, slots=True)
-class SaveResidual:
-    """The error-feedback residual changed; the adapter persists it (``None``: delete it)."""
-
-    state: Residual | None
-
-
-AgentAction: TypeAlias = Publish | Train | ModelRejected | UpdateSent | RunFinished | SaveResidual
-
 
 @dataclass(slots=True)
 class _Answer:
@@ -179,6 +111,8 @@ class AgentCore:
         self._chunks = Reassembler(
             2 * DEFAULT_MAX_BYTES, ttl_s=MODEL_CHUNK_TTL_S, max_payload_size=DEFAULT_MAX_BYTES
         )
+        #: chunk topics 0 .. n-1 subscribed in this MQTT session
+        self._chunk_topics = 0
         self.models_rejected = 0
 
     @property
@@ -212,9 +146,12 @@ class AgentCore:
         match event:
             case Connected():
                 self._resend_armed = self._answer is not None
+                self._chunk_topics = 0  # a new session: the model's frames name them again
                 return [self._presence(online=True, at=wall)]
             case ModelArrived(payload=payload):
                 return self._on_model(payload, now)
+            case RollCalled(payload=payload):
+                return self._on_rollcall(payload, wall)
             case TrainingDone(key=key, result=result, train_s=train_s):
                 return self._on_trained(key, result, train_s)
             case TrainingFailed(key=key, reason=reason):
@@ -224,12 +161,36 @@ class AgentCore:
             case _:
                 assert_never(event)
 
+    def _on_rollcall(self, payload: bytes, wall: float) -> list[AgentAction]:
+        """Answer with our presence, live (not retained: the retained one is already set)."""
+        try:
+            call = decode_rollcall(payload)
+            if call.job != self.job:
+                raise WireError(RejectReason.WRONG_JOB, f"roll call for job {call.job!r}")
+        except WireError as exc:
+            self.models_rejected += 1
+            return [ModelRejected(exc.reason, f"roll call: {exc.detail}")]
+        live = self._presence(online=True, at=wall)
+        return [Publish(live.topic, live.payload, retain=False)]
+
+    def _subscribe_chunks(self, frame: bytes) -> list[AgentAction]:
+        """Subscribe to the chunk topics a frame's count names and we lack, exactly: a
+        broker need not replay retained chunks to a wildcard subscription."""
+        count = chunk_count(frame)
+        if count <= self._chunk_topics:
+            return []
+        fresh = tuple(self.topics.model_chunk(i) for i in range(self._chunk_topics, count))
+        self._chunk_topics = count
+        return [Subscribe(fresh)]
+
     def _on_model(self, payload: bytes, now: float) -> list[AgentAction]:
+        subscribe: list[AgentAction] = []
         try:
             if is_chunk_frame(payload):  # a piece of a model sent in chunks (or its manifest)
-                whole = self._chunks.add("model", payload, now)
+                whole = self._chunks.add("model", payload, now)  # checks the frame
+                subscribe = self._subscribe_chunks(payload)
                 if whole is None:
-                    return []
+                    return subscribe
                 payload = whole
             # Verify the bytes as received, then decode what they vouch for.
             body = open_model(
@@ -240,7 +201,19 @@ class AgentCore:
                 raise WireError(RejectReason.WRONG_JOB, f"model for job {model.job!r}")
         except WireError as exc:
             self.models_rejected += 1
-            return [ModelRejected(exc.reason, exc.detail)]
+            return [*subscribe, ModelRejected(exc.reason, exc.detail)]
+        return subscribe + self._on_valid_model(model)
+
+    def _asked(self, model: ModelAnnouncement) -> bool:
+        """Whether ``model``'s round asks this agent (its cohort list or rule names it)."""
+        if model.cohort is not None:
+            return self.agent in model.cohort
+        if model.cohort_rule is not None:
+            return names(model.cohort_rule, run=model.run, round_no=model.round,
+                         agent=self.agent, samples=self._samples, device=self._device)
+        return True
+
+    def _on_valid_model(self, model: ModelAnnouncement) -> list[AgentAction]:
         latest = self._latest
         older = latest is not None and latest.run == model.run and model.round < latest.round
         # A final model is never stale: it carries the last *completed* round, which is
@@ -252,7 +225,7 @@ class AgentCore:
             # A retained final model of some earlier run ends nothing for a newcomer:
             # keep it as the device's model and wait for the next run.
             return [RunFinished(model)] if model.run in self._runs_joined else []
-        if model.cohort is not None and self.agent not in model.cohort:
+        if not self._asked(model):
             return []
         key: RoundKey = (model.run, model.round, model.model_id)
         answer = self._answer
@@ -348,9 +321,7 @@ class AgentCore:
 
     def _train_latest(self) -> list[AgentAction]:
         model = self._latest
-        if model is None or model.done:
-            return []
-        if model.cohort is not None and self.agent not in model.cohort:
+        if model is None or model.done or not self._asked(model):
             return []
         key = self._key(model)
         if self._answer is not None and self._answer.key == key:
@@ -376,3 +347,25 @@ class AgentCore:
             at=at,
         )
         return Publish(self.topics.presence(self.agent), encode_presence(presence), retain=True)
+
+
+#: the core and its vocabulary (defined in edge_agent.events), importable from here
+__all__ = [
+    "MODEL_CHUNK_TTL_S",
+    "AgentAction",
+    "AgentCore",
+    "AgentEvent",
+    "Connected",
+    "ModelArrived",
+    "ModelRejected",
+    "RollCalled",
+    "RoundKey",
+    "RunFinished",
+    "SaveResidual",
+    "ShutdownRequested",
+    "Subscribe",
+    "Train",
+    "TrainingDone",
+    "TrainingFailed",
+    "UpdateSent",
+]

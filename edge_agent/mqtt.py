@@ -1,7 +1,9 @@
 """The agent's paho adapter: owns the MQTT client, the clock and the training call.
 
-paho's network thread only queues what arrives. The agent's own thread (the
-one in :meth:`AgentNode.run`) feeds the core and carries out its actions. When
+paho's network thread only queues what arrives (the :class:`~transport.link.Link`:
+MQTT 5 or 3.1.1, bounded in bytes, each message acknowledged once the core has
+handled it). The agent's own thread (the one in :meth:`AgentNode.run`) feeds the
+core and carries out its actions. When
 the core asks for training, a worker thread checks the resource policy and
 trains, then queues the result as one more event; meanwhile the network thread
 keeps the session alive and the agent's thread can still stop: a shutdown
@@ -22,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import paho.mqtt.client as mqtt
 from typing_extensions import assert_never
 
 from edge_agent.agent import (
@@ -32,10 +33,12 @@ from edge_agent.agent import (
     Connected,
     ModelArrived,
     ModelRejected,
+    RollCalled,
     RoundKey,
     RunFinished,
     SaveResidual,
     ShutdownRequested,
+    Subscribe,
     Train,
     TrainingDone,
     TrainingFailed,
@@ -48,13 +51,14 @@ from edge_agent.policy import Memory, ResourcePolicy, read_memory, run_hook, vet
 from edge_agent.state import SavedModel, StateDir
 from edge_agent.trainer import Trainer
 from protocol import ModelAnnouncement, Publish
-from transport.connection import BrokerURL, Session, connect, make_client, refused_for_good
+from transport.connection import BrokerURL, Session
 from transport.inbox import Inbox
+from transport.link import Link, PacketTooLargeError, Received
 
 log = logging.getLogger("fedmq.agent")
 
-#: how long a clean shutdown waits for the offline presence to reach the broker
-FLUSH_TIMEOUT_S = 5.0
+#: bytes of received messages an agent holds (a model and its chunks) before the broker waits
+INBOX_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +83,7 @@ class AgentNode:
         *,
         exit_when_done: bool = True,
         on_action: Callable[[AgentAction], None] | None = None,
-        queue_size: int = 64,
+        queue_size: int = 10_000,
         residual_path: Path | None = None,
         device: DeviceTrainer | None = None,
         device_model_path: Path | None = None,
@@ -105,38 +109,29 @@ class AgentNode:
         #: the newest global model on this device, kept across restarts in ``state``
         self.saved_model: SavedModel | None = state.load_model() if state is not None else None
         self._policy = policy or ResourcePolicy()
-        self._inbox: Inbox[AgentEvent | _Refused | _Quit] = Inbox(queue_size, core.agent)
-        self._deferred_dropped = 0
+        self._inbox: Inbox[Received | AgentEvent | _Refused | _Quit] = Inbox(
+            queue_size, core.agent, INBOX_BYTES
+        )
         self.rounds_trained = 0
         self.refused: str | None = None
         self.finished = threading.Event()
-        self._client = make_client(broker, session, will=core.will())
-        self._client.on_connect = self._on_connect
-        self._client.on_message = self._on_message
-        self._last_publish: mqtt.MQTTMessageInfo | None = None
-
-    # --- paho callbacks -------------------------------------------------------------------
-
-    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason_code: Any, _p: Any) -> None:
-        if reason_code.is_failure:
-            why = refused_for_good(reason_code)
-            log.warning("%s: connection refused: %s", self.core.agent, reason_code)
-            if why is not None:
-                self._put(_Refused(why))
-            return
-        client.subscribe(self.core.topics.agent_subscriptions)
-        self._put(Connected())
-
-    def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
-        self._put(ModelArrived(bytes(message.payload)))
+        self._link = Link(
+            broker,
+            session,
+            self._inbox,
+            subscriptions=lambda: core.topics.agent_subscriptions,
+            on_connected=lambda: self._put(Connected()),
+            on_refused=lambda why: self._put(_Refused(why)),
+            will=core.will(),
+        )
 
     def _put(self, item: AgentEvent | _Refused | _Quit) -> None:
         self._inbox.offer(item)
 
     @property
     def dropped(self) -> int:
-        """Messages lost because the inbound queue (or the deferred backlog) was full."""
-        return self._inbox.dropped + self._deferred_dropped
+        """Notices lost because the inbound queue was full (messages are never dropped)."""
+        return self._inbox.dropped
 
     # --- the owning thread ----------------------------------------------------------------
 
@@ -146,11 +141,12 @@ class AgentNode:
 
     def run(self) -> None:
         """Connect and serve rounds until stopped, refused, or (optionally) the run is done."""
-        connect(self._client, self._broker, self._session)
+        self._link.start()
         # What arrives while a round trains waits for its result, so the core sees events
         # in the order a trainer running inline would: a round's update goes out even
         # when the next round's model came in meanwhile (the coordinator counts it stale).
-        deferred: deque[AgentEvent] = deque()
+        # Deferred messages stay unacknowledged and count against the inbox's bytes.
+        deferred: deque[Received | AgentEvent] = deque()
         try:
             while True:
                 busy = self.core.training is not None
@@ -163,22 +159,29 @@ class AgentNode:
                 if isinstance(item, TrainingDone):
                     self.rounds_trained += 1
                 elif busy and not isinstance(item, _Refused | TrainingFailed):
-                    if len(deferred) < self._inbox.maxsize:
-                        deferred.append(item)
-                    else:
-                        self._deferred_dropped += 1
-                        log.error("%s: inbound queue full; dropped a message", self.core.agent)
+                    deferred.append(item)
                     continue
                 if isinstance(item, _Refused):
                     self.refused = item.why
                     log.error("%s: %s", self.core.agent, item.why)
                     break
-                self._feed(item)
+                if isinstance(item, Received):
+                    self._receive(item)
+                else:
+                    self._feed(item)
                 if self._exit_when_done and self.finished.is_set():
                     self._feed(ShutdownRequested())
                     break
         finally:
-            self._flush_and_disconnect()
+            self._link.close()
+
+    def _receive(self, received: Received) -> None:
+        """A message from the broker: the roll call, or the model (whole or a chunk)."""
+        if received.topic == self.core.topics.rollcall:
+            self._feed(RollCalled(received.payload))
+        else:
+            self._feed(ModelArrived(received.payload))
+        self._link.done(received)
 
     def _feed(self, event: AgentEvent) -> None:
         for action in self.core.handle(event, time.monotonic(), wall=time.time()):
@@ -189,7 +192,9 @@ class AgentNode:
     def _carry_out(self, action: AgentAction) -> None:
         match action:
             case Publish(topic=topic, payload=payload, retain=retain):
-                self._last_publish = self._client.publish(topic, payload, qos=1, retain=retain)
+                self._publish(topic, payload, retain)
+            case Subscribe(topics=topics):
+                self._link.subscribe([(topic, 1) for topic in topics])
             case Train(key=key, model=model):
                 self._start_round(key, model)
             case ModelRejected(reason=reason, detail=detail):
@@ -207,19 +212,29 @@ class AgentNode:
                 except OSError as exc:  # keep serving: the residual still lives in memory
                     log.error("%s: cannot save the residual: %s", self.core.agent, exc)
             case RunFinished(model=model):
-                log.info("%s: run %s finished at round %d", self.core.agent, model.run, model.round)
-                self._keep(model)
-                if self._device is not None:  # personal layers, fine-tuning
-                    try:
-                        self._device.adopt(model.weights, model.plan)
-                    except ValueError as exc:
-                        log.error("%s: cannot adopt the final model: %s", self.core.agent, exc)
-                    self._save_device_model()
-                self.finished.set()
+                self._finish(model)
             case SaveResidual():
                 pass  # no residual path: the residual lives in the core's memory only
             case _:
                 assert_never(action)
+
+    def _publish(self, topic: str, payload: bytes, retain: bool) -> None:
+        try:
+            self._link.publish(topic, payload, retain)
+        except PacketTooLargeError as exc:  # the coordinator's --max-payload is too large
+            log.error("%s: not sent: %s", self.core.agent, exc)
+
+    def _finish(self, model: ModelAnnouncement) -> None:
+        """The run's final model: keep it (adopt it as the device model), then we are done."""
+        log.info("%s: run %s finished at round %d", self.core.agent, model.run, model.round)
+        self._keep(model)
+        if self._device is not None:  # personal layers, fine-tuning
+            try:
+                self._device.adopt(model.weights, model.plan)
+            except ValueError as exc:
+                log.error("%s: cannot adopt the final model: %s", self.core.agent, exc)
+            self._save_device_model()
+        self.finished.set()
 
     def _start_round(self, key: RoundKey, model: ModelAnnouncement) -> None:
         self._keep(model)
@@ -298,15 +313,6 @@ class AgentNode:
             save_device_model(path, weights)
         except OSError as exc:  # keep serving: the model still lives in memory
             log.error("%s: cannot save the device model: %s", self.core.agent, exc)
-
-    def _flush_and_disconnect(self) -> None:
-        if self._last_publish is not None and self._client.is_connected():
-            try:
-                self._last_publish.wait_for_publish(timeout=FLUSH_TIMEOUT_S)
-            except (RuntimeError, ValueError) as exc:
-                log.warning("%s: last publish not confirmed: %s", self.core.agent, exc)
-        self._client.disconnect()
-        self._client.loop_stop()
 
 
 def run_fleet(nodes: Sequence[AgentNode]) -> list[threading.Thread]:

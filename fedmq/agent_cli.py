@@ -64,6 +64,31 @@ def shard(value: str) -> tuple[int, int]:
     return index, count
 
 
+def job_id(value: str) -> str:
+    """An argparse type: a job id every tested broker carries (docs/PROTOCOL.md, "Ids")."""
+    return _checked_id(value, "job")
+
+
+def agent_id(value: str) -> str:
+    """An argparse type: an agent id every tested broker carries."""
+    return _checked_id(value, "agent")
+
+
+def id_prefix(value: str) -> str:
+    """An argparse type: a prefix that makes valid agent ids with an index appended."""
+    _checked_id(f"{value}0", "agent id prefix")
+    return value
+
+
+def _checked_id(value: str, what: str) -> str:
+    from protocol.topics import check_id  # the rule itself: lazily, with the rest of fedmq
+
+    try:
+        return check_id(value, what)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_connection(p: argparse.ArgumentParser, required: bool = True) -> None:
     g = p.add_argument_group("broker")
     g.add_argument("--broker", required=required, help="mqtt://[user:pass@]host[:port] or mqtts://")
@@ -71,7 +96,9 @@ def add_connection(p: argparse.ArgumentParser, required: bool = True) -> None:
     g.add_argument("--password", help="MQTT password (overrides the URL)")
     g.add_argument("--password-file", type=Path, help="read the MQTT password from this file")
     g.add_argument("--ca-file", type=Path, help="CA certificate for mqtts://")
-    g.add_argument("--mqtt311", action="store_true", help="speak MQTT 3.1.1 instead of 5")
+    g.add_argument("--mqtt311", action="store_true",
+                   help="speak only MQTT 3.1.1 (by default MQTT 5, falling back to 3.1.1 when "
+                        "the broker refuses it)")
 
 
 def add_task(p: argparse.ArgumentParser, default: str | None = None, required: bool = True) -> None:
@@ -114,7 +141,7 @@ def add_security(p: argparse.ArgumentParser, role: str) -> None:
 
 def add_device_options(p: argparse.ArgumentParser, *, required: bool = True) -> None:
     """The flags of every command that hosts agents (``agent``, ``agents``)."""
-    p.add_argument("--job", required=required)
+    p.add_argument("--job", required=required, type=job_id)
     p.add_argument("--trainer", choices=CHOICES["trainer"], default="torch",
                    help="torch, or numpy for devices without torch (linear and mlp models)")
     p.add_argument("--threads", type=int, help="trainer threads (default: the library's)")
@@ -138,7 +165,7 @@ def add_agent_arguments(p: argparse.ArgumentParser) -> None:
                    help="agent TOML file (deploy/agent.example.toml); flags given here win")
     add_device_options(p, required=False)
     add_security(p, "agent")
-    p.add_argument("--agent-id")
+    p.add_argument("--agent-id", type=agent_id)
     p.add_argument("--shard", type=shard, help="I/N: shard I of N")
     p.add_argument(
         "--exit-when-done",

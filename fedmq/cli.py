@@ -29,6 +29,8 @@ from fedmq.agent_cli import (
     UNSIGNED_NOTICE,
     add_agent_arguments,
     add_device_options,
+    id_prefix,
+    job_id,
 )
 from fedmq.agent_cli import add_connection as _add_connection
 from fedmq.agent_cli import add_security as _add_security
@@ -44,6 +46,7 @@ from fedmq.provision import register as register_provision
 from fedmq.round_flags import add_round_flags, observers, round_config
 from protocol import Phase
 from transport.connection import BrokerURL
+from transport.link import PacketTooLargeError
 
 #: commands that come with the fedmq-tools distribution (tools/), found by entry point
 PLUGIN_GROUP = "fedmq.commands"
@@ -55,6 +58,7 @@ log = logging.getLogger("fedmq")
 def cmd_coordinator(args: argparse.Namespace) -> int:
     config = _signed_config(round_config(args, args.job), args)
     run_dir = args.run_dir or Path("fedmq-runs") / args.job
+    run_dir.mkdir(parents=True, exist_ok=True)
     recorder = RunRecorder(config.rounds, jsonl=run_dir / "metrics.jsonl")
     try:
         node = build_coordinator(
@@ -75,7 +79,7 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
     print(f"job {args.job}: waiting for {config.min_agents} agent(s) on {args.broker}")
     try:
         phase = node.run()
-    except ConnectionRefusedError as exc:
+    except (ConnectionRefusedError, PacketTooLargeError) as exc:
         print(f"fedmq coordinator: {exc}", file=sys.stderr)
         return 3
     finally:
@@ -83,7 +87,10 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
     summary = recorder.summary(node.rounds, job=args.job, run=node.rounds.run, task=args.task)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"{phase.value}: {node.rounds.message}")
-    return 0 if phase is Phase.DONE else 1
+    if phase is Phase.STOPPED:
+        print(f"agents keep waiting; continue with: fedmq coordinator ... --run-dir {run_dir} "
+              "--resume")
+    return 0 if phase in (Phase.DONE, Phase.STOPPED) else 1
 
 
 def _agent_settings(
@@ -163,7 +170,9 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="broker + coordinator + agents on this machine")
     p.add_argument("--agents", type=int, default=10)
     p.add_argument("--broker", help="use this broker instead of starting a private Mosquitto")
-    p.add_argument("--job", default="demo")
+    p.add_argument("--job", default="demo", type=job_id)
+    p.add_argument("--mqtt311", action="store_true",
+                   help="speak only MQTT 3.1.1 (by default MQTT 5, falling back to 3.1.1)")
     p.add_argument("--summary", type=Path, help="write the run summary as JSON here")
     p.add_argument("--run-dir", type=Path, help="checkpoint and metrics (default: a temp dir)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per agent process")
@@ -172,10 +181,10 @@ def parser() -> argparse.ArgumentParser:
     add_round_flags(p, rounds=10, deadline=30.0)
     # the demo shows compressed updates: int8+zstd is lossless in accuracy on digits
     p.set_defaults(func=cmd_demo, codec="int8+zstd", username=None, password=None,
-                   password_file=None, ca_file=None, mqtt311=False)
+                   password_file=None, ca_file=None)
 
     p = sub.add_parser("coordinator", help="run a job's coordinator")
-    p.add_argument("--job", required=True)
+    p.add_argument("--job", required=True, type=job_id)
     p.add_argument("--run-dir", type=Path, help="checkpoint + metrics (default fedmq-runs/JOB)")
     p.add_argument("--resume", action="store_true", help="continue from the run dir's checkpoint")
     p.add_argument("--metrics-port", help="serve Prometheus metrics on [HOST:]PORT")
@@ -191,7 +200,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, required=True, help="agents in this process")
     p.add_argument("--first", type=int, default=0, help="first shard index")
     p.add_argument("--of", type=int, help="total shards (default: --count)")
-    p.add_argument("--id-prefix", default="agent-")
+    p.add_argument("--id-prefix", default="agent-", type=id_prefix)
     p.add_argument(
         "--keep-running",
         action="store_true",
@@ -207,7 +216,7 @@ def parser() -> argparse.ArgumentParser:
 
 def _add_watch_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("monitor", help="watch jobs live from their topics")
-    p.add_argument("--job", help="only this job (default: every job on the broker)")
+    p.add_argument("--job", type=job_id, help="only this job (default: every job on the broker)")
     p.add_argument("--json", action="store_true", help="one JSON object per event, for scripts")
     p.add_argument("--model", action="store_true",
                    help="also subscribe to the (megabyte) model topic for its header")

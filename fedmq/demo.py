@@ -20,6 +20,7 @@ from fedmq.launch import Connection, build_coordinator
 from fedmq.progress import RunRecorder, human_bytes
 from fedmq.round_flags import observers, round_config
 from protocol import Phase
+from transport.link import PacketTooLargeError
 
 #: how long the agents get to go offline after the final model
 AGENTS_EXIT_TIMEOUT_S = 30.0
@@ -48,6 +49,8 @@ def agents_command(args: argparse.Namespace, broker_url: str) -> list[str]:
         cmd += ["--data", str(args.data)]
     if args.partition:
         cmd += ["--partition", args.partition]
+    if args.mqtt311:
+        cmd.append("--mqtt311")
     return cmd
 
 
@@ -89,7 +92,8 @@ def run_demo(args: argparse.Namespace) -> int:
         agents = subprocess.Popen(
             agents_command(args, broker_url), stdout=agents_log, stderr=subprocess.STDOUT
         )
-        stack.callback(_reap, agents)
+        # Only the end of the run lets agents exit by themselves; after a stop they would wait.
+        stack.callback(lambda: _reap(agents, at_once=not node.rounds.ended))
 
         def watch_agents() -> None:
             code = agents.wait()
@@ -99,26 +103,36 @@ def run_demo(args: argparse.Namespace) -> int:
         threading.Thread(target=watch_agents, daemon=True).start()
         try:
             phase = node.run()
+        except (ConnectionRefusedError, PacketTooLargeError) as exc:
+            print(f"fedmq demo: {exc}", file=sys.stderr)
+            return 3
         finally:
             recorder.close()
         summary = recorder.summary(
             node.rounds, job=args.job, run=node.rounds.run, task=args.task, agents=args.agents
         )
-        _print_summary(summary, node.rounds.message)
-        summary_json = json.dumps(summary, indent=2) + "\n"
-        (run_dir / "summary.json").write_text(summary_json)
-        if args.summary:
-            args.summary.write_text(summary_json)
-            print(f"  summary        {args.summary}")
-        if args.run_dir:
-            print(f"  plots          fedmq report {args.run_dir}")
+        _write_summary(args, run_dir, summary, node.rounds.message)
         return 0 if phase is Phase.DONE else 1
     return 1
 
 
-def _reap(proc: subprocess.Popen[bytes]) -> None:
+def _write_summary(
+    args: argparse.Namespace, run_dir: Path, summary: dict[str, object], message: str
+) -> None:
+    _print_summary(summary, message)
+    summary_json = json.dumps(summary, indent=2) + "\n"
+    (run_dir / "summary.json").write_text(summary_json)
+    if args.summary:
+        args.summary.write_text(summary_json)
+        print(f"  summary        {args.summary}")
+    if args.run_dir:
+        print(f"  plots          fedmq report {args.run_dir}")
+
+
+def _reap(proc: subprocess.Popen[bytes], at_once: bool) -> None:
+    """Let the agents exit after the final model (or, ``at_once``, stop them now)."""
     try:
-        proc.wait(timeout=AGENTS_EXIT_TIMEOUT_S)
+        proc.wait(timeout=0 if at_once else AGENTS_EXIT_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         proc.terminate()
         proc.wait(timeout=10)

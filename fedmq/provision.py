@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 
+from fedmq.agent_cli import id_prefix, job_id
 from fedmq.bundle import PUBLIC_KEY_SUFFIX, Value
 from protocol import check_id
 from protocol.signing import SigningKey
@@ -204,9 +205,10 @@ def _write(path: Path, data: bytes, *, secret: bool = False) -> None:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("provision", help="generate credentials, keys, certificates and bundles")
-    p.add_argument("--job", required=True)
+    p.add_argument("--job", required=True, type=job_id)
     p.add_argument("--agents", type=int, required=True, help="how many agents to provision")
-    p.add_argument("--id-prefix", default="agent-", help="agent ids are PREFIX0, PREFIX1, ...")
+    p.add_argument("--id-prefix", default="agent-", type=id_prefix,
+                   help="agent ids are PREFIX0, PREFIX1, ...")
     p.add_argument("--out", type=Path, required=True, help="output directory (new or empty)")
     p.add_argument("--host", action="append", dest="hosts",
                    help="the broker's name or address as clients reach it (repeatable; "

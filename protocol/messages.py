@@ -34,6 +34,9 @@ class Phase(str, enum.Enum):
     DONE = "done"
     #: the run stopped because a round could not gather enough replies
     FAILED = "failed"
+    #: the operator stopped the coordinator; the run is not over: agents wait for it to
+    #: resume (``--resume``), and no final model was published
+    STOPPED = "stopped"
 
 
 class ClosedBy(str, enum.Enum):
@@ -64,6 +67,26 @@ class TrainPlan:
 
 
 @dataclass(frozen=True, slots=True)
+class CohortRule:
+    """Which agents a round asks, as a rule any agent checks for itself (docs/PROTOCOL.md §9).
+
+    Its size does not depend on the fleet's: an agent is named when its priority
+    ``weight / (rank + 1)`` is at least ``cut_weight / (cut_rank + 1)``, the priority
+    of the last agent drawn (:func:`protocol.cohort.names`); ``cut_weight`` 0 names
+    every agent (of ``devices``, when given).
+    """
+
+    #: the run's sample seed, hashed with (run, round, agent) into each agent's rank
+    seed: int
+    #: weigh agents by the sample count they advertise (else every agent weighs 1)
+    by_samples: bool
+    cut_weight: int
+    cut_rank: int
+    #: only agents whose presence names one of these device classes (None: any)
+    devices: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ModelAnnouncement:
     """The global model for one round (retained on ``.../model``)."""
 
@@ -82,6 +105,8 @@ class ModelAnnouncement:
     issued_at: float = 0.0
     #: the broker's payload cap: agents send updates above it as chunks (0: no cap)
     max_payload: int = 0
+    #: the agents asked, as a rule (fedmq's coordinators send this, not ``cohort``)
+    cohort_rule: CohortRule | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +140,19 @@ class Presence:
     samples: int | None = None
     device: str | None = None
     trainer: str | None = None
+    at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class RollCall:
+    """The coordinator asks every agent connected to announce its presence now (live).
+
+    Published (QoS 1, not retained) whenever the coordinator (re)connects, so that it
+    learns who is online without relying on retained presence (docs/BROKERS.md).
+    """
+
+    job: str
+    run: str
     at: float = 0.0
 
 

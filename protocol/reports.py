@@ -1,4 +1,4 @@
-"""Bytes <-> the small JSON messages: presence, status and per-round metrics.
+"""Bytes <-> the small JSON messages: presence, roll call, status and per-round metrics.
 
 JSON so that anyone with ``mosquitto_sub`` can read them. Every ``decode_*``
 validates like :mod:`protocol.wire`'s and raises only :class:`~protocol.errors.WireError`.
@@ -10,7 +10,15 @@ from typing import Any
 
 from protocol.errors import RejectReason, WireError
 from protocol.fields import header, json_dump, json_load
-from protocol.messages import SCHEMA_VERSION, ClosedBy, Phase, Presence, RoundMetrics, Status
+from protocol.messages import (
+    SCHEMA_VERSION,
+    ClosedBy,
+    Phase,
+    Presence,
+    RollCall,
+    RoundMetrics,
+    Status,
+)
 
 # --- presence ----------------------------------------------------------------
 
@@ -48,6 +56,24 @@ def decode_presence(payload: bytes) -> Presence:
         trainer=f.text("trainer", 64) if f.present("trainer") else None,
         at=f.number("at", 0.0) if f.present("at") else 0.0,
     )
+
+
+# --- roll call ----------------------------------------------------------------
+
+
+def encode_rollcall(r: RollCall) -> bytes:
+    return json_dump({"v": SCHEMA_VERSION, "type": "rollcall", "job": r.job, "run": r.run,
+                      "at": r.at})
+
+
+def decode_rollcall(payload: bytes) -> RollCall:
+    """Parse a roll call.
+
+    Raises:
+        WireError: for anything malformed or of another version.
+    """
+    f = header(json_load(payload, "rollcall"), "rollcall")
+    return RollCall(job=f.ident("job"), run=f.ident("run"), at=f.number("at", 0.0))
 
 
 # --- status -------------------------------------------------------------------

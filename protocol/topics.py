@@ -1,8 +1,10 @@
 """Topic names: ``fedmq/v1/{job}/{kind}[/{agent}]``.
 
-One job per prefix, one purpose per topic (docs/PROTOCOL.md, "Topics"). Job and
-agent ids are restricted to characters that are never MQTT wildcards or level
-separators, so a topic always parses back to the ids that built it.
+One job per prefix, one purpose per topic (docs/PROTOCOL.md, "Topics"). Ids are
+restricted to characters every tested broker carries unchanged in a topic level:
+never MQTT wildcards or level separators, and never ``.`` (NATS refuses it,
+RabbitMQ turns it into a level separator; docs/BROKERS.md), so a topic always
+parses back to the ids that built it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,12 @@ from protocol.errors import RejectReason, WireError
 
 PREFIX = "fedmq/v1"
 
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$")
+#: what an invalid id is told, and why
+ID_RULE = (
+    "use 1-64 of A-Z a-z 0-9 _ - starting with a letter or digit (no '.': NATS refuses it "
+    "in topics and RabbitMQ turns it into a topic level)"
+)
 
 
 class TopicKind(str, enum.Enum):
@@ -31,6 +38,8 @@ class TopicKind(str, enum.Enum):
     METRICS = "metrics"
     #: one agent's presence (retained, agent and its last will)
     AGENTS = "agents"
+    #: the coordinator asks every agent connected to announce its presence (not retained)
+    ROLLCALL = "rollcall"
 
 
 _PER_AGENT = {TopicKind.UPDATE, TopicKind.AGENTS}
@@ -43,9 +52,7 @@ def check_id(value: str, what: str = "id") -> str:
         ValueError: for an id with wildcards, separators or odd characters.
     """
     if not isinstance(value, str) or not _ID.fullmatch(value):
-        raise ValueError(
-            f"invalid {what} {value!r}: use 1-64 of A-Z a-z 0-9 _ . - starting alphanumeric"
-        )
+        raise ValueError(f"invalid {what} {value!r}: {ID_RULE}")
     return value
 
 
@@ -76,13 +83,18 @@ class Topics:
         return f"{self.base}/model/chunk/{index}"
 
     @property
-    def all_model_chunks(self) -> str:
-        return f"{self.base}/model/chunk/+"
+    def rollcall(self) -> str:
+        return f"{self.base}/rollcall"
 
     @property
     def agent_subscriptions(self) -> list[tuple[str, int]]:
-        """What an agent subscribes to (QoS 1): the model, whole or in chunks."""
-        return [(self.model, 1), (self.all_model_chunks, 1)]
+        """What an agent subscribes to on connecting (QoS 1): the model and the roll call.
+
+        Exact topics only: a broker need not deliver retained messages to wildcard
+        subscriptions (RabbitMQ does not). Chunk topics are subscribed one by one as a
+        model's chunk frames name them (docs/PROTOCOL.md, "Chunked transfer").
+        """
+        return [(self.model, 1), (self.rollcall, 1)]
 
     @property
     def status(self) -> str:

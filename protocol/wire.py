@@ -14,13 +14,14 @@ from protocol.errors import RejectReason, WireError
 from protocol.fields import (
     DEFAULT_MAX_BYTES,
     MAX_COHORT,
+    MAX_MAP_ITEMS,
     MAX_TENSORS,
     Fields,
     header,
     pack,
     unpack,
 )
-from protocol.messages import SCHEMA_VERSION, ModelAnnouncement, TrainPlan, Update
+from protocol.messages import SCHEMA_VERSION, CohortRule, ModelAnnouncement, TrainPlan, Update
 from protocol.tensors import decode_weights, encode_weights
 
 __all__ = ["DEFAULT_MAX_BYTES", "decode_model", "decode_update", "encode_model", "encode_update"]
@@ -30,32 +31,40 @@ __all__ = ["DEFAULT_MAX_BYTES", "decode_model", "decode_update", "encode_model",
 
 
 def encode_model(m: ModelAnnouncement) -> bytes:
-    return pack(
-        {
-            "v": SCHEMA_VERSION,
-            "type": "model",
-            "job": m.job,
-            "run": m.run,
-            "round": m.round,
-            "attempt": m.attempt,
-            "model_id": m.model_id,
-            "task": m.task,
-            "plan": {
-                "epochs": m.plan.epochs,
-                "batch_size": m.plan.batch_size,
-                "lr": m.plan.lr,
-                "seed": m.plan.seed,
-                "options": dict(m.plan.options),
-            },
-            "codec": m.codec,
-            "deadline_s": m.deadline_s,
-            "cohort": list(m.cohort) if m.cohort is not None else None,
-            "done": m.done,
-            "issued_at": m.issued_at,
-            "max_payload": m.max_payload,
-            "tensors": encode_weights(m.weights),
+    doc: dict[str, object] = {
+        "v": SCHEMA_VERSION,
+        "type": "model",
+        "job": m.job,
+        "run": m.run,
+        "round": m.round,
+        "attempt": m.attempt,
+        "model_id": m.model_id,
+        "task": m.task,
+        "plan": {
+            "epochs": m.plan.epochs,
+            "batch_size": m.plan.batch_size,
+            "lr": m.plan.lr,
+            "seed": m.plan.seed,
+            "options": dict(m.plan.options),
+        },
+        "codec": m.codec,
+        "deadline_s": m.deadline_s,
+        "cohort": list(m.cohort) if m.cohort is not None else None,
+        "done": m.done,
+        "issued_at": m.issued_at,
+        "max_payload": m.max_payload,
+    }
+    if m.cohort_rule is not None:  # only sampled rounds have one; others stay as they were
+        rule = m.cohort_rule
+        doc["cohort_rule"] = {
+            "seed": rule.seed,
+            "by_samples": rule.by_samples,
+            "cut_weight": rule.cut_weight,
+            "cut_rank": rule.cut_rank,
+            "devices": list(rule.devices) if rule.devices is not None else None,
         }
-    )
+    doc["tensors"] = encode_weights(m.weights)
+    return pack(doc)
 
 
 def decode_model(payload: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> ModelAnnouncement:
@@ -97,7 +106,26 @@ def decode_model(payload: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> ModelAnn
         done=f.flag("done"),
         issued_at=f.number("issued_at", 0.0),
         max_payload=_max_payload(f),
+        cohort_rule=_cohort_rule(f) if f.present("cohort_rule") else None,
         weights=decode_weights(tensors),
+    )
+
+
+def _cohort_rule(f: Fields) -> CohortRule:
+    """The announcement's cohort rule (docs/PROTOCOL.md §9)."""
+    r = Fields(f.obj.get("cohort_rule"), "model.cohort_rule")
+    devices: tuple[str, ...] | None = None
+    if r.present("devices"):
+        raw = r.obj.get("devices")
+        if not isinstance(raw, list) or not 0 < len(raw) <= MAX_MAP_ITEMS:
+            raise WireError(RejectReason.MALFORMED, "model.cohort_rule.devices: 1-64 names")
+        devices = tuple(Fields({"d": d}, "model.cohort_rule.devices").text("d", 64) for d in raw)
+    return CohortRule(
+        seed=r.integer("seed", 0, 2**64 - 1),
+        by_samples=r.flag("by_samples"),
+        cut_weight=r.integer("cut_weight", 0, 2**64 - 1),
+        cut_rank=r.integer("cut_rank", 0, 2**64 - 1),
+        devices=devices,
     )
 
 

@@ -11,6 +11,7 @@ reads a clock or sleeps, so a many-round run takes milliseconds.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -48,10 +49,12 @@ from edge_agent.agent import (
     Connected,
     ModelArrived,
     ModelRejected,
+    RollCalled,
     RoundKey,
     RunFinished,
     SaveResidual,
     ShutdownRequested,
+    Subscribe,
     Train,
     TrainingDone,
     TrainingFailed,
@@ -236,6 +239,9 @@ class Fleet:
     ``10 * (k + 1)``). Every public method that injects something runs the
     network until it is quiet. Time moves only through :meth:`advance` and
     :meth:`advance_to_deadline`.
+
+    The status goes out on every change (``status_interval_s=0``), so that a deadline
+    is a round's: tests of the paced status drive :class:`Rounds` themselves.
     """
 
     def __init__(
@@ -251,6 +257,7 @@ class Fleet:
         evaluate: Callable[[int, Weights], dict[str, float]] | None = None,
         checkpoint_path: Path | None = None,
     ) -> None:
+        config = dataclasses.replace(config, status_interval_s=0.0)
         self.config = config
         #: where SaveCheckpoint actions are written, as the coordinator's adapter does
         self.checkpoint_path = checkpoint_path
@@ -397,11 +404,12 @@ class Fleet:
         )
         self.coordinator_up = True
         self._feed_coordinator(BrokerConnected())
-        # Subscribing to .../agents/+ hands the new process every retained presence.
+        # Subscribing to .../agents/+ hands the new process every retained presence (some
+        # brokers do not); the coordinator learns who is online from its roll call instead.
         for agent in self.agent_ids:
             payload = self.retained.get(self.rounds.topics.presence(agent))
             if payload is not None:
-                self._feed_coordinator(PresenceArrived(agent, payload))
+                self._feed_coordinator(PresenceArrived(agent, payload, retained=True))
         self.pump()
 
     def pump(self, max_steps: int = 100_000) -> None:
@@ -417,6 +425,8 @@ class Fleet:
                 self.stats.delivered += 1
                 if message.to == COORDINATOR:
                     self._deliver_to_coordinator(message)
+                elif parse_topic(message.topic).kind is TopicKind.ROLLCALL:
+                    self._feed_agent(message.to, RollCalled(message.payload))
                 else:
                     self._feed_agent(message.to, ModelArrived(message.payload))
             raise AssertionError("the fleet did not settle")
@@ -523,7 +533,7 @@ class Fleet:
             case Publish():
                 if action.retain:
                     self._retain(action)
-                if parse_topic(action.topic).kind is TopicKind.MODEL:
+                if parse_topic(action.topic).kind in (TopicKind.MODEL, TopicKind.ROLLCALL):
                     for agent in self.agent_ids:
                         self._enqueue(agent, action.topic, action.payload, via=agent)
             case Evaluate(round_no=round_no, weights=weights):
@@ -558,6 +568,10 @@ class Fleet:
                 case Train(key=key, model=model):
                     self.stats.trained.append((agent, key))
                     pending.extend(core.handle(self._train(agent, key, model), self.now))
+                case Subscribe(topics=topics):  # an exact subscription replays what is retained
+                    for topic in topics:
+                        if (retained := self.retained.get(topic)) is not None:
+                            self._enqueue(agent, topic, retained, via=agent)
                 case ModelRejected() | UpdateSent() | RunFinished() | SaveResidual():
                     pass  # reports: agent_actions keeps them for the tests to read
                 case _:

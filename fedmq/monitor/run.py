@@ -1,7 +1,8 @@
 """``fedmq monitor``: a paho subscriber feeding :class:`MonitorState`, and its three outputs.
 
-paho's callbacks only copy ``(topic, payload, retain)`` into a bounded queue;
-the main thread owns the state, the clock and the output. Output is a live
+paho's callbacks only hand what arrives to a bounded queue (a
+:class:`~transport.link.Link`: MQTT 5 or 3.1.1, whichever the broker speaks); the
+main thread owns the state, the clock and the output. Output is a live
 rich view on a terminal, one text line per event on a pipe, or one JSON object
 per event with ``--json``. It subscribes to status, metrics and presence (and
 the model topic only with ``--model``: models are megabytes), never to updates,
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
 import sys
 import time
 import traceback
@@ -23,25 +23,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-import paho.mqtt.client as mqtt
-
 from fedmq.monitor.events import MonitorEvent, RunFinished, describe, to_json
 from fedmq.monitor.state import MonitorState
 from protocol import Phase, check_id
 from protocol.topics import PREFIX
-from transport.connection import BrokerURL, Session, connect, make_client
+from transport.connection import BrokerURL, Session
+from transport.inbox import Inbox
+from transport.link import Link, Received
 
 log = logging.getLogger("fedmq.monitor")
 
 #: how often the live view redraws (for the deadline countdown) when nothing arrives
 REFRESH_S = 0.25
-
-
-@dataclass(frozen=True, slots=True)
-class _Message:
-    topic: str
-    payload: bytes
-    retained: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,39 +71,25 @@ class Monitor:
         self.connected = False
         self.dropped = 0
         self.bugs = 0
-        self._session = session
-        self._queue: queue.Queue[_Message | LinkChanged] = queue.Queue(queue_size)
-        self._client = make_client(broker, self._session)
-        self._client.on_connect = self._on_connect
-        self._client.on_subscribe = self._on_subscribe
-        self._client.on_disconnect = self._on_disconnect
-        self._client.on_message = self._on_message
+        self._inbox: Inbox[Received | LinkChanged] = Inbox(queue_size, "monitor")
+        self._link = Link(
+            broker,
+            session,
+            self._inbox,
+            subscriptions=lambda: [(topic, 1) for topic in self.topics],
+            on_connected=lambda: None,
+            on_refused=lambda why: self._put(LinkChanged(False, why)),
+            on_subscribed=self._on_subscribed,
+            on_lost=lambda why: self._put(LinkChanged(False, f"disconnected: {why}")),
+        )
 
-    # --- paho callbacks: hand off and return -------------------------------------------
-
-    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason_code: Any, _p: Any) -> None:
-        if reason_code.is_failure:
-            self._put(LinkChanged(False, f"connection refused: {reason_code}"))
-            return
-        client.subscribe([(topic, 1) for topic in self.topics])
-
-    def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, codes: Any, _p: Any) -> None:
-        refused = [str(c) for c in codes if getattr(c, "is_failure", False)]
+    def _on_subscribed(self, refused: list[str]) -> None:
         detail = f"refused {', '.join(refused)}" if refused else "subscribed"
         self._put(LinkChanged(not refused, detail))
 
-    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason_code: Any, _p: Any) -> None:
-        self._put(LinkChanged(False, f"disconnected: {reason_code}"))
-
-    def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
-        self._put(_Message(message.topic, bytes(message.payload), bool(message.retain)))
-
-    def _put(self, item: _Message | LinkChanged) -> None:
-        try:
-            self._queue.put_nowait(item)
-        except queue.Full:
+    def _put(self, item: LinkChanged) -> None:
+        if not self._inbox.offer(item):
             self.dropped += 1
-            log.error("monitor queue full (%d); dropped a message", self._queue.maxsize)
 
     # --- the owning thread ----------------------------------------------------------------
 
@@ -125,7 +104,7 @@ class Monitor:
 
         Returns 0, or 1 when exiting on a failed run.
         """
-        connect(self._client, self.broker, self._session)
+        self._link.start()
         try:
             while True:
                 for item in self._batch():
@@ -136,6 +115,7 @@ class Monitor:
                             on_link(item)
                     else:
                         emit(self._apply(item, now), now)
+                        self._link.done(item)
                 if refresh is not None:
                     refresh(time.time())
                 if exit_when_done and self._all_finished():
@@ -143,23 +123,19 @@ class Monitor:
         except KeyboardInterrupt:
             return 0
         finally:
-            self._client.disconnect()
-            self._client.loop_stop()
+            self._link.close()
 
-    def _batch(self, limit: int = 1000) -> list[_Message | LinkChanged]:
+    def _batch(self, limit: int = 1000) -> list[Received | LinkChanged]:
         """What has arrived: waits up to :data:`REFRESH_S` for the first item, not the rest."""
-        try:
-            batch = [self._queue.get(timeout=REFRESH_S)]
-        except queue.Empty:
+        first = self._inbox.get(timeout=REFRESH_S)
+        if first is None:
             return []
-        while len(batch) < limit:
-            try:
-                batch.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
+        batch = [first]
+        while len(batch) < limit and (item := self._inbox.get(timeout=0)) is not None:
+            batch.append(item)
         return batch
 
-    def _apply(self, item: _Message, now: float) -> list[MonitorEvent]:
+    def _apply(self, item: Received, now: float) -> list[MonitorEvent]:
         try:
             return self.state.apply(item.topic, item.payload, item.retained, now)
         except Exception:  # a bug in the state model must not kill the monitor; count it

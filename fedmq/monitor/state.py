@@ -59,7 +59,8 @@ MAX_ROUNDS_KEPT = 1000
 #: largest model announcement the monitor will read a header from
 MAX_MODEL_BYTES = 1 << 30
 
-_FINISHED = (Phase.DONE, Phase.FAILED)
+#: phases after which a coordinator does no more (stopped: until it is resumed)
+_FINISHED = (Phase.DONE, Phase.FAILED, Phase.STOPPED)
 _MAX_HEADER_STR = 256
 _MODEL_HEADER_KEYS = frozenset(
     {"v", "type", "job", "run", "round", "attempt", "task", "codec", "deadline_s", "done",
@@ -148,7 +149,7 @@ class MonitorState:
                     return self._on_presence(ref.job, ref.agent, payload, retained, now)
                 case TopicKind.MODEL:
                     return self._on_model(ref.job, payload, retained, now)
-                case TopicKind.UPDATE:
+                case TopicKind.UPDATE | TopicKind.ROLLCALL:
                     self.ignored[ref.kind.value] += 1
                     return []
                 case _:

@@ -28,6 +28,7 @@ _PHASE_STYLE = {
     Phase.EVALUATING: "magenta",
     Phase.DONE: "bold green",
     Phase.FAILED: "bold red",
+    Phase.STOPPED: "bold yellow",
 }
 
 

@@ -92,16 +92,20 @@ def test_swarm_members_reconnect_after_a_broker_restart(own_broker: LocalBroker)
     thread = threading.Thread(target=swarm.run, daemon=True)
     thread.start()
     online = threading.Event()
-    watcher = footprint.OnlineWatch(own_broker.url, "swarm-restart", "agent-3")
+    agents = [f"agent-{k}" for k in range(4)]
+    watchers = [footprint.OnlineWatch(own_broker.url, "swarm-restart", a) for a in agents]
     try:
-        assert watcher.event.wait(30)
-        watcher.close()
+        assert all(w.event.wait(30) for w in watchers)
+        for w in watchers:
+            w.close()
         own_broker.restart()  # no persistence: retained presence is gone with it
-        watcher = footprint.OnlineWatch(own_broker.url, "swarm-restart", "agent-3")
-        assert watcher.event.wait(30)  # republished by the reconnected member
+        # each member comes back after its own jittered delay, and republishes its presence
+        watchers = [footprint.OnlineWatch(own_broker.url, "swarm-restart", a) for a in agents]
+        assert all(w.event.wait(30) for w in watchers)
         online.set()
     finally:
-        watcher.close()
+        for w in watchers:
+            w.close()
         swarm.stop()
         thread.join(30)
     assert online.is_set() and not thread.is_alive()

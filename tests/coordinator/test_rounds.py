@@ -82,6 +82,7 @@ def make_config(**overrides: Any) -> RoundConfig:
         "evaluate": False,
         "max_update_bytes": 4096,
         "min_agents": 3,  # start() brings AGENTS online one by one
+        "status_interval_s": 0.0,  # a status per change here; the pacing has its own tests
     }
     settings_.update(overrides)
     return RoundConfig(**settings_)
@@ -889,16 +890,20 @@ def test_evaluated_for_another_round_is_ignored() -> None:
     assert rounds.history[-1].accuracy == 0.25
 
 
-def test_stop_requested_ends_the_run_with_the_reason() -> None:
+def test_stop_requested_is_not_the_end_of_the_run() -> None:
     rounds, _ = start(make_config(quorum=3))
     reply(rounds, "a0", make_delta(0), 10, now=1.0)
 
     actions = rounds.handle(StopRequested("SIGTERM"), 2.0)
 
-    assert only(actions, Stop) == Stop(Phase.DONE, "stopped: SIGTERM")
-    assert rounds.phase is Phase.DONE and rounds.message == "stopped: SIGTERM"
-    (final,) = models(actions)
-    assert final.done and weights_equal(final.weights, W0)  # the open round is abandoned
+    message = "stopped (SIGTERM) after round 0: resumable"
+    assert only(actions, Stop) == Stop(Phase.STOPPED, message)
+    assert rounds.phase is Phase.STOPPED and rounds.message == message
+    assert rounds.finished and not rounds.ended
+    # No final model: the retained model stays the open round's, agents keep waiting.
+    assert models(actions) == []
+    (status,) = statuses(actions)
+    assert (status.phase, status.message) == (Phase.STOPPED, message)
     assert rounds.handle(StopRequested("again"), 3.0) == []
     assert rounds.handle(Tick(), 100.0) == []
     assert rounds.next_deadline() is None
@@ -909,15 +914,15 @@ def test_stop_requested_during_evaluation_ignores_the_late_evaluation() -> None:
     _close_round(rounds, 1.0)
     rounds.handle(StopRequested("operator"), 2.0)
     assert rounds.handle(Evaluated(1, {"accuracy": 1.0}), 3.0) == []
-    assert rounds.phase is Phase.DONE and rounds.completed_rounds == 0
+    assert rounds.phase is Phase.STOPPED and rounds.completed_rounds == 0
 
 
-def test_stop_requested_while_waiting_ends_the_run() -> None:
+def test_stop_requested_while_waiting_stops() -> None:
     rounds, _ = start(make_config(min_agents=5))
-    assert only(rounds.handle(StopRequested("bye"), 1.0), Stop).phase is Phase.DONE
+    assert only(rounds.handle(StopRequested("bye"), 1.0), Stop).phase is Phase.STOPPED
     rounds.handle(PresenceArrived("a3", presence("a3")), 2.0)
     rounds.handle(PresenceArrived("a4", presence("a4")), 2.0)
-    assert rounds.phase is Phase.DONE  # presence never reopens a finished run
+    assert rounds.phase is Phase.STOPPED  # presence never reopens a stopped coordinator
 
 
 def test_events_out_of_phase_change_nothing() -> None:
@@ -1241,16 +1246,27 @@ def test_fleet_failed_run_tells_the_surviving_agents_it_is_over() -> None:
     assert len(finished) == 1 and finished[0].model.done
 
 
-def test_fleet_operator_stop_mid_round_tells_the_agents_it_is_over() -> None:
+def test_fleet_operator_stop_mid_round_leaves_the_agents_waiting_and_resume_goes_on(
+) -> None:
     fleet = Fleet(3, fleet_config())
-    fleet.on_action = _kill_after_round("a2", 1, will=False)
+
+    def stop_after_round_one(f: Fleet, action: Any) -> None:
+        if isinstance(action, RoundClosed) and action.metrics.round == 1:
+            f.send(StopRequested("operator"))  # handled once round 2 is announced
+
+    fleet.on_action = stop_after_round_one
     fleet.start()
-    assert fleet.rounds.phase is Phase.TRAINING and fleet.rounds.completed_rounds == 1
+    fleet.on_action = None
 
-    fleet.send(StopRequested("operator"))
+    assert fleet.rounds.phase is Phase.STOPPED
+    done = fleet.rounds.completed_rounds
+    assert done == 1
+    for agent in fleet.agent_ids:  # no agent was told the run is over
+        assert not [a for a in fleet.agent_actions[agent] if isinstance(a, RunFinished)]
+    assert not fleet.retained_model().done
 
-    assert fleet.rounds.phase is Phase.DONE
-    for agent in ("a0", "a1"):
-        finished = [a for a in fleet.agent_actions[agent] if isinstance(a, RunFinished)]
-        assert len(finished) == 1
-        assert weights_equal(finished[0].model.weights, fleet.weights)
+    fleet.restart_coordinator(resume=fleet.checkpoints[-1])
+    fleet.run_to_end()
+    assert fleet.rounds.phase is Phase.DONE and fleet.rounds.run == fleet.run_id
+    assert [m.round for m in fleet.rounds.history] == list(range(1, fleet.config.rounds + 1))
+    assert done < fleet.config.rounds

@@ -22,7 +22,7 @@ from coordinator.mqtt import CoordinatorNode
 from edge_agent.mqtt import AgentNode, run_fleet
 from fedmq.launch import AgentSettings, Connection, build_agent, build_coordinator
 from fedmq.tasks import DataConfig
-from protocol import RoundMetrics, decode_metrics
+from protocol import Presence, RoundMetrics, Topics, decode_metrics, encode_presence
 from transport.connection import BrokerURL
 
 TIMEOUT_S = 60.0
@@ -36,7 +36,11 @@ def wait_until(predicate: Callable[[], bool], cond: threading.Condition, timeout
 
 @dataclass
 class TopicWatcher:
-    """A plain paho subscriber recording every message under ``fedmq/v1/{job}/#``."""
+    """A plain paho subscriber recording every message under ``fedmq/v1/{job}/#``.
+
+    MQTT 3.1.1, which every tested broker speaks. On RabbitMQ a wildcard subscription
+    gets no retained messages: start it before what it must see.
+    """
 
     url: str
     job: str
@@ -45,7 +49,7 @@ class TopicWatcher:
 
     def __post_init__(self) -> None:
         broker = BrokerURL.parse(self.url)
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
         self._subscribed = threading.Event()
         self.client.on_connect = lambda c, *_: c.subscribe(f"fedmq/v1/{self.job}/#", qos=1)
         self.client.on_subscribe = lambda *_: self._subscribed.set()
@@ -71,6 +75,43 @@ class TopicWatcher:
         wait_until(predicate, self.cond, timeout)
 
     def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+class FakeAgent:
+    """A client that says it is an online agent, live and in answer to every roll call, and
+    never trains: a round that counts it waits for it (or refuses what it sends)."""
+
+    def __init__(self, url: str, job: str, agent: str) -> None:
+        broker = BrokerURL.parse(url)
+        self.topics = Topics(job)
+        self.agent = agent
+        online = Presence(agent=agent, online=True, samples=10, trainer="none")
+        self._online = encode_presence(online)
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+        subscribed = threading.Event()
+
+        def on_connect(client: mqtt.Client, *_: Any) -> None:
+            client.subscribe(self.topics.rollcall, qos=1)
+            client.publish(self.topics.presence(agent), self._online, qos=1, retain=True)
+
+        self.client.on_connect = on_connect
+        self.client.on_subscribe = lambda *_: subscribed.set()
+        self.client.on_message = lambda c, *_: c.publish(self.topics.presence(agent),
+                                                         self._online, qos=1)
+        self.client.connect(broker.host, broker.port)
+        self.client.loop_start()
+        if not subscribed.wait(10):
+            raise TimeoutError(f"{agent} did not subscribe")
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        self.client.publish(topic, payload, qos=1).wait_for_publish(10)
+
+    def close(self) -> None:
+        """Forget it: clear its retained presence, then disconnect."""
+        self.client.publish(self.topics.presence(self.agent), b"", qos=1,
+                            retain=True).wait_for_publish(10)
         self.client.disconnect()
         self.client.loop_stop()
 

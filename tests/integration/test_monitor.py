@@ -103,7 +103,9 @@ def test_monitor_json_sees_every_round_close_with_the_right_counts(
             "accuracy": metrics.accuracy, "loss": metrics.loss,
         }
     statuses = monitor.of("status")
-    assert max(s["accepted"] for s in statuses if s["phase"] == "training") == 3
+    # the status is paced (at most every 0.5 s between phase changes): the round's last
+    # count shows as it closes, in the evaluating status
+    assert max(s["accepted"] for s in statuses if s["phase"] in ("training", "evaluating")) == 3
     assert {s["quorum"] for s in statuses if s["phase"] == "training"} == {3}
     assert statuses[-1]["phase"] == "done" and statuses[-1]["rejected"] == {"malformed": 1}
     (finished,) = monitor.of("finished")

@@ -11,6 +11,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from harness import (
     CoordinatorThread,
+    FakeAgent,
     TopicWatcher,
     agent_fleet,
     fedmq_process,
@@ -25,14 +26,12 @@ from fedmq.tasks import DataConfig, agent_data, get_task
 from protocol import (
     ClosedBy,
     Phase,
-    Presence,
     Topics,
     Update,
     decode_model,
     decode_presence,
     decode_status,
     encode_delta,
-    encode_presence,
     encode_update,
 )
 from transport.connection import BrokerURL
@@ -52,7 +51,7 @@ def digits_config(job: str, **overrides: object) -> RoundConfig:
 def publish_raw(url: str, topic: str, payload: bytes, retain: bool = False) -> None:
     """Publish one message as an outsider would, and wait until the broker has it."""
     broker = BrokerURL.parse(url)
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
     client.connect(broker.host, broker.port)
     client.loop_start()
     client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(10)
@@ -155,8 +154,7 @@ def test_garbage_and_poisoned_updates_are_rejected_and_the_run_finishes(
     topics = Topics(job)
     watcher = TopicWatcher(broker.url, job)
     # "mallory" announces presence like any agent, so each round expects it too.
-    mallory = Presence(agent="mallory", online=True, samples=10, trainer="none")
-    publish_raw(broker.url, topics.presence("mallory"), encode_presence(mallory), retain=True)
+    mallory = FakeAgent(broker.url, job, "mallory")
     config = digits_config(job, rounds=2, quorum=3, min_agents=3, min_replies=2, deadline_s=3.0)
     coord = CoordinatorThread(config, broker.url, tmp_path)
     with agent_fleet(broker.url, job, "digits", 2, total=3):
@@ -164,15 +162,15 @@ def test_garbage_and_poisoned_updates_are_rejected_and_the_run_finishes(
         watcher.wait_for(lambda: any(decode_status(p).accepted == 2
                                      for p in watcher.on("/status")))
         model = decode_model(watcher.on("/model")[-1])
-        publish_raw(broker.url, topics.update("mallory"), b"\x93not msgpack at all")
+        mallory.publish(topics.update("mallory"), b"\x93not msgpack at all")
         poisoned = {n: np.full(w.shape, np.nan, np.float32) for n, w in model.weights.items()}
         zeros = {n: np.zeros(w.shape, np.float32) for n, w in model.weights.items()}
         for delta in (poisoned, zeros):
             update = Update(job=job, agent="mallory", round=1, model_id=model.model_id,
                             samples=10, codec="none", tensors=tuple(encode_delta(delta, "none")))
-            publish_raw(broker.url, topics.update("mallory"), encode_update(update))
+            mallory.publish(topics.update("mallory"), encode_update(update))
         coord.join()
-        publish_raw(broker.url, topics.presence("mallory"), b"", retain=True)
+        mallory.close()
     first, second = coord.closed
     assert first.rejected == {"malformed": 1, "non_finite": 1}
     assert (first.accepted, first.closed_by) == (3, ClosedBy.QUORUM)
@@ -188,8 +186,7 @@ def test_killed_coordinator_resumes_from_its_checkpoint(broker: LocalBroker,
     watcher = TopicWatcher(broker.url, job)
     # A ghost agent that is "online" but never answers makes every round close at its
     # 1.5 s deadline, which leaves time to kill the coordinator in the middle of a round.
-    ghost = Presence(agent="ghost", online=True, samples=1, trainer="none")
-    publish_raw(broker.url, Topics(job).presence("ghost"), encode_presence(ghost), retain=True)
+    ghost = FakeAgent(broker.url, job, "ghost")
     args = ["coordinator", "--broker", broker.url, "--job", job, "--task", "digits",
             "--rounds", "5", "--min-replies", "3", "--min-agents", "4",
             "--deadline", "1.5", "--run-dir", str(tmp_path / "run")]
@@ -201,7 +198,7 @@ def test_killed_coordinator_resumes_from_its_checkpoint(broker: LocalBroker,
         run_id = watcher.metrics()[0].run
         second = fedmq_process(*args, "--resume", log=tmp_path / "second.log")
         assert wait_process(second) == 0, (tmp_path / "second.log").read_text()
-    publish_raw(broker.url, Topics(job).presence("ghost"), b"", retain=True)
+    ghost.close()
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["phase"] == "done" and summary["rounds_completed"] == 5
     closed = {(m.run, m.round): m for m in watcher.metrics()}

@@ -76,7 +76,8 @@ def record_run(
     ``observe`` sees every action, as a coordinator's ``on_action`` observer does.
     """
     weights = {"w": np.zeros((4, 3), np.float32), "b": np.zeros(3, np.float32)}
-    config = RoundConfig(job=job, task="toy", rounds=rounds, min_agents=agents, deadline_s=30.0)
+    config = RoundConfig(job=job, task="toy", rounds=rounds, min_agents=agents, deadline_s=30.0,
+                         status_interval_s=0.0)  # a status for every change
     core = Rounds(config, weights, run=run, wall_offset=WALL_OFFSET)
     topics = Topics(job)
     rec = Recording(core)

@@ -22,6 +22,7 @@ from protocol import (
     parse_topic,
 )
 from protocol.chunks import (
+    FRAME_OVERHEAD,
     MIN_MAX_PAYLOAD,
     Manifest,
     Reassembler,
@@ -212,3 +213,56 @@ def test_a_model_announcing_a_tiny_payload_cap_is_refused(samples: dict[str, Any
     with pytest.raises(WireError) as info:
         decode_model(msgpack.packb(obj, use_bin_type=True))
     assert info.value.reason is RejectReason.MALFORMED
+
+
+def _first_frames(count: int, seed: int) -> list[bytes]:
+    """The first frame of ``count`` distinct two-chunk payloads (each set stays incomplete)."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(count):
+        parts = split(rng.randbytes(MIN_MAX_PAYLOAD + 16), MIN_MAX_PAYLOAD)
+        assert parts is not None
+        out.append(parts[1][0])
+    return out
+
+
+def _seconds_to_add(r: Reassembler, frames: list[bytes], now: float) -> float:
+    import time
+
+    began = time.perf_counter()
+    for i, frame in enumerate(frames):
+        assert r.add(f"agent-{i}", frame, now) is None
+    return time.perf_counter() - began
+
+
+def test_a_frame_costs_the_same_however_many_sets_are_in_flight() -> None:
+    # 10,000 agents' chunked updates under way: expiry and eviction used to scan every
+    # incomplete set on every frame, O(sets) per frame and O(sets^2) per round.
+    probe = _first_frames(1000, seed=1)
+    few, many = reassembler(max_buffered_bytes=10**12), reassembler(max_buffered_bytes=10**12)
+    for i, frame in enumerate(_first_frames(20_000, seed=2)):
+        many.add(f"busy-{i}", frame, 0.0)
+    for i, frame in enumerate(_first_frames(100, seed=3)):
+        few.add(f"busy-{i}", frame, 0.0)
+    with_few = _seconds_to_add(few, probe, 1.0)
+    with_many = _seconds_to_add(many, probe, 1.0)
+    assert with_many < 10 * with_few + 0.05, (with_few, with_many)
+
+
+def test_expiry_and_eviction_still_take_the_oldest_sets_first() -> None:
+    frames = _first_frames(6, seed=4)
+    piece = MIN_MAX_PAYLOAD - FRAME_OVERHEAD  # each first frame buffers this many bytes
+    r = reassembler(ttl_s=10.0)
+    for i, frame in enumerate(frames[:3]):
+        r.add(f"a{i}", frame, float(i))  # began at 0, 1, 2
+    r.expire(11.5)  # a0 and a1 are older than 10 s; a2 is not
+    assert (r.expired, r.buffered_bytes) == (2, piece)
+    small = reassembler(max_buffered_bytes=2 * piece)
+    small.add("b0", frames[3], 0.0)
+    small.add("b1", frames[4], 1.0)
+    small.add("b2", frames[5], 2.0)  # over budget: b0, the oldest, goes
+    assert (small.evicted, small.buffered_bytes) == (1, 2 * piece)
+    rest = split(b"x" * (MIN_MAX_PAYLOAD + 16), MIN_MAX_PAYLOAD)
+    assert rest is not None
+    small.add("b3", rest[1][0], 3.0)  # b1 goes next, never the set just added to
+    assert small.add("b3", rest[1][1], 3.0) == b"x" * (MIN_MAX_PAYLOAD + 16)

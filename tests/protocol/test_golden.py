@@ -319,7 +319,9 @@ def test_reject_reason_wire_strings():
 
 
 def test_enum_wire_strings():
-    assert [p.value for p in Phase] == ["waiting", "training", "evaluating", "done", "failed"]
+    assert [p.value for p in Phase] == [
+        "waiting", "training", "evaluating", "done", "failed", "stopped"
+    ]
     assert [c.value for c in ClosedBy] == ["quorum", "all_replied", "deadline"]
 
 

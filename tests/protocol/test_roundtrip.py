@@ -43,7 +43,7 @@ from protocol import (
     weights_digest,
 )
 
-ID_RE = r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}"
+ID_RE = r"[A-Za-z0-9][A-Za-z0-9_\-]{0,63}"
 F16_MAX = float(np.finfo(np.float16).max)
 F32_MAX = float(np.finfo(np.float32).max)
 #: the codecs these properties cover; the codec work tests its own

@@ -15,6 +15,7 @@ defined here with the same interface (``url``, ``pid``, ``start``, ``stop``, ``k
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -145,10 +146,8 @@ class _ChildBroker:
 
     def _signal(self, sig: signal.Signals) -> None:
         assert self.process is not None
-        try:
+        with contextlib.suppress(ProcessLookupError):  # already gone
             os.killpg(self.process.pid, sig)  # the group we started: wrapper and VM alike
-        except ProcessLookupError:
-            pass
 
     def stop(self) -> None:
         """SIGTERM to the broker's process group, then SIGKILL if it lingers."""

@@ -14,8 +14,11 @@ Invariants:
 - Training runs inline on the loop thread: meant for tiny models (the numpy
   trainer); a long training stalls every member's keepalive.
 - At most ``MAX_CONNECTING`` members await CONNACK at once, so a fleet's start
-  never overflows the broker's listen backlog; lost connections retry with a
-  doubling delay (``RECONNECT_MIN_S`` .. ``RECONNECT_MAX_S``).
+  never overflows the broker's listen backlog; lost connections retry after a
+  jittered, doubling delay (:class:`transport.backoff.Backoff`).
+- MQTT 5 first: when the broker refuses it (a CONNACK "unsupported protocol
+  version", or a close before any CONNACK), the member is rebuilt for 3.1.1, and
+  so is every member not connected yet: the fleet probes once, not N times.
 """
 
 from __future__ import annotations
@@ -46,9 +49,11 @@ from edge_agent.agent import (
     Connected,
     ModelArrived,
     ModelRejected,
+    RollCalled,
     RunFinished,
     SaveResidual,
     ShutdownRequested,
+    Subscribe,
     Train,
     TrainingDone,
     TrainingFailed,
@@ -56,14 +61,9 @@ from edge_agent.agent import (
 )
 from edge_agent.trainer import Trainer
 from protocol import Publish
-from transport.connection import (
-    RECONNECT_MAX_S,
-    RECONNECT_MIN_S,
-    BrokerURL,
-    Session,
-    make_client,
-    refused_for_good,
-)
+from transport.backoff import Backoff
+from transport.connection import BrokerURL, Session, make_client, refused_for_good
+from transport.link import refuses_mqtt5
 
 log = logging.getLogger("fedmq.swarm")
 
@@ -103,7 +103,10 @@ class Member:
     client: mqtt.Client
     state: MemberState = MemberState.NEW
     retry_at: float = 0.0
-    backoff_s: float = RECONNECT_MIN_S
+    backoff: Backoff = field(default_factory=Backoff)
+    mqtt5: bool = True
+    #: CONNECT sent, no CONNACK yet on this connection
+    awaiting_connack: bool = False
     rounds_trained: int = 0
     finished: bool = False
     refused: str | None = None
@@ -119,7 +122,12 @@ class _Lost:
     pass
 
 
-_Inbound = AgentEvent | _Refused | _Lost
+@dataclass(frozen=True, slots=True)
+class _NoMqtt5:
+    """The broker refused this member's MQTT 5 CONNECT: rebuild it for 3.1.1."""
+
+
+_Inbound = AgentEvent | _Refused | _Lost | _NoMqtt5
 
 
 @dataclass
@@ -177,12 +185,16 @@ class Swarm:
         self.members = [self._member(core, trainer, keepalive_s) for core, trainer in agents]
 
     def _member(self, core: AgentCore, trainer: Trainer, keepalive_s: int) -> Member:
+        member = Member(core, trainer, self._client(core, keepalive_s, self._mqtt5),
+                        mqtt5=self._mqtt5)
+        member.client.user_data_set(member)
+        return member
+
+    def _client(self, core: AgentCore, keepalive_s: int, mqtt5: bool) -> mqtt.Client:
         session = Session(
-            client_id=f"fedmq-{core.job}-{core.agent}", mqtt5=self._mqtt5, keepalive_s=keepalive_s
+            client_id=f"fedmq-{core.job}-{core.agent}", mqtt5=mqtt5, keepalive_s=keepalive_s
         )
         client = make_client(self._broker, session, will=core.will())
-        member = Member(core, trainer, client)
-        client.user_data_set(member)
         client.on_socket_open = self._on_socket_open
         client.on_socket_close = self._on_socket_close
         client.on_socket_register_write = self._on_register_write
@@ -190,7 +202,17 @@ class Swarm:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
-        return member
+        return client
+
+    def _rebuild_for_311(self, member: Member) -> None:
+        """Replace a member's MQTT 5 client by a 3.1.1 one (the old socket is closed)."""
+        self._mqtt5 = False
+        with contextlib.suppress(OSError, ValueError):
+            member.client.disconnect()
+            member.client.loop_write()
+        member.client = self._client(member.core, self._keepalive_s, mqtt5=False)
+        member.client.user_data_set(member)
+        member.mqtt5 = False
 
     # --- paho callbacks: all on the loop thread; they touch the selector or hand off ---------
 
@@ -209,22 +231,32 @@ class Swarm:
             self._sel.modify(sock, selectors.EVENT_READ, member)
 
     def _on_connect(self, client: mqtt.Client, member: Member, _f: Any, rc: Any, _p: Any) -> None:
+        member.awaiting_connack = False
         if rc.is_failure:
+            if member.mqtt5 and refuses_mqtt5(rc):
+                self._inbox.append((member, _NoMqtt5()))
+                return
             why = refused_for_good(rc)
             log.warning("%s: connection refused: %s", member.core.agent, rc)
             if why is not None:
                 self._inbox.append((member, _Refused(why)))
             return
         self._set_state(member, MemberState.ONLINE)
-        member.backoff_s = RECONNECT_MIN_S
+        member.backoff.reset()
         client.subscribe(member.core.topics.agent_subscriptions)
         self._inbox.append((member, Connected()))
 
     def _on_disconnect(self, _c: mqtt.Client, member: Member, _f: Any, rc: Any, _p: Any) -> None:
+        if member.awaiting_connack and member.mqtt5:
+            member.awaiting_connack = False
+            self._inbox.append((member, _NoMqtt5()))
+            return
         self._inbox.append((member, _Lost()))
 
     def _on_message(self, _c: mqtt.Client, member: Member, message: mqtt.MQTTMessage) -> None:
-        self._inbox.append((member, ModelArrived(bytes(message.payload))))
+        payload = bytes(message.payload)
+        rollcall = message.topic == member.core.topics.rollcall
+        self._inbox.append((member, RollCalled(payload) if rollcall else ModelArrived(payload)))
 
     # --- the loop --------------------------------------------------------------------------
 
@@ -288,11 +320,15 @@ class Swarm:
                 self._connect(member, now, first=False)
 
     def _connect(self, member: Member, now: float, *, first: bool) -> None:
+        if member.mqtt5 and not self._mqtt5:  # another member found the broker speaks 3.1.1
+            self._rebuild_for_311(member)
+            first = True
         self._set_state(member, MemberState.CONNECTING)
+        member.awaiting_connack = True
         try:
             if first:
                 properties = None
-                if self._mqtt5:
+                if member.mqtt5:
                     properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
                     properties.SessionExpiryInterval = 0
                 member.client.connect(
@@ -309,8 +345,7 @@ class Swarm:
 
     def _wait_to_retry(self, member: Member, now: float) -> None:
         self._set_state(member, MemberState.WAITING)
-        member.retry_at = now + member.backoff_s
-        member.backoff_s = min(2 * member.backoff_s, RECONNECT_MAX_S)
+        member.retry_at = now + member.backoff.next_delay()
         heapq.heappush(self._retries, (member.retry_at, id(member), member))
 
     def _poll(self, timeout: float) -> None:
@@ -329,7 +364,14 @@ class Swarm:
     def _drain(self) -> None:
         while self._inbox:
             member, item = self._inbox.popleft()
-            if isinstance(item, _Lost):
+            if isinstance(item, _NoMqtt5):
+                if member.state is not MemberState.GONE:
+                    log.warning("%s: the broker refuses MQTT 5; falling back to 3.1.1",
+                                member.core.agent)
+                    self._rebuild_for_311(member)
+                    self._set_state(member, MemberState.NEW)
+                    self._connect(member, time.monotonic(), first=True)
+            elif isinstance(item, _Lost):
                 self._lost(member)
             elif isinstance(item, _Refused):
                 member.refused = item.why
@@ -376,6 +418,8 @@ class Swarm:
         match action:
             case Publish(topic=topic, payload=payload, retain=retain):
                 member.client.publish(topic, payload, qos=1, retain=retain)
+            case Subscribe(topics=topics):
+                member.client.subscribe([(topic, 1) for topic in topics])
             case Train(key=key, model=model):
                 return self._train(member, key, model)
             case ModelRejected(reason=reason, detail=detail):

@@ -12,6 +12,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from fedmq.agent_cli import id_prefix, job_id
 from fedmq_tools.bench.results import RESULTS_DIR, begin, write_results
 
 DEFAULT_SCALE_COUNTS = "100,250,500,1000"
@@ -308,8 +309,9 @@ def _add_footprint(which: Any) -> None:
 def _add_swarm(sub: Any) -> None:
     p = sub.add_parser("swarm", help="many simulated agents (numpy trainer) in few processes")
     p.add_argument("--broker", required=True, help="mqtt://host[:port]")
-    p.add_argument("--mqtt311", action="store_true", help="speak MQTT 3.1.1 instead of 5")
-    p.add_argument("--job", required=True)
+    p.add_argument("--mqtt311", action="store_true",
+                   help="speak only MQTT 3.1.1 (by default MQTT 5, falling back to 3.1.1)")
+    p.add_argument("--job", required=True, type=job_id)
     p.add_argument("--task", default="mnist-logreg", help="a task with a 'linear' model")
     p.add_argument("--data", type=Path, help="data directory (MNIST files)")
     p.add_argument("--data-seed", type=int, default=0)
@@ -318,7 +320,7 @@ def _add_swarm(sub: Any) -> None:
     p.add_argument("--processes", type=int, default=1, help="spread the agents over P processes")
     p.add_argument("--first", type=int, default=0, help="first shard index")
     p.add_argument("--of", type=int, help="total shards (default: first + count)")
-    p.add_argument("--id-prefix", default="agent-")
+    p.add_argument("--id-prefix", default="agent-", type=id_prefix)
     p.add_argument("--keepalive", type=int, default=60, help="MQTT keepalive seconds")
     p.add_argument("--keep-running", action="store_true", help="stay online after the run")
     p.set_defaults(func=cmd_swarm)

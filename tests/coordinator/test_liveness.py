@@ -1,0 +1,112 @@
+"""Who is online, and how often the coordinator says so: the roll call, live presence only,
+and a status paced however many updates arrive (pure: the round machine on a fake clock)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from coordinator import BrokerConnected, PresenceArrived, RoundConfig, Rounds, Tick, UpdateArrived
+from edge_agent.agent import AgentCore, RollCalled
+from protocol import (
+    Presence,
+    Publish,
+    RollCall,
+    TopicKind,
+    Update,
+    decode_presence,
+    decode_rollcall,
+    decode_status,
+    encode_delta,
+    encode_presence,
+    encode_rollcall,
+    encode_update,
+    parse_topic,
+    weights_digest,
+)
+from tests.helpers import copy_weights, initial_weights
+
+JOB = "job1"
+W0 = initial_weights()
+
+
+def config(**overrides: Any) -> RoundConfig:
+    settings: dict[str, Any] = {"job": JOB, "task": "linreg", "rounds": 3, "deadline_s": 30.0,
+                                "evaluate": False}
+    settings.update(overrides)
+    return RoundConfig(**settings)
+
+
+def presence(agent: str, online: bool = True) -> bytes:
+    return encode_presence(Presence(agent, online, samples=10))
+
+
+def of_kind(actions: list[Any], kind: TopicKind) -> list[Publish]:
+    return [a for a in actions if isinstance(a, Publish) and parse_topic(a.topic).kind is kind]
+
+
+def update(rounds: Rounds, agent: str) -> bytes:
+    delta = {n: np.full(a.shape, 0.01, np.float32) for n, a in W0.items()}
+    return encode_update(Update(job=JOB, agent=agent, round=rounds.completed_rounds + 1,
+                                model_id=weights_digest(rounds.weights), samples=10, codec="none",
+                                tensors=tuple(encode_delta(delta, "none"))))
+
+
+def test_every_connect_calls_the_roll_not_retained() -> None:
+    rounds = Rounds(config(), copy_weights(W0), run="r1")
+    for now in (0.0, 5.0):  # the first connect and a reconnect
+        (call,) = of_kind(rounds.handle(BrokerConnected(), now), TopicKind.ROLLCALL)
+        assert not call.retain and call.topic == "fedmq/v1/job1/rollcall"
+        assert decode_rollcall(call.payload) == RollCall(job=JOB, run="r1", at=now)
+
+
+def test_a_retained_presence_counts_for_nothing_a_live_one_does() -> None:
+    # A broker's memory of an agent (possibly stale: NATS kept 500-700 agents "online"
+    # after they exited) is not proof that it is there; its answer to the roll call is.
+    rounds = Rounds(config(min_agents=1), copy_weights(W0), run="r1")
+    assert rounds.handle(PresenceArrived("ghost", presence("ghost"), retained=True), 0.0) == []
+    assert rounds.agents_online == frozenset() and rounds.phase.value == "waiting"
+    rounds.handle(PresenceArrived("a0", presence("a0")), 0.0)
+    assert rounds.agents_online == {"a0"} and rounds.phase.value == "training"
+
+
+def test_an_agent_answers_the_roll_call_with_a_live_presence() -> None:
+    core = AgentCore(JOB, "pi-07", samples=12, trainer="numpy", device="rpi4")
+    call = encode_rollcall(RollCall(job=JOB, run="r1", at=1.0))
+    (answer,) = core.handle(RollCalled(call), 0.0, wall=2.0)
+    assert isinstance(answer, Publish) and not answer.retain
+    assert answer.topic == "fedmq/v1/job1/agents/pi-07"
+    assert decode_presence(answer.payload) == Presence("pi-07", True, samples=12,
+                                                       device="rpi4", trainer="numpy", at=2.0)
+    (refused,) = core.handle(RollCalled(b"{not json"), 0.0)
+    assert type(refused).__name__ == "ModelRejected" and core.models_rejected == 1
+
+
+def test_the_status_is_paced_however_many_updates_arrive() -> None:
+    agents = [f"a{k}" for k in range(1000)]
+    rounds = Rounds(config(min_agents=len(agents), status_interval_s=0.5), copy_weights(W0),
+                    run="r1")
+    actions: list[Any] = []
+    for agent in agents:  # 1000 presences at t=0: the first one's status, then the opening's
+        actions += rounds.handle(PresenceArrived(agent, presence(agent)), 0.0)
+    assert [decode_status(p.payload).phase.value for p in of_kind(actions, TopicKind.STATUS)] == [
+        "waiting", "training"
+    ]
+    sent = []
+    for k, agent in enumerate(agents[:999]):  # 999 updates over 1 s
+        now = 0.001 * (k + 1)
+        out = rounds.handle(UpdateArrived(agent, update(rounds, agent)), now)
+        if (deadline := rounds.next_deadline()) is not None and now >= deadline:
+            out += rounds.handle(Tick(), now)
+        sent += [decode_status(p.payload) for p in of_kind(out, TopicKind.STATUS)]
+    assert 1 <= len(sent) <= 3  # at 0.5 s and 1.0 s: not 999
+    # A change held back is never lost: it is due at the end of the interval.
+    due = rounds.next_deadline()
+    assert due is not None and due <= 1.5
+    (last,) = of_kind(rounds.handle(Tick(), due), TopicKind.STATUS)
+    assert decode_status(last.payload).accepted == 999
+    # A phase change goes out at once: the last update closes the round.
+    out = rounds.handle(UpdateArrived(agents[-1], update(rounds, agents[-1])), due + 0.01)
+    statuses = [decode_status(p.payload) for p in of_kind(out, TopicKind.STATUS)]
+    assert statuses and statuses[-1].round == 2
