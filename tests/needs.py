@@ -1,8 +1,8 @@
 """What tests need from the machine, asked in one place.
 
 CI must run every test: under CI (``CI=true``) a missing need fails the run with
-the reason; elsewhere the test is skipped with it, so a laptop without Mosquitto
-or the shared MNIST files can still run the rest.
+the reason; elsewhere the test is skipped with it, so a laptop without Mosquitto,
+NATS, RabbitMQ or the shared MNIST files can still run the rest.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import pytest
 
 from fedmq.broker import BrokerError, find_mosquitto
 from fedmq.tasks.mnist import REPO_MNIST_DIR, TEST_IMAGES
+from fedmq_tools.brokers import find_nats, find_rabbitmq
 
 
 def unavailable(reason: str) -> NoReturn:
@@ -28,6 +29,15 @@ def unavailable(reason: str) -> NoReturn:
 def require_mosquitto() -> None:
     try:
         find_mosquitto()
+    except BrokerError as exc:
+        unavailable(str(exc))
+
+
+def require_broker(kind: str) -> None:
+    """The broker of ``kind`` (mosquitto, nats, rabbitmq) is installed."""
+    find = {"mosquitto": find_mosquitto, "nats": find_nats, "rabbitmq": find_rabbitmq}[kind]
+    try:
+        find()
     except BrokerError as exc:
         unavailable(str(exc))
 

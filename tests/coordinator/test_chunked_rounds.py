@@ -6,7 +6,7 @@ import numpy as np
 
 from coordinator import MessageRejected, Publish, RoundConfig, Rounds, UpdateAccepted, UpdateArrived
 from coordinator.events import PresenceArrived
-from edge_agent.agent import AgentCore, Connected, ModelArrived, Train, TrainingDone
+from edge_agent.agent import AgentCore, Connected, ModelArrived, Subscribe, Train, TrainingDone
 from edge_agent.trainer import TrainResult
 from protocol import RejectReason, TrainPlan, decode_model
 from protocol.chunks import is_chunk_frame
@@ -80,3 +80,20 @@ def test_without_a_cap_the_model_travels_whole() -> None:
     rounds, agent = coordinator(max_payload=0), AgentCore("j", "a1", samples=5, trainer="fake")
     (model,) = [p for p in join(rounds, agent) if "/model" in p.topic]
     assert decode_model(model.payload).max_payload == 0
+
+
+def test_an_agent_subscribes_to_each_chunk_topic_the_frames_name_once_per_session() -> None:
+    # RabbitMQ replays no retained message to ``model/chunk/+``: a late agent would get the
+    # manifest and never the chunks. It subscribes to the chunk topics one by one instead.
+    rounds, agent = coordinator(), AgentCore("j", "a1", samples=5, trainer="fake")
+    *chunks, manifest = [p for p in join(rounds, agent) if "/model" in p.topic]
+    assert "fedmq/v1/j/model/chunk/+" not in {t for t, _ in agent.topics.agent_subscriptions}
+    (subscribe,) = [a for a in agent.handle(ModelArrived(manifest.payload))
+                    if isinstance(a, Subscribe)]
+    assert subscribe.topics == tuple(p.topic for p in chunks)
+    assert not [a for p in chunks for a in agent.handle(ModelArrived(p.payload))
+                if isinstance(a, Subscribe)]  # already subscribed
+    agent.handle(Connected())  # a new session has no subscriptions
+    again = [a for a in agent.handle(ModelArrived(manifest.payload)) if isinstance(a, Subscribe)]
+    assert [s.topics for s in again] == [subscribe.topics]
+

@@ -189,6 +189,34 @@ def agent_fleet(url: str, job: str, task: str, count: int, *, first: int = 0,
             thread.join(10)
 
 
+def session_present(url: str, client_id: str) -> bool:
+    """Whether the broker holds a session for ``client_id``: connect without a clean
+    session and read CONNACK's session-present flag (MQTT 3.1.1, every tested broker),
+    then connect cleanly once more so that the probe itself leaves nothing behind."""
+    broker = BrokerURL.parse(url)
+    present: list[bool] = []
+    for clean in (False, True):
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                             protocol=mqtt.MQTTv311, clean_session=clean)
+        acked = threading.Event()
+
+        def on_connect(_c: Any, done: threading.Event, flags: Any, *_: Any) -> None:
+            present.append(bool(flags.session_present))
+            done.set()
+
+        client.user_data_set(acked)
+        client.on_connect = on_connect
+        client.connect(broker.host, broker.port)
+        client.loop_start()
+        try:
+            if not acked.wait(10):
+                raise TimeoutError("no CONNACK")
+        finally:
+            client.disconnect()
+            client.loop_stop()
+    return present[0]
+
+
 def fedmq_process(*args: str, log: Path) -> subprocess.Popen[bytes]:
     """``python -m fedmq ARGS`` as a child process, output to ``log``."""
     return subprocess.Popen([sys.executable, "-m", "fedmq", *args], stdout=log.open("wb"),

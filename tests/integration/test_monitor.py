@@ -22,6 +22,7 @@ from fedmq.broker import LocalBroker
 from fedmq.progress import RunRecorder
 from fedmq.prometheus import MetricsExporter
 from fedmq.report import PLOTS, write_report
+from fedmq_tools.brokers import PrivateBroker
 from protocol import Topics
 
 pytestmark = pytest.mark.integration
@@ -68,22 +69,23 @@ class MonitorProcess:
             self.proc.wait(10)
 
 
+@pytest.mark.brokers
 def test_monitor_json_sees_every_round_close_with_the_right_counts(
-    broker: LocalBroker, tmp_path: Path
+    any_broker: PrivateBroker, tmp_path: Path
 ) -> None:
     job = "monitored"
     topics = Topics(job)
-    monitor = MonitorProcess("--broker", broker.url, "--job", job, "--exit-when-done")
+    monitor = MonitorProcess("--broker", any_broker.url, "--job", job, "--exit-when-done")
     try:
         monitor.wait_for("subscribed")
         recorder = RunRecorder(3, out=None, jsonl=tmp_path / "metrics.jsonl")
-        coord = CoordinatorThread(digits_config(job, rounds=3, min_agents=3), broker.url,
+        coord = CoordinatorThread(digits_config(job, rounds=3, min_agents=3), any_broker.url,
                                   tmp_path, on_action=recorder)
         coord.start()
         monitor.wait_for("status")  # the coordinator is connected and subscribed
-        publish_raw(broker.url, topics.update("agent-0"), b"\x00 not msgpack")
-        publish_raw(broker.url, topics.status, b"{ not a status")
-        with agent_fleet(broker.url, job, "digits", 3):
+        publish_raw(any_broker.url, topics.update("agent-0"), b"\x00 not msgpack")
+        publish_raw(any_broker.url, topics.status, b"{ not a status")
+        with agent_fleet(any_broker.url, job, "digits", 3):
             coord.join()
         assert monitor.finish() == 0
     finally:

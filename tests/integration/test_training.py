@@ -23,6 +23,7 @@ from coordinator import Action, RoundClosed, RoundConfig
 from edge_agent.torch_trainer import TorchTrainer, initial_weights
 from fedmq.broker import LocalBroker
 from fedmq.tasks import DataConfig, agent_data, get_task
+from fedmq_tools.brokers import PrivateBroker
 from protocol import (
     ClosedBy,
     Phase,
@@ -90,12 +91,13 @@ def test_full_run_reaches_accuracy_and_topics_follow_protocol(broker: LocalBroke
     watcher.close()
 
 
-def test_killed_agent_makes_the_round_close_at_its_deadline(broker: LocalBroker,
+@pytest.mark.brokers
+def test_killed_agent_makes_the_round_close_at_its_deadline(any_broker: PrivateBroker,
                                                             tmp_path: Path) -> None:
     job = "killed-agent"
-    watcher = TopicWatcher(broker.url, job)
+    watcher = TopicWatcher(any_broker.url, job)
     victim = fedmq_process(
-        "agent", "--broker", broker.url, "--job", job, "--task", "digits",
+        "agent", "--broker", any_broker.url, "--job", job, "--task", "digits",
         "--agent-id", "agent-3", "--shard", "3/4", "--threads", "1",
         log=tmp_path / "victim.log",
     )
@@ -107,8 +109,8 @@ def test_killed_agent_makes_the_round_close_at_its_deadline(broker: LocalBroker,
             victim.wait(10)
 
     config = digits_config(job, quorum=4, min_replies=2, min_agents=4, deadline_s=2.0)
-    coord = CoordinatorThread(config, broker.url, tmp_path, on_action=kill_after_round_one)
-    with agent_fleet(broker.url, job, "digits", 3, total=4):
+    coord = CoordinatorThread(config, any_broker.url, tmp_path, on_action=kill_after_round_one)
+    with agent_fleet(any_broker.url, job, "digits", 3, total=4):
         coord.start().join()
     assert victim.returncode == -signal.SIGKILL
     first, *rest = coord.closed
@@ -180,17 +182,18 @@ def test_garbage_and_poisoned_updates_are_rejected_and_the_run_finishes(
     watcher.close()
 
 
-def test_killed_coordinator_resumes_from_its_checkpoint(broker: LocalBroker,
+@pytest.mark.brokers
+def test_killed_coordinator_resumes_from_its_checkpoint(any_broker: PrivateBroker,
                                                         tmp_path: Path) -> None:
     job = "resume"
-    watcher = TopicWatcher(broker.url, job)
+    watcher = TopicWatcher(any_broker.url, job)
     # A ghost agent that is "online" but never answers makes every round close at its
     # 1.5 s deadline, which leaves time to kill the coordinator in the middle of a round.
-    ghost = FakeAgent(broker.url, job, "ghost")
-    args = ["coordinator", "--broker", broker.url, "--job", job, "--task", "digits",
+    ghost = FakeAgent(any_broker.url, job, "ghost")
+    args = ["coordinator", "--broker", any_broker.url, "--job", job, "--task", "digits",
             "--rounds", "5", "--min-replies", "3", "--min-agents", "4",
             "--deadline", "1.5", "--run-dir", str(tmp_path / "run")]
-    with agent_fleet(broker.url, job, "digits", 3):
+    with agent_fleet(any_broker.url, job, "digits", 3):
         first = fedmq_process(*args, log=tmp_path / "first.log")
         watcher.wait_for(lambda: any(m.round == 2 for m in watcher.metrics()))
         first.send_signal(signal.SIGKILL)
