@@ -14,6 +14,9 @@ from coordinator.aggregate import Aggregator
 from coordinator.optimisers import OptState
 from protocol import ClosedBy, RoundMetrics, Update, Weights
 
+#: the agents' reported metrics a round averages (docs/PROTOCOL.md, update ``metrics``)
+TRAIN_METRICS = ("loss", "accuracy")
+
 
 def _finite(value: float | None) -> float | None:
     """A metric as published, or None: agents' reported losses (each finite) can still sum
@@ -42,9 +45,10 @@ class OpenRound:
     bytes_up: int = 0
     bytes_down: int = 0
     samples: int = 0
-    loss_sum: float = 0.0
-    accuracy_sum: float = 0.0
-    accuracy_samples: int = 0
+    #: per reported training metric (``loss``, ``accuracy``): the sample-weighted sum and
+    #: the samples of the updates that reported it, so a silent agent counts as absent, not 0
+    metric_sums: dict[str, float] = field(default_factory=dict)
+    metric_samples: Counter[str] = field(default_factory=Counter)
     closed_by: ClosedBy | None = None
     new_weights: Weights | None = None
     #: the server optimiser's state once this round's model is committed
@@ -67,11 +71,16 @@ class OpenRound:
         """Count an accepted update's samples and reported training metrics."""
         self.accepted.add(update.agent)
         self.samples += update.samples
-        if "loss" in update.metrics:
-            self.loss_sum += update.metrics["loss"] * update.samples
-        if "accuracy" in update.metrics:
-            self.accuracy_sum += update.metrics["accuracy"] * update.samples
-            self.accuracy_samples += update.samples
+        for name in TRAIN_METRICS:
+            if name in update.metrics:
+                value = update.metrics[name] * update.samples
+                self.metric_sums[name] = self.metric_sums.get(name, 0.0) + value
+                self.metric_samples[name] += update.samples
+
+    def _train_mean(self, name: str) -> float | None:
+        """The sample-weighted mean of ``name`` over the updates that reported it."""
+        weight = self.metric_samples[name]
+        return _finite(self.metric_sums[name] / weight) if weight else None
 
     def metrics(
         self,
@@ -101,10 +110,8 @@ class OpenRound:
             raw_bytes_up=raw_update_bytes * len(self.accepted),
             accuracy=_finite(evaluation.get("accuracy")),
             loss=_finite(evaluation.get("loss")),
-            train_loss=_finite(self.loss_sum / self.samples if self.samples else None),
-            train_accuracy=_finite(
-                self.accuracy_sum / self.accuracy_samples if self.accuracy_samples else None
-            ),
+            train_loss=self._train_mean("loss"),
+            train_accuracy=self._train_mean("accuracy"),
             at=at,
             epsilon=epsilon,
         )

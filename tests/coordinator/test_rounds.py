@@ -763,6 +763,22 @@ def test_metrics_carry_sample_weighted_train_loss_and_bytes() -> None:
     assert metrics.accuracy is None  # evaluate=False
 
 
+def test_train_metrics_average_only_over_the_updates_that_report_them() -> None:
+    rounds, _ = start(make_config(quorum=3))
+    mid = model_id_of(rounds)
+    rounds.handle(UpdateArrived("a0", update_bytes("a0", 1, mid, make_delta(0), 10,
+                                                   metrics={"loss": 2.0})), 1.0)
+    rounds.handle(UpdateArrived("a1", update_bytes("a1", 1, mid, make_delta(1), 30,
+                                                   metrics={"accuracy": 0.9})), 1.0)
+    last = update_bytes("a2", 1, mid, make_delta(2), 60, metrics={})
+
+    metrics = closed(rounds.handle(UpdateArrived("a2", last), 1.0))
+
+    assert metrics.samples == 100
+    assert metrics.train_loss == pytest.approx(2.0)  # a1 and a2 reported no loss, not loss 0
+    assert metrics.train_accuracy == pytest.approx(0.9)
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     script=st.lists(
