@@ -24,6 +24,15 @@ class BrokerConnected:
 
 
 @dataclass(frozen=True, slots=True)
+class MessageArrived:
+    """Raw bytes on any topic the adapter subscribed to; the machine reads the topic itself,
+    so a topic that names no valid agent is refused and counted like any other message."""
+
+    topic: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class UpdateArrived:
     """Raw bytes on ``.../update/{agent}``; ``agent`` comes from the topic."""
 
@@ -60,7 +69,13 @@ class StopRequested:
 
 
 Event: TypeAlias = (
-    BrokerConnected | UpdateArrived | PresenceArrived | Tick | Evaluated | StopRequested
+    BrokerConnected
+    | MessageArrived
+    | UpdateArrived
+    | PresenceArrived
+    | Tick
+    | Evaluated
+    | StopRequested
 )
 
 # --- actions (out) ---------------------------------------------------------------

@@ -28,8 +28,8 @@ from coordinator.events import (
     Evaluate,
     Evaluated,
     Event,
+    MessageArrived,
     MessageRejected,
-    PresenceArrived,
     RoundClosed,
     RoundOpened,
     SaveCheckpoint,
@@ -37,10 +37,9 @@ from coordinator.events import (
     StopRequested,
     Tick,
     UpdateAccepted,
-    UpdateArrived,
 )
 from coordinator.rounds import Rounds
-from protocol import Phase, Publish, TopicKind, Weights, WireError, parse_topic
+from protocol import Phase, Publish, Weights
 from transport.connection import BrokerURL, Session, connect, make_client, refused_for_good
 from transport.inbox import Inbox
 
@@ -134,9 +133,7 @@ class CoordinatorNode:
                 item = self._next(self.rounds.next_deadline())
                 if isinstance(item, _Refused):
                     raise ConnectionRefusedError(item.why)
-                event = self._to_event(item)
-                if event is not None:
-                    self._feed(event)
+                self._feed(self._to_event(item))
                 deadline = self.rounds.next_deadline()
                 if deadline is not None and time.monotonic() >= deadline:
                     self._feed(Tick())
@@ -149,19 +146,9 @@ class CoordinatorNode:
         item = self._inbox.get(timeout)
         return Tick() if item is None else item
 
-    def _to_event(self, item: _Inbound | Event) -> Event | None:
-        if not isinstance(item, _Inbound):
-            return item
-        try:
-            ref = parse_topic(item.topic)
-        except WireError as exc:
-            log.warning("ignored message on %s: %s", item.topic, exc)
-            return None
-        if ref.kind is TopicKind.UPDATE and ref.agent is not None:
-            return UpdateArrived(ref.agent, item.payload)
-        if ref.kind is TopicKind.AGENTS and ref.agent is not None:
-            return PresenceArrived(ref.agent, item.payload)
-        return None
+    @staticmethod
+    def _to_event(item: _Inbound | Event) -> Event:
+        return MessageArrived(item.topic, item.payload) if isinstance(item, _Inbound) else item
 
     def _feed(self, event: Event) -> None:
         pending: deque[Action] = deque(self.rounds.handle(event, time.monotonic()))

@@ -61,8 +61,10 @@ class Outbox:
         weights: Weights,
         model_id: str,
         now: float,
+        roll_call: tuple[str, ...] = (),
     ) -> bytes:
-        """A round's model announcement; it names the cohort when the round asks one."""
+        """A round's model announcement; it names the cohort when the round asks one, and
+        the agents called on to announce themselves again (:mod:`coordinator.roster`)."""
         cfg = self._config
         return encode_model(
             ModelAnnouncement(
@@ -79,6 +81,7 @@ class Outbox:
                 cohort=tuple(sorted(cohort)) if cfg.names_cohort else None,
                 issued_at=self.wall(now),
                 max_payload=cfg.max_payload,
+                roll_call=roll_call,
             )
         )
 

@@ -27,7 +27,7 @@ from typing_extensions import assert_never
 
 from coordinator.aggregate import AggregationError
 from coordinator.checkpoint import Checkpoint
-from coordinator.cohort import CohortPolicy, Roster
+from coordinator.cohort import CohortPolicy
 from coordinator.config import RoundConfig
 from coordinator.events import (
     Action,
@@ -35,6 +35,7 @@ from coordinator.events import (
     Evaluate,
     Evaluated,
     Event,
+    MessageArrived,
     MessageRejected,
     PresenceArrived,
     RoundClosed,
@@ -50,6 +51,7 @@ from coordinator.global_model import GlobalModel
 from coordinator.open_round import OpenRound
 from coordinator.outbox import Outbox
 from coordinator.phases import Trigger, next_phase
+from coordinator.roster import Roster
 from coordinator.stopping import stop_reason
 from coordinator.validation import Intake, RunView
 from protocol import (
@@ -58,8 +60,10 @@ from protocol import (
     Publish,
     RejectReason,
     RoundMetrics,
+    TopicKind,
     Weights,
     WireError,
+    parse_agent_topic,
     raw_size,
 )
 
@@ -81,7 +85,7 @@ class Rounds:
         self._outbox = Outbox(config, wall_offset=wall_offset)
         self.topics = self._outbox.topics
         self._cohorts = CohortPolicy(config)
-        self._roster = Roster()
+        self._roster = Roster(config)
         self._model = GlobalModel(config, weights, resume)  # checks resume fits the config
         self._run = resume.run if resume else run
         self._completed = resume.round if resume else 0
@@ -137,6 +141,10 @@ class Rounds:
     def agents_online(self) -> frozenset[str]:
         return frozenset(self._roster.online)
 
+    @property
+    def _round_no(self) -> int | None:
+        return self._round.number if self._round is not None else None
+
     def next_deadline(self) -> float | None:
         """When the adapter must send a :class:`Tick`, or None if nothing is timed."""
         if self._phase is Phase.TRAINING and self._round is not None:
@@ -150,6 +158,8 @@ class Rounds:
         match event:
             case BrokerConnected():
                 return self._on_connected(now)
+            case MessageArrived(topic=topic, payload=payload):
+                return self._on_message(topic, payload, now)
             case PresenceArrived(agent=agent, payload=payload):
                 return self._on_presence(agent, payload, now)
             case UpdateArrived(agent=agent, payload=payload):
@@ -179,20 +189,26 @@ class Rounds:
             actions.append(Stop(self._phase, self._message))
         return actions
 
+    def _on_message(self, topic: str, payload: bytes, now: float) -> list[Action]:
+        try:
+            kind, agent = parse_agent_topic(topic, self.config.job)
+        except WireError as exc:
+            return [self._reject(None, self._round_no, exc.reason, f"topic: {exc.detail}")]
+        handle = self._on_update if kind is TopicKind.UPDATE else self._on_presence
+        return handle(agent, payload, now)
+
     def _on_presence(self, agent: str, payload: bytes, now: float) -> list[Action]:
         try:
             self._roster.apply(agent, payload)
         except WireError as exc:
             return [self._reject(agent, None, exc.reason, f"presence: {exc.detail}")]
-        eligible = self._cohorts.eligible(self.agents_online, self._roster.presences)
-        if self._phase is Phase.WAITING and len(eligible) >= self.config.min_agents:
+        if self._phase is Phase.WAITING and len(self._eligible()) >= self.config.min_agents:
             return self._open_round(now)
         return [self._status(now)]
 
     def _on_update(self, agent: str, payload: bytes, now: float) -> list[Action]:
-        rs = self._round
+        rs, round_no = self._round, self._round_no
         accepting = rs if rs is not None and self._phase is Phase.TRAINING else None
-        round_no = rs.number if rs is not None else None
         if accepting is not None:
             accepting.bytes_up += len(payload)
         view = RunView(
@@ -206,6 +222,8 @@ class Rounds:
         try:
             taken = self._intake.take(view, agent, payload, now)
         except WireError as exc:
+            if exc.reason is RejectReason.UNKNOWN_AGENT:
+                self._roster.missing(agent)
             return [self._reject(agent, round_no, exc.reason, exc.detail)]
         if taken is None:
             return []  # a chunk of an update still incomplete
@@ -251,6 +269,7 @@ class Rounds:
         rs.model_payload = self._outbox.announcement(
             run=self._run, round_no=rs.number, attempt=rs.attempt, deadline_s=rs.deadline_s,
             cohort=rs.cohort, weights=self._model.weights, model_id=self._model_id, now=now,
+            roll_call=self._roster.take_roll_call(),
         )
         publishes = self._outbox.model_publishes(rs.model_payload, run=self._run)
         rs.bytes_down += sum(len(p.payload) for p in publishes) * len(rs.cohort - rs.accepted)
@@ -258,39 +277,15 @@ class Rounds:
         return [*publishes, opened, self._status(now)]
 
     def _open_round(self, now: float) -> list[Action]:
-        cfg = self.config
-        eligible = self._cohorts.eligible(self.agents_online, self._roster.presences)
-        number = self._completed + 1
-        target = self._cohorts.size(len(eligible))
-        cohort = self._cohorts.draw(eligible, target, self._roster.presences, number, 0)
-        quorum = cfg.quorum if cfg.quorum is not None else max(len(cohort), cfg.min_replies)
-        self._round = OpenRound(
-            number=number,
-            attempt=0,
-            opened_at=now,
-            deadline=now + cfg.deadline_s,
-            deadline_s=cfg.deadline_s,
-            cohort=cohort,
-            quorum=quorum,
-            aggregator=self._model.aggregator(number, len(cohort)),
-            model_payload=b"",
-            cohort_target=target,
-            pool=set(eligible),
+        self._round = self._cohorts.open(
+            self._completed + 1, self._eligible(), self._roster.presences, now,
+            aggregator=self._model.aggregator,
         )
         self._fire(Trigger.OPEN if self._phase is Phase.WAITING else Trigger.NEXT)
         return self._announce(self._round, now)
 
-    def _retry_round(self, now: float) -> list[Action]:
-        rs = self._round
-        assert rs is not None
-        rs.attempt += 1
-        rs.deadline_s = self.config.deadline_s * self.config.retry_backoff**rs.attempt
-        rs.deadline = now + rs.deadline_s
-        eligible = self._cohorts.eligible(self.agents_online, self._roster.presences)
-        rs.pool |= eligible
-        rs.cohort = self._cohorts.top_up(rs, eligible, self._roster.presences)
-        self._fire(Trigger.RETRY)
-        return self._announce(rs, now)
+    def _eligible(self) -> frozenset[str]:
+        return self._cohorts.eligible(self.agents_online, self._roster.presences)
 
     def _maybe_close(self, now: float) -> list[Action]:
         rs = self._round
@@ -307,7 +302,9 @@ class Rounds:
         assert rs is not None
         if self.config.on_short_round == "retry" and rs.attempt < self.config.max_retries:
             self._message = f"{why}; retry {rs.attempt + 1} of {self.config.max_retries}"
-            return self._retry_round(now)
+            self._cohorts.retry(rs, self._eligible(), self._roster.presences, now)
+            self._fire(Trigger.RETRY)
+            return self._announce(rs, now)
         tries = f" after {rs.attempt} retries" if rs.attempt else ""
         return self._end(Trigger.FAIL, f"{why}{tries}; stopping", now)
 

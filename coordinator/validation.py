@@ -84,13 +84,15 @@ def admit_update(config: RoundConfig, view: RunView, agent: str, payload: bytes)
 
 def _check_asked(config: RoundConfig, view: RunView, agent: str, rs: OpenRound) -> None:
     """Refuse an agent the round did not ask: never seen online, or not in its cohort.
+    With agent keys the update's verified signature already proves who sent it, so a
+    provisioned agent is a member whatever its presence says (docs/SECURITY.md).
 
     Raises:
         WireError: UNKNOWN_AGENT or NOT_IN_COHORT.
     """
     if agent in rs.cohort:
         return
-    if agent not in view.online:
+    if agent not in view.online and config.agent_keys is None:
         raise WireError(RejectReason.UNKNOWN_AGENT, f"{agent!r} never announced presence")
     if config.names_cohort:
         raise WireError(RejectReason.NOT_IN_COHORT, f"{agent!r} was not asked in {rs.number}")

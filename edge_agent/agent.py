@@ -20,6 +20,7 @@ import numpy as np
 from typing_extensions import assert_never
 
 from edge_agent.feedback import ErrorFeedback, Residual
+from edge_agent.intake import ModelIntake
 from edge_agent.trainer import TrainResult
 from protocol import (
     ModelAnnouncement,
@@ -31,16 +32,11 @@ from protocol import (
     Weights,
     WireError,
     check_id,
-    decode_model,
     encode_presence,
     encode_update,
 )
-from protocol.chunks import Reassembler, is_chunk_frame, split
-from protocol.fields import DEFAULT_MAX_BYTES
-from protocol.signing import Purpose, SigningKey, VerifyKey, open_model, seal
-
-#: incomplete chunked models older than this are dropped (a round's model is re-sent anyway)
-MODEL_CHUNK_TTL_S = 600.0
+from protocol.chunks import split
+from protocol.signing import Purpose, SigningKey, VerifyKey, seal
 
 #: Identifies what an update answers: (run, round, model_id).
 RoundKey = tuple[str, int, str]
@@ -78,11 +74,18 @@ class TrainingFailed:
 
 
 @dataclass(frozen=True, slots=True)
+class MessagesLost:
+    """The adapter dropped inbound messages (its queue was full): a round may have been missed."""
+
+
+@dataclass(frozen=True, slots=True)
 class ShutdownRequested:
     """The agent is stopping cleanly."""
 
 
-AgentEvent: TypeAlias = Connected | ModelArrived | TrainingDone | TrainingFailed | ShutdownRequested
+AgentEvent: TypeAlias = (
+    Connected | ModelArrived | MessagesLost | TrainingDone | TrainingFailed | ShutdownRequested
+)
 
 # --- actions (out) ------------------------------------------------------------------------
 
@@ -152,14 +155,18 @@ class AgentCore:
         feedback: ErrorFeedback | None = None,
         signing_key: SigningKey | None = None,
         coordinator_key: VerifyKey | None = None,
+        session: str = "s0",
     ) -> None:
         """``feedback`` carries a residual loaded from the device's state dir, if any.
 
-        ``signing_key`` signs every update; with ``coordinator_key`` set, a model
-        that is unsigned or not signed by it is refused (docs/SECURITY.md).
+        ``signing_key`` signs every update and every presence (the last will too), the
+        presence for ``session``: an id the adapter draws afresh for each agent process,
+        so that the coordinator can tell a late will of an earlier process from this
+        one's. With ``coordinator_key`` set, a model that is unsigned or not signed by it
+        is refused (docs/SECURITY.md).
         """
         self._signing_key = signing_key
-        self._coordinator_key = coordinator_key
+        self._session = check_id(session, "session")
         self.job = check_id(job, "job")
         self.agent = check_id(agent, "agent")
         self._feedback = feedback if feedback is not None else ErrorFeedback()
@@ -176,9 +183,7 @@ class AgentCore:
         #: runs this agent has trained for: only their final model ends its work
         self._runs_joined: set[str] = set()
         self._resend_armed = False
-        self._chunks = Reassembler(
-            2 * DEFAULT_MAX_BYTES, ttl_s=MODEL_CHUNK_TTL_S, max_payload_size=DEFAULT_MAX_BYTES
-        )
+        self._intake = ModelIntake(self.job, coordinator_key)
         self.models_rejected = 0
 
     @property
@@ -212,9 +217,13 @@ class AgentCore:
         match event:
             case Connected():
                 self._resend_armed = self._answer is not None
+                self._intake.resync()
                 return [self._presence(online=True, at=wall)]
+            case MessagesLost():
+                self._intake.resync()
+                return []
             case ModelArrived(payload=payload):
-                return self._on_model(payload, now)
+                return self._on_model(payload, now, wall)
             case TrainingDone(key=key, result=result, train_s=train_s):
                 return self._on_trained(key, result, train_s)
             case TrainingFailed(key=key, reason=reason):
@@ -224,23 +233,14 @@ class AgentCore:
             case _:
                 assert_never(event)
 
-    def _on_model(self, payload: bytes, now: float) -> list[AgentAction]:
+    def _on_model(self, payload: bytes, now: float, wall: float) -> list[AgentAction]:
         try:
-            if is_chunk_frame(payload):  # a piece of a model sent in chunks (or its manifest)
-                whole = self._chunks.add("model", payload, now)
-                if whole is None:
-                    return []
-                payload = whole
-            # Verify the bytes as received, then decode what they vouch for.
-            body = open_model(
-                payload, job=self.job, key=self._coordinator_key, max_body_bytes=DEFAULT_MAX_BYTES
-            )
-            model = decode_model(body)
-            if model.job != self.job:
-                raise WireError(RejectReason.WRONG_JOB, f"model for job {model.job!r}")
+            model = self._intake.take(payload, now, self._latest)
         except WireError as exc:
             self.models_rejected += 1
             return [ModelRejected(exc.reason, exc.detail)]
+        if model is None:
+            return []  # a chunk of a model still incomplete
         latest = self._latest
         older = latest is not None and latest.run == model.run and model.round < latest.round
         # A final model is never stale: it carries the last *completed* round, which is
@@ -248,6 +248,13 @@ class AgentCore:
         if older and not model.done:
             return []  # an older round delivered late; the newer one stands
         self._latest = model
+        self._intake.taken()
+        if self.agent in model.roll_call:  # the coordinator does not count us: say we're here
+            return [self._presence(online=True, at=wall), *self._on_latest(model)]
+        return self._on_latest(model)
+
+    def _on_latest(self, model: ModelAnnouncement) -> list[AgentAction]:
+        """What the newest model asks of this agent: keep it, train, or re-send an answer."""
         if model.done:
             # A retained final model of some earlier run ends nothing for a newcomer:
             # keep it as the device's model and wait for the next run.
@@ -375,4 +382,8 @@ class AgentCore:
             device=self._device,
             at=at,
         )
-        return Publish(self.topics.presence(self.agent), encode_presence(presence), retain=True)
+        payload = encode_presence(presence)
+        if self._signing_key is not None:
+            payload = seal(payload, Purpose.PRESENCE, job=self.job, run=self._session,
+                           signer=self.agent, key=self._signing_key)
+        return Publish(self.topics.presence(self.agent), payload, retain=True)

@@ -30,6 +30,7 @@ from edge_agent.agent import (
     AgentCore,
     AgentEvent,
     Connected,
+    MessagesLost,
     ModelArrived,
     ModelRejected,
     RoundKey,
@@ -151,11 +152,16 @@ class AgentNode:
         # in the order a trainer running inline would: a round's update goes out even
         # when the next round's model came in meanwhile (the coordinator counts it stale).
         deferred: deque[AgentEvent] = deque()
+        inbox_dropped = 0
         try:
             while True:
                 busy = self.core.training is not None
                 item = deferred.popleft() if deferred and not busy else self._inbox.get()
                 assert item is not None  # get() without a timeout waits for an item
+                if self._inbox.dropped != inbox_dropped:  # paho's hand-off overflowed
+                    inbox_dropped = self._inbox.dropped
+                    lost = MessagesLost()
+                    self._defer(deferred, lost) if busy else self._feed(lost)
                 if isinstance(item, _Quit):
                     self._abandon_round()
                     self._feed(ShutdownRequested())
@@ -163,11 +169,7 @@ class AgentNode:
                 if isinstance(item, TrainingDone):
                     self.rounds_trained += 1
                 elif busy and not isinstance(item, _Refused | TrainingFailed):
-                    if len(deferred) < self._inbox.maxsize:
-                        deferred.append(item)
-                    else:
-                        self._deferred_dropped += 1
-                        log.error("%s: inbound queue full; dropped a message", self.core.agent)
+                    self._defer(deferred, item)
                     continue
                 if isinstance(item, _Refused):
                     self.refused = item.why
@@ -179,6 +181,18 @@ class AgentNode:
                     break
         finally:
             self._flush_and_disconnect()
+
+    def _defer(self, deferred: deque[AgentEvent], event: AgentEvent) -> None:
+        """Keep ``event`` for when the training is done. With the backlog full it is dropped
+        and the gap marked, so the core knows a round may have been missed."""
+        if len(deferred) < self._inbox.maxsize:
+            deferred.append(event)
+            return
+        if not isinstance(event, MessagesLost):
+            self._deferred_dropped += 1
+            log.error("%s: inbound queue full; dropped a message", self.core.agent)
+        if not isinstance(deferred[-1], MessagesLost):  # one mark per gap: bounded
+            deferred.append(MessagesLost())
 
     def _feed(self, event: AgentEvent) -> None:
         for action in self.core.handle(event, time.monotonic(), wall=time.time()):

@@ -181,6 +181,9 @@ def build_agent(
         feedback=feedback,
         signing_key=settings.signing_key,
         coordinator_key=settings.coordinator_key,
+        # one per process: the coordinator tells this process's last will from a late one
+        # of an earlier process (coordinator/roster.py)
+        session=uuid.uuid4().hex[:12],
     )
     session = Session(
         client_id=f"fedmq-{settings.job}-{settings.agent_id}",

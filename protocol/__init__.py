@@ -27,7 +27,14 @@ from protocol.reports import (
     encode_status,
 )
 from protocol.tensors import Weights, decode_weights, encode_weights, weights_digest
-from protocol.topics import TopicKind, TopicRef, Topics, check_id, parse_topic
+from protocol.topics import (
+    TopicKind,
+    TopicRef,
+    Topics,
+    check_id,
+    parse_agent_topic,
+    parse_topic,
+)
 from protocol.wire import decode_model, decode_update, encode_model, encode_update
 
 __all__ = [
@@ -65,6 +72,7 @@ __all__ = [
     "encode_status",
     "encode_update",
     "encode_weights",
+    "parse_agent_topic",
     "parse_topic",
     "raw_size",
     "weights_digest",

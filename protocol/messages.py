@@ -82,6 +82,9 @@ class ModelAnnouncement:
     issued_at: float = 0.0
     #: the broker's payload cap: agents send updates above it as chunks (0: no cap)
     max_payload: int = 0
+    #: agents the coordinator refused as never announced: each named one announces itself
+    #: again (docs/PROTOCOL.md, "Membership")
+    roll_call: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -140,3 +140,15 @@ def parse_topic(topic: str) -> TopicRef:
     if rest:
         raise WireError(RejectReason.MALFORMED, f"unexpected levels after {kind.value}")
     return TopicRef(job, kind)
+
+
+def parse_agent_topic(topic: str, job: str) -> tuple[TopicKind, str]:
+    """The kind (``update`` or ``agents``) and agent of one of ``job``'s per-agent topics.
+
+    Raises:
+        WireError: MALFORMED for any other topic, or a level that is not a valid agent id.
+    """
+    ref = parse_topic(topic)
+    if ref.job != job or ref.agent is None:
+        raise WireError(RejectReason.MALFORMED, f"not an agent topic of job {job}: {topic[:200]!r}")
+    return ref.kind, ref.agent

@@ -14,6 +14,7 @@ from protocol.errors import RejectReason, WireError
 from protocol.fields import (
     DEFAULT_MAX_BYTES,
     MAX_COHORT,
+    MAX_ROLL_CALL,
     MAX_TENSORS,
     Fields,
     header,
@@ -53,6 +54,8 @@ def encode_model(m: ModelAnnouncement) -> bytes:
             "done": m.done,
             "issued_at": m.issued_at,
             "max_payload": m.max_payload,
+            # only when someone is named: every other announcement stays byte for byte
+            **({"roll_call": list(m.roll_call)} if m.roll_call else {}),
             "tensors": encode_weights(m.weights),
         }
     )
@@ -75,11 +78,9 @@ def decode_model(payload: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> ModelAnn
         options=p.scalars("options"),
     )
     cohort_raw = f.obj.get("cohort")
-    cohort: tuple[str, ...] | None = None
-    if cohort_raw is not None:
-        if not isinstance(cohort_raw, list) or len(cohort_raw) > MAX_COHORT:
-            raise WireError(RejectReason.MALFORMED, "model.cohort: expected a list of ids")
-        cohort = tuple(Fields({"a": a}, "model.cohort").ident("a") for a in cohort_raw)
+    cohort = None if cohort_raw is None else _ids(cohort_raw, MAX_COHORT, "model.cohort")
+    roll_raw = f.obj.get("roll_call")
+    roll_call = () if roll_raw is None else _ids(roll_raw, MAX_ROLL_CALL, "model.roll_call")
     tensors = f.obj.get("tensors")
     if isinstance(tensors, list) and len(tensors) > MAX_TENSORS:
         raise WireError(RejectReason.TOO_LARGE, f"model: {len(tensors)} tensors")
@@ -98,7 +99,15 @@ def decode_model(payload: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> ModelAnn
         issued_at=f.number("issued_at", 0.0),
         max_payload=_max_payload(f),
         weights=decode_weights(tensors),
+        roll_call=roll_call,
     )
+
+
+def _ids(raw: object, limit: int, what: str) -> tuple[str, ...]:
+    """A list of at most ``limit`` ids (docs/PROTOCOL.md, "Ids")."""
+    if not isinstance(raw, list) or len(raw) > limit:
+        raise WireError(RejectReason.MALFORMED, f"{what}: expected a list of at most {limit} ids")
+    return tuple(Fields({"a": a}, what).ident("a") for a in raw)
 
 
 def _max_payload(f: Fields) -> int:

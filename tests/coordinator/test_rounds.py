@@ -18,6 +18,7 @@ from coordinator import (
     BrokerConnected,
     Evaluate,
     Evaluated,
+    MessageArrived,
     MessageRejected,
     PresenceArrived,
     RoundClosed,
@@ -304,6 +305,35 @@ def test_garbage_presence_is_rejected_as_malformed() -> None:
     reject = only(rounds.handle(PresenceArrived("a0", b"{not json"), 0.0), MessageRejected)
     assert reject.reason is RejectReason.MALFORMED
     assert rounds.phase is Phase.WAITING
+
+
+@pytest.mark.parametrize(
+    "topic",
+    [f"fedmq/v1/{JOB}/update/bad id", f"fedmq/v1/{JOB}/update/-x",
+     f"fedmq/v1/{JOB}/agents/bad id", f"fedmq/v1/{JOB}/status", "fedmq/v1/other/update/a0",
+     "elsewhere/a0"],
+)
+def test_a_topic_that_names_no_agent_of_the_job_is_rejected_as_malformed_and_counted(
+    topic: str,
+) -> None:
+    rounds, _ = start()
+    before = observe(rounds, 1.0)
+
+    (rejected,) = rounds.handle(MessageArrived(topic, presence("a0")), 1.0)
+
+    assert isinstance(rejected, MessageRejected) and rejected.reason is RejectReason.MALFORMED
+    assert rounds.rejected_total == {"malformed": 1}
+    assert_unchanged(before, observe(rounds, 1.0))
+
+
+def test_messages_are_routed_by_their_topic() -> None:
+    rounds = Rounds(make_config(min_agents=1), copy_weights(W0), run=RUN)
+    topics = rounds.topics
+    opened = rounds.handle(MessageArrived(topics.presence("a0"), presence("a0")), 0.0)
+    assert of_type(opened, RoundOpened)
+    payload = update_bytes("a0", 1, model_id_of(rounds), make_delta(0), 10)
+    accepted = rounds.handle(MessageArrived(topics.update("a0"), payload), 1.0)
+    assert only(accepted, UpdateAccepted).agent == "a0"
 
 
 def test_late_joiner_may_reply_and_is_accepted() -> None:
