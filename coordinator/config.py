@@ -71,6 +71,9 @@ class RoundConfig:
     dp_seed: int = 0
     evaluate: bool = True
     max_update_bytes: int = 64 * 1024 * 1024
+    #: an update claiming more samples is refused: without keys anyone can send one, and
+    #: its FedAvg weight would swamp every honest update (docs/SECURITY.md)
+    max_samples: int = 1_000_000
     #: the broker's payload cap; larger models and updates travel as chunks (0: no cap)
     max_payload: int = 0
     #: memory for partially received chunked updates, all agents together
@@ -115,6 +118,8 @@ class RoundConfig:
             raise ValueError("on_short_round must be 'retry' or 'stop'")
         if self.max_payload and self.max_payload < MIN_MAX_PAYLOAD:
             raise ValueError(f"max_payload must be 0 (no cap) or >= {MIN_MAX_PAYLOAD} bytes")
+        if not 1 <= self.max_samples <= 2**40:
+            raise ValueError(f"max_samples must be in 1..2**40, got {self.max_samples}")
         if self.max_retries < 0 or self.retry_backoff < 1.0:
             raise ValueError("max_retries must be >= 0 and retry_backoff >= 1")
         if self.agent_keys is not None:

@@ -60,6 +60,9 @@ def admit_update(config: RoundConfig, view: RunView, agent: str, payload: bytes)
         raise WireError(RejectReason.AGENT_MISMATCH, f"payload names {update.agent!r}")
     if update.job != config.job:
         raise WireError(RejectReason.WRONG_JOB, f"update for job {update.job!r}")
+    if update.samples > config.max_samples:
+        detail = f"{update.samples} samples > max_samples {config.max_samples}"
+        raise WireError(RejectReason.TOO_LARGE, detail)
     if config.allowed_agents is not None and agent not in config.allowed_agents:
         raise WireError(RejectReason.UNKNOWN_AGENT, f"{agent!r} is not provisioned")
     rs = view.accepting

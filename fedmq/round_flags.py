@@ -106,6 +106,9 @@ def add_round_flags(p: argparse.ArgumentParser, rounds: int, deadline: float) ->
     g.add_argument("--no-eval", action="store_true", help="skip server-side evaluation")
     g.add_argument("--max-update-bytes", type=_size, default=64 * 1024 * 1024,
                    help="reject larger updates (e.g. 64m)")
+    g.add_argument("--max-samples", type=int, default=1_000_000,
+                   help="reject updates that claim more local samples: their FedAvg weight "
+                        "would swamp the rest (docs/SECURITY.md)")
     g.add_argument("--max-payload", type=_size, default=0,
                    help="the broker's payload cap, e.g. 128k for AWS IoT Core: larger "
                         "models and updates travel as chunks (default: no cap)")
@@ -195,6 +198,7 @@ def round_config(args: argparse.Namespace, job: str, min_agents: int | None = No
         dp_seed=args.dp_seed,
         evaluate=not args.no_eval,
         max_update_bytes=args.max_update_bytes,
+        max_samples=args.max_samples,
         max_payload=args.max_payload,
     )
 

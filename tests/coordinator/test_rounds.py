@@ -643,6 +643,10 @@ REJECTIONS: dict[str, tuple[RejectReason, Case]] = {
         RejectReason.MALFORMED,
         lambda c: ("a1", update_bytes("a1", 2, c.model_id, D, samples=0)),
     ),
+    "more_samples_than_max_samples": (  # a forged FedAvg weight that would swamp the rest
+        RejectReason.TOO_LARGE,
+        lambda c: ("a1", update_bytes("a1", 2, c.model_id, D, samples=1_000_001)),
+    ),
     "wrong_schema_version": (
         RejectReason.BAD_VERSION,
         lambda c: ("a1", _repack(update_bytes("a1", 2, c.model_id, D), v=2)),

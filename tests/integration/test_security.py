@@ -470,6 +470,50 @@ def test_replayed_altered_and_misrouted_updates_are_rejected_with_their_reasons(
             c.close()
 
 
+# --- forged presence -------------------------------------------------------------------------
+
+
+def test_a_forged_offline_from_a_devices_password_does_not_remove_it_from_aggregation(
+        secure_broker: LocalBroker, fleet_dir: Path) -> None:
+    # agent-0 is a real agent; the test plays agent-1, so round 2 stays open while a
+    # retained `offline` for agent-0 is published with agent-0's password (not its key).
+    tap = Client(secure_broker, fleet_dir, "coordinator", subscribe=(f"fedmq/v1/{JOB}/#",))
+    run = secure_coordinator(secure_broker, fleet_dir, rounds=3)
+    agent_1 = HandPlayed(secure_broker, fleet_dir, tap)
+    with_password = Client(secure_broker, fleet_dir, "agent-0")
+    nodes = secure_agents(secure_broker, fleet_dir, ("agent-0",), lambda _a, _x: None)
+    threads = run_fleet(nodes)
+    forged = json.dumps({"v": 1, "type": "presence", "agent": "agent-0",
+                         "state": "offline"}).encode()
+    try:
+        agent_1.announce()
+        run.wait(opened(1))
+        wait_until(lambda: any(t == TOPICS.model for t, _ in tap.messages), tap.cond, TIMEOUT_S)
+        agent_1.answer(1)
+        run.wait(accepted("agent-0", 2))
+        with_password.publish(TOPICS.presence("agent-0"), forged, retain=True)
+        run.wait(lambda _acts: len(run.rejections()) >= 1)
+        assert [(r.agent, r.reason) for r in run.rejections()] == [
+            ("agent-0", RejectReason.UNSIGNED)]
+        assert run.node.rounds.agents_online == {"agent-0", "agent-1"}
+        agent_1.answer(2)
+        run.wait(accepted("agent-0", 3))  # still asked, and still counted
+        agent_1.answer(3)
+        run.thread.join(TIMEOUT_S)
+        closed = [a.metrics for a in run.actions if isinstance(a, RoundClosed)]
+        assert [m.accepted for m in closed] == [2, 2, 2]
+    finally:
+        for node in nodes:
+            node.stop()
+        for thread in threads:
+            thread.join(TIMEOUT_S)
+        if run.thread.is_alive():
+            run.node.stop("test over")
+            run.thread.join(TIMEOUT_S)
+        for c in (tap, with_password, agent_1.login):
+            c.close()
+
+
 # --- the documented steps, end to end over TLS ------------------------------------------------
 
 

@@ -10,12 +10,25 @@ from __future__ import annotations
 
 import paho.mqtt.client as mqtt
 import pytest
-from harness import CoordinatorThread, TopicWatcher
+from harness import CoordinatorThread, TopicWatcher, agent_fleet
 from paho.mqtt.enums import CallbackAPIVersion
 
-from coordinator import RoundConfig
+from coordinator import Action, MessageRejected, RoundConfig, UpdateAccepted
+from edge_agent.agent import AgentCore, Connected, ModelArrived, Train, TrainingDone
+from edge_agent.trainer import TrainResult
 from fedmq.broker import LocalBroker
-from protocol import Phase, Presence, Status, Topics, decode_status, encode_presence
+from protocol import (
+    Phase,
+    Presence,
+    Publish,
+    RejectReason,
+    Status,
+    Topics,
+    decode_model,
+    decode_presence,
+    decode_status,
+    encode_presence,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -59,4 +72,85 @@ def test_a_bad_agent_id_in_a_topic_level_is_counted_as_malformed(broker: LocalBr
         client.loop_stop()
         coordinator.node.stop("test over")
         coordinator.join()
+        watcher.close()
+
+
+class ByHand:
+    """An unsigned agent played by the test: it answers a round only when told."""
+
+    def __init__(self, broker: LocalBroker, job: str, agent: str, watcher: TopicWatcher) -> None:
+        self.core = AgentCore(job, agent, samples=10, trainer="test")
+        self.client = publisher(broker)
+        self.watcher = watcher
+        self.topics = Topics(job)
+
+    def send(self, actions: list[object]) -> None:
+        for action in actions:
+            if isinstance(action, Publish):
+                self.client.publish(action.topic, action.payload, qos=1,
+                                    retain=action.retain).wait_for_publish(10)
+
+    def answer(self, round_no: int) -> None:
+        model = self.watcher.on("/model")[-1]
+        (train,) = [a for a in self.core.handle(ModelArrived(model)) if isinstance(a, Train)]
+        assert train.model.round == round_no
+        result = TrainResult(dict(train.model.weights), 10)
+        self.send(self.core.handle(TrainingDone(train.key, result, 0.0)))
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def test_a_device_the_coordinator_no_longer_counts_announces_itself_again(
+        broker: LocalBroker) -> None:
+    """An anonymous client's retained `offline` drops agent-0 from the roster between rounds;
+    its next update is refused, the next announcement calls the roll, and it is back."""
+    job = "rollcall"
+    topics = Topics(job)
+    watcher = TopicWatcher(broker.url, job)
+    accepted: list[tuple[str, int]] = []
+    refused: list[tuple[str | None, RejectReason]] = []
+
+    def record(action: Action) -> None:
+        with watcher.cond:
+            if isinstance(action, UpdateAccepted):
+                accepted.append((action.agent, action.round_no))
+            if isinstance(action, MessageRejected):
+                refused.append((action.agent, action.reason))
+            watcher.cond.notify_all()
+
+    config = RoundConfig(job=job, task="linreg", rounds=4, min_agents=2, evaluate=False,
+                         deadline_s=120.0)
+    coordinator = CoordinatorThread(config, broker.url, on_action=record).start()
+    by_hand = ByHand(broker, job, "agent-1", watcher)
+    anonymous = publisher(broker)
+    forged = encode_presence(Presence(agent="agent-0", online=False))
+    try:
+        by_hand.send(by_hand.core.handle(Connected()))
+        with agent_fleet(broker.url, job, "linreg", 1):  # agent-0, a real agent
+            watcher.wait_for(lambda: ("agent-0", 1) in accepted)
+            by_hand.answer(1)
+            watcher.wait_for(lambda: ("agent-0", 2) in accepted)
+            anonymous.publish(topics.presence("agent-0"), forged, qos=1,
+                              retain=True).wait_for_publish(10)
+            watcher.wait_for(lambda: statuses(watcher)[-1].agents_online == 1)
+            by_hand.answer(2)  # round 3 opens without agent-0: its update is refused
+            watcher.wait_for(lambda: refused == [("agent-0", RejectReason.UNKNOWN_AGENT)])
+            by_hand.answer(3)  # round 4 names agent-0 in its roll call
+            watcher.wait_for(lambda: ("agent-0", 4) in accepted)
+            coordinator.join()
+        rounds = {m.round: m for m in map(decode_model, watcher.on("/model")) if not m.done}
+        assert [r for r, m in rounds.items() if "agent-0" in m.roll_call] == [4]
+        # online, the forgery, online again at the roll call, offline when the run is done
+        states = [decode_presence(p).online for p in watcher.on("/agents/agent-0")]
+        assert states == [True, False, True, False]
+        assert coordinator.node.rounds.phase is Phase.DONE
+    finally:
+        by_hand.close()
+        anonymous.disconnect()
+        anonymous.loop_stop()
+        if coordinator.thread.is_alive():
+            coordinator.node.stop("test over")
+            coordinator.join()
         watcher.close()
