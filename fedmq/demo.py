@@ -7,7 +7,6 @@ everything between them and the coordinator crosses a real broker.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
@@ -17,9 +16,10 @@ from pathlib import Path
 
 from fedmq.broker import BrokerError, LocalBroker
 from fedmq.launch import Connection, build_coordinator
-from fedmq.progress import RunRecorder, human_bytes
+from fedmq.progress import RunRecorder, human_bytes, write_summary
 from fedmq.round_flags import observers, round_config
 from protocol import Phase
+from transport.connection import redact
 
 #: how long the agents get to go offline after the final model
 AGENTS_EXIT_TIMEOUT_S = 30.0
@@ -59,7 +59,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
     with ExitStack() as stack:
         if args.broker:
-            broker_url, where = args.broker, args.broker
+            broker_url, where = args.broker, redact(args.broker)
         else:
             try:
                 broker = stack.enter_context(LocalBroker())
@@ -76,7 +76,7 @@ def run_demo(args: argparse.Namespace) -> int:
         )
         print(UNSIGNED_NOTICE)
         print(
-            f"watch it: fedmq monitor --broker {broker_url} --job {args.job}   or   "
+            f"watch it: fedmq monitor --broker {redact(broker_url)} --job {args.job}   or   "
             f"mosquitto_sub -p {broker_url.rsplit(':', 1)[-1]} -v -t 'fedmq/v1/#'"
         )
         recorder = RunRecorder(config.rounds, jsonl=run_dir / "metrics.jsonl")
@@ -105,10 +105,9 @@ def run_demo(args: argparse.Namespace) -> int:
             node.rounds, job=args.job, run=node.rounds.run, task=args.task, agents=args.agents
         )
         _print_summary(summary, node.rounds.message)
-        summary_json = json.dumps(summary, indent=2) + "\n"
-        (run_dir / "summary.json").write_text(summary_json)
+        write_summary(run_dir / "summary.json", summary)
         if args.summary:
-            args.summary.write_text(summary_json)
+            write_summary(args.summary, summary)
             print(f"  summary        {args.summary}")
         if args.run_dir:
             print(f"  plots          fedmq report {args.run_dir}")

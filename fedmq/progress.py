@@ -18,6 +18,7 @@ from typing import Any, TextIO
 
 from coordinator import Action, RoundClosed, RoundOpened, Rounds, Stop, UpdateAccepted
 from protocol import RoundMetrics
+from protocol.durable import atomic_write
 
 
 def human_bytes(n: float) -> str:
@@ -135,6 +136,12 @@ class RunRecorder:
             "seconds_per_round": [round(m.duration_s, 4) for m in h],
             **extra,
         }
+
+
+def write_summary(path: Path, summary: dict[str, Any]) -> None:
+    """Write a run's summary as JSON, atomically, creating its directory: a run stopped
+    before its first round has written nothing else there yet."""
+    atomic_write(path, (json.dumps(summary, indent=2) + "\n").encode())
 
 
 def _metrics_dict(m: RoundMetrics) -> dict[str, Any]:

@@ -26,6 +26,16 @@ RECONNECT_MAX_S = 30
 SESSION_EXPIRY_S = 3600
 
 
+def redact(url: str) -> str:
+    """``url`` with the password in its ``user:password@`` part replaced by ``***``: what
+    may be printed or logged of a URL as given (:class:`BrokerURL` never shows one)."""
+    scheme, sep, rest = url.rpartition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    return f"{scheme}{sep}{userinfo.split(':', 1)[0]}:***@{host}"
+
+
 @dataclass(frozen=True, slots=True)
 class BrokerURL:
     """Where the broker is and how to log in: ``mqtt[s]://[user[:pass]@]host[:port]``."""
@@ -45,9 +55,9 @@ class BrokerURL:
         """
         parts = urlsplit(url if "://" in url else f"mqtt://{url}")
         if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-            raise ValueError(f"broker URL {url!r}: scheme must be mqtt:// or mqtts://")
+            raise ValueError(f"broker URL {redact(url)!r}: scheme must be mqtt:// or mqtts://")
         if not parts.hostname:
-            raise ValueError(f"broker URL {url!r} has no host")
+            raise ValueError(f"broker URL {redact(url)!r} has no host")
         tls = parts.scheme in ("mqtts", "ssl")
         return cls(
             host=parts.hostname,

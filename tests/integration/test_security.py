@@ -514,6 +514,39 @@ def test_a_forged_offline_from_a_devices_password_does_not_remove_it_from_aggreg
             c.close()
 
 
+# --- what the command line says -------------------------------------------------------------
+
+
+def test_a_coordinator_stopped_before_round_one_exits_cleanly_and_never_prints_the_password(
+        secure_broker: LocalBroker, fleet_dir: Path, tmp_path: Path) -> None:
+    secret = password(fleet_dir, "coordinator")
+    broker_url = f"mqtts://coordinator:{secret}@127.0.0.1:{secure_broker.port}"
+    log = tmp_path / "coordinator.log"
+    status = Client(secure_broker, fleet_dir, "monitor", subscribe=(TOPICS.status,))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fedmq", "--log-level", "DEBUG", "coordinator", "--bundle",
+         str(fleet_dir / "coordinator"), "--broker", broker_url, "--min-agents", "3",
+         "--run-dir", str(tmp_path / "run"), "--no-eval"],
+        stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    try:
+        # connected and waiting for agents: its status says so
+        wait_until(lambda: bool(status.messages), status.cond, TIMEOUT_S)
+        proc.terminate()  # SIGTERM, as systemd stops it
+        code = wait_process(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        status.close()
+    out = log.read_text()
+    assert code == 0, out
+    assert "waiting for 3 agent(s) on mqtts://coordinator@127.0.0.1" in out
+    assert "done: stopped: SIGTERM" in out
+    assert secret not in out
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["rounds_completed"] == 0
+
+
 # --- the documented steps, end to end over TLS ------------------------------------------------
 
 
