@@ -82,7 +82,9 @@ class CoordinatorNode:
         self._evaluator = evaluator
         self._checkpoint_path = checkpoint_path
         self._on_action = on_action
-        self._inbox: Inbox[_Inbound | _Refused | Event] = Inbox(queue_size, "coordinator")
+        self._inbox: Inbox[_Inbound | _Refused | Event] = Inbox(
+            queue_size, "coordinator", max_bytes=rounds.config.max_inbox_bytes
+        )
         self.bugs = 0
         self._client = make_client(broker, session)
         self._client.on_connect = self._on_connect
@@ -109,9 +111,10 @@ class CoordinatorNode:
             log.warning("disconnected from %s (%s); reconnecting", self._broker, reason_code)
 
     def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
-        self._put(_Inbound(message.topic, bytes(message.payload)))
+        payload = bytes(message.payload)
+        self._inbox.offer(_Inbound(message.topic, payload), size=len(payload))
 
-    def _put(self, item: _Inbound | _Refused | Event) -> None:
+    def _put(self, item: _Refused | Event) -> None:
         self._inbox.offer(item)
 
     @property

@@ -27,7 +27,7 @@ from edge_agent.state import DEVICE_MODEL_NAME, RESIDUAL_NAME, StateDir
 from fedmq.tasks import DataConfig, Task, agent_data, get_task, test_data
 from protocol import Weights
 from protocol.signing import SigningKey, VerifyKey
-from transport.connection import BrokerURL, Session
+from transport.connection import BrokerURL, Session, packet_bound
 
 if TYPE_CHECKING:
     from coordinator import Action, RoundConfig
@@ -136,6 +136,8 @@ def build_coordinator(
         persistent=True,
         resume_session=resume,
         ca_file=conn.ca_file,
+        # an MQTT 5 broker then drops anything larger instead of handing it over
+        max_packet_size=packet_bound(config.max_message_bytes),
     )
     return CoordinatorNode(
         rounds,

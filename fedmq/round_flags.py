@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable
 
 from coordinator import Action, RoundConfig, parse_aggregator
-from coordinator.config import SAMPLE_POLICIES
+from coordinator.config import DEFAULT_MAX_UPDATE_BYTES, SAMPLE_POLICIES
 from coordinator.optimisers import SERVER_OPT_HELP, parse_server_opt
 from coordinator.strategy import AGGREGATOR_HELP
 from edge_agent.personal import with_local_layers
@@ -51,7 +51,7 @@ def _aggregator(value: str) -> str:
 _UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "m": 1024**2, "mb": 1024**2, "g": 1024**3}
 
 
-def _size(value: str) -> int:
+def byte_size(value: str) -> int:
     """Bytes from ``131072``, ``128k`` or ``1m`` (binary units, as brokers count)."""
     number = value.strip().lower().rstrip("ib")
     digits = number.rstrip("kmg")
@@ -104,12 +104,15 @@ def add_round_flags(p: argparse.ArgumentParser, rounds: int, deadline: float) ->
                    help="comma-separated tensors kept on each device, never sent (FedPer), "
                         "e.g. 4.weight,4.bias; '' for none (default: the task's)")
     g.add_argument("--no-eval", action="store_true", help="skip server-side evaluation")
-    g.add_argument("--max-update-bytes", type=_size, default=64 * 1024 * 1024,
+    g.add_argument("--max-update-bytes", type=byte_size, default=DEFAULT_MAX_UPDATE_BYTES,
                    help="reject larger updates (e.g. 64m)")
+    g.add_argument("--max-inbox-bytes", type=byte_size, default=256 * 1024 * 1024,
+                   help="drop (and count) messages beyond this many bytes waiting to be "
+                        "validated (e.g. 256m)")
     g.add_argument("--max-samples", type=int, default=1_000_000,
                    help="reject updates that claim more local samples: their FedAvg weight "
                         "would swamp the rest (docs/SECURITY.md)")
-    g.add_argument("--max-payload", type=_size, default=0,
+    g.add_argument("--max-payload", type=byte_size, default=0,
                    help="the broker's payload cap, e.g. 128k for AWS IoT Core: larger "
                         "models and updates travel as chunks (default: no cap)")
     _add_strategy(p)
@@ -199,6 +202,7 @@ def round_config(args: argparse.Namespace, job: str, min_agents: int | None = No
         evaluate=not args.no_eval,
         max_update_bytes=args.max_update_bytes,
         max_samples=args.max_samples,
+        max_inbox_bytes=args.max_inbox_bytes,
         max_payload=args.max_payload,
     )
 

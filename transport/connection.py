@@ -24,6 +24,14 @@ RECONNECT_MIN_S = 1
 RECONNECT_MAX_S = 30
 #: how long a broker keeps a coordinator's session (and queued QoS 1 updates) after it drops
 SESSION_EXPIRY_S = 3600
+#: an MQTT PUBLISH packet's bytes around its payload: fixed header, a fedmq topic (at most
+#: about 150 bytes), packet id and properties, with room to spare
+PACKET_OVERHEAD = 1024
+
+
+def packet_bound(max_payload_bytes: int) -> int:
+    """The largest MQTT packet that carries a payload of at most ``max_payload_bytes``."""
+    return max_payload_bytes + PACKET_OVERHEAD
 
 
 def redact(url: str) -> str:
@@ -97,6 +105,9 @@ class Session:
     ca_file: Path | None = None
     certfile: Path | None = None
     keyfile: Path | None = None
+    #: MQTT 5: the largest packet this client accepts; the broker drops larger messages
+    #: for it instead of sending them, so they never reach its memory (None: no limit)
+    max_packet_size: int | None = None
 
 
 def make_client(broker: BrokerURL, session: Session, will: Publish | None = None) -> mqtt.Client:
@@ -129,6 +140,8 @@ def connect(client: mqtt.Client, broker: BrokerURL, session: Session) -> None:
     if session.mqtt5:
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = SESSION_EXPIRY_S if session.persistent else 0
+        if session.max_packet_size is not None:
+            properties.MaximumPacketSize = session.max_packet_size
     # Clean only on the first connect: paho's reconnects then keep the session, so QoS 1
     # messages queued by the broker during a network blip are delivered afterwards.
     clean_start: bool | Literal[3] = mqtt.MQTT_CLEAN_START_FIRST_ONLY

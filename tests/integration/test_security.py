@@ -16,11 +16,14 @@ have been delivered to that watcher.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
+import shlex
+import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +54,7 @@ from edge_agent.agent import (
 from edge_agent.mqtt import AgentNode, run_fleet
 from edge_agent.torch_trainer import initial_weights
 from edge_agent.trainer import TrainResult
-from fedmq.broker import LocalBroker, free_port
+from fedmq.broker import LocalBroker, find_mosquitto, free_port
 from fedmq.bundle import load_agent_keys, load_signing_key, load_verify_key, read_password
 from fedmq.credentials import mosquitto_hash
 from fedmq.launch import AgentSettings, Connection, build_agent, build_coordinator
@@ -75,9 +78,6 @@ JOB = "secure"
 AGENTS = ("agent-0", "agent-1", "agent-2")
 TASK = get_task("linreg")
 TOPICS = Topics(JOB)
-#: as root, Mosquitto drops to the `mosquitto` user, who cannot read a test's private
-#: files; a throwaway test broker may keep running as the user that started it
-RUN_AS = "user root\n" if os.geteuid() == 0 else ""
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,7 @@ def private_broker(conf: Path, port: int | None = None) -> LocalBroker:
     """A private broker from ``conf``, to start with ``with``; without Mosquitto, fail under
     CI and skip elsewhere (as tests/conftest.py's fixtures do)."""
     require_mosquitto()
-    return LocalBroker(conf, port=port, extra_config=RUN_AS)
+    return LocalBroker(conf, port=port)  # the config names its files' owner: root or not
 
 
 @pytest.fixture
@@ -545,6 +545,54 @@ def test_a_coordinator_stopped_before_round_one_exits_cleanly_and_never_prints_t
     assert secret not in out
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["rounds_completed"] == 0
+
+
+def test_the_broker_command_provision_prints_starts_the_broker_as_whoever_ran_it(
+        tmp_path: Path) -> None:
+    """Run as root, Mosquitto drops to its own user before it reads the password file: the
+    printed command must work anyway (this machine's tests run as root)."""
+    require_mosquitto()
+    port, fleet = free_port(), tmp_path / "fleet"
+    printed = subprocess.run(
+        [sys.executable, "-m", "fedmq", "provision", "--job", "cmd", "--agents", "1", "--out",
+         str(fleet), "--port", str(port), "--bind", "127.0.0.1"],
+        check=True, capture_output=True, text=True, timeout=TIMEOUT_S).stdout
+    (command,) = [line.split(None, 1)[1] for line in printed.splitlines()
+                  if line.split()[:1] == ["broker"]]
+    argv = shlex.split(command)
+    assert argv[0] == "mosquitto"
+    log = tmp_path / "broker.log"
+    broker = subprocess.Popen([find_mosquitto(), *argv[1:]], stdout=log.open("wb"),
+                              stderr=subprocess.STDOUT)
+    try:
+        wait_listening(broker, port)
+        creds = BrokerURL.parse(f"mqtts://127.0.0.1:{port}").with_credentials(
+            "agent-0", read_password(fleet / "agents" / "agent-0" / "password"))
+        client = make_client(creds, Session("printed-command", ca_file=fleet / "broker" / "ca.crt"))
+        connected = threading.Event()
+        client.on_connect = lambda _c, _u, _f, code, _p: None if code.is_failure else (
+            connected.set())
+        client.connect(creds.host, creds.port)
+        client.loop_start()
+        try:
+            assert connected.wait(TIMEOUT_S), log.read_text()
+        finally:
+            client.disconnect()
+            client.loop_stop()
+    finally:
+        broker.terminate()
+        broker.wait(10)
+
+
+def wait_listening(proc: subprocess.Popen[bytes], port: int) -> None:
+    """Until ``proc`` accepts TCP connections on ``port``; fails at once if it exits."""
+    deadline = time.monotonic() + TIMEOUT_S
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"the broker exited with {proc.returncode}"
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)  # polling a port that is still being bound, as LocalBroker does
+    raise TimeoutError(f"nothing listens on {port}")
 
 
 # --- the documented steps, end to end over TLS ------------------------------------------------

@@ -8,15 +8,18 @@ on the watcher's messages with timeouts, never a sleep.
 
 from __future__ import annotations
 
+import threading
+from pathlib import Path
+
 import paho.mqtt.client as mqtt
 import pytest
-from harness import CoordinatorThread, TopicWatcher, agent_fleet
+from harness import TIMEOUT_S, CoordinatorThread, TopicWatcher, agent_fleet, wait_until
 from paho.mqtt.enums import CallbackAPIVersion
 
 from coordinator import Action, MessageRejected, RoundConfig, UpdateAccepted
 from edge_agent.agent import AgentCore, Connected, ModelArrived, Train, TrainingDone
 from edge_agent.trainer import TrainResult
-from fedmq.broker import LocalBroker
+from fedmq.broker import REPO_CONF, LocalBroker
 from protocol import (
     Phase,
     Presence,
@@ -29,6 +32,7 @@ from protocol import (
     decode_status,
     encode_presence,
 )
+from tests.needs import require_mosquitto
 
 pytestmark = pytest.mark.integration
 
@@ -154,3 +158,92 @@ def test_a_device_the_coordinator_no_longer_counts_announces_itself_again(
             coordinator.node.stop("test over")
             coordinator.join()
         watcher.close()
+
+
+# --- payload caps ---------------------------------------------------------------------------
+
+
+class Recorder:
+    """A coordinator's rejections, as its observers see them."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.refused: list[tuple[str | None, RejectReason]] = []
+
+    def __call__(self, action: Action) -> None:
+        if isinstance(action, MessageRejected):
+            with self.cond:
+                self.refused.append((action.agent, action.reason))
+                self.cond.notify_all()
+
+    def wait_for(self, n: int) -> list[tuple[str | None, RejectReason]]:
+        wait_until(lambda: len(self.refused) >= n, self.cond, TIMEOUT_S)
+        return self.refused
+
+
+def test_the_shipped_broker_config_refuses_a_payload_above_its_cap(broker: LocalBroker) -> None:
+    """Any anonymous client used to be able to hand the coordinator 256 MiB at a time."""
+    cap = next(int(line.split()[1]) for line in REPO_CONF.read_text().splitlines()
+               if line.startswith("max_packet_size"))
+    assert cap <= 16 * 2**20
+    job = "capped"
+    seen = Recorder()
+    coordinator = CoordinatorThread(
+        RoundConfig(job=job, task="linreg", rounds=1, min_agents=5, evaluate=False),
+        broker.url, on_action=seen).start()
+    flooder, outcome = publisher(broker), []
+
+    def told(what: str) -> None:
+        with seen.cond:
+            outcome.append(what)
+            seen.cond.notify_all()
+
+    flooder.on_disconnect = lambda *_: told("disconnected")
+    flooder.on_publish = lambda *_: told("acknowledged")
+    other = publisher(broker)
+    try:
+        watcher = TopicWatcher(broker.url, job)
+        watcher.wait_for(lambda: bool(statuses(watcher)))  # the coordinator is subscribed
+        watcher.close()
+        flooder.publish(Topics(job).update("a0"), bytes(cap + 2**20), qos=1)
+        wait_until(lambda: bool(outcome), seen.cond, TIMEOUT_S)
+        assert outcome[0] == "disconnected"  # the broker refused it: no PUBACK
+        other.publish(Topics(job).update("a0"), b"sentinel", qos=1).wait_for_publish(10)
+        assert seen.wait_for(1) == [("a0", RejectReason.MALFORMED)]  # the sentinel, alone
+    finally:
+        for client in (flooder, other):
+            client.disconnect()
+            client.loop_stop()
+        coordinator.node.stop("test over")
+        coordinator.join()
+
+
+def test_the_coordinator_is_never_handed_more_than_it_accepts(tmp_path: Path) -> None:
+    """Even a broker without a cap drops, for the coordinator, what it would refuse anyway:
+    the coordinator tells it its maximum packet size (MQTT 5)."""
+    conf = tmp_path / "uncapped.conf"
+    conf.write_text("".join(line for line in REPO_CONF.read_text().splitlines(keepends=True)
+                            if not line.startswith("max_packet_size")))
+    require_mosquitto()
+    job = "bounded"
+    config = RoundConfig(job=job, task="linreg", rounds=1, min_agents=5, evaluate=False,
+                         max_update_bytes=2**20)
+    seen = Recorder()
+    with LocalBroker(conf) as uncapped:
+        coordinator = CoordinatorThread(config, uncapped.url, on_action=seen).start()
+        client = publisher(uncapped)
+        try:
+            watcher = TopicWatcher(uncapped.url, job)
+            watcher.wait_for(lambda: bool(statuses(watcher)))
+            watcher.close()
+            topic = Topics(job).update("a0")
+            client.publish(topic, bytes(4 * 2**20), qos=1).wait_for_publish(10)
+            client.publish(topic, b"sentinel", qos=1).wait_for_publish(10)
+            assert seen.wait_for(1) == [("a0", RejectReason.MALFORMED)]  # never too_large
+            assert f"Dropping too large outgoing PUBLISH for fedmq-coordinator-{job}" in (
+                uncapped.log())
+        finally:
+            client.disconnect()
+            client.loop_stop()
+            coordinator.node.stop("test over")
+            coordinator.join()
