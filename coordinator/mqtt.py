@@ -40,7 +40,14 @@ from coordinator.events import (
 )
 from coordinator.rounds import Rounds
 from protocol import Phase, Publish, Weights
-from transport.connection import BrokerURL, Session, connect, make_client, refused_for_good
+from transport.connection import (
+    BrokerURL,
+    Session,
+    connect,
+    explain_disconnect,
+    make_client,
+    refused_for_good,
+)
 from transport.inbox import Inbox
 
 log = logging.getLogger("fedmq.coordinator")
@@ -92,6 +99,7 @@ class CoordinatorNode:
         self._client.on_disconnect = self._on_disconnect
         self._last_publish: mqtt.MQTTMessageInfo | None = None
         self._stopped = threading.Event()
+        self._connected_at: float | None = None
 
     # --- paho callbacks: hand off and return ---------------------------------------------
 
@@ -102,13 +110,17 @@ class CoordinatorNode:
             if why is not None:
                 self._put(_Refused(why))
             return
+        self._connected_at = time.monotonic()
         topics = self.rounds.topics
         client.subscribe([(topics.all_updates, 1), (topics.all_presence, 1)])
         self._put(BrokerConnected())
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason_code: Any, _p: Any) -> None:
+        held = None if self._connected_at is None else time.monotonic() - self._connected_at
+        self._connected_at = None
         if not self._stopped.is_set():
-            log.warning("disconnected from %s (%s); reconnecting", self._broker, reason_code)
+            why = explain_disconnect(reason_code, self._session.client_id, held)
+            log.warning("disconnected from %s (%s); reconnecting", self._broker, why)
 
     def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
         payload = bytes(message.payload)

@@ -49,7 +49,14 @@ from edge_agent.policy import Memory, ResourcePolicy, read_memory, run_hook, vet
 from edge_agent.state import SavedModel, StateDir
 from edge_agent.trainer import Trainer
 from protocol import ModelAnnouncement, Publish
-from transport.connection import BrokerURL, Session, connect, make_client, refused_for_good
+from transport.connection import (
+    BrokerURL,
+    Session,
+    connect,
+    explain_disconnect,
+    make_client,
+    refused_for_good,
+)
 from transport.inbox import Inbox
 
 log = logging.getLogger("fedmq.agent")
@@ -113,8 +120,11 @@ class AgentNode:
         self.finished = threading.Event()
         self._client = make_client(broker, session, will=core.will())
         self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
         self._last_publish: mqtt.MQTTMessageInfo | None = None
+        self._stopping = False
+        self._connected_at: float | None = None
 
     # --- paho callbacks -------------------------------------------------------------------
 
@@ -125,8 +135,17 @@ class AgentNode:
             if why is not None:
                 self._put(_Refused(why))
             return
+        self._connected_at = time.monotonic()
         client.subscribe(self.core.topics.agent_subscriptions)
         self._put(Connected())
+
+    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason_code: Any, _p: Any) -> None:
+        held = None if self._connected_at is None else time.monotonic() - self._connected_at
+        self._connected_at = None
+        if not self._stopping:
+            why = explain_disconnect(reason_code, self._session.client_id, held)
+            log.warning("%s: disconnected from %s (%s); reconnecting", self.core.agent,
+                        self._broker, why)
 
     def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
         self._put(ModelArrived(bytes(message.payload)))
@@ -314,6 +333,7 @@ class AgentNode:
             log.error("%s: cannot save the device model: %s", self.core.agent, exc)
 
     def _flush_and_disconnect(self) -> None:
+        self._stopping = True
         if self._last_publish is not None and self._client.is_connected():
             try:
                 self._last_publish.wait_for_publish(timeout=FLUSH_TIMEOUT_S)

@@ -31,7 +31,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from harness import TIMEOUT_S, wait_process, wait_until
+from harness import TIMEOUT_S, wait_process, wait_until, watching_logs
 
 from coordinator import (
     Action,
@@ -238,6 +238,26 @@ def test_an_agent_cannot_publish_as_another_agent_or_as_the_coordinator(
     finally:
         for c in (coordinator, agent_1, agent_0):
             c.close()
+
+
+def test_refused_logins_are_in_the_brokers_log_and_denied_publishes_in_the_clients(
+        secure_broker: LocalBroker, fleet_dir: Path) -> None:
+    """What docs/SECURITY.md says each side logs, checked against a real Mosquitto: at the
+    shipped log levels Mosquitto 2.0 logs a refused login but not a publish its ACL denies;
+    over MQTT 5 it answers that publish with reason 135, which fedmq's clients log."""
+    wrong = Client(secure_broker, fleet_dir, user="agent-0", secret="not-the-password")
+    with watching_logs() as logs:
+        agent_0 = Client(secure_broker, fleet_dir, "agent-0")
+        try:
+            agent_0.publish(TOPICS.model, b"forged model")
+            line = logs.wait_for("refused publish")
+        finally:
+            agent_0.close()
+            wrong.close()
+    assert "Not authorized" in line and "agent-0" in line and "ACL" in line
+    broker_log = secure_broker.log()
+    assert "disconnected, not authorised" in broker_log  # the refused login
+    assert "u'agent-0'" in broker_log and "Denied" not in broker_log
 
 
 # --- forged models --------------------------------------------------------------------------
@@ -468,6 +488,24 @@ def test_replayed_altered_and_misrouted_updates_are_rejected_with_their_reasons(
             run.thread.join(TIMEOUT_S)
         for c in (tap, as_agent_0, agent_1.login):
             c.close()
+
+
+def test_an_agent_whose_tls_handshake_fails_logs_why_with_a_hint(
+        secure_broker: LocalBroker, fleet_dir: Path) -> None:
+    creds = BrokerURL.parse(url(secure_broker)).with_credentials("agent-0",
+                                                                 password(fleet_dir, "agent-0"))
+    # no --ca-file: the system's CAs, which never signed the provisioned broker certificate
+    node = build_agent(AgentSettings(job=JOB, task="linreg", agent_id="agent-0", shard=0,
+                                     num_shards=1, threads=1), Connection(creds))
+    with watching_logs() as logs:
+        (thread,) = run_fleet([node])
+        try:
+            line = logs.wait_for("TLS handshake")
+        finally:
+            node.stop()
+            thread.join(TIMEOUT_S)
+    assert "agent-0" in line and "CERTIFICATE_VERIFY_FAILED" in line
+    assert "ca.crt" in line and "--host" in line  # the hint
 
 
 # --- forged presence -------------------------------------------------------------------------
