@@ -41,7 +41,13 @@ from fedmq.bundle import expand_bundle, load_agent_keys, load_signing_key
 from fedmq.launch import AgentSettings, build_agent, build_coordinator
 from fedmq.progress import RunRecorder
 from fedmq.provision import register as register_provision
-from fedmq.round_flags import add_round_flags, observers, round_config
+from fedmq.round_flags import (
+    add_mode_flags,
+    add_round_flags,
+    buffer_config,
+    observers,
+    round_config,
+)
 from protocol import Phase
 from transport.connection import BrokerURL
 
@@ -64,6 +70,7 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
             run_dir=run_dir,
             resume=args.resume,
             on_action=observers(args, recorder),
+            buffer=buffer_config(args),
         )
     except CheckpointError as exc:
         print(f"fedmq coordinator: {exc}", file=sys.stderr)
@@ -183,6 +190,7 @@ def parser() -> argparse.ArgumentParser:
     _add_security(p, "coordinator")
     _add_task(p)
     add_round_flags(p, rounds=10, deadline=60.0)
+    add_mode_flags(p)
     p.set_defaults(func=cmd_coordinator)
 
     add_agent_arguments(sub.add_parser("agent", help="run one agent"))
