@@ -295,7 +295,7 @@ class BufferedRounds:
             raw_update_bytes=self._raw_update_bytes, duration_s=now - window.opened_at,
             at=self._outbox.wall(now), epsilon=None,
         )
-        metrics = dataclasses.replace(metrics, round=self._steps)
+        metrics = dataclasses.replace(metrics, round=self._steps, accepted=self.buffer_config.k)
         self._history.append(metrics)
         actions: list[Action] = [
             SaveCheckpoint(self.checkpoint()), self._outbox.metrics(metrics), RoundClosed(metrics)

@@ -74,6 +74,8 @@ class AgentSettings:
     trainer: str = "torch"
     #: when this device may train (None: always)
     policy: ResourcePolicy | None = None
+    #: seconds of artificial delay after each training: a simulated slow device
+    train_delay_s: float = 0.0
 
 
 def new_run_id() -> str:
@@ -206,6 +208,7 @@ def build_agent(
         device_model_path=device_model_path,
         state=state,
         policy=settings.policy,
+        train_delay_s=settings.train_delay_s,
     )
 
 
