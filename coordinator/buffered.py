@@ -203,8 +203,8 @@ class BufferedRounds:
         if self._phase is Phase.WAITING and len(eligible) >= self.config.min_agents:
             self._fire(Trigger.OPEN)
             return self._announce(now)
-        if self._phase is Phase.TRAINING and self._free_slots() and agent in eligible:
-            return self._announce(now)  # a newcomer may take a free slot now
+        if self._phase is Phase.TRAINING and self._free_slots():
+            return self._announce(now)  # a newcomer, or a slot an agent going offline freed
         return [self._status(now)]
 
     def _on_update(self, agent: str, payload: bytes, now: float) -> list[Action]:
