@@ -129,9 +129,10 @@ class LocalBroker:
     def start(self) -> LocalBroker:
         binary = find_mosquitto()
         config = self._dir / "mosquitto.conf"
-        config.write_text(
-            derive_config(self.conf.read_text(), self.port, self._extra, self.ws_port, self._ws_extra)
+        text = derive_config(
+            self.conf.read_text(), self.port, self._extra, self.ws_port, self._ws_extra
         )
+        config.write_text(text)
         log = (self._dir / "mosquitto.log").open("ab")
         self.process = subprocess.Popen(
             [binary, "-c", str(config)], stdout=log, stderr=subprocess.STDOUT, cwd=self._dir

@@ -9,6 +9,7 @@ fedmq report        plots and a markdown summary of a finished run's directory
 fedmq swarm         many simulated agents (numpy trainer), one thread per process
 fedmq bench         benchmarks: w1, ingest, scale, footprint (see BENCHMARKS.md)
 fedmq chaos         train while killing agents, the broker and the coordinator
+fedmq web           serve the live dashboard and the browser agent page
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ from fedmq.launch import AgentSettings, build_agent, build_coordinator
 from fedmq.progress import RunRecorder
 from fedmq.provision import register as register_provision
 from fedmq.tasks import get_task
+from fedmq.web.cli import add_demo_options as add_web_demo_options
+from fedmq.web.cli import register as register_web
 from protocol import CODECS, Phase, TrainPlan, check_codec
 from protocol.compress import DOWNLINKS
 
@@ -372,6 +375,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", help="serve Prometheus metrics on [HOST:]PORT")
     _add_task(p, default="digits")
     _add_rounds(p, rounds=10, deadline=30.0)
+    add_web_demo_options(p)
     # the demo shows compressed updates: int8+zstd is lossless in accuracy on digits
     p.set_defaults(func=cmd_demo, codec="int8+zstd", username=None, password=None,
                    password_file=None, ca_file=None, mqtt311=False)
@@ -404,6 +408,7 @@ def parser() -> argparse.ArgumentParser:
     register_provision(sub)
     register_bench(sub)
     register_chaos(sub)
+    register_web(sub)
     return top
 
 

@@ -26,6 +26,7 @@ import sys
 import tempfile
 import threading
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -46,6 +47,8 @@ from protocol import Topics, WireError, decode_presence
 WEB_USER = "web"
 #: agent ids of the demo's headless browser agents
 BROWSER_PREFIX = "browser-"
+#: the update codecs a browser agent encodes (web/src/agent/wire.js, CODECS)
+BROWSER_CODECS = ("none", "fp16")
 
 
 def demo_acl(job: str) -> str:
@@ -112,8 +115,14 @@ class WebDemo:
         if args.broker:
             raise ValueError("--web and --browser-agents start their own broker: drop --broker, "
                              "or serve the pages for your broker with `fedmq web`")
+        if args.browser_agents < 0:
+            raise ValueError("--browser-agents must be >= 0")
         self.browser_agents: int = args.browser_agents
         self.lan: bool = args.web
+        if args.codec not in BROWSER_CODECS:
+            print(f"fedmq demo: browser agents send {' or '.join(BROWSER_CODECS)} updates, not "
+                  f"{args.codec}: this run uses --codec fp16", file=out)
+            args.codec = "fp16"
         self._args = args
         self._out = out
         self.password = new_password()
@@ -125,6 +134,7 @@ class WebDemo:
         self.chromium: HeadlessChromium | None = None
         self.kinds: KindCounter | None = None
         self.links: dict[str, str] = {}
+        self._closing = False
 
     def broker_options(self) -> dict[str, Any]:
         """What :class:`LocalBroker` needs for the WebSockets listener."""
@@ -133,14 +143,30 @@ class WebDemo:
             "ws_extra": f"password_file {self._dir / 'passwd'}\nacl_file {self._dir / 'acl'}\n",
         }
 
+    def observing(self, observe: Callable[[Action], None]) -> Callable[[Action], None]:
+        """``observe``, then this demo's count of updates by kind."""
+
+        def both(action: Action) -> None:
+            observe(action)
+            if self.kinds is not None:
+                self.kinds(action)
+
+        return both
+
     def start(
-        self, broker: LocalBroker, python_agents: int, data: DataConfig, run_dir: Path
+        self,
+        broker: LocalBroker,
+        python_agents: int,
+        data: DataConfig,
+        run_dir: Path,
+        stop: Callable[[str], object],
     ) -> None:
-        """Serve the pages, print the links (and the QR code), start the browser agents."""
+        """Serve the pages, print the links (and the QR code), start the browser agents;
+        ``stop`` ends the run should Chromium die."""
         args = self._args
         assert broker.ws_port is not None
         listen_host, listen_port = parse_listen(args.web_listen if self.lan else "127.0.0.1:0")
-        host = lan_address() if self.lan else "127.0.0.1"
+        host = lan_address() if listen_host in ("0.0.0.0", "::") else listen_host
         total = python_agents + self.browser_agents
         source = ShardSource(args.task, data, args.partition)
         ws = f"ws://{host_port(host, broker.ws_port)}"
@@ -175,23 +201,19 @@ class WebDemo:
                 }))
             print(f"browser agents: {self.browser_agents} tabs of headless chromium "
                   f"(pid {self.chromium.pid})", file=self._out)
+            threading.Thread(target=self._watch, args=(stop,), daemon=True).start()
 
-    def observe(self, action: Action) -> None:
-        if self.kinds is not None:
-            self.kinds(action)
-
-    def failure(self) -> str | None:
-        """Why the browser agents cannot go on (Chromium died), or None."""
+    def _watch(self, stop: Callable[[str], object]) -> None:
         proc = self.chromium.process if self.chromium is not None else None
-        if proc is not None and proc.poll() is not None:
-            return f"chromium exited with code {proc.returncode}"
-        return None
+        if proc is not None and proc.wait() != 0 and not self._closing:
+            stop(f"chromium (the browser agents) exited with code {proc.returncode}")
 
     def summary(self) -> dict[str, Any]:
         return {"updates_by_kind": self.kinds.by_kind() if self.kinds is not None else {},
                 "browser_agents": self.browser_agents, "links": self.links}
 
     def close(self) -> None:
+        self._closing = True
         if self.chromium is not None:
             self.chromium.stop()
         if self.server is not None:

@@ -376,9 +376,13 @@ export function decodeMetrics(bytes) {
   };
 }
 
-/** A model announcement's header, its tensors left undecoded (for the dashboard). */
+/** A model announcement's header, its tensors left undecoded (for the dashboard); null for
+ * a chunk manifest; a signed model's body, unverified (the dashboard only shows it). */
 export function peekModel(bytes) {
-  const o = header(decodeMsgpack(bytes, 'model'), 'model');
+  let o = decodeMsgpack(bytes, 'model');
+  if (o?.type === 'chunked') return null; // the chunks' manifest: no header to show
+  if (isEnvelope(o) && o.body instanceof Uint8Array) o = decodeMsgpack(o.body, 'model');
+  header(o, 'model');
   return {
     run: ident(o, 'run'), round: int(o, 'round', 1), attempt: int(o, 'attempt'), done: bool(o, 'done'),
     task: text(o, 'task'), codec: text(o, 'codec'), deadline_s: num(o, 'deadline_s', 0),

@@ -103,7 +103,9 @@ export class DashboardState {
       this.ignored++;
       return false;
     }
-    this.model = { ...header, size };
+    // the final model says deadline 0: the run's config keeps the rounds' deadline
+    const deadline = header.done && held ? held.deadline_s : header.deadline_s;
+    this.model = { ...header, deadline_s: deadline, size };
     return true;
   }
 
