@@ -62,6 +62,17 @@ def demo_acl(job: str) -> str:
     )
 
 
+def web_listener_files(where: Path, job: str, password: str) -> str:
+    """Write the WebSockets listener's password and ACL files into ``where``; returns the
+    lines that hand them to that listener (:class:`LocalBroker`'s ``ws_extra``)."""
+    from fedmq.credentials import mosquitto_hash
+
+    (where / "passwd").write_text(f"{WEB_USER}:{mosquitto_hash(password)}\n")
+    (where / "acl").write_text(demo_acl(job))
+    _readable_by_mosquitto(where)
+    return f"password_file {where / 'passwd'}\nacl_file {where / 'acl'}\n"
+
+
 class KindCounter:
     """Accepted updates by agent kind, the kinds read from retained presence.
 
@@ -110,7 +121,7 @@ class WebDemo:
     """The demo's web side, from ``--web``, ``--web-listen`` and ``--browser-agents``."""
 
     def __init__(self, args: argparse.Namespace, out: TextIO = sys.stdout) -> None:
-        from fedmq.credentials import mosquitto_hash, new_password
+        from fedmq.credentials import new_password
 
         if args.broker:
             raise ValueError("--web and --browser-agents start their own broker: drop --broker, "
@@ -127,9 +138,7 @@ class WebDemo:
         self._out = out
         self.password = new_password()
         self._dir = Path(tempfile.mkdtemp(prefix="fedmq-web-demo-"))
-        (self._dir / "passwd").write_text(f"{WEB_USER}:{mosquitto_hash(self.password)}\n")
-        (self._dir / "acl").write_text(demo_acl(args.job))
-        _readable_by_mosquitto(self._dir)
+        self._ws_extra = web_listener_files(self._dir, args.job, self.password)
         self.server: WebServer | None = None
         self.chromium: HeadlessChromium | None = None
         self.kinds: KindCounter | None = None
@@ -138,10 +147,7 @@ class WebDemo:
 
     def broker_options(self) -> dict[str, Any]:
         """What :class:`LocalBroker` needs for the WebSockets listener."""
-        return {
-            "websockets": True,
-            "ws_extra": f"password_file {self._dir / 'passwd'}\nacl_file {self._dir / 'acl'}\n",
-        }
+        return {"websockets": True, "ws_extra": self._ws_extra}
 
     def observing(self, observe: Callable[[Action], None]) -> Callable[[Action], None]:
         """``observe``, then this demo's count of updates by kind."""

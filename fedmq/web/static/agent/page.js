@@ -65,7 +65,8 @@ function render(view) {
   $('phase').textContent = phase;
   $('phase').dataset.phase = view.phase;
   $('phase').dataset.round = view.round ?? '';
-  $('progress').style.width = `${Math.round((view.phase === 'training' ? view.progress : view.phase === 'sent' ? 1 : 0) * 100)}%`;
+  const done = ['sent', 'declined', 'finished'].includes(view.phase);
+  $('progress').style.width = `${Math.round((view.phase === 'training' ? view.progress : done ? 1 : 0) * 100)}%`;
   const s = view.status;
   if (s && s.phase === 'training') {
     const left = s.deadline_at ? Math.max(0, Math.round(s.deadline_at - Date.now() / 1000)) : null;
@@ -121,7 +122,8 @@ async function main() {
     y.set(base.y);
     drawings.forEach((d, i) => { x.set(d.x, base.x.length + i * features); y[base.rows + i] = d.label; });
     worker.postMessage({ type: 'data', spec: task.model, kind: task.kind, x, y, index: shard?.index ?? 0 });
-    $('drawings').textContent = `${drawings.length} drawing${drawings.length === 1 ? '' : 's'} of your own`;
+    $('drawings').textContent = "tap its digit to add a drawing to this device's own data (it never "
+      + `leaves the device) · ${drawings.length} so far`;
     return y.length;
   };
   trainer.samples = task.kind === 'classification' ? await withDrawings() : base.rows;
@@ -189,7 +191,10 @@ function drawPanel(task, session, store, added) {
     labels.forEach((b) => { b.disabled = true; });
     bars.forEach((b) => { b.style.height = '1px'; });
   };
-  $('clear').addEventListener('click', () => { clear(); $('prediction').textContent = 'draw, then see what the model says'; });
+  $('clear').addEventListener('click', () => {
+    clear();
+    $('prediction').textContent = 'draw a digit: the current global model reads it here, on this device';
+  });
   function classify() {
     row = drawingToRow(ctx2d.getImageData(0, 0, pad.width, pad.height).data, pad.width, task.image);
     labels.forEach((b) => { b.disabled = row === null; });
@@ -201,9 +206,12 @@ function drawPanel(task, session, store, added) {
     }
     const p = softmax(predict(task.model, model.weights, row));
     const best = p.indexOf(Math.max(...p));
-    $('prediction').textContent = `the round ${model.round} model says ${best} (${Math.round(p[best] * 100)}%) · tap its label to keep it`;
+    $('prediction').textContent = `the round ${model.round} model reads a ${best} (${Math.round(p[best] * 100)}%)`;
     $('prediction').dataset.digit = String(best);
-    p.forEach((v, i) => { bars[i].style.height = `${Math.max(1, Math.round(v * 42))}px`; });
+    p.forEach((v, i) => {
+      bars[i].style.height = `${Math.max(1, Math.round(v * 36))}px`;
+      bars[i].classList.toggle('best', i === best);
+    });
   }
 }
 

@@ -23,8 +23,8 @@ const roundAxis = { label: 'round', size: 36, incrs: [1, 2, 5, 10, 20, 50, 100],
 
 /** The plot's size: its box, less the legend under it. */
 function size(el, plot = null) {
-  const legend = plot?.root.querySelector('.u-legend')?.offsetHeight ?? 24;
-  return { width: Math.max(200, el.clientWidth), height: Math.max(120, el.clientHeight - legend - 4) };
+  const legend = plot?.root.querySelector('.u-legend')?.offsetHeight ?? 28;
+  return { width: Math.max(200, el.clientWidth), height: Math.max(100, el.clientHeight - legend - 6) };
 }
 
 const legend = { live: false };
@@ -49,7 +49,7 @@ export class Charts {
       ...size(bytes),
       legend,
       scales: { x: { time: false }, y: { range: (u, min, max) => [0, Math.max(max ?? 1, 1)] } },
-      axes: [roundAxis, { size: 60, values: (u, v) => v.map(human) }],
+      axes: [roundAxis, { size: 72, values: (u, v) => v.map(human) }],
       series: [{ label: 'round' },
         { label: 'up', stroke: COLOURS.up, width: 2, points: { size: 6 } },
         { label: 'down', stroke: COLOURS.down, width: 2, points: { size: 6 } }],
@@ -64,8 +64,8 @@ export class Charts {
         label: k, fill: COLOURS[k], stroke: COLOURS[k], paths: bars, points: { show: false },
       }))],
     }, [[], [], [], [], []], participation);
-    addEventListener('resize', () => this.resize());
-    this.resize();
+    // the boxes get their size from the page's grid, after layout and on every resize
+    new ResizeObserver(() => this.resize()).observe(quality.parentElement.parentElement);
   }
 
   resize() {

@@ -42,10 +42,10 @@ function renderAgents(state) {
     tr.dataset.agent = id;
     tr.dataset.kind = a.kind ?? '';
     tr.className = a.online ? 'online' : 'offline';
-    const dot = document.createElement('td');
-    dot.append(Object.assign(document.createElement('span'), { className: 'dot', title: a.online ? 'online' : 'offline' }));
-    tr.append(cell(id), cell(a.kind ?? '–', a.kind ? `kind-${a.kind}` : ''), cell(a.device ?? '–'),
-      cell(a.trainer ?? '–'), cell(a.samples ?? '–'), dot);
+    const name = cell(` ${id}`);
+    name.prepend(Object.assign(document.createElement('span'), { className: 'dot', title: a.online ? 'online' : 'offline' }));
+    tr.append(name, cell(a.kind ?? '–', a.kind ? `kind-${a.kind}` : ''), cell(a.device ?? '–'),
+      cell(a.trainer ?? '–'), cell(a.samples ?? '–'));
     return tr;
   }));
   const total = Object.values(online).reduce((a, b) => a + b, 0);
@@ -105,7 +105,7 @@ function render(state, now) {
   $('loss').textContent = fixed(last?.loss);
   $('accuracy-round').textContent = last ? `after round ${last.round}` : '';
   const rejected = Object.entries(s?.rejected ?? {}).map(([r, n]) => `${r} ${n}`).join(', ');
-  $('rejected').textContent = rejected ? `rejected this run: ${rejected}` : 'no update rejected';
+  $('rejected').textContent = rejected ? `rejected: ${rejected}` : 'none rejected';
   renderRound(state, now);
   renderAgents(state);
   renderConfig(state);
