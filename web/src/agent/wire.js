@@ -135,7 +135,7 @@ function floatTensor(t, i) {
   }
   const count = shape.reduce((a, b) => a * b, 1);
   if (!(t.data instanceof Uint8Array) || t.data.length !== count * size) fail('malformed', `${name}: data size`);
-  const bytes = t.data.slice(); // aligned and owned
+  const bytes = new Uint8Array(t.data); // a copy: aligned and owned (node may hand a Buffer view)
   const view = new DataView(bytes.buffer);
   const out = new Float32Array(count);
   for (let k = 0; k < count; k++) {

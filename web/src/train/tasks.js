@@ -115,7 +115,7 @@ export function decodeShard(bytes, task) {
       || !(doc.y instanceof Uint8Array) || doc.y.length !== rows * (labels ? 1 : outputs) * 4) {
     throw new Error('shard: x or y has the wrong size');
   }
-  const copy = (bin) => bin.slice().buffer; // aligned and owned
+  const copy = (bin) => new Uint8Array(bin).buffer; // a copy: aligned and owned
   return {
     x: new Float32Array(copy(doc.x)),
     y: labels ? new Int32Array(copy(doc.y)) : new Float32Array(copy(doc.y)),
