@@ -68,6 +68,11 @@ class HeadlessChromium:
         self._endpoint = ""
 
     @property
+    def endpoint(self) -> str:
+        """The DevTools HTTP endpoint on loopback (``/json/list`` names every tab)."""
+        return self._endpoint
+
+    @property
     def pid(self) -> int | None:
         return self.process.pid if self.process is not None else None
 
