@@ -25,6 +25,16 @@ DIGITS = get_task("digits")
 ROWS = "document.querySelectorAll('#rounds-table tbody tr').length"
 DONE = "document.querySelector('#phase').dataset.phase === 'done'"
 CONNECTED = "document.querySelector('#connection').dataset.state === 'connected'"
+#: a "1": one vertical stroke on the agent page's drawing pad, as a finger would draw it
+DRAW_A_ONE = """(() => {
+  const pad = document.getElementById('pad');
+  const r = pad.getBoundingClientRect();
+  const at = (y) => ({ clientX: r.left + r.width / 2, clientY: r.top + r.height * y,
+                       pointerId: 1, bubbles: true });
+  pad.dispatchEvent(new PointerEvent('pointerdown', at(0.15)));
+  for (let y = 0.2; y <= 0.85; y += 0.05) pad.dispatchEvent(new PointerEvent('pointermove', at(y)));
+  pad.dispatchEvent(new PointerEvent('pointerup', at(0.85)));
+})()"""
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +90,15 @@ def test_browser_and_python_agents_train_digits_and_the_dashboard_shows_every_ro
             coordinator.join(180)
         browser.wait("dash", f"{DONE} && {ROWS} === {rounds}")
         shot = browser.screenshot("dash", ARTIFACTS / "dashboard.png")
+        # the draw panel runs the final global model here, and keeps the labelled drawing
+        samples = int(browser.text("b0", "#samples"))
+        browser.eval("b0", DRAW_A_ONE)
+        browser.wait("b0", "document.querySelector('#prediction').dataset.digit !== undefined")
+        predicted = browser.text("b0", "#prediction")
         agents_shot = browser.screenshot("b0", ARTIFACTS / "agent.png")
+        browser.eval("b0", "document.querySelectorAll('#labels button')[1].click()")
+        browser.wait("b0", f"document.querySelector('#samples').textContent === '{samples + 1}'")
+        kept = browser.text("b0", "#drawings")
         dom = rounds_in_dom(browser, "dash")
         online = browser.text("dash", "#online-kinds")
         for i in range(browsers):
@@ -103,6 +121,8 @@ def test_browser_and_python_agents_train_digits_and_the_dashboard_shows_every_ro
         assert row["accuracy"] == f"{m.accuracy:.4f}" and int(row["accepted"]) == m.accepted
     assert "3 browser" in online
     assert shot.stat().st_size > 10_000 and agents_shot.stat().st_size > 10_000
+    assert f"round {rounds} model reads a" in predicted
+    assert kept.endswith("1 so far")
 
 
 def test_a_browser_agent_reloaded_mid_round_answers_the_round_once(browser: Browser) -> None:
