@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from web_harness import ARTIFACTS, Browser, agent_link, dashboard_link, pages_server, web_broker
@@ -173,3 +174,35 @@ def test_the_dashboard_keeps_every_round_across_a_broker_restart(browser: Browse
     assert restarted.is_set()
     assert [m.round for m in coordinator.closed] == list(range(1, rounds + 1))
     assert [int(row["round"]) for row in dom] == list(range(rounds, 0, -1))
+
+
+def test_a_browser_task_module_trains_on_the_drawings_of_the_device(browser: Browser) -> None:
+    """docs/examples/web_task.js: a phone with a labelled drawing trains on it; a phone with
+    none declines, saying why; a Python agent runs the matching Python task."""
+    job = "drawn"
+    accepted = Accepted()
+    task = "docs/examples/web_task.py:TASK"
+    config = RoundConfig(job=job, task=task, rounds=1, plan=get_task(task).plan, codec="none",
+                         min_agents=3, deadline_s=60)
+    module = Path(__file__).resolve().parents[2] / "docs" / "examples" / "web_task.js"
+    with web_broker(job) as broker, pages_server(f"ws://127.0.0.1:{broker.ws_port}", job, task,
+                                                 modules={"web_task": module}) as base:
+        for name in ("drew", "blank"):
+            link = agent_link(base, broker, job, name, "0/1", task="/tasks/web_task.js")
+            browser.open(name, link, 390, 844)
+        browser.wait("drew", CONNECTED)
+        browser.eval("drew", DRAW_A_ONE)
+        browser.wait("drew", "!document.querySelectorAll('#labels button')[1].disabled")
+        browser.eval("drew", "document.querySelectorAll('#labels button')[1].click()")
+        browser.wait("drew", "document.querySelector('#samples').textContent === '1'")
+        with agent_fleet(broker.url, job, task, 1):
+            coordinator = CoordinatorThread(config, broker.url, on_action=accepted).start()
+            coordinator.join(120)
+        browser.wait("blank", "document.querySelector('#updates').dataset.declined !== ''")
+        declined = browser.eval("blank", "document.querySelector('#updates').dataset.declined")
+        for name in ("drew", "blank"):
+            browser.close_page(name)
+    (m,) = coordinator.closed
+    assert (m.accepted, m.declined, m.closed_by.value) == (2, 1, "all_replied")
+    assert sorted(accepted.updates) == [("agent-0", 1), ("drew", 1)]
+    assert declined == "no training data on this device"

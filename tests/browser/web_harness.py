@@ -130,11 +130,12 @@ def web_broker(job: str) -> Iterator[LocalBroker]:
 
 
 @contextmanager
-def pages_server(broker_ws: str, job: str, task: str,
-                 data: DataConfig | None = None) -> Iterator[str]:
+def pages_server(broker_ws: str, job: str, task: str, data: DataConfig | None = None,
+                 modules: dict[str, Path] | None = None) -> Iterator[str]:
     """``fedmq web``'s server on a free loopback port; yields its base URL."""
     source = ShardSource(task, data or DataConfig())
-    with WebServer(WebConfig(broker_ws, job, task, source), "127.0.0.1", 0) as server:
+    config = WebConfig(broker_ws, job, task, source, modules or {})
+    with WebServer(config, "127.0.0.1", 0) as server:
         yield f"http://127.0.0.1:{server.port}"
 
 

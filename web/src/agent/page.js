@@ -80,6 +80,7 @@ function render(view) {
   $('global-accuracy').textContent = fixed(view.globalAccuracy);
   $('updates').textContent = view.updatesSent;
   $('updates').dataset.rounds = view.sentRounds.join(',');
+  $('updates').dataset.declined = view.lastDecline ?? '';
   $('bytes').textContent = human(view.bytesSent);
   $('task').textContent = view.task;
   $('agent').textContent = view.agent;
@@ -101,8 +102,12 @@ async function main() {
   const task = await loadTask(link.task);
   const store = await AgentStore.open(indexedDB, link.job, agent);
   const shard = chooseShard(link);
+  const params = new URLSearchParams(location.search);
+  for (const [k, v] of new URLSearchParams(location.hash.replace(/^#/, ''))) params.set(k, v);
   const ctx = {
     link,
+    params,
+    fetch: (...args) => fetch(...args),
     shard: async () => {
       if (!shard) throw new Error(`task ${task.name} trains on a demo shard: add &shard=I/N to the URL`);
       const reply = await fetch(`/data/shard?shard=${shard.index}/${shard.count}`);

@@ -13,8 +13,11 @@
  *     image: { width: 8, height: 8, scale: 16 },        // optional: rows are greyscale images
  *   }                                                   // (pixel / scale); enables drawing
  *
- * `ctx` gives the data source what it may need: `ctx.link` (the page link's
- * settings) and `ctx.shard()` (the demo shard named by `#shard=I/N`, from the server).
+ * `ctx` gives the data source what it may need: `ctx.link` (the page link's settings),
+ * `ctx.params` (every key of the link's fragment and query, for a task's own settings),
+ * `ctx.fetch` and `ctx.shard()` (the demo shard named by `#shard=I/N`, from the server).
+ * A task with an `image` may return no rows: the device's labelled drawings, kept in
+ * IndexedDB, are added to whatever it returns.
  * The built-in tasks mirror fedmq/tasks/registry.py's (same models, same rows).
  *
  * Invariants: no DOM; fetch only through the function the page passes in.
@@ -86,7 +89,9 @@ export async function loadData(task, ctx) {
   const { x, y } = await task.data(ctx);
   const features = task.model.sizes[0];
   const outputs = task.model.sizes.at(-1);
-  if (!(x instanceof Float32Array) || x.length === 0 || x.length % features !== 0) {
+  // a task that takes drawings may start with none: the device's drawings are its rows
+  const empty = x?.length === 0 && task.image && task.kind === 'classification';
+  if (!(x instanceof Float32Array) || (x.length === 0 && !empty) || x.length % features !== 0) {
     throw new Error(`${task.name}: data x must be a non-empty Float32Array of rows of ${features}`);
   }
   const rows = x.length / features;

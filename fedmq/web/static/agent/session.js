@@ -52,7 +52,7 @@ export class AgentSession {
       agent, job: link.job, task: task.name, broker: link.broker, connection: 'connecting',
       refused: null, round: null, rounds: null, phase: 'waiting', progress: 0, samples: trainer.samples,
       lastAccuracy: null, lastLoss: null, globalAccuracy: null, bytesSent: 0, updatesSent: 0,
-      sentRounds: [], status: null, run: null, note: null, modelsRejected: 0,
+      sentRounds: [], status: null, run: null, note: null, modelsRejected: 0, lastDecline: null,
     };
     trainer.worker.onmessage = (event) => this.fromWorker(event.data);
   }
@@ -232,6 +232,7 @@ export class AgentSession {
         updatesSent: this.view.updatesSent + 1,
         sentRounds: this.view.sentRounds.includes(round) ? this.view.sentRounds : [...this.view.sentRounds, round],
         phase: declined ? 'declined' : 'sent',
+        lastDecline: declined ?? this.view.lastDecline,
         note: declined ? `declined round ${round}: ${declined}` : action.resent ? `re-sent round ${round}` : null,
       });
       if (!action.resent && answer) await this.store.saveAnswer({ ...answer });
