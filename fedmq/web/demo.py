@@ -189,8 +189,9 @@ class WebDemo:
         print(f"dashboard: {self.links['dashboard']}", file=self._out)
         print(f"agent:     {self.links['agent']}", file=self._out)
         if self.lan:
-            print(f"exposed on the LAN: {base} (the pages) and {ws} (MQTT over WebSockets): anyone "
-                  "holding a link can read this job's topics and train as an agent (docs/WEB.md)",
+            pages = f"{base} (the pages) and " if listen_host in ("0.0.0.0", "::") else ""
+            print(f"exposed on the LAN: {pages}{ws} (MQTT over WebSockets): anyone holding a "
+                  "link can read this job's topics and train as an agent (docs/WEB.md)",
                   file=self._out)
             try:
                 print(qr_text(self.links["agent"]), file=self._out)

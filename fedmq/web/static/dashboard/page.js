@@ -29,7 +29,7 @@ function renderRounds(history) {
     tr.dataset.round = String(m.round);
     tr.append(cell(m.round), cell(m.closed_by.replace('_', ' ')), cell(m.accepted), cell(m.declined),
       cell(m.rejectedTotal), cell(m.missing ?? '–'), cell(fixed(m.accuracy)), cell(fixed(m.loss)),
-      cell(human(m.bytes_up)), cell(human(m.bytes_down)), cell(m.duration_s.toFixed(2)));
+      cell(human(m.bytes_up)), cell(m.duration_s.toFixed(2)));
     return tr;
   });
   $('rounds-table').tBodies[0].replaceChildren(...rows);
@@ -88,7 +88,8 @@ function renderRound(state, now) {
   mark.style.left = `${Math.min(100, (open.quorum / scale) * 100)}%`;
   const left = open.deadlineIn === null ? '' : ` · deadline in ${Math.max(0, open.deadlineIn).toFixed(0)} s`;
   const retry = open.attempt ? ` (retry ${open.attempt})` : '';
-  $('round-text').textContent = `round ${open.round}${retry}: ${open.accepted} accepted of ${open.cohort} asked · quorum ${open.quorum}, at the deadline ${open.minReplies}${left}`;
+  $('round-text').textContent = `round ${open.round}${retry}: ${open.accepted} of ${open.cohort} accepted`
+    + ` · quorum ${open.quorum}, ${open.minReplies} at the deadline${left}`;
 }
 
 function render(state, now) {
