@@ -36,8 +36,8 @@ from protocol import (
     encode_update,
 )
 from protocol.chunks import Reassembler, is_chunk_frame, split
+from protocol.fields import DEFAULT_MAX_BYTES
 from protocol.signing import Purpose, SigningKey, VerifyKey, open_model, seal
-from protocol.wire import DEFAULT_MAX_BYTES
 
 #: incomplete chunked models older than this are dropped (a round's model is re-sent anyway)
 MODEL_CHUNK_TTL_S = 600.0
@@ -195,6 +195,11 @@ class AgentCore:
         return self._feedback.state
 
     @property
+    def training(self) -> RoundKey | None:
+        """The round the adapter is training for this core, until its result is fed back."""
+        return self._training
+
+    @property
     def busy(self) -> bool:
         return self._training is not None
 
@@ -202,14 +207,17 @@ class AgentCore:
         """The last will the adapter registers: presence ``offline``, retained."""
         return self._presence(online=False, at=0.0)
 
-    def handle(self, event: AgentEvent, wall: float = 0.0) -> list[AgentAction]:
-        """Apply ``event``; ``wall`` (Unix seconds) only stamps outgoing presence."""
+    def handle(
+        self, event: AgentEvent, now: float = 0.0, *, wall: float = 0.0
+    ) -> list[AgentAction]:
+        """Apply ``event`` at monotonic time ``now`` (it ages partial chunked models);
+        ``wall`` (Unix seconds) only stamps outgoing presence."""
         match event:
             case Connected():
                 self._resend_armed = self._answer is not None
                 return [self._presence(online=True, at=wall)]
             case ModelArrived(payload=payload):
-                return self._on_model(payload, wall)
+                return self._on_model(payload, now)
             case TrainingDone(key=key, result=result, train_s=train_s):
                 return self._on_trained(key, result, train_s)
             case TrainingFailed(key=key, reason=reason):
@@ -219,10 +227,10 @@ class AgentCore:
             case _:
                 assert_never(event)
 
-    def _on_model(self, payload: bytes, wall: float) -> list[AgentAction]:
+    def _on_model(self, payload: bytes, now: float) -> list[AgentAction]:
         try:
             if is_chunk_frame(payload):  # a piece of a model sent in chunks (or its manifest)
-                whole = self._chunks.add("model", payload, wall)
+                whole = self._chunks.add("model", payload, now)
                 if whole is None:
                     return []
                 payload = whole

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from fedmq.broker import BrokerError, LocalBroker
 from fedmq.launch import Connection, build_coordinator
 from fedmq.progress import RunRecorder, human_bytes
+from fedmq.round_flags import observers, round_config
 from protocol import Phase
 
 if TYPE_CHECKING:
@@ -64,7 +65,6 @@ def run_demo(args: argparse.Namespace) -> int:
     from fedmq.agent_cli import connection as _connection
     from fedmq.agent_cli import data_config as _data
     from fedmq.agent_cli import stop_on_signals as _stop_on_signals
-    from fedmq.cli import _observers, _round_config
 
     web = _web_demo(args)
     browsers = web.browser_agents if web is not None else 0
@@ -82,7 +82,7 @@ def run_demo(args: argparse.Namespace) -> int:
                 stack.callback(web.close)
         run_dir = args.run_dir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
         run_dir.mkdir(parents=True, exist_ok=True)
-        config = _round_config(args, args.job, min_agents=args.agents + browsers)
+        config = round_config(args, args.job, min_agents=args.agents + browsers)
         print(
             f"fedmq demo: {args.agents} agents, task {args.task}, {config.rounds} rounds, "
             f"broker {where}"
@@ -94,7 +94,9 @@ def run_demo(args: argparse.Namespace) -> int:
         )
         recorder = RunRecorder(config.rounds, jsonl=run_dir / "metrics.jsonl")
         conn: Connection = _connection(args, broker_url)
-        observe = web.observing(_observers(args, recorder)) if web else _observers(args, recorder)
+        observe = observers(args, recorder)
+        if web is not None:
+            observe = web.observing(observe)
         node = build_coordinator(config, conn, data=_data(args), run_dir=run_dir, on_action=observe)
         _stop_on_signals(node.stop)
         if web is not None:

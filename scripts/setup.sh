@@ -34,6 +34,10 @@ fi
 echo "setup: installing $TORCH_SPEC and fedmq[$EXTRAS]"
 "$VENV/bin/pip" install -q --disable-pip-version-check "$TORCH_SPEC"
 "$VENV/bin/pip" install -q --disable-pip-version-check -e "$ROOT[$EXTRAS]"
+# Developers (the dev extra) also get the tools: benchmarks, swarm, reference, chaos.
+case ",$EXTRAS," in
+  *,dev,*) "$VENV/bin/pip" install -q --disable-pip-version-check -e "$ROOT/tools" ;;
+esac
 
 # The browser side (web/, tests/browser, `fedmq demo --browser-agents`): Debian's chromium
 # (never a downloaded browser build), node and npm, and the npm packages pinned in

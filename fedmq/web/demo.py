@@ -33,7 +33,6 @@ from typing import Any, TextIO
 import paho.mqtt.client as mqtt
 
 from coordinator import Action, UpdateAccepted
-from edge_agent.connection import BrokerURL, Session, connect, make_client
 from fedmq.broker import LocalBroker
 from fedmq.tasks import DataConfig
 from fedmq.web.chromium import HeadlessChromium
@@ -42,6 +41,7 @@ from fedmq.web.links import host_port, lan_address, page_url, qr_text
 from fedmq.web.server import WebConfig, WebServer
 from fedmq.web.shard import ShardSource
 from protocol import Topics, WireError, decode_presence
+from transport.connection import BrokerURL, Session, connect, make_client
 
 #: the demo's one WebSockets user
 WEB_USER = "web"

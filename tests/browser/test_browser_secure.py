@@ -22,7 +22,6 @@ from cryptography.hazmat.primitives import serialization
 from web_harness import Browser, pages_server
 
 from coordinator import Action, RejectUpdate, RoundConfig, UpdateAccepted
-from edge_agent.connection import BrokerURL
 from fedmq.broker import LocalBroker
 from fedmq.bundle import load_agent_keys, load_signing_key, load_verify_key, read_password
 from fedmq.launch import AgentSettings, Connection, build_agent, build_coordinator
@@ -30,6 +29,7 @@ from fedmq.provision import Deployment, provision
 from fedmq.tasks import DataConfig, get_task
 from fedmq.web.cli import bundle_link
 from tests.needs import require_mosquitto
+from transport.connection import BrokerURL
 
 pytestmark = pytest.mark.integration
 

@@ -1,0 +1,189 @@
+"""How a run is configured: one frozen value the round machine is built from."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from coordinator.optimisers import parse_server_opt
+from coordinator.strategy import parse_aggregator
+from protocol import TrainPlan, check_codec, check_id
+from protocol.chunks import MIN_MAX_PAYLOAD
+from protocol.compress import DOWNLINKS
+from protocol.signing import SigningKey, VerifyKey
+
+ShortRoundPolicy = Literal["retry", "stop"]
+Downlink = Literal["fp32", "fp16"]
+SamplePolicy = Literal["uniform", "by-samples"]
+SAMPLE_POLICIES = ("uniform", "by-samples")
+
+
+@dataclass(frozen=True, slots=True)
+class RoundConfig:
+    """Run parameters. Durations are seconds; ``quorum=None`` means every agent asked."""
+
+    job: str
+    task: str
+    rounds: int
+    plan: TrainPlan = field(default_factory=TrainPlan)
+    codec: str = "none"
+    #: the global model's wire dtype; the coordinator's own copy stays float32
+    downlink: Downlink = "fp32"
+    #: an aggregator spec (coordinator/strategy.py), e.g. fedavg, median, trimmed:0.2, krum:2
+    aggregator: str = "fedavg"
+    #: if set, each update's delta is scaled down to this L2 norm before aggregation
+    clip_norm: float | None = None
+    #: close the round as soon as this many updates are accepted
+    quorum: int | None = None
+    #: at the deadline, close with this many accepted updates, else apply ``on_short_round``
+    min_replies: int = 1
+    deadline_s: float = 60.0
+    #: agents that must be online before round 1 is announced
+    min_agents: int = 1
+    on_short_round: ShortRoundPolicy = "retry"
+    max_retries: int = 3
+    #: each retry's deadline is the previous one times this
+    retry_backoff: float = 1.5
+    target_accuracy: float | None = None
+    #: stop once test accuracy has not beaten its best by more than ``min_delta`` for
+    #: this many rounds in a row (None: never)
+    patience: int | None = None
+    min_delta: float = 0.0
+    #: how the aggregated delta moves the model (coordinator/optimisers.py), e.g. fedadam
+    server_opt: str = "fedavg"
+    #: ask this fraction (0, 1] of the eligible agents online each round (None: all) ...
+    sample_fraction: float | None = None
+    #: ... or this many; the cohort never drops below what quorum and min_replies need
+    sample_count: int | None = None
+    #: uniform, or by-samples: weighted by the sample counts agents advertise in presence
+    sample_policy: SamplePolicy = "uniform"
+    #: only agents whose presence names one of these device classes take part (None: any)
+    device_classes: frozenset[str] | None = None
+    #: cohorts are drawn with numpy.random.default_rng([sample_seed, round, attempt])
+    sample_seed: int = 0
+    #: DP-FedAvg (coordinator/privacy.py): the noise multiplier z (None: no DP) ...
+    dp_noise: float | None = None
+    #: ... the L2 clip norm C of each update, and the delta of the reported (epsilon, delta)
+    dp_clip: float | None = None
+    dp_delta: float = 1e-5
+    #: the noise is drawn with numpy.random.default_rng([dp_seed, round]): keep it secret
+    dp_seed: int = 0
+    evaluate: bool = True
+    max_update_bytes: int = 64 * 1024 * 1024
+    #: the broker's payload cap; larger models and updates travel as chunks (0: no cap)
+    max_payload: int = 0
+    #: memory for partially received chunked updates, all agents together
+    max_reassembly_bytes: int = 256 * 1024 * 1024
+    #: if set, only these agent ids may take part (for provisioned fleets)
+    allowed_agents: frozenset[str] | None = None
+    #: signs every model announcement (docs/SECURITY.md); None: models go out unsigned
+    signing_key: SigningKey | None = None
+    #: the provisioned agents' update keys. When set, every update must be signed by its
+    #: topic's agent with its key, and only these agents take part (``allowed_agents``
+    #: defaults to them). None: updates are not verified.
+    agent_keys: Mapping[str, VerifyKey] | None = None
+
+    def __post_init__(self) -> None:
+        check_id(self.job, "job")
+        check_codec(self.codec)
+        if self.downlink not in DOWNLINKS:
+            raise ValueError(f"downlink must be one of {DOWNLINKS}, got {self.downlink!r}")
+        self._check_aggregator()
+        self._check_sampling()
+        self._check_privacy()
+        parse_server_opt(self.server_opt)
+        self._check_patience()
+        if self.rounds < 1:
+            raise ValueError("rounds must be >= 1")
+        if self.quorum is not None and self.quorum < 1:
+            raise ValueError("quorum must be >= 1")
+        if self.min_replies < 1:
+            raise ValueError("min_replies must be >= 1")
+        if self.quorum is not None and self.min_replies > self.quorum:
+            raise ValueError(f"min_replies ({self.min_replies}) > quorum ({self.quorum})")
+        if self.deadline_s <= 0:
+            raise ValueError("deadline_s must be > 0")
+        if self.min_agents < 1:
+            raise ValueError("min_agents must be >= 1")
+        if self.on_short_round not in ("retry", "stop"):
+            raise ValueError("on_short_round must be 'retry' or 'stop'")
+        if self.max_payload and self.max_payload < MIN_MAX_PAYLOAD:
+            raise ValueError(f"max_payload must be 0 (no cap) or >= {MIN_MAX_PAYLOAD} bytes")
+        if self.max_retries < 0 or self.retry_backoff < 1.0:
+            raise ValueError("max_retries must be >= 0 and retry_backoff >= 1")
+        if self.agent_keys is not None:
+            self._check_agent_keys(self.agent_keys)
+
+    def _check_aggregator(self) -> None:
+        need = parse_aggregator(self.aggregator).min_updates
+        if self.quorum is not None and self.quorum < need:
+            raise ValueError(
+                f"aggregator {self.aggregator} needs at least {need} updates a round; "
+                f"quorum {self.quorum} would close rounds it must refuse"
+            )
+        if self.clip_norm is not None and not 0 < self.clip_norm < float("inf"):
+            raise ValueError(f"clip_norm must be a positive number, got {self.clip_norm}")
+
+    @property
+    def names_cohort(self) -> bool:
+        """True if rounds ask a chosen cohort (announced by name), not every agent online."""
+        return self.sample_fraction is not None or self.sample_count is not None or (
+            self.device_classes is not None
+        )
+
+    @property
+    def cohort_floor(self) -> int:
+        """The smallest cohort a round can close with: quorum, min_replies, the aggregator's."""
+        need = parse_aggregator(self.aggregator).min_updates
+        return max(self.quorum or 1, self.min_replies, need)
+
+    def _check_sampling(self) -> None:
+        fraction, count = self.sample_fraction, self.sample_count
+        if fraction is not None and count is not None:
+            raise ValueError("give a sample fraction or a sample count, not both")
+        if fraction is not None and not 0 < fraction <= 1:
+            raise ValueError(f"sample fraction must be in (0, 1], got {fraction}")
+        if count is not None and count < self.cohort_floor:
+            raise ValueError(
+                f"a cohort of {count} cannot meet quorum/min_replies/the aggregator's minimum "
+                f"({self.cohort_floor}); ask at least that many"
+            )
+        if self.sample_policy not in SAMPLE_POLICIES:
+            raise ValueError(f"sample policy must be one of {SAMPLE_POLICIES}")
+        devices = self.device_classes
+        if devices is not None and not (devices and all(0 < len(d) <= 64 for d in devices)):
+            raise ValueError("device classes must be non-empty names of <= 64 chars")
+
+    def _check_patience(self) -> None:
+        if self.patience is not None and (self.patience < 1 or not self.evaluate):
+            raise ValueError("patience must be >= 1 and needs server-side evaluation")
+        if not 0 <= self.min_delta < 1:
+            raise ValueError(f"min_delta must be in [0, 1), got {self.min_delta}")
+
+    def _check_privacy(self) -> None:
+        z, clip, delta = self.dp_noise, self.dp_clip, self.dp_delta
+        if z is None:
+            if clip is not None:
+                raise ValueError("dp_clip needs dp_noise (for clipping alone use clip_norm)")
+            return
+        if clip is None or not 0 < clip < float("inf"):
+            raise ValueError("DP needs dp_clip, the L2 clip norm C, a positive number")
+        if not 0 <= z < float("inf"):
+            raise ValueError(f"dp_noise (the noise multiplier z) must be >= 0, got {z}")
+        if not 0 < delta < 1:
+            raise ValueError(f"dp_delta must be in (0, 1), got {delta}")
+        if self.aggregator != "fedavg" or self.clip_norm is not None:
+            raise ValueError(
+                "DP-FedAvg replaces the aggregator and its clipping: use it with the default "
+                "fedavg aggregator and without clip_norm"
+            )
+
+    def _check_agent_keys(self, keys: Mapping[str, VerifyKey]) -> None:
+        for agent in keys:
+            check_id(agent, "agent")
+        if self.allowed_agents is None:  # a frozen value: set the derived default once
+            object.__setattr__(self, "allowed_agents", frozenset(keys))
+        elif not self.allowed_agents <= keys.keys():
+            missing = sorted(self.allowed_agents - keys.keys())
+            raise ValueError(f"allowed agents without an update key: {missing}")

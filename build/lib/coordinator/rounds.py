@@ -1,0 +1,400 @@
+"""The round state machine: events and the time in, actions out.
+
+Rules of this module:
+1. Every phase change goes through :func:`coordinator.phases.next_phase`, whose one
+   table lists every legal (phase, trigger) -> phase; anything else is a bug and raises.
+2. It never reads a clock, never touches paho, never sleeps: ``now`` is
+   monotonic seconds passed in by the adapter, and ``next_deadline()`` tells the
+   adapter when to call back with a :class:`~coordinator.events.Tick`.
+3. A rejected message changes nothing but the rejection counters.
+
+What it delegates, one concern each: who may be asked (:mod:`coordinator.cohort`),
+whether an update may enter (:mod:`coordinator.validation`), when the run ends
+(:mod:`coordinator.stopping`), and how everything is said on the wire
+(:mod:`coordinator.outbox`).
+
+A round: draw the cohort -> announce the model (retained) -> accept updates ->
+close at quorum, when everyone asked has answered, or at the deadline with
+``min_replies`` -> aggregate -> server optimiser step -> evaluate -> publish
+metrics -> checkpoint -> announce the next round (or stop).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from typing_extensions import assert_never
+
+from coordinator.aggregate import AggregationError
+from coordinator.checkpoint import Checkpoint
+from coordinator.cohort import CohortPolicy, Roster
+from coordinator.config import RoundConfig
+from coordinator.events import (
+    Action,
+    BrokerConnected,
+    Evaluate,
+    Evaluated,
+    Event,
+    MessageRejected,
+    PresenceArrived,
+    RoundClosed,
+    RoundOpened,
+    SaveCheckpoint,
+    Stop,
+    StopRequested,
+    Tick,
+    UpdateAccepted,
+    UpdateArrived,
+)
+from coordinator.global_model import GlobalModel
+from coordinator.open_round import OpenRound
+from coordinator.outbox import Outbox
+from coordinator.phases import Trigger, next_phase
+from coordinator.stopping import stop_reason
+from coordinator.validation import Intake, RunView
+from protocol import (
+    ClosedBy,
+    Phase,
+    Publish,
+    RejectReason,
+    RoundMetrics,
+    Weights,
+    WireError,
+    raw_size,
+)
+
+
+class Rounds:
+    """Drives one federated run. Feed it events with :meth:`handle`."""
+
+    def __init__(
+        self,
+        config: RoundConfig,
+        weights: Weights,
+        *,
+        run: str,
+        wall_offset: float = 0.0,
+        resume: Checkpoint | None = None,
+    ) -> None:
+        """``wall_offset`` turns monotonic ``now`` into Unix time for the wire."""
+        self.config = config
+        self._outbox = Outbox(config, wall_offset=wall_offset)
+        self.topics = self._outbox.topics
+        self._cohorts = CohortPolicy(config)
+        self._roster = Roster()
+        self._model = GlobalModel(config, weights, resume)  # checks resume fits the config
+        self._run = resume.run if resume else run
+        self._completed = resume.round if resume else 0
+        self._history: list[RoundMetrics] = list(resume.history) if resume else []
+        self._rejected_total: Counter[str] = Counter(resume.rejected if resume else {})
+        self._phase = Phase.WAITING
+        self._message = ""
+        self._round: OpenRound | None = None
+        self._model_id = self._outbox.model_id(self._model.weights)
+        shapes = {name: tuple(a.shape) for name, a in weights.items()}
+        self._intake = Intake(config, shapes)
+        self._raw_update_bytes = raw_size(shapes)
+        if self._completed >= config.rounds:
+            self._phase = Phase.DONE
+            self._message = f"already completed {self._completed} rounds"
+
+    # --- read-only views -----------------------------------------------------------
+
+    @property
+    def phase(self) -> Phase:
+        return self._phase
+
+    @property
+    def finished(self) -> bool:
+        return self._phase in (Phase.DONE, Phase.FAILED)
+
+    @property
+    def message(self) -> str:
+        return self._message
+
+    @property
+    def run(self) -> str:
+        return self._run
+
+    @property
+    def weights(self) -> Weights:
+        """The current global model (after the last completed round)."""
+        return self._model.weights
+
+    @property
+    def completed_rounds(self) -> int:
+        return self._completed
+
+    @property
+    def history(self) -> tuple[RoundMetrics, ...]:
+        return tuple(self._history)
+
+    @property
+    def rejected_total(self) -> dict[str, int]:
+        return dict(self._rejected_total)
+
+    @property
+    def agents_online(self) -> frozenset[str]:
+        return frozenset(self._roster.online)
+
+    def next_deadline(self) -> float | None:
+        """When the adapter must send a :class:`Tick`, or None if nothing is timed."""
+        if self._phase is Phase.TRAINING and self._round is not None:
+            return self._round.deadline
+        return None
+
+    # --- the one entry point ----------------------------------------------------------
+
+    def handle(self, event: Event, now: float) -> list[Action]:
+        """Apply ``event`` observed at monotonic time ``now``; return what to do, in order."""
+        match event:
+            case BrokerConnected():
+                return self._on_connected(now)
+            case PresenceArrived(agent=agent, payload=payload):
+                return self._on_presence(agent, payload, now)
+            case UpdateArrived(agent=agent, payload=payload):
+                return self._on_update(agent, payload, now)
+            case Tick():
+                return self._on_tick(now)
+            case Evaluated(round_no=round_no, metrics=metrics):
+                return self._on_evaluated(round_no, metrics, now)
+            case StopRequested(reason=reason):
+                return self._on_stop(reason, now)
+            case _:
+                assert_never(event)
+
+    # --- event handlers ---------------------------------------------------------------
+
+    def _on_connected(self, now: float) -> list[Action]:
+        # The broker may have restarted without persistence: restore what it retains.
+        actions: list[Action] = []
+        if self._history:
+            actions.append(self._outbox.metrics(self._history[-1]))
+        if self._round is not None and not self.finished:
+            actions.extend(self._outbox.model_publishes(self._round.model_payload, run=self._run))
+        elif self.finished:  # DONE or FAILED: both ended by publishing the final model
+            actions.extend(self._final_model(now))
+        actions.append(self._status(now))
+        if self.finished:
+            actions.append(Stop(self._phase, self._message))
+        return actions
+
+    def _on_presence(self, agent: str, payload: bytes, now: float) -> list[Action]:
+        try:
+            self._roster.apply(agent, payload)
+        except WireError as exc:
+            return [self._reject(agent, None, exc.reason, f"presence: {exc.detail}")]
+        eligible = self._cohorts.eligible(self.agents_online, self._roster.presences)
+        if self._phase is Phase.WAITING and len(eligible) >= self.config.min_agents:
+            return self._open_round(now)
+        return [self._status(now)]
+
+    def _on_update(self, agent: str, payload: bytes, now: float) -> list[Action]:
+        rs = self._round
+        accepting = rs if rs is not None and self._phase is Phase.TRAINING else None
+        round_no = rs.number if rs is not None else None
+        if accepting is not None:
+            accepting.bytes_up += len(payload)
+        view = RunView(
+            run=self._run,
+            completed=self._completed,
+            current=round_no if not self.finished else None,
+            accepting=accepting,
+            model_id=self._model_id,
+            online=self._roster.online,
+        )
+        try:
+            taken = self._intake.take(view, agent, payload, now)
+        except WireError as exc:
+            return [self._reject(agent, round_no, exc.reason, exc.detail)]
+        if taken is None:
+            return []  # a chunk of an update still incomplete
+        assert accepting is not None  # admit_update refuses every update without one
+        update, delta = taken
+        if delta is None:
+            accepting.declined.add(agent)
+            return [self._status(now), *self._maybe_close(now)]
+        accepting.aggregator.add(delta, update.samples)
+        accepting.tally(update)
+        self._roster.alive(agent)
+        accepted = UpdateAccepted(agent, accepting.number, len(accepting.accepted),
+                                  accepting.quorum)
+        return [accepted, self._status(now), *self._maybe_close(now)]
+
+    def _on_tick(self, now: float) -> list[Action]:
+        rs = self._round
+        if self._phase is not Phase.TRAINING or rs is None or now < rs.deadline:
+            return []
+        if len(rs.accepted) >= self.config.min_replies:
+            return self._close(ClosedBy.DEADLINE, now)
+        short = (
+            f"round {rs.number}: {len(rs.accepted)} of min_replies={self.config.min_replies} "
+            f"updates by the deadline"
+        )
+        return self._short_round(short, now)
+
+    def _on_evaluated(self, round_no: int, metrics: dict[str, float], now: float) -> list[Action]:
+        rs = self._round
+        if self._phase is not Phase.EVALUATING or rs is None or rs.number != round_no:
+            return []  # an evaluation that no longer matters (e.g. stop requested meanwhile)
+        return self._finish_round(metrics, now)
+
+    def _on_stop(self, reason: str, now: float) -> list[Action]:
+        if self.finished:
+            return []
+        return self._end(Trigger.FINISH, f"stopped: {reason}", now)
+
+    # --- round lifecycle ----------------------------------------------------------------
+
+    def _announce(self, rs: OpenRound, now: float) -> list[Action]:
+        """Encode ``rs``'s announcement, count its bytes down, and report it."""
+        rs.model_payload = self._outbox.announcement(
+            run=self._run, round_no=rs.number, attempt=rs.attempt, deadline_s=rs.deadline_s,
+            cohort=rs.cohort, weights=self._model.weights, model_id=self._model_id, now=now,
+        )
+        publishes = self._outbox.model_publishes(rs.model_payload, run=self._run)
+        rs.bytes_down += sum(len(p.payload) for p in publishes) * len(rs.cohort - rs.accepted)
+        opened = RoundOpened(rs.number, rs.attempt, len(rs.cohort), rs.quorum, rs.deadline_s)
+        return [*publishes, opened, self._status(now)]
+
+    def _open_round(self, now: float) -> list[Action]:
+        cfg = self.config
+        eligible = self._cohorts.eligible(self.agents_online, self._roster.presences)
+        number = self._completed + 1
+        target = self._cohorts.size(len(eligible))
+        cohort = self._cohorts.draw(eligible, target, self._roster.presences, number, 0)
+        quorum = cfg.quorum if cfg.quorum is not None else max(len(cohort), cfg.min_replies)
+        self._round = OpenRound(
+            number=number,
+            attempt=0,
+            opened_at=now,
+            deadline=now + cfg.deadline_s,
+            deadline_s=cfg.deadline_s,
+            cohort=cohort,
+            quorum=quorum,
+            aggregator=self._model.aggregator(number, len(cohort)),
+            model_payload=b"",
+            cohort_target=target,
+            pool=set(eligible),
+        )
+        self._fire(Trigger.OPEN if self._phase is Phase.WAITING else Trigger.NEXT)
+        return self._announce(self._round, now)
+
+    def _retry_round(self, now: float) -> list[Action]:
+        rs = self._round
+        assert rs is not None
+        rs.attempt += 1
+        rs.deadline_s = self.config.deadline_s * self.config.retry_backoff**rs.attempt
+        rs.deadline = now + rs.deadline_s
+        eligible = self._cohorts.eligible(self.agents_online, self._roster.presences)
+        rs.pool |= eligible
+        rs.cohort = self._cohorts.top_up(rs, eligible, self._roster.presences)
+        self._fire(Trigger.RETRY)
+        return self._announce(rs, now)
+
+    def _maybe_close(self, now: float) -> list[Action]:
+        rs = self._round
+        assert rs is not None
+        if len(rs.accepted) >= rs.quorum:
+            return self._close(ClosedBy.QUORUM, now)
+        if rs.cohort <= rs.answered and len(rs.accepted) >= self.config.min_replies:
+            return self._close(ClosedBy.ALL_REPLIED, now)
+        return []
+
+    def _short_round(self, why: str, now: float) -> list[Action]:
+        """The deadline passed and the round cannot close: retry it or stop, saying why."""
+        rs = self._round
+        assert rs is not None
+        if self.config.on_short_round == "retry" and rs.attempt < self.config.max_retries:
+            self._message = f"{why}; retry {rs.attempt + 1} of {self.config.max_retries}"
+            return self._retry_round(now)
+        tries = f" after {rs.attempt} retries" if rs.attempt else ""
+        return self._end(Trigger.FAIL, f"{why}{tries}; stopping", now)
+
+    def _close(self, closed_by: ClosedBy, now: float) -> list[Action]:
+        rs = self._round
+        assert rs is not None
+        try:
+            rs.new_weights, rs.new_opt_state = self._model.step(rs.aggregator.result().delta)
+        except AggregationError as exc:
+            if closed_by is not ClosedBy.DEADLINE:
+                return []  # keep gathering: more updates may come before the deadline
+            return self._short_round(f"round {rs.number}: {exc}", now)
+        rs.closed_by = closed_by
+        self._message = ""  # a retry's reason no longer applies
+        if not self.config.evaluate:
+            return self._finish_round({}, now)
+        self._fire(Trigger.EVALUATE)
+        return [self._status(now), Evaluate(rs.number, rs.new_weights)]
+
+    def _finish_round(self, evaluation: dict[str, float], now: float) -> list[Action]:
+        rs = self._round
+        assert rs is not None and rs.new_weights is not None and rs.new_opt_state is not None
+        self._model.commit(rs.new_weights, rs.new_opt_state)
+        self._model_id = self._outbox.model_id(rs.new_weights)
+        self._completed = rs.number
+        metrics = rs.metrics(
+            job=self.config.job,
+            run=self._run,
+            evaluation=evaluation,
+            raw_update_bytes=self._raw_update_bytes,
+            duration_s=now - rs.opened_at,
+            at=self._outbox.wall(now),
+            epsilon=self._model.record_privacy(rs.sampling_rate),
+        )
+        self._history.append(metrics)
+        # Checkpoint first: a round whose metrics anyone has seen survives a crash.
+        actions: list[Action] = [
+            SaveCheckpoint(self.checkpoint()),
+            self._outbox.metrics(metrics),
+            RoundClosed(metrics),
+        ]
+        why = stop_reason(self.config, self._history)
+        if why is not None:
+            return actions + self._end(Trigger.FINISH, why, now)
+        return actions + self._open_round(now)
+
+    def _end(self, trigger: Trigger, message: str, now: float) -> list[Action]:
+        self._fire(trigger)
+        self._message = message
+        return [*self._final_model(now), self._status(now), Stop(self._phase, message)]
+
+    # --- outputs ---------------------------------------------------------------------------
+
+    def checkpoint(self) -> Checkpoint:
+        """The state to resume from: the model after the last completed round."""
+        return self._model.checkpoint(
+            run=self._run,
+            completed=self._completed,
+            history=tuple(self._history),
+            rejected=self._rejected_total,
+        )
+
+    def _final_model(self, now: float) -> list[Action]:
+        return list(self._outbox.final_model(
+            run=self._run, completed=self._completed, weights=self._model.weights,
+            model_id=self._model_id, now=now,
+        ))
+
+    def _status(self, now: float) -> Publish:
+        return self._outbox.status(
+            run=self._run,
+            phase=self._phase,
+            last_round=self._round,
+            completed=self._completed,
+            agents_online=len(self._roster.online),
+            rejected=self._rejected_total,
+            message=self._message,
+            now=now,
+        )
+
+    def _reject(
+        self, agent: str | None, round_no: int | None, reason: RejectReason, detail: str
+    ) -> MessageRejected:
+        self._rejected_total[reason.value] += 1
+        if self._round is not None and self._phase is Phase.TRAINING:
+            self._round.rejected[reason.value] += 1
+        return MessageRejected(agent, round_no, reason, detail)
+
+    def _fire(self, trigger: Trigger) -> None:
+        self._phase = next_phase(self._phase, trigger)

@@ -1,0 +1,378 @@
+"""The agent's logic: model announcements in, training requests and updates out.
+
+Rules of this module: it imports no paho, no torch, no threading, no clock.
+The adapter runs the training the core asks for and feeds back the result as
+an event; the core decides what to publish.
+
+Per (run, round, model_id) the agent trains at most once and answers exactly
+once; if the coordinator asks again (a retry, or after a reconnect that may
+have lost the update in flight) the cached answer is sent again, because the
+coordinator counts each (job, round, agent) once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+import numpy as np
+from typing_extensions import assert_never
+
+from edge_agent.feedback import ErrorFeedback, Residual
+from edge_agent.trainer import TrainResult
+from protocol import (
+    ModelAnnouncement,
+    Presence,
+    Publish,
+    RejectReason,
+    Topics,
+    Update,
+    Weights,
+    WireError,
+    check_id,
+    decode_model,
+    encode_presence,
+    encode_update,
+)
+from protocol.chunks import Reassembler, is_chunk_frame, split
+from protocol.fields import DEFAULT_MAX_BYTES
+from protocol.signing import Purpose, SigningKey, VerifyKey, open_model, seal
+
+#: incomplete chunked models older than this are dropped (a round's model is re-sent anyway)
+MODEL_CHUNK_TTL_S = 600.0
+
+#: Identifies what an update answers: (run, round, model_id).
+RoundKey = tuple[str, int, str]
+
+# --- events (in) ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Connected:
+    """The MQTT session is (re)established; the retained model will follow."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelArrived:
+    """Raw bytes on ``.../model``."""
+
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingDone:
+    """The trainer finished the round named by ``key``."""
+
+    key: RoundKey
+    result: TrainResult
+    train_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingFailed:
+    """The trainer could not (or was not allowed to) train ``key``; the agent declines."""
+
+    key: RoundKey
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ShutdownRequested:
+    """The agent is stopping cleanly."""
+
+
+AgentEvent: TypeAlias = Connected | ModelArrived | TrainingDone | TrainingFailed | ShutdownRequested
+
+# --- actions (out) ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Train:
+    """Train on ``model``'s weights and plan, then feed back TrainingDone or TrainingFailed."""
+
+    key: RoundKey
+    model: ModelAnnouncement
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRejected:
+    """A model announcement was refused; the adapter logs it."""
+
+    reason: RejectReason
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateSent:
+    """An update (or decline) for ``key`` was handed to MQTT; ``resent`` if from the cache."""
+
+    key: RoundKey
+    size: int
+    resent: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RunFinished:
+    """The coordinator published the final model; ``model`` is the device's to keep."""
+
+    model: ModelAnnouncement
+
+
+@dataclass(frozen=True, slots=True)
+class SaveResidual:
+    """The error-feedback residual changed; the adapter persists it (``None``: delete it)."""
+
+    state: Residual | None
+
+
+AgentAction: TypeAlias = Publish | Train | ModelRejected | UpdateSent | RunFinished | SaveResidual
+
+
+@dataclass(slots=True)
+class _Answer:
+    key: RoundKey
+    #: (attempt, issued_at) of the announcement last answered: a new pair is a re-announcement
+    asked: tuple[int, float]
+    #: the update as published: one payload, or its chunk frames under a payload cap
+    frames: tuple[bytes, ...]
+
+
+class AgentCore:
+    """One agent's state: the latest global model and what it has answered."""
+
+    def __init__(
+        self,
+        job: str,
+        agent: str,
+        *,
+        samples: int,
+        trainer: str,
+        device: str | None = None,
+        feedback: ErrorFeedback | None = None,
+        signing_key: SigningKey | None = None,
+        coordinator_key: VerifyKey | None = None,
+    ) -> None:
+        """``feedback`` carries a residual loaded from the device's state dir, if any.
+
+        ``signing_key`` signs every update; with ``coordinator_key`` set, a model
+        that is unsigned or not signed by it is refused (docs/SECURITY.md).
+        """
+        self._signing_key = signing_key
+        self._coordinator_key = coordinator_key
+        self.job = check_id(job, "job")
+        self.agent = check_id(agent, "agent")
+        self._feedback = feedback if feedback is not None else ErrorFeedback()
+        # Stochastic codecs draw from default_rng([plan.seed, round, this]): independent
+        # across agents, and the same numbers if the round is ever encoded again.
+        self._rng_key = int.from_bytes(hashlib.sha256(self.agent.encode()).digest()[:8], "big")
+        self.topics = Topics(job)
+        self._samples = samples
+        self._trainer = trainer
+        self._device = device
+        self._latest: ModelAnnouncement | None = None
+        self._training: RoundKey | None = None
+        self._answer: _Answer | None = None
+        #: runs this agent has trained for: only their final model ends its work
+        self._runs_joined: set[str] = set()
+        self._resend_armed = False
+        self._chunks = Reassembler(
+            2 * DEFAULT_MAX_BYTES, ttl_s=MODEL_CHUNK_TTL_S, max_payload_size=DEFAULT_MAX_BYTES
+        )
+        self.models_rejected = 0
+
+    @property
+    def latest_model(self) -> ModelAnnouncement | None:
+        """The newest valid global model this device holds (for local inference)."""
+        return self._latest
+
+    @property
+    def residual(self) -> Residual | None:
+        """The error-feedback residual carried into the next update (persisted by the adapter)."""
+        return self._feedback.state
+
+    @property
+    def training(self) -> RoundKey | None:
+        """The round the adapter is training for this core, until its result is fed back."""
+        return self._training
+
+    @property
+    def busy(self) -> bool:
+        return self._training is not None
+
+    def will(self) -> Publish:
+        """The last will the adapter registers: presence ``offline``, retained."""
+        return self._presence(online=False, at=0.0)
+
+    def handle(
+        self, event: AgentEvent, now: float = 0.0, *, wall: float = 0.0
+    ) -> list[AgentAction]:
+        """Apply ``event`` at monotonic time ``now`` (it ages partial chunked models);
+        ``wall`` (Unix seconds) only stamps outgoing presence."""
+        match event:
+            case Connected():
+                self._resend_armed = self._answer is not None
+                return [self._presence(online=True, at=wall)]
+            case ModelArrived(payload=payload):
+                return self._on_model(payload, now)
+            case TrainingDone(key=key, result=result, train_s=train_s):
+                return self._on_trained(key, result, train_s)
+            case TrainingFailed(key=key, reason=reason):
+                return self._on_failed(key, reason)
+            case ShutdownRequested():
+                return [self._presence(online=False, at=wall)]
+            case _:
+                assert_never(event)
+
+    def _on_model(self, payload: bytes, now: float) -> list[AgentAction]:
+        try:
+            if is_chunk_frame(payload):  # a piece of a model sent in chunks (or its manifest)
+                whole = self._chunks.add("model", payload, now)
+                if whole is None:
+                    return []
+                payload = whole
+            # Verify the bytes as received, then decode what they vouch for.
+            body = open_model(
+                payload, job=self.job, key=self._coordinator_key, max_body_bytes=DEFAULT_MAX_BYTES
+            )
+            model = decode_model(body)
+            if model.job != self.job:
+                raise WireError(RejectReason.WRONG_JOB, f"model for job {model.job!r}")
+        except WireError as exc:
+            self.models_rejected += 1
+            return [ModelRejected(exc.reason, exc.detail)]
+        latest = self._latest
+        older = latest is not None and latest.run == model.run and model.round < latest.round
+        # A final model is never stale: it carries the last *completed* round, which is
+        # below the open round when a run fails or is stopped mid-round.
+        if older and not model.done:
+            return []  # an older round delivered late; the newer one stands
+        self._latest = model
+        if model.done:
+            # A retained final model of some earlier run ends nothing for a newcomer:
+            # keep it as the device's model and wait for the next run.
+            return [RunFinished(model)] if model.run in self._runs_joined else []
+        if model.cohort is not None and self.agent not in model.cohort:
+            return []
+        key: RoundKey = (model.run, model.round, model.model_id)
+        answer = self._answer
+        if answer is not None and answer.key == key:
+            # Re-announced by a retry or a restarted coordinator, or we reconnected: the
+            # update may have been lost, so send the same bytes again (counted once).
+            asked = (model.attempt, model.issued_at)
+            if asked != answer.asked or self._resend_armed:
+                answer.asked = asked
+                self._resend_armed = False
+                return self._send(answer, resent=True)
+            return []  # the same announcement again (QoS 1 redelivery)
+        if self._training is not None:
+            return []  # the newest model is picked up when the current training ends
+        return self._start(key, model)
+
+    def _on_trained(self, key: RoundKey, result: TrainResult, train_s: float) -> list[AgentAction]:
+        self._training = None
+        model = self._latest
+        # A final model can share the key of round 1 (a run stopped before any round closed).
+        if model is None or model.done or self._key(model) != key:
+            return self._train_latest()  # a newer round (or the end) arrived while training
+        delta: Weights = {
+            name: result.weights[name] - global_w for name, global_w in model.weights.items()
+        }
+        before = self._feedback.state
+        try:
+            tensors = self._encode(model, delta)
+        except ValueError as exc:  # a codec this build lacks, or a diverged (NaN) model
+            return self._decline(model, f"cannot encode the update: {exc}")
+        update = Update(
+            job=self.job,
+            agent=self.agent,
+            round=model.round,
+            model_id=model.model_id,
+            samples=result.samples,
+            codec=model.codec,
+            tensors=tuple(tensors),
+            metrics=result.metrics,
+            train_s=train_s,
+        )
+        actions = self._answer_with(model, encode_update(update))
+        after = self._feedback.state
+        return actions if after is before else [*actions, SaveResidual(after)]
+
+    def _encode(self, model: ModelAnnouncement, delta: Weights) -> list[dict[str, Any]]:
+        """The delta's entries via error feedback (kept for biased codecs only)."""
+        rng = np.random.default_rng([model.plan.seed, model.round, self._rng_key])
+        return self._feedback.encode(delta, model.codec, scope=model.run, rng=rng)
+
+    def _on_failed(self, key: RoundKey, reason: str) -> list[AgentAction]:
+        self._training = None
+        model = self._latest
+        if model is None or model.done or self._key(model) != key:
+            return self._train_latest()
+        return self._decline(model, reason)
+
+    def _decline(self, model: ModelAnnouncement, reason: str) -> list[AgentAction]:
+        decline = Update(
+            job=self.job,
+            agent=self.agent,
+            round=model.round,
+            model_id=model.model_id,
+            samples=0,
+            codec=model.codec,
+            tensors=(),
+            declined=reason[:256] or "declined",
+        )
+        return self._answer_with(model, encode_update(decline))
+
+    def _answer_with(self, model: ModelAnnouncement, payload: bytes) -> list[AgentAction]:
+        if self._signing_key is not None:  # sign, then chunk: chunks reassemble to the envelope
+            payload = seal(
+                payload,
+                Purpose.UPDATE,
+                job=self.job,
+                run=model.run,
+                signer=self.agent,
+                key=self._signing_key,
+            )
+        parts = split(payload, model.max_payload) if model.max_payload else None
+        frames = (payload,) if parts is None else tuple(parts[1])
+        self._answer = _Answer(self._key(model), (model.attempt, model.issued_at), frames)
+        self._resend_armed = False
+        return self._send(self._answer, resent=False)
+
+    def _send(self, answer: _Answer, resent: bool) -> list[AgentAction]:
+        topic = self.topics.update(self.agent)
+        return [
+            *(Publish(topic, frame, retain=False) for frame in answer.frames),
+            UpdateSent(answer.key, sum(len(f) for f in answer.frames), resent),
+        ]
+
+    def _train_latest(self) -> list[AgentAction]:
+        model = self._latest
+        if model is None or model.done:
+            return []
+        if model.cohort is not None and self.agent not in model.cohort:
+            return []
+        key = self._key(model)
+        if self._answer is not None and self._answer.key == key:
+            return []
+        return self._start(key, model)
+
+    def _start(self, key: RoundKey, model: ModelAnnouncement) -> list[AgentAction]:
+        self._training = key
+        self._runs_joined.add(model.run)
+        return [Train(key, model)]
+
+    @staticmethod
+    def _key(model: ModelAnnouncement) -> RoundKey:
+        return (model.run, model.round, model.model_id)
+
+    def _presence(self, online: bool, at: float) -> Publish:
+        presence = Presence(
+            agent=self.agent,
+            online=online,
+            samples=self._samples,
+            trainer=self._trainer,
+            device=self._device,
+            at=at,
+        )
+        return Publish(self.topics.presence(self.agent), encode_presence(presence), retain=True)

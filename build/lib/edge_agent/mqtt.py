@@ -1,0 +1,320 @@
+"""The agent's paho adapter: owns the MQTT client, the clock and the training call.
+
+paho's network thread only queues what arrives. The agent's own thread (the
+one in :meth:`AgentNode.run`) feeds the core and carries out its actions. When
+the core asks for training, a worker thread checks the resource policy and
+trains, then queues the result as one more event; meanwhile the network thread
+keeps the session alive and the agent's thread can still stop: a shutdown
+mid-round abandons the round (declines it) instead of waiting for the trainer.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import paho.mqtt.client as mqtt
+from typing_extensions import assert_never
+
+from edge_agent.agent import (
+    AgentAction,
+    AgentCore,
+    AgentEvent,
+    Connected,
+    ModelArrived,
+    ModelRejected,
+    RoundKey,
+    RunFinished,
+    SaveResidual,
+    ShutdownRequested,
+    Train,
+    TrainingDone,
+    TrainingFailed,
+    UpdateSent,
+)
+from edge_agent.device_model import save_device_model
+from edge_agent.feedback import save_residual
+from edge_agent.personal import DeviceTrainer
+from edge_agent.policy import Memory, ResourcePolicy, read_memory, run_hook, veto
+from edge_agent.state import SavedModel, StateDir
+from edge_agent.trainer import Trainer
+from protocol import ModelAnnouncement, Publish
+from transport.connection import BrokerURL, Session, connect, make_client, refused_for_good
+from transport.inbox import Inbox
+
+log = logging.getLogger("fedmq.agent")
+
+#: how long a clean shutdown waits for the offline presence to reach the broker
+FLUSH_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Refused:
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Quit:
+    pass
+
+
+class AgentNode:
+    """One agent: an :class:`AgentCore`, its trainer and its own MQTT connection."""
+
+    def __init__(
+        self,
+        core: AgentCore,
+        trainer: Trainer,
+        broker: BrokerURL,
+        session: Session,
+        *,
+        exit_when_done: bool = True,
+        on_action: Callable[[AgentAction], None] | None = None,
+        queue_size: int = 64,
+        residual_path: Path | None = None,
+        device: DeviceTrainer | None = None,
+        device_model_path: Path | None = None,
+        state: StateDir | None = None,
+        policy: ResourcePolicy | None = None,
+    ) -> None:
+        """``residual_path``: where the error-feedback residual persists (None: memory only);
+        ``device``: the trainer that keeps this device's own model (personal layers,
+        fine-tuning, local inference), None if it keeps none; ``device_model_path``: where
+        that model is saved after every round and at the run's end (None: not saved);
+        ``state``: where each round's global model is kept; ``policy``: when this device
+        may train (None: always)."""
+        self.core = core
+        self._trainer = trainer
+        self._broker = broker
+        self._session = session
+        self._exit_when_done = exit_when_done
+        self._on_action = on_action
+        self._residual_path = residual_path
+        self._device = device
+        self._device_model_path = device_model_path
+        self._state = state
+        #: the newest global model on this device, kept across restarts in ``state``
+        self.saved_model: SavedModel | None = state.load_model() if state is not None else None
+        self._policy = policy or ResourcePolicy()
+        self._inbox: Inbox[AgentEvent | _Refused | _Quit] = Inbox(queue_size, core.agent)
+        self._deferred_dropped = 0
+        self.rounds_trained = 0
+        self.refused: str | None = None
+        self.finished = threading.Event()
+        self._client = make_client(broker, session, will=core.will())
+        self._client.on_connect = self._on_connect
+        self._client.on_message = self._on_message
+        self._last_publish: mqtt.MQTTMessageInfo | None = None
+
+    # --- paho callbacks -------------------------------------------------------------------
+
+    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason_code: Any, _p: Any) -> None:
+        if reason_code.is_failure:
+            why = refused_for_good(reason_code)
+            log.warning("%s: connection refused: %s", self.core.agent, reason_code)
+            if why is not None:
+                self._put(_Refused(why))
+            return
+        client.subscribe(self.core.topics.agent_subscriptions)
+        self._put(Connected())
+
+    def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+        self._put(ModelArrived(bytes(message.payload)))
+
+    def _put(self, item: AgentEvent | _Refused | _Quit) -> None:
+        self._inbox.offer(item)
+
+    @property
+    def dropped(self) -> int:
+        """Messages lost because the inbound queue (or the deferred backlog) was full."""
+        return self._inbox.dropped + self._deferred_dropped
+
+    # --- the owning thread ----------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the agent to go offline and return from :meth:`run`; safe from any thread."""
+        self._put(_Quit())
+
+    def run(self) -> None:
+        """Connect and serve rounds until stopped, refused, or (optionally) the run is done."""
+        connect(self._client, self._broker, self._session)
+        # What arrives while a round trains waits for its result, so the core sees events
+        # in the order a trainer running inline would: a round's update goes out even
+        # when the next round's model came in meanwhile (the coordinator counts it stale).
+        deferred: deque[AgentEvent] = deque()
+        try:
+            while True:
+                busy = self.core.training is not None
+                item = deferred.popleft() if deferred and not busy else self._inbox.get()
+                assert item is not None  # get() without a timeout waits for an item
+                if isinstance(item, _Quit):
+                    self._abandon_round()
+                    self._feed(ShutdownRequested())
+                    break
+                if isinstance(item, TrainingDone):
+                    self.rounds_trained += 1
+                elif busy and not isinstance(item, _Refused | TrainingFailed):
+                    if len(deferred) < self._inbox.maxsize:
+                        deferred.append(item)
+                    else:
+                        self._deferred_dropped += 1
+                        log.error("%s: inbound queue full; dropped a message", self.core.agent)
+                    continue
+                if isinstance(item, _Refused):
+                    self.refused = item.why
+                    log.error("%s: %s", self.core.agent, item.why)
+                    break
+                self._feed(item)
+                if self._exit_when_done and self.finished.is_set():
+                    self._feed(ShutdownRequested())
+                    break
+        finally:
+            self._flush_and_disconnect()
+
+    def _feed(self, event: AgentEvent) -> None:
+        for action in self.core.handle(event, time.monotonic(), wall=time.time()):
+            self._carry_out(action)
+            if self._on_action is not None:
+                self._on_action(action)
+
+    def _carry_out(self, action: AgentAction) -> None:
+        match action:
+            case Publish(topic=topic, payload=payload, retain=retain):
+                self._last_publish = self._client.publish(topic, payload, qos=1, retain=retain)
+            case Train(key=key, model=model):
+                self._start_round(key, model)
+            case ModelRejected(reason=reason, detail=detail):
+                log.warning("%s: rejected a model: %s: %s", self.core.agent, reason.value, detail)
+            case UpdateSent(key=key, size=size, resent=resent):
+                verb = "re-sent" if resent else "sent"
+                log.info(
+                    "%s: %s update for round %d (%d bytes)", self.core.agent, verb, key[1], size
+                )
+                if not resent:  # after the publish, so saving never delays the reply
+                    self._save_device_model()
+            case SaveResidual(state=state) if self._residual_path is not None:
+                try:
+                    save_residual(self._residual_path, state)
+                except OSError as exc:  # keep serving: the residual still lives in memory
+                    log.error("%s: cannot save the residual: %s", self.core.agent, exc)
+            case RunFinished(model=model):
+                log.info("%s: run %s finished at round %d", self.core.agent, model.run, model.round)
+                self._keep(model)
+                if self._device is not None:  # personal layers, fine-tuning
+                    try:
+                        self._device.adopt(model.weights, model.plan)
+                    except ValueError as exc:
+                        log.error("%s: cannot adopt the final model: %s", self.core.agent, exc)
+                    self._save_device_model()
+                self.finished.set()
+            case SaveResidual():
+                pass  # no residual path: the residual lives in the core's memory only
+            case _:
+                assert_never(action)
+
+    def _start_round(self, key: RoundKey, model: ModelAnnouncement) -> None:
+        self._keep(model)
+        worker = threading.Thread(
+            target=lambda: self._inbox.put(self._train(key, model)),
+            name=f"train-{self.core.agent}-{model.round}",
+            daemon=True,  # abandoned at shutdown: the process does not wait for it
+        )
+        worker.start()
+
+    def _keep(self, model: ModelAnnouncement) -> None:
+        """Remember ``model`` as the device's newest global model (on disk too, with state)."""
+        self.saved_model = SavedModel(model.job, model.run, model.round, model.weights, model.done)
+        if self._state is not None:
+            try:
+                self._state.save_model(model)
+            except OSError as exc:  # keep serving: the model still lives in memory
+                log.error("%s: cannot save the global model: %s", self.core.agent, exc)
+
+    def _abandon_round(self) -> None:
+        """Decline the round in training, so the coordinator need not wait for it."""
+        key = self.core.training
+        if key is None:
+            return
+        log.warning("%s: stopping mid-round %d: abandoned, declined", self.core.agent, key[1])
+        self._feed(TrainingFailed(key, "agent shutting down"))
+
+    def _vetoed(self, model: ModelAnnouncement) -> str | None:
+        """The resource policy's reason to skip this round, or None (runs the hook)."""
+        policy = self._policy
+        now = time.localtime()
+        memory = read_memory() if policy.checks_memory else Memory(None, None)
+        reason = veto(policy, now.tm_hour * 60 + now.tm_min, memory)
+        if reason is None and policy.hook is not None:
+            context = {"job": self.core.job, "agent": self.core.agent, "round": str(model.round)}
+            reason = run_hook(policy.hook, context, policy.hook_timeout_s)
+        return reason
+
+    def _train(self, key: RoundKey, model: ModelAnnouncement) -> AgentEvent:
+        """On the round's worker thread: the policy, then the trainer."""
+        reason = self._vetoed(model)
+        if reason is not None:
+            log.info("%s: declining round %d: %s", self.core.agent, model.round, reason)
+            return TrainingFailed(key, f"vetoed: {reason}")
+        started = time.perf_counter()
+        try:
+            result = self._trainer.train(model.weights, model.plan, model.round)
+        except Exception as exc:  # the trainer is user code: decline, log, carry on
+            log.error(
+                "%s: training round %d failed:\n%s",
+                self.core.agent,
+                model.round,
+                traceback.format_exc(),
+            )
+            return TrainingFailed(key, f"training failed: {type(exc).__name__}: {exc}")
+        return TrainingDone(key, result, time.perf_counter() - started)
+
+    def predict(self, x: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
+        """The device model's outputs for ``x`` (see :meth:`DeviceTrainer.predict`).
+
+        Raises:
+            ValueError: if the trainer keeps no device model, or holds none yet.
+        """
+        if self._device is None:
+            raise ValueError(f"{type(self._trainer).__name__} keeps no device model")
+        return self._device.predict(x)
+
+    def _save_device_model(self) -> None:
+        path = self._device_model_path
+        if path is None or self._device is None:
+            return
+        weights = self._device.device_model
+        if weights is None:
+            return
+        try:
+            save_device_model(path, weights)
+        except OSError as exc:  # keep serving: the model still lives in memory
+            log.error("%s: cannot save the device model: %s", self.core.agent, exc)
+
+    def _flush_and_disconnect(self) -> None:
+        if self._last_publish is not None and self._client.is_connected():
+            try:
+                self._last_publish.wait_for_publish(timeout=FLUSH_TIMEOUT_S)
+            except (RuntimeError, ValueError) as exc:
+                log.warning("%s: last publish not confirmed: %s", self.core.agent, exc)
+        self._client.disconnect()
+        self._client.loop_stop()
+
+
+def run_fleet(nodes: Sequence[AgentNode]) -> list[threading.Thread]:
+    """Start each agent on its own thread (each keeps its own MQTT connection)."""
+    threads = [
+        threading.Thread(target=node.run, name=f"agent-{node.core.agent}", daemon=True)
+        for node in nodes
+    ]
+    for thread in threads:
+        thread.start()
+    return threads

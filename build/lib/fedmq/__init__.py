@@ -1,0 +1,1 @@
+"""fedmq's application layer: the CLI, the demo, tasks, the local broker, benchmarks."""

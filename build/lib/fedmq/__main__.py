@@ -1,0 +1,5 @@
+import sys
+
+from fedmq.entry import main
+
+sys.exit(main())

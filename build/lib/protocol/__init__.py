@@ -1,0 +1,71 @@
+"""fedmq's wire contract: topics, messages, their encoding and validation.
+
+Imports numpy, msgpack and the standard library only: never torch, never paho.
+"""
+
+from protocol.compress import CODECS, check_codec, decode_delta, encode_delta, raw_size
+from protocol.errors import RejectReason, WireError
+from protocol.messages import (
+    SCHEMA_VERSION,
+    ClosedBy,
+    ModelAnnouncement,
+    Phase,
+    Presence,
+    RoundMetrics,
+    Scalar,
+    Status,
+    TrainPlan,
+    Update,
+)
+from protocol.publish import Publish
+from protocol.reports import (
+    decode_metrics,
+    decode_presence,
+    decode_status,
+    encode_metrics,
+    encode_presence,
+    encode_status,
+)
+from protocol.tensors import Weights, decode_weights, encode_weights, weights_digest
+from protocol.topics import TopicKind, TopicRef, Topics, check_id, parse_topic
+from protocol.wire import decode_model, decode_update, encode_model, encode_update
+
+__all__ = [
+    "CODECS",
+    "SCHEMA_VERSION",
+    "ClosedBy",
+    "ModelAnnouncement",
+    "Phase",
+    "Presence",
+    "Publish",
+    "RejectReason",
+    "RoundMetrics",
+    "Scalar",
+    "Status",
+    "TopicKind",
+    "TopicRef",
+    "Topics",
+    "TrainPlan",
+    "Update",
+    "Weights",
+    "WireError",
+    "check_codec",
+    "check_id",
+    "decode_delta",
+    "decode_metrics",
+    "decode_model",
+    "decode_presence",
+    "decode_status",
+    "decode_update",
+    "decode_weights",
+    "encode_delta",
+    "encode_metrics",
+    "encode_model",
+    "encode_presence",
+    "encode_status",
+    "encode_update",
+    "encode_weights",
+    "parse_topic",
+    "raw_size",
+    "weights_digest",
+]

@@ -1,0 +1,82 @@
+"""The lossless entropy stage: zstd over the whole msgpack list of tensor entries.
+
+Wire: the update's tensor list holds exactly one map, ``{"zstd": <bytes: one zstd
+frame>, "size": <int: bytes of the msgpack list inside>}``. The frame must
+declare its content size, equal to ``size``, and ``size`` must be within the
+bound the receiver computes from the model's shapes (what the inner pipeline
+could legitimately produce), so a decompression bomb is refused before a byte
+is inflated. ``zstandard`` is imported on first use: a device without it can
+still run every other codec.
+
+Invariants: unwrap never inflates more than ``max_size`` bytes; any failure is a
+WireError; the inner list is returned as parsed, for the inner pipeline to check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from types import ModuleType
+from typing import Any
+
+import msgpack
+
+from protocol.errors import RejectReason, WireError
+
+
+def _zstd() -> ModuleType:
+    try:
+        import zstandard
+    except ImportError:
+        raise ValueError("the zstd codec stage needs the 'zstandard' package") from None
+    return zstandard
+
+
+def check_available() -> None:
+    """Raises ValueError if this build cannot run the zstd stage."""
+    _zstd()
+
+
+def wrap(entries: Sequence[Mapping[str, Any]], level: int) -> dict[str, Any]:
+    """Pack ``entries`` with msgpack and compress them into the one wrapper entry."""
+    inner: bytes = msgpack.packb(list(entries), use_bin_type=True)
+    compressor = _zstd().ZstdCompressor(level=level, write_content_size=True)
+    return {"zstd": compressor.compress(inner), "size": len(inner)}
+
+
+def unwrap(entries: Sequence[Mapping[str, Any]], max_size: int) -> list[Mapping[str, Any]]:
+    """Inflate the wrapper entry back into the inner entry list.
+
+    Raises:
+        WireError: BAD_CODEC if the list is not one wrapper entry; TOO_LARGE if
+            ``size`` exceeds ``max_size``; MALFORMED for a frame that does not
+            declare, or does not inflate to, exactly ``size`` bytes of a msgpack list.
+    """
+    if len(entries) != 1 or "zstd" not in entries[0]:
+        raise WireError(RejectReason.BAD_CODEC, "zstd: want one {'zstd', 'size'} entry")
+    blob, size = entries[0].get("zstd"), entries[0].get("size")
+    if not isinstance(blob, bytes) or not isinstance(size, int) or isinstance(size, bool):
+        raise WireError(RejectReason.MALFORMED, "zstd: 'zstd' must be bytes and 'size' an int")
+    if not 0 <= size <= max_size:
+        raise WireError(RejectReason.TOO_LARGE, f"zstd: size {size} outside [0, {max_size}]")
+    try:
+        zstandard = _zstd()
+    except ValueError as exc:
+        raise WireError(RejectReason.BAD_CODEC, str(exc)) from None
+    try:
+        declared = zstandard.frame_content_size(blob)
+        if declared != size:  # -1: unknown size, which we refuse
+            raise WireError(RejectReason.MALFORMED, f"zstd: frame declares {declared} != {size}")
+        inner = zstandard.ZstdDecompressor().decompress(
+            blob, max_output_size=size, allow_extra_data=False
+        )
+    except zstandard.ZstdError as exc:
+        raise WireError(RejectReason.MALFORMED, f"zstd: {exc}") from None
+    if len(inner) != size:
+        raise WireError(RejectReason.MALFORMED, f"zstd: inflated {len(inner)} != {size} bytes")
+    try:
+        obj = msgpack.unpackb(inner, raw=False, strict_map_key=True, use_list=True)
+    except Exception as exc:  # msgpack raises several unrelated types for bad input
+        raise WireError(RejectReason.MALFORMED, f"zstd: inner list not msgpack ({exc})") from None
+    if not isinstance(obj, list) or not all(isinstance(e, Mapping) for e in obj):
+        raise WireError(RejectReason.MALFORMED, "zstd: inner payload must be a list of maps")
+    return obj

@@ -1,0 +1,61 @@
+"""Why a peer's message was refused.
+
+Two families of error, as in h11: misuse by our own caller is a bug and raises
+``ValueError``/``TypeError``; bad input from a peer raises :class:`WireError`
+carrying a :class:`RejectReason`. The reasons are part of the wire contract
+(they appear in status and metrics documents); see docs/PROTOCOL.md.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class RejectReason(str, enum.Enum):
+    """Why a message was rejected. Values are stable strings used on the wire."""
+
+    #: not decodable: bad msgpack/JSON, wrong types, missing fields
+    MALFORMED = "malformed"
+    #: a schema version this build does not understand
+    BAD_VERSION = "bad_version"
+    #: the payload names another job, or the topic and payload disagree
+    WRONG_JOB = "wrong_job"
+    #: the agent id in the payload differs from the one in the topic
+    AGENT_MISMATCH = "agent_mismatch"
+    #: an update for a round that has already closed
+    STALE = "stale"
+    #: signed for another run of the job (a replay from an earlier run)
+    WRONG_RUN = "wrong_run"
+    #: an update for a round that has not started
+    FUTURE_ROUND = "future_round"
+    #: the update was computed from a different global model than the round's
+    BASE_MISMATCH = "base_mismatch"
+    #: a second update for the same (job, round, agent); QoS 1 redelivers
+    DUPLICATE = "duplicate"
+    #: an agent the coordinator has never seen online
+    UNKNOWN_AGENT = "unknown_agent"
+    #: an agent that was not asked to take part in this round
+    NOT_IN_COHORT = "not_in_cohort"
+    #: tensor names, shapes or dtypes that do not match the model
+    TENSOR_MISMATCH = "tensor_mismatch"
+    #: NaN or Inf in a tensor or a metric
+    NON_FINITE = "non_finite"
+    #: the payload is larger than the configured limit
+    TOO_LARGE = "too_large"
+    #: an unknown or inconsistent update codec description
+    BAD_CODEC = "bad_codec"
+    #: a message arrived while no round was open (waiting, or the run is over)
+    NO_ROUND = "no_round"
+    #: a bare (unsigned) model or update where signatures are required (docs/SECURITY.md)
+    UNSIGNED = "unsigned"
+    #: a signature that does not verify with the signer's provisioned key: forged or altered
+    BAD_SIGNATURE = "bad_signature"
+
+
+class WireError(Exception):
+    """A peer sent something we refuse. Never a bug on our side."""
+
+    def __init__(self, reason: RejectReason, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail

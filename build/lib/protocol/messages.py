@@ -1,0 +1,164 @@
+"""The messages fedmq exchanges, as immutable values.
+
+Field meanings, types and limits are specified in docs/PROTOCOL.md; encoding
+and validation live in :mod:`protocol.wire`. Times on the wire are either
+durations in seconds (``*_s``) or Unix wall-clock timestamps (``*_at``): peers
+share no monotonic clock.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from protocol.tensors import Weights
+
+SCHEMA_VERSION = 1
+
+#: Scalars allowed in option and metric maps.
+Scalar = int | float | str | bool
+
+
+class Phase(str, enum.Enum):
+    """The coordinator's phase, as published on the status topic."""
+
+    #: waiting for enough agents to come online before round 1
+    WAITING = "waiting"
+    #: a round is open: agents train and reply
+    TRAINING = "training"
+    #: the round closed and the new global model is being evaluated
+    EVALUATING = "evaluating"
+    #: the run finished (rounds done, target reached, or stopped by the operator)
+    DONE = "done"
+    #: the run stopped because a round could not gather enough replies
+    FAILED = "failed"
+
+
+class ClosedBy(str, enum.Enum):
+    """Why a round closed."""
+
+    #: ``quorum`` updates were accepted
+    QUORUM = "quorum"
+    #: every agent asked has replied or declined
+    ALL_REPLIED = "all_replied"
+    #: the deadline passed with at least ``min_replies`` accepted
+    DEADLINE = "deadline"
+
+
+@dataclass(frozen=True, slots=True)
+class TrainPlan:
+    """What an agent does with the model: local epochs, batch size, learning rate.
+
+    ``seed`` makes local training reproducible: agent ``k`` shuffles round ``r``
+    with ``numpy.random.default_rng([seed, r, k])``. ``options`` carries
+    task-specific scalars (for example a proximal ``mu``).
+    """
+
+    epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.05
+    seed: int = 0
+    options: Mapping[str, Scalar] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelAnnouncement:
+    """The global model for one round (retained on ``.../model``)."""
+
+    job: str
+    run: str
+    round: int
+    model_id: str
+    task: str
+    plan: TrainPlan
+    codec: str
+    deadline_s: float
+    weights: Weights
+    attempt: int = 0
+    cohort: tuple[str, ...] | None = None
+    done: bool = False
+    issued_at: float = 0.0
+    #: the broker's payload cap: agents send updates above it as chunks (0: no cap)
+    max_payload: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """One agent's reply to one round.
+
+    ``tensors`` holds the encoded delta (``local - global``) exactly as the
+    codec named by ``codec`` wrote it; :func:`protocol.compress.decode_delta`
+    turns it back into float32 arrays once the expected shapes are known. A
+    decline carries a reason and no tensors.
+    """
+
+    job: str
+    agent: str
+    round: int
+    model_id: str
+    samples: int
+    codec: str
+    tensors: tuple[Mapping[str, Any], ...]
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    train_s: float = 0.0
+    declined: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Presence:
+    """An agent's liveness and what it offers (retained on ``.../agents/{agent}``)."""
+
+    agent: str
+    online: bool
+    samples: int | None = None
+    device: str | None = None
+    trainer: str | None = None
+    at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """The coordinator's live state (retained on ``.../status``)."""
+
+    job: str
+    run: str
+    phase: Phase
+    round: int
+    rounds: int
+    attempt: int
+    accepted: int
+    quorum: int
+    min_replies: int
+    cohort_size: int
+    agents_online: int
+    deadline_at: float | None
+    rejected: Mapping[str, int]
+    at: float
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RoundMetrics:
+    """The outcome of one closed round (on ``.../metrics``)."""
+
+    job: str
+    run: str
+    round: int
+    closed_by: ClosedBy
+    accepted: int
+    declined: int
+    rejected: Mapping[str, int]
+    samples: int
+    duration_s: float
+    bytes_up: int
+    bytes_down: int
+    raw_bytes_up: int
+    accuracy: float | None = None
+    loss: float | None = None
+    train_loss: float | None = None
+    train_accuracy: float | None = None
+    at: float = 0.0
+    #: DP-FedAvg: the run's privacy loss epsilon after this round, at the job's delta
+    epsilon: float | None = None

@@ -1,0 +1,336 @@
+"""Signed envelopes: Ed25519 over a domain-separated digest of a message's bytes.
+
+A signed model or update is the original encoded message, untouched, wrapped
+in a small msgpack map (docs/PROTOCOL.md, "Signed messages")::
+
+    {"v": 1, "type": "signed", "purpose": "model" | "update", "job": id, "run": id,
+     "signer": id, "body": bin (the encoded message), "sig": bin (64 bytes)}
+
+    sig = Ed25519(signer's key, "fedmq/v1 signed" 0x00 purpose 0x00 job 0x00 run
+                  0x00 signer 0x00 SHA-256(body))
+
+Rules of this module:
+1. Receivers check the bytes as received, then decode the body: a body whose
+   signature failed is never parsed. Chunking happens after sealing, so a
+   chunked message reassembles to its envelope.
+2. The purpose is signed, so a model signature never passes as an update's
+   (and back); job, run and signer are signed, so an update cannot be replayed
+   into another job or run, or passed off as another agent's.
+3. Pure: no clock, no files. Keys are values (PEM bytes in, key objects out).
+   ``cryptography`` is imported only where a key is made or used, so
+   ``protocol`` and an agent running unsigned import without it.
+
+Raises :class:`~protocol.errors.WireError` for a peer's bad envelope or
+signature; misuse by our own caller raises ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+
+from protocol.errors import RejectReason, WireError
+from protocol.messages import SCHEMA_VERSION
+from protocol.peek import peek_fields
+from protocol.topics import check_id
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+#: what the coordinator puts in ``signer`` of a model (agents hold one coordinator key)
+COORDINATOR_SIGNER = "coordinator"
+#: the envelope's own fields (three ids of at most 64 characters, a 64-byte signature)
+#: stay well under this many bytes on top of the body
+ENVELOPE_OVERHEAD = 512
+SIGNATURE_BYTES = 64
+_DOMAIN = b"fedmq/v1 signed"
+NEEDS_CRYPTOGRAPHY = "signatures need the 'cryptography' package: pip install 'fedmq[secure]'"
+
+
+class Purpose(str, enum.Enum):
+    """What a signature vouches for; part of the signed bytes (docs/PROTOCOL.md)."""
+
+    #: a global model announcement, signed by the coordinator
+    MODEL = "model"
+    #: an update or decline, signed by the agent that sends it
+    UPDATE = "update"
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyKey:
+    """An Ed25519 public key: 32 raw bytes."""
+
+    raw: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.raw) != 32:
+            raise ValueError(f"an Ed25519 public key is 32 bytes, got {len(self.raw)}")
+
+    @classmethod
+    def from_pem(cls, pem: bytes) -> VerifyKey:
+        """Read a ``PUBLIC KEY`` PEM (SubjectPublicKeyInfo, as ``openssl pkey -pubout``).
+
+        Raises:
+            ValueError: if it is not an Ed25519 public key.
+        """
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+        key = serialization.load_pem_public_key(pem)
+        if not isinstance(key, Ed25519PublicKey):
+            raise ValueError(f"not an Ed25519 public key but {type(key).__name__}")
+        return cls(key.public_bytes_raw())
+
+    def to_pem(self) -> bytes:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+        return Ed25519PublicKey.from_public_bytes(self.raw).public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+    @property
+    def fingerprint(self) -> str:
+        """A short name for logs: the first 16 hex digits of SHA-256(raw key)."""
+        return hashlib.sha256(self.raw).hexdigest()[:16]
+
+    def verify(self, sig: bytes, message: bytes) -> bool:
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+        try:
+            Ed25519PublicKey.from_public_bytes(self.raw).verify(sig, message)
+        except InvalidSignature:
+            return False
+        return True
+
+
+class SigningKey:
+    """An Ed25519 private key. Its repr names only the public key's fingerprint."""
+
+    __slots__ = ("_key", "public")
+
+    def __init__(self, key: Ed25519PrivateKey) -> None:
+        self._key = key
+        self.public = VerifyKey(key.public_key().public_bytes_raw())
+
+    @classmethod
+    def generate(cls) -> SigningKey:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        return cls(Ed25519PrivateKey.generate())
+
+    @classmethod
+    def from_seed(cls, seed: bytes) -> SigningKey:
+        """The key for a 32-byte seed (RFC 8032's private key): fixed keys for test vectors."""
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        return cls(Ed25519PrivateKey.from_private_bytes(seed))
+
+    @classmethod
+    def from_pem(cls, pem: bytes) -> SigningKey:
+        """Read an unencrypted PKCS#8 ``PRIVATE KEY`` PEM (``openssl genpkey -algorithm ed25519``).
+
+        Raises:
+            ValueError: if it is not an Ed25519 private key.
+        """
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        key = serialization.load_pem_private_key(pem, password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ValueError(f"not an Ed25519 private key but {type(key).__name__}")
+        return cls(key)
+
+    def to_pem(self) -> bytes:
+        from cryptography.hazmat.primitives import serialization
+
+        return self._key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
+    def sign(self, message: bytes) -> bytes:
+        return self._key.sign(message)
+
+    def __repr__(self) -> str:
+        return f"SigningKey(public={self.public.fingerprint})"
+
+
+@dataclass(frozen=True, slots=True)
+class Signed:
+    """A parsed, not yet verified, envelope."""
+
+    purpose: Purpose
+    job: str
+    run: str
+    signer: str
+    body: bytes
+    sig: bytes
+
+    def signed_bytes(self) -> bytes:
+        return signed_bytes(self.purpose, self.job, self.run, self.signer, self.body)
+
+
+def signed_bytes(purpose: Purpose, job: str, run: str, signer: str, body: bytes) -> bytes:
+    """What the Ed25519 signature is computed over. Ids never contain NUL, so it parses back."""
+    fields = (purpose.value, job, run, signer)
+    return b"\x00".join([_DOMAIN, *(f.encode() for f in fields), hashlib.sha256(body).digest()])
+
+
+def seal(
+    body: bytes, purpose: Purpose, *, job: str, run: str, signer: str, key: SigningKey
+) -> bytes:
+    """Wrap the encoded message ``body`` in an envelope signed with ``key``.
+
+    Raises:
+        ValueError: for an invalid job, run or signer id.
+    """
+    for value, what in ((job, "job"), (run, "run"), (signer, "signer")):
+        check_id(value, what)
+    sig = key.sign(signed_bytes(purpose, job, run, signer, body))
+    envelope = {
+        "v": SCHEMA_VERSION,
+        "type": "signed",
+        "purpose": purpose.value,
+        "job": job,
+        "run": run,
+        "signer": signer,
+        "body": body,
+        "sig": sig,
+    }
+    out: bytes = msgpack.packb(envelope, use_bin_type=True)
+    return out
+
+
+def is_signed(payload: bytes) -> bool:
+    """Whether ``payload`` is an envelope; cheap (:func:`protocol.peek.peek_fields`)."""
+    try:
+        return bool(peek_fields(payload, ("type",)).get("type") == "signed")
+    except ValueError:  # not a msgpack map: certainly not an envelope
+        return False
+
+
+def decode_signed(payload: bytes, max_body_bytes: int) -> Signed:
+    """Parse an envelope without verifying it.
+
+    Raises:
+        WireError: TOO_LARGE above ``max_body_bytes`` plus the envelope's own
+            fields, BAD_VERSION for another ``v``, MALFORMED for anything else.
+    """
+    if len(payload) > max_body_bytes + ENVELOPE_OVERHEAD:
+        raise WireError(RejectReason.TOO_LARGE, f"signed: {len(payload)} bytes")
+    try:
+        obj: Any = msgpack.unpackb(payload, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types for bad input
+        raise WireError(RejectReason.MALFORMED, f"signed: not msgpack ({exc})") from None
+    if not isinstance(obj, Mapping):
+        raise WireError(RejectReason.MALFORMED, "signed: expected a map")
+    version = obj.get("v")
+    if not isinstance(version, int) or isinstance(version, bool) or version != SCHEMA_VERSION:
+        raise WireError(RejectReason.BAD_VERSION, f"signed: schema version {version!r}, want 1")
+    if obj.get("type") != "signed":
+        raise WireError(RejectReason.MALFORMED, f"expected type 'signed', got {obj.get('type')!r}")
+    try:
+        purpose = Purpose(obj.get("purpose"))
+    except ValueError:
+        raise WireError(RejectReason.MALFORMED, f"signed.purpose: {obj.get('purpose')!r}") from None
+    body, sig = obj.get("body"), obj.get("sig")
+    if not isinstance(body, bytes):
+        raise WireError(RejectReason.MALFORMED, "signed.body: expected binary")
+    if len(body) > max_body_bytes:
+        raise WireError(RejectReason.TOO_LARGE, f"signed.body: {len(body)} > {max_body_bytes} B")
+    if not isinstance(sig, bytes) or len(sig) != SIGNATURE_BYTES:
+        raise WireError(RejectReason.MALFORMED, f"signed.sig: expected {SIGNATURE_BYTES} bytes")
+    return Signed(purpose, _ident(obj, "job"), _ident(obj, "run"), _ident(obj, "signer"), body, sig)
+
+
+def _ident(obj: Mapping[str, Any], key: str) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str):
+        raise WireError(RejectReason.MALFORMED, f"signed.{key}: expected an id")
+    try:
+        return check_id(value, key)
+    except ValueError as exc:
+        raise WireError(RejectReason.MALFORMED, f"signed.{key}: {exc}") from None
+
+
+def _verified(envelope: Signed, key: VerifyKey) -> bytes:
+    if not key.verify(envelope.sig, envelope.signed_bytes()):
+        detail = f"{envelope.purpose.value} signed by {envelope.signer!r} does not verify"
+        raise WireError(RejectReason.BAD_SIGNATURE, f"{detail} with key {key.fingerprint}")
+    return envelope.body
+
+
+def open_model(payload: bytes, *, job: str, key: VerifyKey | None, max_body_bytes: int) -> bytes:
+    """The model bytes inside ``payload``, checked against the coordinator's ``key``.
+
+    With ``key`` None (an agent running unsigned) an envelope is unwrapped
+    unverified and a bare model passes through.
+
+    Raises:
+        WireError: UNSIGNED for a bare model when ``key`` is set; WRONG_JOB;
+            BAD_SIGNATURE; MALFORMED, BAD_VERSION or TOO_LARGE for a bad envelope.
+    """
+    if not is_signed(payload):
+        if key is not None:
+            raise WireError(RejectReason.UNSIGNED, "model is not signed")
+        return payload
+    envelope = _expect(decode_signed(payload, max_body_bytes), Purpose.MODEL)
+    if key is None:
+        return envelope.body
+    if envelope.job != job:
+        raise WireError(RejectReason.WRONG_JOB, f"model signed for job {envelope.job!r}")
+    return _verified(envelope, key)
+
+
+def open_update(
+    payload: bytes,
+    *,
+    job: str,
+    run: str,
+    agent: str,
+    keys: Mapping[str, VerifyKey] | None,
+    max_body_bytes: int,
+) -> bytes:
+    """The update bytes inside ``payload``, sent on ``agent``'s topic, checked against ``keys``.
+
+    With ``keys`` None (a coordinator running unsigned) an envelope is
+    unwrapped unverified and a bare update passes through.
+
+    Raises:
+        WireError: UNSIGNED for a bare update when ``keys`` is set; WRONG_JOB;
+            AGENT_MISMATCH (signer is not the topic's agent); WRONG_RUN (signed
+            for another run); UNKNOWN_AGENT (no key for the agent);
+            BAD_SIGNATURE; MALFORMED, BAD_VERSION or TOO_LARGE for a bad envelope.
+    """
+    if not is_signed(payload):
+        if keys is not None:
+            raise WireError(RejectReason.UNSIGNED, "update is not signed")
+        return payload
+    envelope = _expect(decode_signed(payload, max_body_bytes), Purpose.UPDATE)
+    if keys is None:
+        return envelope.body
+    if envelope.job != job:
+        raise WireError(RejectReason.WRONG_JOB, f"update signed for job {envelope.job!r}")
+    if envelope.signer != agent:
+        raise WireError(RejectReason.AGENT_MISMATCH, f"signed by {envelope.signer!r}")
+    if envelope.run != run:
+        raise WireError(RejectReason.WRONG_RUN, f"signed for run {envelope.run!r}, not {run!r}")
+    key = keys.get(agent)
+    if key is None:
+        raise WireError(RejectReason.UNKNOWN_AGENT, f"no update key provisioned for {agent!r}")
+    return _verified(envelope, key)
+
+
+def _expect(envelope: Signed, purpose: Purpose) -> Signed:
+    if envelope.purpose is not purpose:
+        detail = f"a {envelope.purpose.value} envelope where a {purpose.value} belongs"
+        raise WireError(RejectReason.MALFORMED, detail)
+    return envelope

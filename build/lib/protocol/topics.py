@@ -1,0 +1,142 @@
+"""Topic names: ``fedmq/v1/{job}/{kind}[/{agent}]``.
+
+One job per prefix, one purpose per topic (docs/PROTOCOL.md, "Topics"). Job and
+agent ids are restricted to characters that are never MQTT wildcards or level
+separators, so a topic always parses back to the ids that built it.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+
+from protocol.errors import RejectReason, WireError
+
+PREFIX = "fedmq/v1"
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+
+
+class TopicKind(str, enum.Enum):
+    """The last fixed level of a topic. See docs/PROTOCOL.md."""
+
+    #: the current round's global model (retained, coordinator)
+    MODEL = "model"
+    #: one agent's update (agent)
+    UPDATE = "update"
+    #: the coordinator's live state (retained, coordinator)
+    STATUS = "status"
+    #: one document per closed round (coordinator)
+    METRICS = "metrics"
+    #: one agent's presence (retained, agent and its last will)
+    AGENTS = "agents"
+
+
+_PER_AGENT = {TopicKind.UPDATE, TopicKind.AGENTS}
+
+
+def check_id(value: str, what: str = "id") -> str:
+    """Return ``value`` if it is a valid job or agent id.
+
+    Raises:
+        ValueError: for an id with wildcards, separators or odd characters.
+    """
+    if not isinstance(value, str) or not _ID.fullmatch(value):
+        raise ValueError(
+            f"invalid {what} {value!r}: use 1-64 of A-Z a-z 0-9 _ . - starting alphanumeric"
+        )
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class TopicRef:
+    """A parsed topic: which job, which kind, and the agent for per-agent kinds."""
+
+    job: str
+    kind: TopicKind
+    agent: str | None = None
+    #: for ``model/chunk/{i}``: the chunk's index (docs/PROTOCOL.md, "Chunked transfer")
+    chunk: int | None = None
+
+
+class Topics:
+    """Topic names for one job."""
+
+    def __init__(self, job: str) -> None:
+        self.job = check_id(job, "job")
+        self.base = f"{PREFIX}/{job}"
+
+    @property
+    def model(self) -> str:
+        return f"{self.base}/model"
+
+    def model_chunk(self, index: int) -> str:
+        """Where chunk ``index`` of a chunked model is retained."""
+        return f"{self.base}/model/chunk/{index}"
+
+    @property
+    def all_model_chunks(self) -> str:
+        return f"{self.base}/model/chunk/+"
+
+    @property
+    def agent_subscriptions(self) -> list[tuple[str, int]]:
+        """What an agent subscribes to (QoS 1): the model, whole or in chunks."""
+        return [(self.model, 1), (self.all_model_chunks, 1)]
+
+    @property
+    def status(self) -> str:
+        return f"{self.base}/status"
+
+    @property
+    def metrics(self) -> str:
+        return f"{self.base}/metrics"
+
+    def update(self, agent: str) -> str:
+        return f"{self.base}/update/{check_id(agent, 'agent')}"
+
+    def presence(self, agent: str) -> str:
+        return f"{self.base}/agents/{check_id(agent, 'agent')}"
+
+    @property
+    def all_updates(self) -> str:
+        return f"{self.base}/update/+"
+
+    @property
+    def all_presence(self) -> str:
+        return f"{self.base}/agents/+"
+
+    @property
+    def everything(self) -> str:
+        return f"{self.base}/#"
+
+
+def parse_topic(topic: str) -> TopicRef:
+    """Split a fedmq topic into its parts.
+
+    Raises:
+        WireError: MALFORMED for a topic that is not a fedmq v1 topic.
+    """
+    parts = topic.split("/")
+    if len(parts) < 4 or f"{parts[0]}/{parts[1]}" != PREFIX:
+        raise WireError(RejectReason.MALFORMED, f"not a {PREFIX} topic: {topic!r}")
+    job, kind_name, rest = parts[2], parts[3], parts[4:]
+    try:
+        kind = TopicKind(kind_name)
+        check_id(job, "job")
+    except ValueError as exc:
+        raise WireError(RejectReason.MALFORMED, f"bad topic {topic!r}: {exc}") from None
+    if kind in _PER_AGENT:
+        if len(rest) != 1:
+            raise WireError(RejectReason.MALFORMED, f"{kind.value} topic needs one agent level")
+        try:
+            return TopicRef(job, kind, check_id(rest[0], "agent"))
+        except ValueError as exc:
+            raise WireError(RejectReason.MALFORMED, str(exc)) from None
+    if kind is TopicKind.MODEL and len(rest) == 2 and rest[0] == "chunk":
+        if not rest[1].isdigit() or len(rest[1]) > 6:
+            raise WireError(RejectReason.MALFORMED, f"bad chunk index in {topic!r}")
+        return TopicRef(job, kind, chunk=int(rest[1]))
+    if rest:
+        raise WireError(RejectReason.MALFORMED, f"unexpected levels after {kind.value}")
+    return TopicRef(job, kind)

@@ -1,0 +1,161 @@
+"""Bytes <-> the messages that carry tensors: model announcements and updates (msgpack).
+
+Every ``decode_*`` function validates version, types, ranges and finiteness and
+raises :class:`~protocol.errors.WireError` for bad input; any other exception
+escaping a decoder is a bug. The small JSON messages are in :mod:`protocol.reports`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from protocol.chunks import MIN_MAX_PAYLOAD
+from protocol.errors import RejectReason, WireError
+from protocol.fields import (
+    DEFAULT_MAX_BYTES,
+    MAX_COHORT,
+    MAX_TENSORS,
+    Fields,
+    header,
+    pack,
+    unpack,
+)
+from protocol.messages import SCHEMA_VERSION, ModelAnnouncement, TrainPlan, Update
+from protocol.tensors import decode_weights, encode_weights
+
+__all__ = ["DEFAULT_MAX_BYTES", "decode_model", "decode_update", "encode_model", "encode_update"]
+
+
+# --- model ------------------------------------------------------------------
+
+
+def encode_model(m: ModelAnnouncement) -> bytes:
+    return pack(
+        {
+            "v": SCHEMA_VERSION,
+            "type": "model",
+            "job": m.job,
+            "run": m.run,
+            "round": m.round,
+            "attempt": m.attempt,
+            "model_id": m.model_id,
+            "task": m.task,
+            "plan": {
+                "epochs": m.plan.epochs,
+                "batch_size": m.plan.batch_size,
+                "lr": m.plan.lr,
+                "seed": m.plan.seed,
+                "options": dict(m.plan.options),
+            },
+            "codec": m.codec,
+            "deadline_s": m.deadline_s,
+            "cohort": list(m.cohort) if m.cohort is not None else None,
+            "done": m.done,
+            "issued_at": m.issued_at,
+            "max_payload": m.max_payload,
+            "tensors": encode_weights(m.weights),
+        }
+    )
+
+
+def decode_model(payload: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> ModelAnnouncement:
+    """Parse and validate a model announcement.
+
+    Raises:
+        WireError: for anything malformed, of another version, or non-finite.
+    """
+    obj = unpack(payload, max_bytes, "model")
+    f = header(obj, "model")
+    p = Fields(f.obj.get("plan"), "model.plan")
+    plan = TrainPlan(
+        epochs=p.integer("epochs", 0, 10_000),
+        batch_size=p.integer("batch_size", 1, 1 << 20),
+        lr=p.number("lr", 0.0, 1e6),
+        seed=p.integer("seed", 0, 2**32 - 1),
+        options=p.scalars("options"),
+    )
+    cohort_raw = f.obj.get("cohort")
+    cohort: tuple[str, ...] | None = None
+    if cohort_raw is not None:
+        if not isinstance(cohort_raw, list) or len(cohort_raw) > MAX_COHORT:
+            raise WireError(RejectReason.MALFORMED, "model.cohort: expected a list of ids")
+        cohort = tuple(Fields({"a": a}, "model.cohort").ident("a") for a in cohort_raw)
+    tensors = f.obj.get("tensors")
+    if isinstance(tensors, list) and len(tensors) > MAX_TENSORS:
+        raise WireError(RejectReason.TOO_LARGE, f"model: {len(tensors)} tensors")
+    return ModelAnnouncement(
+        job=f.ident("job"),
+        run=f.ident("run"),
+        round=f.integer("round", 1),
+        attempt=f.integer("attempt", 0, 1_000_000),
+        model_id=f.text("model_id", 64),
+        task=f.text("task"),
+        plan=plan,
+        codec=f.text("codec"),
+        deadline_s=f.number("deadline_s", 0.0, 1e7),
+        cohort=cohort,
+        done=f.flag("done"),
+        issued_at=f.number("issued_at", 0.0),
+        max_payload=_max_payload(f),
+        weights=decode_weights(tensors),
+    )
+
+
+def _max_payload(f: Fields) -> int:
+    """0 (no cap) or a cap an agent can chunk for."""
+    cap = f.integer("max_payload", 0, 2**31) if f.present("max_payload") else 0
+    if 0 < cap < MIN_MAX_PAYLOAD:
+        raise WireError(RejectReason.MALFORMED, f"model.max_payload={cap} < {MIN_MAX_PAYLOAD}")
+    return cap
+
+
+# --- update -----------------------------------------------------------------
+
+
+def encode_update(u: Update) -> bytes:
+    return pack(
+        {
+            "v": SCHEMA_VERSION,
+            "type": "update",
+            "job": u.job,
+            "agent": u.agent,
+            "round": u.round,
+            "model_id": u.model_id,
+            "samples": u.samples,
+            "codec": u.codec,
+            "metrics": dict(u.metrics),
+            "train_s": u.train_s,
+            "declined": u.declined,
+            "tensors": [dict(t) for t in u.tensors],
+        }
+    )
+
+
+def decode_update(payload: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> Update:
+    """Parse and validate an update's envelope; the tensors stay codec-encoded.
+
+    Raises:
+        WireError: for anything malformed, of another version, or non-finite.
+    """
+    obj = unpack(payload, max_bytes, "update")
+    f = header(obj, "update")
+    declined = f.text("declined", 256) if f.present("declined") else None
+    tensors = obj.get("tensors")
+    if not isinstance(tensors, list) or len(tensors) > MAX_TENSORS:
+        raise WireError(RejectReason.MALFORMED, "update.tensors: expected a list")
+    if not all(isinstance(t, Mapping) for t in tensors):
+        raise WireError(RejectReason.MALFORMED, "update.tensors: entries must be maps")
+    if declined is None and not tensors:
+        raise WireError(RejectReason.MALFORMED, "update: no tensors and not a decline")
+    return Update(
+        job=f.ident("job"),
+        agent=f.ident("agent"),
+        round=f.integer("round", 1),
+        model_id=f.text("model_id", 64),
+        samples=f.integer("samples", 0 if declined is not None else 1, 2**40),
+        codec=f.text("codec"),
+        tensors=tuple(tensors),
+        metrics=f.floats("metrics"),
+        train_s=f.number("train_s", 0.0),
+        declined=declined,
+    )

@@ -1,0 +1,324 @@
+"""The ``fedmq bench ...`` and ``fedmq swarm`` subcommands, registered by :func:`register`.
+
+Invariant: importing this module imports no benchmark and no torch; each
+command imports what it runs, so ``fedmq agent`` on a device pays nothing for it.
+Every bench prints its figures and writes them, with the command line and the
+machine, to a JSON file (default under ``bench-results/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from fedmq_tools.bench.results import RESULTS_DIR, begin, write_results
+
+DEFAULT_SCALE_COUNTS = "100,250,500,1000"
+
+
+def _counts(value: str) -> list[int]:
+    try:
+        counts = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"want N[,N...], got {value!r}") from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"want positive counts, got {value!r}")
+    return counts
+
+
+def _finish(bench: str, begun: dict[str, Any], doc: dict[str, Any], out: Path, text: str) -> int:
+    if text:
+        print(text)
+    path = write_results(out, bench, begun, doc)
+    print(f"results: {path}")
+    return 0
+
+
+def cmd_w1(args: argparse.Namespace) -> int:
+    from fedmq_tools.bench.w1 import W1Options, report, run_w1
+
+    opts = W1Options(
+        variant=args.variant,
+        codec=args.codec,
+        task=args.task,
+        agents=args.agents,
+        rounds=args.rounds,
+        data_dir=args.data,
+        broker=args.broker,
+        deadline_s=args.deadline,
+        timeout_s=args.timeout,
+        reference=not args.no_reference,
+        centralised=not args.no_centralised,
+        ref_threads=args.ref_threads,
+        repeat=args.repeat,
+    )
+    begun = begin()
+    doc = run_w1(opts)
+    name = "w1" if args.variant == "iid" else "w1-noniid"
+    out = args.out or RESULTS_DIR / f"{name}-{args.codec.replace(':', '_')}.json"
+    return _finish("w1", begun, doc, out, report(doc))
+
+
+def cmd_personal(args: argparse.Namespace) -> int:
+    from fedmq_tools.bench.personal import PersonalOptions, report, run_personal
+
+    opts = PersonalOptions(
+        agents=args.agents,
+        rounds=args.rounds,
+        data_dir=args.data,
+        finetune_epochs=args.finetune_epochs,
+        mu=args.mu,
+        threads=args.threads,
+    )
+    begun = begin()
+    doc = run_personal(opts)
+    return _finish("personal", begun, doc, args.out or RESULTS_DIR / "personal.json", report(doc))
+
+
+def cmd_strategies(args: argparse.Namespace) -> int:
+    from fedmq_tools.bench.strategies import (
+        DEFAULT_SERVER_OPTS,
+        StrategiesOptions,
+        report,
+        run_strategies,
+    )
+
+    def given(values: list[Any] | None, default: tuple[Any, ...]) -> tuple[Any, ...]:
+        """The repeated flag's values, without 'none'; the default if the flag is absent."""
+        return default if values is None else tuple(v for v in values if v not in (None, "none"))
+
+    opts = StrategiesOptions(
+        variant=args.variant,
+        agents=args.agents,
+        rounds=args.rounds,
+        task=args.task,
+        data_dir=args.data,
+        threads=args.threads,
+        server_opts=given(args.server_opt, DEFAULT_SERVER_OPTS),
+        mus=given(args.mu, (0.01,)),
+        sample_fractions=given(args.sample_fraction, (0.5,)),
+        dp_noises=given(args.dp_noise, (0.1, 1.0)),
+        dp_clip=args.dp_clip,
+        dp_delta=args.dp_delta,
+    )
+    begun = begin()
+    doc = run_strategies(opts)
+    name = f"strategies-{args.variant}"
+    return _finish("strategies", begun, doc, args.out or RESULTS_DIR / f"{name}.json", report(doc))
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from fedmq_tools.bench.ingest import DEFAULT_CODECS, DEFAULT_TASKS, IngestOptions, run_ingest
+
+    opts = IngestOptions(
+        tasks=tuple(args.task or DEFAULT_TASKS),
+        codecs=tuple(args.codec or DEFAULT_CODECS),
+        modes=("pure", "broker") if args.mode == "both" else (args.mode,),
+        updates=args.updates,
+        data_dir=args.data,
+    )
+    begun = begin()
+    doc = run_ingest(opts)
+    return _finish("ingest", begun, doc, args.out or RESULTS_DIR / "ingest.json", "")
+
+
+def cmd_scale(args: argparse.Namespace) -> int:
+    from fedmq_tools.bench.scale import ScaleOptions, run_scale
+
+    opts = ScaleOptions(
+        counts=tuple(args.counts),
+        processes=args.processes,
+        rounds=args.rounds,
+        deadline_s=args.deadline,
+        task=args.task,
+        data_dir=args.data,
+        timeout_s=args.timeout,
+        stop_on_failure=not args.keep_going,
+        broker_config="\n".join(args.broker_config or ()),
+    )
+    begun = begin()
+    doc = run_scale(opts)
+    largest = doc["largest_passing_fleet"]
+    text = f"largest fleet with all {opts.rounds} rounds on time: {largest or 'none'}"
+    return _finish("scale", begun, doc, args.out or RESULTS_DIR / "scale.json", text)
+
+
+def cmd_footprint(args: argparse.Namespace) -> int:
+    from fedmq_tools.bench.footprint import report, run_footprint
+
+    begun = begin()
+    doc = run_footprint(args.data)
+    return _finish("footprint", begun, doc, args.out or RESULTS_DIR / "footprint.json",
+                   report(doc))
+
+
+def cmd_swarm(args: argparse.Namespace) -> int:
+    from fedmq_tools.bench.fleet import (
+        FleetSpec,
+        exit_code,
+        report_line,
+        run_in_process,
+        run_processes,
+    )
+
+    spec = FleetSpec(
+        broker=args.broker,
+        job=args.job,
+        task=args.task,
+        count=args.count,
+        first=args.first,
+        total=args.of,
+        id_prefix=args.id_prefix,
+        partition=args.partition,
+        data_dir=args.data,
+        data_seed=args.data_seed,
+        mqtt5=not args.mqtt311,
+        keepalive_s=args.keepalive,
+        exit_when_done=not args.keep_running,
+    )
+    if args.processes > 1:
+        return run_processes(spec, args.processes)
+    stats = run_in_process(spec)
+    print(report_line(spec, stats), flush=True)
+    return exit_code(stats)
+
+
+def _add_out(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, help=f"results JSON (default: {RESULTS_DIR}/<bench>.json)")
+
+
+def register(sub: Any) -> None:
+    """Add ``bench`` (w1, ingest, scale, footprint) and ``swarm`` to fedmq's subparsers."""
+    bench = sub.add_parser("bench", help="benchmarks: print figures, write them as JSON")
+    which = bench.add_subparsers(dest="bench", required=True)
+    _add_w1(which)
+    _add_strategies(which)
+    _add_personal(which)
+    _add_ingest(which)
+    _add_scale(which)
+    _add_footprint(which)
+    _add_swarm(sub)
+
+
+def _add_w1(which: Any) -> None:
+    p = which.add_parser("w1", help="Workload W1 over a real Mosquitto vs the in-process reference")
+    p.add_argument("--variant", choices=("iid", "noniid"), default="iid")
+    p.add_argument("--codec", default="none", help="update codec spec (default: none)")
+    p.add_argument("--task", default="mnist-2nn")
+    p.add_argument("--agents", type=int, default=20, help="agent processes (W1: 20)")
+    p.add_argument("--rounds", type=int, default=20)
+    p.add_argument("--data", type=Path, help="MNIST directory (default: ../shared/data/mnist)")
+    p.add_argument("--broker", help="use this broker instead of a private Mosquitto")
+    p.add_argument("--deadline", type=float, default=120.0, help="seconds per round")
+    p.add_argument("--timeout", type=float, default=1800.0, help="give up after this many s")
+    p.add_argument("--ref-threads", type=int, help="torch threads of the references")
+    p.add_argument("--repeat", type=int, default=1, help="fedmq and reference runs each")
+    p.add_argument("--no-reference", action="store_true", help="skip the in-process reference")
+    p.add_argument("--no-centralised", action="store_true", help="skip the centralised baseline")
+    _add_out(p)
+    p.set_defaults(func=cmd_w1)
+
+
+def _add_personal(which: Any) -> None:
+    p = which.add_parser(
+        "personal", help="W1-noniid in process: FedAvg, fine-tuning, FedPer, FedProx per agent"
+    )
+    p.add_argument("--agents", type=int, default=20)
+    p.add_argument("--rounds", type=int, default=20)
+    p.add_argument("--finetune-epochs", type=int, default=1, help="local epochs on the final model")
+    p.add_argument("--mu", type=float, default=0.01, help="FedProx's mu for its row")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--data", type=Path, help="MNIST directory (default: ../shared/data/mnist)")
+    _add_out(p)
+    p.set_defaults(func=cmd_personal)
+
+
+def _number_or_none(value: str) -> float | None:
+    if value == "none":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"want a number or 'none', got {value!r}") from None
+
+
+def _add_strategies(which: Any) -> None:
+    p = which.add_parser(
+        "strategies",
+        help="W1 in process through the real round machine: server optimisers, FedProx, "
+             "sampling, DP-FedAvg (accuracy and epsilon)",
+    )
+    p.add_argument("--variant", choices=("iid", "noniid"), default="noniid")
+    p.add_argument("--agents", type=int, default=20)
+    p.add_argument("--rounds", type=int, default=20)
+    p.add_argument("--task", default="mnist-2nn")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--data", type=Path, help="MNIST directory (default: ../shared/data/mnist)")
+    p.add_argument("--server-opt", action="append", metavar="SPEC",
+                   help="repeatable: a row per server optimiser ('none' for no row; default: "
+                        "fedavgm, fedadam, fedyogi, fedadagrad with their defaults)")
+    p.add_argument("--mu", action="append", metavar="MU", type=_number_or_none,
+                   help="repeatable: a FedProx row per mu ('none' for no row; default 0.01)")
+    p.add_argument("--sample-fraction", action="append", metavar="F", type=_number_or_none,
+                   help="repeatable: a row asking this fraction each round (default 0.5)")
+    p.add_argument("--dp-noise", action="append", metavar="Z", type=_number_or_none,
+                   help="repeatable: a DP-FedAvg row per noise multiplier (default 0.1 and 1)")
+    p.add_argument("--dp-clip", type=float, default=1.0, help="DP rows' clip norm C")
+    p.add_argument("--dp-delta", type=float, default=1e-5, help="DP rows' delta")
+    _add_out(p)
+    p.set_defaults(func=cmd_strategies)
+
+
+def _add_ingest(which: Any) -> None:
+    p = which.add_parser("ingest", help="coordinator updates/s, pure and through the broker")
+    p.add_argument("--task", action="append", help="repeatable (default: mnist-2nn, mnist-cnn)")
+    p.add_argument("--codec", action="append", help="repeatable codec spec (default: a set)")
+    p.add_argument("--mode", choices=("pure", "broker", "both"), default="both")
+    p.add_argument("--updates", type=int, help="updates per measurement (default: per task)")
+    p.add_argument("--data", type=Path, help="MNIST directory (default: ../shared/data/mnist)")
+    _add_out(p)
+    p.set_defaults(func=cmd_ingest)
+
+
+def _add_scale(which: Any) -> None:
+    p = which.add_parser("scale", help="the largest swarm whose rounds all meet their deadline")
+    p.add_argument("--counts", type=_counts, default=_counts(DEFAULT_SCALE_COUNTS),
+                   help=f"fleet sizes to try, smallest first (default {DEFAULT_SCALE_COUNTS})")
+    p.add_argument("--processes", type=int, default=4, help="swarm processes per fleet")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--deadline", type=float, default=60.0, help="seconds per round")
+    p.add_argument("--task", default="mnist-logreg", help="a task with a 'linear' model")
+    p.add_argument("--data", type=Path, help="MNIST directory (default: ../shared/data/mnist)")
+    p.add_argument("--timeout", type=float, default=900.0, help="give up on a size after this")
+    p.add_argument("--keep-going", action="store_true", help="try larger sizes after a failure")
+    p.add_argument("--broker-config", action="append", metavar="LINE",
+                   help="repeatable: a line appended to the private Mosquitto's config")
+    _add_out(p)
+    p.set_defaults(func=cmd_scale)
+
+
+def _add_footprint(which: Any) -> None:
+    p = which.add_parser("footprint", help="agent RSS (idle, training), import time, disk")
+    p.add_argument("--data", type=Path, help="MNIST directory (default: ../shared/data/mnist)")
+    _add_out(p)
+    p.set_defaults(func=cmd_footprint)
+
+
+def _add_swarm(sub: Any) -> None:
+    p = sub.add_parser("swarm", help="many simulated agents (numpy trainer) in few processes")
+    p.add_argument("--broker", required=True, help="mqtt://host[:port]")
+    p.add_argument("--mqtt311", action="store_true", help="speak MQTT 3.1.1 instead of 5")
+    p.add_argument("--job", required=True)
+    p.add_argument("--task", default="mnist-logreg", help="a task with a 'linear' model")
+    p.add_argument("--data", type=Path, help="data directory (MNIST files)")
+    p.add_argument("--data-seed", type=int, default=0)
+    p.add_argument("--partition", help="iid | shards | dirichlet:ALPHA (default: the task's)")
+    p.add_argument("--count", type=int, required=True, help="agents in all")
+    p.add_argument("--processes", type=int, default=1, help="spread the agents over P processes")
+    p.add_argument("--first", type=int, default=0, help="first shard index")
+    p.add_argument("--of", type=int, help="total shards (default: first + count)")
+    p.add_argument("--id-prefix", default="agent-")
+    p.add_argument("--keepalive", type=int, default=60, help="MQTT keepalive seconds")
+    p.add_argument("--keep-running", action="store_true", help="stay online after the run")
+    p.set_defaults(func=cmd_swarm)
