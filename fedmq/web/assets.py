@@ -20,8 +20,9 @@ from fedmq.web.server import STATIC_ROOT
 
 REPO = Path(__file__).resolve().parents[2]
 WEB = REPO / "web"
-#: source folders under web/src copied as they are
-SOURCE_DIRS = ("agent", "dashboard", "protocol", "train")
+#: source folders under web/src copied as they are (web/src/protocol joins when the pages
+#: import the JavaScript protocol library instead of agent/wire.js)
+SOURCE_DIRS = ("agent", "dashboard", "train")
 SOURCE_SUFFIXES = (".js", ".html", ".css")
 #: (node_modules path, static path): the browser ESM builds and their licences
 VENDOR = (

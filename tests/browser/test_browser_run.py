@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from web_harness import ARTIFACTS, Browser, agent_link, dashboard_link, pages_server, web_broker
 
-from coordinator import Action, RejectUpdate, RoundConfig, UpdateAccepted
+from coordinator import Action, MessageRejected, RoundConfig, UpdateAccepted
 from fedmq.tasks import get_task
 from tests.integration.harness import CoordinatorThread, agent_fleet
 
@@ -52,14 +52,14 @@ class Accepted:
     """The coordinator's accepted updates and rejections, as (agent, round)."""
 
     updates: list[tuple[str, int]] = dataclasses.field(default_factory=list)
-    rejected: list[RejectUpdate] = dataclasses.field(default_factory=list)
+    rejected: list[MessageRejected] = dataclasses.field(default_factory=list)
     cond: threading.Condition = dataclasses.field(default_factory=threading.Condition)
 
     def __call__(self, action: Action) -> None:
         with self.cond:
             if isinstance(action, UpdateAccepted):
                 self.updates.append((action.agent, action.round_no))
-            elif isinstance(action, RejectUpdate):
+            elif isinstance(action, MessageRejected):
                 self.rejected.append(action)
             self.cond.notify_all()
 

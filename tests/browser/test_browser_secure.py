@@ -21,7 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from web_harness import Browser, pages_server
 
-from coordinator import Action, RejectUpdate, RoundConfig, UpdateAccepted
+from coordinator import Action, MessageRejected, RoundConfig, UpdateAccepted
 from fedmq.broker import LocalBroker
 from fedmq.bundle import load_agent_keys, load_signing_key, load_verify_key, read_password
 from fedmq.launch import AgentSettings, Connection, build_agent, build_coordinator
@@ -90,14 +90,14 @@ def test_the_right_password_trains_signed_rounds_over_wss_and_the_monitor_watche
     fleet: Path, broker: LocalBroker, browser: Browser
 ) -> None:
     accepted: list[tuple[str, int]] = []
-    rejected: list[RejectUpdate] = []
+    rejected: list[MessageRejected] = []
     lock = threading.Lock()
 
     def observe(action: Action) -> None:
         with lock:
             if isinstance(action, UpdateAccepted):
                 accepted.append((action.agent, action.round_no))
-            elif isinstance(action, RejectUpdate):
+            elif isinstance(action, MessageRejected):
                 rejected.append(action)
 
     ca = fleet / "broker" / "ca.crt"

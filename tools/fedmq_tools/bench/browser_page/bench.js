@@ -1,5 +1,5 @@
 /**
- * `python -m fedmq.web.bench`'s browser half: trains `rounds` rounds of a task on a
+ * `python -m fedmq_tools.bench.browser`'s browser half: trains `rounds` rounds of a task on a
  * demo shard in the Web Worker the agent uses, and reports each round's seconds in the
  * page title (`fedmq-bench:{json}`), which the benchmark reads from Chromium's DevTools
  * endpoint. Link: /train/bench.html#task=mnist-2nn&shard=4/20&rounds=5

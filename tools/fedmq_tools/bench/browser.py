@@ -1,10 +1,11 @@
 """Browser training time per round next to the Python numpy trainer, in one invocation.
 
-``python -m fedmq.web.bench --task mnist-2nn --shard 4/20 --rounds 5`` trains the
+``python -m fedmq_tools.bench.browser --task mnist-2nn --shard 4/20 --rounds 5`` trains the
 same shard (W1's agent 4: 500 rows) with W1's plan (1 epoch, batch 32, lr 0.05) for
 ``rounds`` rounds with ``edge_agent.numpy_trainer`` here, then in headless Chromium
-with the browser agent's Worker (web/src/train/bench.js), after one warm-up round
-each; prints one JSON line with every round's seconds and the medians.
+with the browser agent's Worker (``browser_page/bench.js``, served beside the packaged
+pages' ``train/`` modules), after one warm-up round each; prints one JSON line with
+every round's seconds and the medians.
 BENCHMARKS.md records the figures and this command.
 """
 
@@ -13,8 +14,11 @@ from __future__ import annotations
 import argparse
 import html
 import json
+import os
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -23,11 +27,12 @@ from edge_agent.numpy_trainer import NumpyTrainer
 from fedmq.tasks import DataConfig, agent_data, get_task
 from fedmq.web.chromium import HeadlessChromium
 from fedmq.web.links import page_url
-from fedmq.web.server import WebConfig, WebServer
+from fedmq.web.server import STATIC_ROOT, WebConfig, WebServer
 from fedmq.web.shard import ShardSource, parse_shard
 from protocol import TrainPlan
 
 PLAN = TrainPlan(epochs=1, batch_size=32, lr=0.05, seed=0)
+PAGE = Path(__file__).resolve().parent / "browser_page"
 TITLE = "fedmq-bench:"
 
 
@@ -47,7 +52,20 @@ def numpy_seconds(task: str, data: DataConfig, shard: tuple[int, int], rounds: i
 
 def browser_seconds(task: str, data: DataConfig, shard: tuple[int, int], rounds: int,
                     timeout_s: float) -> dict[str, object]:
-    config = WebConfig("ws://unused:1", "bench", task, ShardSource(task, data))
+    root = Path(tempfile.mkdtemp(prefix="fedmq-bench-pages-"))
+    try:
+        shutil.copytree(STATIC_ROOT, root, dirs_exist_ok=True)
+        for page in PAGE.iterdir():
+            shutil.copyfile(page, root / "train" / page.name)
+        config = WebConfig("ws://unused:1", "bench", task, ShardSource(task, data),
+                           static_root=root)
+        return _run_page(config, task, shard, rounds, timeout_s)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _run_page(config: WebConfig, task: str, shard: tuple[int, int], rounds: int,
+              timeout_s: float) -> dict[str, object]:
     with WebServer(config, "127.0.0.1", 0) as server, HeadlessChromium() as chromium:
         url = page_url(f"http://127.0.0.1:{server.port}", "/train/bench.html",
                        {"task": task, "shard": f"{shard[0]}/{shard[1]}", "rounds": rounds})
@@ -67,7 +85,7 @@ def browser_seconds(task: str, data: DataConfig, shard: tuple[int, int], rounds:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m fedmq.web.bench", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m fedmq_tools.bench.browser", description=__doc__)
     p.add_argument("--task", default="mnist-2nn")
     p.add_argument("--shard", default="4/20", help="I/N (default W1's agent 4: 500 rows)")
     p.add_argument("--rounds", type=int, default=5)
@@ -75,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=600.0)
     args = p.parse_args(argv)
     data, shard = DataConfig(data_dir=args.data), parse_shard(args.shard)
+    load_before = os.getloadavg()[0]
     py = numpy_seconds(args.task, data, shard, args.rounds)
     js = browser_seconds(args.task, data, shard, args.rounds, args.timeout)
     js_seconds = [float(s) for s in js["seconds"]]  # type: ignore[attr-defined]
@@ -85,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         "browser_median_s": round(statistics.median(js_seconds), 4),
         "browser_over_numpy": round(statistics.median(js_seconds) / statistics.median(py), 1),
         "browser": js["userAgent"],
+        # other work on the machine distorts both figures: the 1-minute load, before and after
+        "load_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }))
     return 0
 
