@@ -91,6 +91,9 @@ def cmd_web(args: argparse.Namespace) -> int:
     auth = {"broker": broker, "job": args.job, "user": user, "pass": password}
     shard = f"any/{args.shards}" if args.shards else None
     agent = page_url(base, "/agent", {**auth, "shard": shard})
+    stopped = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopped.set())
     print(f"fedmq web: serving {base} for job {args.job} on {broker}")
     print(f"  dashboard  {page_url(base, '/', auth)}")
     print(f"  agent      {agent}")
@@ -99,9 +102,7 @@ def cmd_web(args: argparse.Namespace) -> int:
         print(f"  {kind:<10} {link}")
     if args.qr:
         print(qr_text(agent))
-    stopped = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stopped.set())
+    sys.stdout.flush()
     with server:
         stopped.wait()
     print("fedmq web: stopped", file=sys.stderr)

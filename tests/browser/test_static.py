@@ -97,3 +97,26 @@ def test_links_carry_settings_in_the_fragment() -> None:
     url = page_url("http://h:8080/", "/agent", {"broker": "ws://h:9001", "job": "j",
                                                 "pass": "a&b#c", "agent": None})
     assert url == "http://h:8080/agent#broker=ws%3A%2F%2Fh%3A9001&job=j&pass=a%26b%23c"
+
+
+def test_fedmq_web_prints_links_with_the_credentials_in_the_fragment() -> None:
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fedmq", "web", "--broker", "ws://web:s3cret@127.0.0.1:9001",
+         "--job", "demo", "--task", "digits", "--shards", "10", "--listen", "127.0.0.1:0",
+         "--public-url", "http://phone-can-reach:8080"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline() for _ in range(3)]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=20)
+    assert lines[0].startswith("fedmq web: serving http://phone-can-reach:8080 for job demo")
+    assert lines[1].split() == ["dashboard", "http://phone-can-reach:8080/#broker=ws%3A%2F%2F127.0.0.1%3A9001&job=demo&user=web&pass=s3cret"]
+    assert lines[2].split()[1].endswith("&pass=s3cret&shard=any%2F10")
+    assert code == 0
