@@ -49,7 +49,7 @@ def require_mnist() -> Path:
 
 WEB_DIR = Path(__file__).resolve().parents[1] / "web"
 #: what tests/browser's driver and the JS tests load from web/node_modules (npm ci)
-NODE_PACKAGES = ("playwright-core", "mqtt", "@msgpack/msgpack", "uplot")
+NODE_PACKAGES = ("playwright-core", "mqtt", "@msgpack/msgpack", "uplot", "fzstd")
 
 
 def require_chromium() -> str:
