@@ -11,6 +11,7 @@ export const RejectReason = Object.freeze({
   WRONG_JOB: 'wrong_job',
   AGENT_MISMATCH: 'agent_mismatch',
   STALE: 'stale',
+  WRONG_RUN: 'wrong_run',
   FUTURE_ROUND: 'future_round',
   BASE_MISMATCH: 'base_mismatch',
   DUPLICATE: 'duplicate',

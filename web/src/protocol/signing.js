@@ -24,7 +24,7 @@ export const SIGNATURE_BYTES = 64;
 const DOMAIN = 'fedmq/v1 signed';
 const PKCS8_ED25519 = Uint8Array.from([0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20]);
 const ED25519 = { name: 'Ed25519' };
-const { MALFORMED, BAD_VERSION, TOO_LARGE, UNSIGNED, WRONG_JOB, AGENT_MISMATCH, STALE, UNKNOWN_AGENT, BAD_SIGNATURE } = RejectReason;
+const { MALFORMED, BAD_VERSION, TOO_LARGE, UNSIGNED, WRONG_JOB, AGENT_MISMATCH, WRONG_RUN, UNKNOWN_AGENT, BAD_SIGNATURE } = RejectReason;
 const utf8 = new TextEncoder();
 
 function subtle() {
@@ -151,7 +151,7 @@ export async function openModel(payload, { job, key, maxBodyBytes }) {
 /**
  * The update bytes inside `payload` sent on `agent`'s topic, checked against `keys`
  * ({agent: CryptoKey}, or null when unsigned). Throws WireError: unsigned, wrong_job,
- * agent_mismatch, stale (another run), unknown_agent (no key), bad_signature; malformed,
+ * agent_mismatch, wrong_run (another run), unknown_agent (no key), bad_signature; malformed,
  * bad_version or too_large for a bad envelope.
  */
 export async function openUpdate(payload, { job, run, agent, keys, maxBodyBytes }) {
@@ -163,7 +163,7 @@ export async function openUpdate(payload, { job, run, agent, keys, maxBodyBytes 
   if (!keys) return envelope.body;
   if (envelope.job !== job) fail(WRONG_JOB, `update signed for job '${envelope.job}'`);
   if (envelope.signer !== agent) fail(AGENT_MISMATCH, `signed by '${envelope.signer}'`);
-  if (envelope.run !== run) fail(STALE, `signed for run '${envelope.run}', not '${run}'`);
+  if (envelope.run !== run) fail(WRONG_RUN, `signed for run '${envelope.run}', not '${run}'`);
   const key = Object.hasOwn(keys, agent) ? keys[agent] : null;
   if (!key) fail(UNKNOWN_AGENT, `no update key provisioned for '${agent}'`);
   return verified(envelope, key);
