@@ -5,29 +5,22 @@
  * work) lands, this module carries a minimal implementation of what the pages need,
  * with docs/PROTOCOL.md's validation for what they decode: the model (§4.1, §5),
  * presence, status and metrics (§4.3-4.5), and the `none` and `fp16` update codecs
- * (§7). The pages import nothing else, so switching to the library is this file.
+ * (§7), and Ed25519 envelopes (§11). The pages import nothing else (checks.js and
+ * reports.js are its parts), so switching to the library is these three files.
  */
 
 import { decode, encode } from '@msgpack/msgpack';
+import { bool, fail, header, ID, ident, int, num, present, scalars, SCHEMA_VERSION, text, utf8 } from './checks.js';
 
-export const SCHEMA_VERSION = 1;
-const ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
+export { SCHEMA_VERSION, WireError } from './checks.js';
+export { decodeMetrics, decodePresence, decodeStatus, encodePresence } from './reports.js';
+
 const MAX_BYTES = 64 * 1024 * 1024;
-const MAX_JSON_BYTES = 64 * 1024;
 const MAX_TENSORS = 4096;
 const FLOAT_DTYPES = { '<f4': 4, '<f2': 2, '<f8': 8 };
 /** codecs this build encodes */
 export const CODECS = ['none', 'fp16'];
 
-export class WireError extends Error {
-  constructor(reason, detail) {
-    super(`${reason}: ${detail}`);
-    this.reason = reason;
-    this.detail = detail;
-  }
-}
-
-const fail = (reason, detail) => { throw new WireError(reason, detail); };
 
 export function topicsFor(job) {
   const p = `fedmq/v1/${job}`;
@@ -52,62 +45,6 @@ export function parseTopic(job, topic) {
   }
   if (parts.length === 6 && parts[3] === 'model' && parts[4] === 'chunk') return { kind: 'chunk' };
   return null;
-}
-
-// --- field checks -----------------------------------------------------------------------
-
-function header(obj, type) {
-  if (obj === null || typeof obj !== 'object' || Array.isArray(obj) || obj instanceof Uint8Array) {
-    fail('malformed', `${type}: expected a map`);
-  }
-  if (obj.v !== SCHEMA_VERSION || !Number.isInteger(obj.v)) fail('bad_version', `${type}: v=${obj.v}`);
-  if (obj.type !== type) fail('malformed', `${type}: type ${obj.type}`);
-  return obj;
-}
-
-function int(obj, key, lo = 0, hi = 2 ** 53) {
-  const v = obj[key];
-  if (typeof v !== 'number' && typeof v !== 'bigint') fail('malformed', `${key}: expected an integer`);
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < lo || n > hi) fail('malformed', `${key}=${v} outside [${lo}, ${hi}]`);
-  return n;
-}
-
-function num(obj, key, lo = -Infinity, hi = Infinity) {
-  const v = obj[key];
-  if (typeof v !== 'number') fail('malformed', `${key}: expected a number`);
-  if (!Number.isFinite(v)) fail('non_finite', `${key} is not finite`);
-  if (v < lo || v > hi) fail('malformed', `${key}=${v} outside [${lo}, ${hi}]`);
-  return v;
-}
-
-function text(obj, key, max = 256) {
-  const v = obj[key];
-  if (typeof v !== 'string' || v.length > max) fail('malformed', `${key}: expected a string of <= ${max}`);
-  return v;
-}
-
-function ident(obj, key) {
-  const v = text(obj, key, 64);
-  if (!ID.test(v)) fail('malformed', `${key}: ${v} is not an id`);
-  return v;
-}
-
-function bool(obj, key) {
-  if (typeof obj[key] !== 'boolean') fail('malformed', `${key}: expected a boolean`);
-  return obj[key];
-}
-
-const present = (obj, key) => obj[key] !== undefined && obj[key] !== null;
-
-function scalars(obj, key) {
-  const m = obj[key] ?? {};
-  if (typeof m !== 'object' || Array.isArray(m) || Object.keys(m).length > 64) fail('malformed', `${key}: bad map`);
-  for (const [k, v] of Object.entries(m)) {
-    if (!['number', 'string', 'boolean'].includes(typeof v)) fail('malformed', `${key}.${k}: bad entry`);
-    if (typeof v === 'number' && !Number.isFinite(v)) fail('non_finite', `${key}.${k} is not finite`);
-  }
-  return m;
 }
 
 // --- model (msgpack) --------------------------------------------------------------------
@@ -165,7 +102,7 @@ export function decodeModel(bytes) {
   let cohort = null;
   if (present(obj, 'cohort')) {
     if (!Array.isArray(obj.cohort) || obj.cohort.length > 100_000) fail('malformed', 'cohort: bad list');
-    cohort = obj.cohort.map((a, i) => ident({ a }, 'a') && a);
+    cohort = obj.cohort.map((a) => ident({ cohort: a }, 'cohort'));
   }
   const maxPayload = present(obj, 'max_payload') ? int(obj, 'max_payload', 0, 2 ** 31) : 0;
   if (maxPayload !== 0 && maxPayload < 1024) fail('malformed', `max_payload ${maxPayload}`);
@@ -298,82 +235,6 @@ export function halfToFloat(h) {
   if (exp === 0) return sign * mant * 2 ** -24;
   if (exp === 0x1f) return mant ? NaN : sign * Infinity;
   return sign * (1 + mant / 1024) * 2 ** (exp - 15);
-}
-
-// --- JSON messages ----------------------------------------------------------------------
-
-const utf8 = new TextEncoder();
-const fromUtf8 = new TextDecoder('utf-8', { fatal: true });
-
-function parseJson(bytes, type) {
-  if (bytes.length > MAX_JSON_BYTES) fail('too_large', `${type}: ${bytes.length} bytes`);
-  let obj;
-  try {
-    obj = JSON.parse(fromUtf8.decode(bytes));
-  } catch (err) {
-    fail('malformed', `${type}: ${err.message}`);
-  }
-  return header(obj, type);
-}
-
-/** Presence (§4.3), compact JSON, optional fields omitted when unknown. */
-export function encodePresence(p) {
-  const doc = { v: SCHEMA_VERSION, type: 'presence', agent: p.agent, state: p.online ? 'online' : 'offline', at: p.at };
-  for (const key of ['samples', 'device', 'trainer', 'kind']) if (p[key] !== null && p[key] !== undefined) doc[key] = p[key];
-  return utf8.encode(JSON.stringify(doc));
-}
-
-export function decodePresence(bytes) {
-  const o = parseJson(bytes, 'presence');
-  const state = text(o, 'state', 16);
-  if (state !== 'online' && state !== 'offline') fail('malformed', `presence.state ${state}`);
-  return {
-    agent: ident(o, 'agent'),
-    state,
-    at: present(o, 'at') ? num(o, 'at', 0) : 0,
-    samples: present(o, 'samples') ? int(o, 'samples', 0, 2 ** 40) : null,
-    device: present(o, 'device') ? text(o, 'device', 64) : null,
-    trainer: present(o, 'trainer') ? text(o, 'trainer', 64) : null,
-    kind: present(o, 'kind') ? text(o, 'kind', 64) : null,
-  };
-}
-
-const PHASES = ['waiting', 'training', 'evaluating', 'done', 'failed'];
-
-function counts(o, key) {
-  const m = scalars(o, key);
-  for (const [k, v] of Object.entries(m)) if (!Number.isInteger(v) || v < 0) fail('malformed', `${key}.${k}`);
-  return m;
-}
-
-export function decodeStatus(bytes) {
-  const o = parseJson(bytes, 'status');
-  const phase = text(o, 'phase', 16);
-  if (!PHASES.includes(phase)) fail('malformed', `status.phase ${phase}`);
-  return {
-    job: ident(o, 'job'), run: ident(o, 'run'), phase,
-    round: int(o, 'round'), rounds: int(o, 'rounds'), attempt: int(o, 'attempt'),
-    accepted: int(o, 'accepted'), quorum: int(o, 'quorum'), min_replies: int(o, 'min_replies'),
-    cohort_size: int(o, 'cohort_size'), agents_online: int(o, 'agents_online'),
-    deadline_at: present(o, 'deadline_at') ? num(o, 'deadline_at', 0) : null,
-    rejected: counts(o, 'rejected'), at: num(o, 'at', 0),
-    message: present(o, 'message') ? text(o, 'message', 1024) : '',
-  };
-}
-
-export function decodeMetrics(bytes) {
-  const o = parseJson(bytes, 'metrics');
-  const closedBy = text(o, 'closed_by', 16);
-  if (!['quorum', 'all_replied', 'deadline'].includes(closedBy)) fail('malformed', `closed_by ${closedBy}`);
-  const opt = (key) => (present(o, key) ? num(o, key) : null);
-  return {
-    job: ident(o, 'job'), run: ident(o, 'run'), round: int(o, 'round', 1), closed_by: closedBy,
-    accepted: int(o, 'accepted'), declined: int(o, 'declined'), rejected: counts(o, 'rejected'),
-    samples: int(o, 'samples'), duration_s: num(o, 'duration_s', 0), bytes_up: int(o, 'bytes_up'),
-    bytes_down: int(o, 'bytes_down'), raw_bytes_up: int(o, 'raw_bytes_up'),
-    accuracy: opt('accuracy'), loss: opt('loss'), train_loss: opt('train_loss'),
-    train_accuracy: opt('train_accuracy'), at: num(o, 'at', 0), epsilon: opt('epsilon'),
-  };
 }
 
 /** A model announcement's header, its tensors left undecoded (for the dashboard); null for
