@@ -42,6 +42,9 @@ from protocol.signing import Purpose, SigningKey, VerifyKey, open_model, seal
 #: incomplete chunked models older than this are dropped (a round's model is re-sent anyway)
 MODEL_CHUNK_TTL_S = 600.0
 
+#: what this implementation announces as its presence ``kind`` (docs/PROTOCOL.md §4.3)
+KIND = "python"
+
 #: Identifies what an update answers: (run, round, model_id).
 RoundKey = tuple[str, int, str]
 
@@ -384,6 +387,7 @@ class AgentCore:
             trainer=self._trainer,
             device=self._device,
             at=at,
+            kind=KIND,
         )
         return Publish(self.topics.presence(self.agent), encode_presence(presence), retain=True)
 

@@ -152,7 +152,7 @@ def _add_strategy(p: argparse.ArgumentParser) -> None:
 
 def add_mode_flags(p: argparse.ArgumentParser) -> None:
     """The coordinator's mode: synchronous rounds (default) or FedBuff (docs/STRATEGIES.md)."""
-    g = p.add_argument_group("mode (docs/PROTOCOL.md section 12)")
+    g = p.add_argument_group("mode (docs/PROTOCOL.md section 13)")
     g.add_argument("--mode", choices=("sync", "fedbuff"), default="sync",
                    help="sync: rounds at quorum/deadline; fedbuff: buffered asynchronous")
     g.add_argument("--buffer-k", type=int, default=10, metavar="K",

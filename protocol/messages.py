@@ -119,6 +119,8 @@ class Presence:
     device: str | None = None
     trainer: str | None = None
     at: float = 0.0
+    #: which implementation the agent is: ``"python"`` (edge_agent) or ``"browser"`` (web/)
+    kind: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

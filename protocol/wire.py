@@ -150,12 +150,15 @@ def decode_update(payload: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> Update:
         raise WireError(RejectReason.MALFORMED, "update.tensors: entries must be maps")
     if declined is None and not tensors:
         raise WireError(RejectReason.MALFORMED, "update: no tensors and not a decline")
+    if declined is not None and tensors:
+        raise WireError(RejectReason.MALFORMED, "update: a decline carries no tensors")
+    samples_range = (0, 0) if declined is not None else (1, 2**40)  # a decline trained on none
     return Update(
         job=f.ident("job"),
         agent=f.ident("agent"),
         round=f.integer("round", 1),
         model_id=f.text("model_id", 64),
-        samples=f.integer("samples", 0 if declined is not None else 1, 2**40),
+        samples=f.integer("samples", *samples_range),
         codec=f.text("codec"),
         tensors=tuple(tensors),
         metrics=f.floats("metrics"),
