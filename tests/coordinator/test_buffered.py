@@ -194,3 +194,14 @@ def test_the_run_stops_after_the_configured_number_of_versions() -> None:
     end = send(machine, "a1", v2, seed=2)
     assert [a.message for a in end if isinstance(a, Stop)] == ["completed 2 rounds"]
     assert announced(end).done
+
+
+def test_an_agent_going_offline_hands_its_slot_on() -> None:
+    machine, actions = start(BufferConfig(k=3, concurrency=2))
+    v1 = announced(actions)
+    assert v1.cohort is not None
+    gone = v1.cohort[0]
+    after = machine.handle(PresenceArrived(gone, presence(gone, online=False)), 1.0)
+    again = announced(after)
+    assert again.cohort is not None and len(set(again.cohort) - set(v1.cohort)) == 1
+    assert len(machine.outstanding) == 2 and gone not in machine.outstanding
