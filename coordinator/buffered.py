@@ -333,8 +333,8 @@ class BufferedRounds:
         attempt = 0 if live is None else (self._window.attempt + 1 if self._window else 0)
         drawn = self._cohorts.draw(idle, min(room, len(idle)), self._roster.presences,
                                    version, attempt) if room and idle else frozenset()
-        previous = frozenset(live.cohort) if live else frozenset()
-        cohort = previous | outstanding | drawn
+        # An agent gone offline untrained loses its slot for good: back, it is not named.
+        cohort = self._answered_current() | outstanding | drawn
         model_id = self._outbox.model_id(self._model.weights)
         self._live[version] = LiveVersion(version, model_id, tuple(sorted(cohort)),
                                           live.answered if live else ())

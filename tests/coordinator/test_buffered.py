@@ -205,3 +205,7 @@ def test_an_agent_going_offline_hands_its_slot_on() -> None:
     again = announced(after)
     assert again.cohort is not None and len(set(again.cohort) - set(v1.cohort)) == 1
     assert len(machine.outstanding) == 2 and gone not in machine.outstanding
+    back = machine.handle(PresenceArrived(gone, presence(gone)), 2.0)
+    assert len(machine.outstanding) == 2 and not [a for a in back if isinstance(a, Publish)
+                                                  and a.topic.endswith("/model")]
+    assert rejections(send(machine, gone, v1, seed=5)) == [RejectReason.NOT_IN_COHORT]
