@@ -1,16 +1,15 @@
 """The buffered asynchronous machine (FedBuff): events and the time in, actions out.
 
-References:
-    Nguyen et al., "Federated Learning with Buffered Asynchronous Aggregation",
-    AISTATS 2022: the server keeps a buffer of K client deltas, each scaled by a
+Nguyen et al., "Federated Learning with Buffered Asynchronous Aggregation", AISTATS
+    2022: the server keeps a buffer of K client deltas, each scaled by a
     staleness weight s(tau), and applies ``sum(s(tau_i) * delta_i) / K`` with the
     server optimiser once K have arrived.
 
 Beside :mod:`coordinator.rounds`, with the same rules: pure (``now`` passed in),
 every phase change one row of ``_TRANSITIONS``, a rejected message changes nothing
 but the counters. It shares the update checks (:mod:`coordinator.validation`), the
-exact sums (:mod:`coordinator.exactsum`), the server step and checkpoint state
-(:mod:`coordinator.global_model`) and the wire (:mod:`coordinator.outbox`).
+exact sums, the server step and checkpoint state (:mod:`coordinator.global_model`)
+and the wire (:mod:`coordinator.outbox`); settings it cannot honour are refused.
 
 The wire is the synchronous one (docs/PROTOCOL.md, "Buffered asynchronous mode"):
 an announcement's ``round`` is the model version, its ``cohort`` names the agents
@@ -25,6 +24,7 @@ from collections import Counter
 
 from typing_extensions import assert_never
 
+from coordinator import staleness
 from coordinator.aggregate import Layout
 from coordinator.checkpoint import Buffered, Checkpoint, LiveVersion
 from coordinator.cohort import CohortPolicy, Roster
@@ -86,7 +86,7 @@ class BufferedRounds:
         wall_offset: float = 0.0,
         resume: Checkpoint | None = None,
     ) -> None:
-        self.config, self.buffer_config = config, buffer
+        self.config, self.buffer_config = config, staleness.unsupported_in_buffered(config, buffer)
         self._outbox = Outbox(config, wall_offset=wall_offset)
         self.topics = self._outbox.topics
         self._cohorts = CohortPolicy(config)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from coordinator.aggregate import Layout
 from coordinator.checkpoint import Buffered
+from coordinator.config import RoundConfig
 from coordinator.exactsum import ExactSum
 from protocol import Weights
 
@@ -77,3 +78,28 @@ class StalenessSum:
         return self._layout.unflatten(self._sum.total() / (_SCALE * k))
 
 
+
+
+def unsupported_in_buffered(config: RoundConfig, buffer: BufferConfig) -> BufferConfig:
+    """``buffer``, if ``config`` asks nothing the buffered mode cannot do yet.
+
+    Its server step is the exact staleness-weighted mean; settings that change the
+    aggregate are refused, not ignored, so nobody believes a run was robust or private.
+
+    Raises:
+        ValueError: naming each unsupported setting.
+    """
+    unsupported = [
+        name
+        for name, asked in (
+            ("DP-FedAvg (--dp-noise)", config.dp_noise is not None),
+            (f"the {config.aggregator} aggregator", config.aggregator != "fedavg"),
+            ("--clip-norm", config.clip_norm is not None),
+            ("sampling (--sample-fraction/--sample-count; use --concurrency)",
+             config.sample_fraction is not None or config.sample_count is not None),
+        )
+        if asked
+    ]
+    if unsupported:
+        raise ValueError(f"--mode fedbuff does not support {', '.join(unsupported)} yet")
+    return buffer

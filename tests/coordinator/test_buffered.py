@@ -20,7 +20,8 @@ from coordinator import (
 )
 from coordinator.buffered import BufferedRounds
 from coordinator.checkpoint import decode_checkpoint, encode_checkpoint
-from coordinator.staleness import BufferConfig, staleness_weight
+from coordinator.config import RoundConfig
+from coordinator.staleness import BufferConfig, staleness_weight, unsupported_in_buffered
 from protocol import ModelAnnouncement, Publish, RejectReason, Weights, decode_model
 from tests.coordinator.test_rounds import make_config, make_delta, presence, update_bytes
 from tests.helpers import assert_weights_close, copy_weights, initial_weights, weights_equal
@@ -209,3 +210,17 @@ def test_an_agent_going_offline_hands_its_slot_on() -> None:
     assert len(machine.outstanding) == 2 and not [a for a in back if isinstance(a, Publish)
                                                   and a.topic.endswith("/model")]
     assert rejections(send(machine, gone, v1, seed=5)) == [RejectReason.NOT_IN_COHORT]
+
+
+@pytest.mark.parametrize("setting", [
+    {"dp_noise": 1.0, "dp_clip": 1.0},
+    {"aggregator": "median"},
+    {"clip_norm": 1.0},
+    {"sample_fraction": 0.5},
+])
+def test_settings_the_buffered_mode_cannot_honour_are_refused_not_ignored(
+    setting: dict[str, object],
+) -> None:
+    config = RoundConfig(job="j", task="linreg", rounds=3, **setting)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="--mode fedbuff does not support"):
+        unsupported_in_buffered(config, BufferConfig(k=2))
