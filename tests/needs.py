@@ -45,3 +45,13 @@ def require_mnist() -> Path:
     if not (REPO_MNIST_DIR / TEST_IMAGES).is_file():
         unavailable(f"real MNIST not present in {REPO_MNIST_DIR}")
     return REPO_MNIST_DIR
+
+
+def require_cgroups() -> None:
+    """Writable cgroup v1 memory and cpu controllers (root), as the build machine has."""
+    from fedmq_tools.bench.limits import Cgroup
+
+    try:
+        Cgroup(f"fedmq-probe-{os.getpid()}", 64 << 20, 1.0).close()
+    except (OSError, RuntimeError) as exc:
+        unavailable(f"no writable cgroup v1 memory and cpu controllers: {exc}")

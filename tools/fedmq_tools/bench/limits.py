@@ -36,6 +36,9 @@ from fedmq_tools.bench.device import DeviceRun, run_device
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 MIB = 1024 * 1024
 CFS_PERIOD_US = 100_000
+#: a round's deadline: 4x the slowest case's round (torch's CNN under a quarter CPU, 28 s);
+#: a round whose only agent declined closes at it (the coordinator waits for min_replies)
+DEADLINE_S = 120.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +134,7 @@ def run_case(profile: Profile, case: str, url: str, data_dir: Path | None, *, ro
         run = DeviceRun(prefix=group.wrap([sys.executable, "-m", "fedmq"]),
                         job=f"lim-{profile.name}-{trainer}-{task}", task=task,
                         trainer=trainer, agents=1, rounds=rounds, evaluate=False,
-                        deadline_s=900.0, data_dir=data_dir,
+                        deadline_s=DEADLINE_S, data_dir=data_dir,
                         agent_data=str(data_dir) if data_dir else None)
         doc = run_device(run, url, logs / f"{profile.name}-{trainer}-{task}.log")
         doc["cgroup"] = group.stats()
