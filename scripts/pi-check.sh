@@ -108,17 +108,21 @@ if [ "$ARCH" = armhf ]; then
     in_root /tmp/probe-venv/bin/pip download -q --no-deps --only-binary=:all: -d /tmp/probe-dl "$dep" >/dev/null 2>&1 || printf '%s ' "$dep"; done)
   say "no armv7l wheel on the registry for: ${missing:-none}"
   echo "$missing" > "$CACHE/armhf-no-wheel.txt"
-  in_root apt-get install -y -qq python3-numpy python3-msgpack >/dev/null
+  in_root apt-get update -qq
+  in_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-numpy python3-msgpack >/dev/null
   in_root python3 -m venv --system-site-packages /opt/fedmq
+  # without the agent extra (no zstd wheel either): the agent declines rounds sent with zstd
   in_root $PY -m pip install -q --disable-pip-version-check --only-binary=:all: /src/fedmq
+  EXTRAS=-
 else
   in_root python3 -m venv /opt/fedmq
   in_root $PY -m pip install -q --disable-pip-version-check --only-binary=:all: "/src/fedmq[agent]"
+  EXTRAS=agent
 fi
 pip_s=$(( $(date +%s) - t0 ))
 say "installed in ${pip_s} s; probing size and import time (emulated)"
 mkdir -p "$ROOT/bench-results"
-in_root $PY /src/fedmq/tools/fedmq_tools/bench/probe.py > "$ROOT/bench-results/pi-$ARCH-probe.json"
+in_root $PY /src/fedmq/tools/fedmq_tools/bench/probe.py "$EXTRAS" > "$ROOT/bench-results/pi-$ARCH-probe.json"
 
 # --- W1 with one emulated agent ----------------------------------------------------------
 say "W1: coordinator, 19 agents and Mosquitto here; agent-0 ($ARCH, numpy trainer) emulated"

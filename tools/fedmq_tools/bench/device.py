@@ -14,6 +14,7 @@ wall time. Under qemu-user the process's memory includes the emulator's own
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 import time
@@ -140,8 +141,10 @@ def run_device(run: DeviceRun, url: str, log_path: Path) -> dict[str, Any]:
     doc: dict[str, Any] = {"command": shlex.join(run.command("URL")), "log": str(log_path)}
     started = time.monotonic()
     with log_path.open("wb") as log:
+        # this machine's environment, as fedmq bench footprint's agents have it (its
+        # OPENBLAS_* settings change numpy's buffers); a chroot prefix sets its own
         proc = subprocess.Popen(run.command(url), stdout=log, stderr=subprocess.STDOUT,
-                                env=ONE_THREAD_ENV | _path_env())
+                                env={**os.environ, **ONE_THREAD_ENV})
     try:
         if not _wait_online(proc, online):
             doc.update(started=False, exit_code=proc.returncode, log_tail=_tail(log_path))
@@ -179,12 +182,6 @@ def run_device(run: DeviceRun, url: str, log_path: Path) -> dict[str, Any]:
         doc["exit_code"] = code
         doc.setdefault("log_tail", _tail(log_path) if code not in (0, -15) else "")
     return doc
-
-
-def _path_env() -> dict[str, str]:
-    import os
-
-    return {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "FEDMQ_VENV")}
 
 
 def _tail(path: Path, lines: int = 5) -> str:

@@ -178,7 +178,8 @@ def report(doc: dict[str, Any]) -> str:
              "how it ended"]
     for c in doc["cases"]:
         trains = [r["train_s"] for r in c.get("rounds", []) if "train_s" in r]
-        declines = {r["declined"] for r in c.get("rounds", []) if r.get("declined")}
+        declines = {u["declined"] for u in c.get("device_updates", {}).values()
+                    if u.get("declined")}
         if not c.get("started"):
             ended = f"did not start (exit {c['exit_code']}): {c['log_tail'].splitlines()[-1:]}"
         elif declines:

@@ -13,6 +13,7 @@ the device; pip and setuptools, which every venv has, are not fedmq's cost.
 from __future__ import annotations
 
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -89,7 +90,7 @@ def import_seconds(modules: str = AGENT_IMPORTS, runs: int = IMPORT_RUNS) -> dic
     """Median, min and max of importing ``modules`` in ``runs`` fresh interpreters."""
     code = f"import time; t = time.perf_counter(); import {modules}; print(time.perf_counter() - t)"
     times = [
-        float(subprocess.run([sys.executable, "-c", code], env=_ONE_THREAD | _path_env(),
+        float(subprocess.run([sys.executable, "-c", code], env={**os.environ, **_ONE_THREAD},
                              capture_output=True, text=True, check=True).stdout)
         for _ in range(runs)
     ]
@@ -97,14 +98,10 @@ def import_seconds(modules: str = AGENT_IMPORTS, runs: int = IMPORT_RUNS) -> dic
             "max_s": round(max(times), 3), "runs": runs}
 
 
-def _path_env() -> dict[str, str]:
-    import os
-
-    return {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")}
-
-
 def main(argv: list[str]) -> int:
-    extras = frozenset(argv[1].split(",")) if len(argv) > 1 else frozenset({"agent"})
+    # EXTRA: comma-separated extras of fedmq ("-": none); default: agent
+    extras = frozenset(e for e in argv[1].split(",") if e != "-") if len(argv) > 1 else (
+        frozenset({"agent"}))
     sizes = installed("fedmq", extras)
     doc = {
         "python": sys.version.split()[0],
