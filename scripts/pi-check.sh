@@ -99,6 +99,7 @@ in_root() {
 
 # --- fedmq[agent] in a fresh venv, wheels only for the dependencies -------------------------
 PY=/opt/fedmq/bin/python
+mkdir -p "$ROOT/bench-results"
 rm -rf "$CHROOT/opt/fedmq"
 t0=$(date +%s)
 if [ "$ARCH" = armhf ]; then
@@ -114,6 +115,9 @@ if [ "$ARCH" = armhf ]; then
   # without the agent extra (no zstd wheel either): the agent declines rounds sent with zstd
   in_root $PY -m pip install -q --disable-pip-version-check --only-binary=:all: /src/fedmq
   EXTRAS=-
+  # what Debian's packages cost (KiB, dpkg's Installed-Size): pip's RECORDs do not list them
+  in_root dpkg-query -W -f='${Package} ${Installed-Size}\n' python3-numpy python3-msgpack \
+    libblas3 liblapack3 libgfortran5 > "$ROOT/bench-results/pi-armhf-debian.txt"
 else
   in_root python3 -m venv /opt/fedmq
   in_root $PY -m pip install -q --disable-pip-version-check --only-binary=:all: "/src/fedmq[agent]"
@@ -121,7 +125,6 @@ else
 fi
 pip_s=$(( $(date +%s) - t0 ))
 say "installed in ${pip_s} s; probing size and import time (emulated)"
-mkdir -p "$ROOT/bench-results"
 in_root $PY /src/fedmq/tools/fedmq_tools/bench/probe.py "$EXTRAS" > "$ROOT/bench-results/pi-$ARCH-probe.json"
 
 # --- W1 with one emulated agent ----------------------------------------------------------

@@ -167,7 +167,11 @@ def cmd_device(args: argparse.Namespace) -> int:
     if args.probe is not None:
         doc["probe"] = json.loads(args.probe.read_text())
     _finish("device", begun, doc, out, report(doc))
-    return 0 if run.get("completed") else 1
+    final = run["rounds"][-1].get("accuracy") if run.get("rounds") else None
+    if not run.get("completed") or final is None or final < args.min_accuracy:
+        print(f"fedmq bench device: the run did not reach accuracy {args.min_accuracy}")
+        return 1
+    return 0
 
 
 def _names(value: str | None) -> list[str] | None:
@@ -346,6 +350,8 @@ def _add_device(which: Any) -> None:
     p.add_argument("--label", default="", help="what the device is, for the report")
     p.add_argument("--probe", type=Path, help="probe.py's JSON from the device, to include")
     p.add_argument("--setup-s", type=float, help="seconds the device's install took")
+    p.add_argument("--min-accuracy", type=float, default=0.89,
+                   help="fail below this final accuracy (W1's reference reaches 0.8996)")
     _add_out(p)
     p.set_defaults(func=cmd_device)
 

@@ -81,6 +81,25 @@ def distribution_bytes(name: str) -> int:
     return total
 
 
+def breakdown(name: str) -> dict[str, int]:
+    """Where ``name``'s bytes go: compiled bytecode (``.pyc``, written by pip at install),
+    test suites (files under a ``tests`` directory), native libraries (``.so``)."""
+    dist = metadata.distribution(name)
+    parts = {"bytecode": 0, "tests": 0, "native": 0}
+    for file in dist.files or ():
+        path = Path(str(dist.locate_file(file)))
+        if not path.is_file():
+            continue
+        size = path.stat().st_size
+        if path.suffix == ".pyc":
+            parts["bytecode"] += size
+        elif "tests" in file.parts:
+            parts["tests"] += size
+        elif ".so" in path.suffixes:
+            parts["native"] += size
+    return parts
+
+
 def installed(root: str = "fedmq", extras: frozenset[str] = frozenset({"agent"})) -> dict[str, int]:
     """Bytes per distribution of ``root[extras]`` and what it pulls in, as installed here."""
     return {name: distribution_bytes(name) for name in closure(root, extras)}
@@ -109,6 +128,7 @@ def main(argv: list[str]) -> int:
         "versions": {name: metadata.version(name) for name in sizes},
         "installed_bytes": sizes,
         "installed_total": sum(sizes.values()),
+        "breakdown": {name: breakdown(name) for name in sizes},
         "import_s": import_seconds(),
     }
     print(json.dumps(doc, indent=2))
