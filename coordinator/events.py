@@ -24,17 +24,9 @@ class BrokerConnected:
 
 
 @dataclass(frozen=True, slots=True)
-class MessageArrived:
-    """Raw bytes on any topic the adapter subscribed to; the machine reads the topic itself,
-    so a topic that names no valid agent is refused and counted like any other message."""
-
-    topic: str
-    payload: bytes
-
-
-@dataclass(frozen=True, slots=True)
 class UpdateArrived:
-    """Raw bytes on ``.../update/{agent}``; ``agent`` comes from the topic."""
+    """Raw bytes on ``.../update/{agent}``; ``agent`` is the topic's last level, not yet
+    checked: a level that is no valid id is refused (``malformed``) like the payload."""
 
     agent: str
     payload: bytes
@@ -42,7 +34,8 @@ class UpdateArrived:
 
 @dataclass(frozen=True, slots=True)
 class PresenceArrived:
-    """Raw bytes on ``.../agents/{agent}``; an empty payload clears a retained presence."""
+    """Raw bytes on ``.../agents/{agent}`` (``agent`` as in :class:`UpdateArrived`); an empty
+    payload clears a retained presence."""
 
     agent: str
     payload: bytes
@@ -69,13 +62,7 @@ class StopRequested:
 
 
 Event: TypeAlias = (
-    BrokerConnected
-    | MessageArrived
-    | UpdateArrived
-    | PresenceArrived
-    | Tick
-    | Evaluated
-    | StopRequested
+    BrokerConnected | UpdateArrived | PresenceArrived | Tick | Evaluated | StopRequested
 )
 
 # --- actions (out) ---------------------------------------------------------------

@@ -21,6 +21,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from typing_extensions import assert_never
 
+from coordinator.buffered import BufferedRounds
 from coordinator.checkpoint import save_checkpoint
 from coordinator.events import (
     Action,
@@ -28,8 +29,8 @@ from coordinator.events import (
     Evaluate,
     Evaluated,
     Event,
-    MessageArrived,
     MessageRejected,
+    PresenceArrived,
     RoundClosed,
     RoundOpened,
     SaveCheckpoint,
@@ -37,9 +38,10 @@ from coordinator.events import (
     StopRequested,
     Tick,
     UpdateAccepted,
+    UpdateArrived,
 )
 from coordinator.rounds import Rounds
-from protocol import Phase, Publish, Weights
+from protocol import Phase, Publish, TopicKind, Weights, WireError, agent_topic_level
 from transport.connection import (
     BrokerURL,
     Session,
@@ -70,11 +72,11 @@ class _Refused:
 
 
 class CoordinatorNode:
-    """Runs a :class:`Rounds` machine against a broker until the run ends."""
+    """Runs a :class:`Rounds` (or buffered) machine against a broker until the run ends."""
 
     def __init__(
         self,
-        rounds: Rounds,
+        rounds: Rounds | BufferedRounds,
         broker: BrokerURL,
         session: Session,
         *,
@@ -148,7 +150,9 @@ class CoordinatorNode:
                 item = self._next(self.rounds.next_deadline())
                 if isinstance(item, _Refused):
                     raise ConnectionRefusedError(item.why)
-                self._feed(self._to_event(item))
+                event = self._to_event(item)
+                if event is not None:
+                    self._feed(event)
                 deadline = self.rounds.next_deadline()
                 if deadline is not None and time.monotonic() >= deadline:
                     self._feed(Tick())
@@ -161,9 +165,17 @@ class CoordinatorNode:
         item = self._inbox.get(timeout)
         return Tick() if item is None else item
 
-    @staticmethod
-    def _to_event(item: _Inbound | Event) -> Event:
-        return MessageArrived(item.topic, item.payload) if isinstance(item, _Inbound) else item
+    def _to_event(self, item: _Inbound | Event) -> Event | None:
+        if not isinstance(item, _Inbound):
+            return item
+        try:  # the machine checks the agent level itself, so a bad one is counted
+            kind, agent = agent_topic_level(item.topic, self.rounds.config.job)
+        except WireError as exc:  # not from our subscriptions: a broker's mistake
+            log.warning("ignored message on %s: %s", item.topic[:200], exc)
+            return None
+        if kind is TopicKind.UPDATE:
+            return UpdateArrived(agent, item.payload)
+        return PresenceArrived(agent, item.payload)
 
     def _feed(self, event: Event) -> None:
         pending: deque[Action] = deque(self.rounds.handle(event, time.monotonic()))

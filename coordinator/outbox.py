@@ -62,10 +62,14 @@ class Outbox:
         model_id: str,
         now: float,
         roll_call: tuple[str, ...] = (),
+        max_staleness: int = 0,
+        names_cohort: bool | None = None,
     ) -> bytes:
-        """A round's model announcement; it names the cohort when the round asks one, and
-        the agents called on to announce themselves again (:mod:`coordinator.roster`)."""
+        """A round's model announcement; it names the cohort when the round asks one
+        (``names_cohort`` overrides the config: the buffered mode always names it), and the
+        agents called on to announce themselves again (:mod:`coordinator.roster`)."""
         cfg = self._config
+        named = cfg.names_cohort if names_cohort is None else names_cohort
         return encode_model(
             ModelAnnouncement(
                 job=cfg.job,
@@ -78,10 +82,11 @@ class Outbox:
                 codec=cfg.codec,
                 deadline_s=deadline_s,
                 weights=downlink_weights(weights, cfg.downlink),
-                cohort=tuple(sorted(cohort)) if cfg.names_cohort else None,
+                cohort=tuple(sorted(cohort)) if named else None,
                 issued_at=self.wall(now),
                 max_payload=cfg.max_payload,
                 roll_call=roll_call,
+                max_staleness=max_staleness,
             )
         )
 

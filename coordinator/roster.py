@@ -24,7 +24,7 @@ the status after every accepted update reports it and must not cost O(agents).
 from __future__ import annotations
 
 from coordinator.config import RoundConfig
-from protocol import Presence, RejectReason, WireError, decode_presence
+from protocol import Presence, RejectReason, WireError, check_agent_level, decode_presence
 from protocol.fields import MAX_ROLL_CALL
 from protocol.signing import open_presence
 
@@ -46,9 +46,10 @@ class Roster:
         """Take ``agent``'s presence message; an empty payload is a cleared retained one.
 
         Raises:
-            WireError: for a presence refused (rules 1 and 2), that does not decode, or
-                that names another agent.
+            WireError: for a presence refused (rules 1 and 2), on a topic level that is no
+                agent id, that does not decode, or that names another agent.
         """
+        check_agent_level(agent)
         if not payload:
             if self._keys is not None:
                 raise WireError(RejectReason.UNSIGNED, "a cleared presence is not signed")

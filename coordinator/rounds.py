@@ -35,7 +35,6 @@ from coordinator.events import (
     Evaluate,
     Evaluated,
     Event,
-    MessageArrived,
     MessageRejected,
     PresenceArrived,
     RoundClosed,
@@ -60,10 +59,8 @@ from protocol import (
     Publish,
     RejectReason,
     RoundMetrics,
-    TopicKind,
     Weights,
     WireError,
-    parse_agent_topic,
     raw_size,
 )
 
@@ -141,10 +138,6 @@ class Rounds:
     def agents_online(self) -> frozenset[str]:
         return frozenset(self._roster.online)
 
-    @property
-    def _round_no(self) -> int | None:
-        return self._round.number if self._round is not None else None
-
     def next_deadline(self) -> float | None:
         """When the adapter must send a :class:`Tick`, or None if nothing is timed."""
         if self._phase is Phase.TRAINING and self._round is not None:
@@ -158,8 +151,6 @@ class Rounds:
         match event:
             case BrokerConnected():
                 return self._on_connected(now)
-            case MessageArrived(topic=topic, payload=payload):
-                return self._on_message(topic, payload, now)
             case PresenceArrived(agent=agent, payload=payload):
                 return self._on_presence(agent, payload, now)
             case UpdateArrived(agent=agent, payload=payload):
@@ -189,14 +180,6 @@ class Rounds:
             actions.append(Stop(self._phase, self._message))
         return actions
 
-    def _on_message(self, topic: str, payload: bytes, now: float) -> list[Action]:
-        try:
-            kind, agent = parse_agent_topic(topic, self.config.job)
-        except WireError as exc:
-            return [self._reject(None, self._round_no, exc.reason, f"topic: {exc.detail}")]
-        handle = self._on_update if kind is TopicKind.UPDATE else self._on_presence
-        return handle(agent, payload, now)
-
     def _on_presence(self, agent: str, payload: bytes, now: float) -> list[Action]:
         try:
             self._roster.apply(agent, payload)
@@ -207,8 +190,9 @@ class Rounds:
         return [self._status(now)]
 
     def _on_update(self, agent: str, payload: bytes, now: float) -> list[Action]:
-        rs, round_no = self._round, self._round_no
+        rs = self._round
         accepting = rs if rs is not None and self._phase is Phase.TRAINING else None
+        round_no = rs.number if rs is not None else None
         if accepting is not None:
             accepting.bytes_up += len(payload)
         view = RunView(

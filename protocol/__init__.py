@@ -31,8 +31,9 @@ from protocol.topics import (
     TopicKind,
     TopicRef,
     Topics,
+    agent_topic_level,
+    check_agent_level,
     check_id,
-    parse_agent_topic,
     parse_topic,
 )
 from protocol.wire import decode_model, decode_update, encode_model, encode_update
@@ -72,7 +73,8 @@ __all__ = [
     "encode_status",
     "encode_update",
     "encode_weights",
-    "parse_agent_topic",
+    "agent_topic_level",
+    "check_agent_level",
     "parse_topic",
     "raw_size",
     "weights_digest",

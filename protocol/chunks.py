@@ -130,11 +130,12 @@ def decode_frame(payload: bytes, max_size: int) -> Chunk | Manifest:
         obj = msgpack.unpackb(payload, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises several unrelated types for bad input
         raise WireError(RejectReason.MALFORMED, f"chunk: not msgpack ({exc})") from None
-    if not isinstance(obj, dict) or obj.get("v") != SCHEMA_VERSION:
+    version = obj.get("v") if isinstance(obj, dict) else None
+    if _count(version) != SCHEMA_VERSION:
         raise WireError(RejectReason.MALFORMED, "chunk: not a version 1 map")
     kind, digest = obj.get("type"), obj.get("digest")
     count, size = _count(obj.get("count")), _count(obj.get("size"))
-    if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
+    if not isinstance(digest, str) or _DIGEST.fullmatch(digest) is None:
         raise WireError(RejectReason.MALFORMED, "chunk: digest must be 64 lowercase hex digits")
     if count is None or not 1 <= count <= MAX_CHUNKS:
         raise WireError(RejectReason.MALFORMED, f"chunk: count {obj.get('count')!r}")

@@ -85,6 +85,9 @@ class ModelAnnouncement:
     #: agents the coordinator refused as never announced: each named one announces itself
     #: again (docs/PROTOCOL.md, "Membership")
     roll_call: tuple[str, ...] = ()
+    #: buffered mode: updates trained from a version this many behind ``round`` are still
+    #: taken, so an agent finishes and sends work on an older version (0: synchronous)
+    max_staleness: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +122,8 @@ class Presence:
     device: str | None = None
     trainer: str | None = None
     at: float = 0.0
+    #: which implementation the agent is: ``"python"`` (edge_agent) or ``"browser"`` (web/)
+    kind: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

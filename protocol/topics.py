@@ -16,6 +16,8 @@ from protocol.errors import RejectReason, WireError
 PREFIX = "fedmq/v1"
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+#: ASCII digits only: str.isdigit() also takes "²" and "٣" (the first crashes int())
+_CHUNK_INDEX = re.compile(r"[0-9]{1,6}")
 
 
 class TopicKind(str, enum.Enum):
@@ -134,7 +136,7 @@ def parse_topic(topic: str) -> TopicRef:
         except ValueError as exc:
             raise WireError(RejectReason.MALFORMED, str(exc)) from None
     if kind is TopicKind.MODEL and len(rest) == 2 and rest[0] == "chunk":
-        if not rest[1].isdigit() or len(rest[1]) > 6:
+        if _CHUNK_INDEX.fullmatch(rest[1]) is None:
             raise WireError(RejectReason.MALFORMED, f"bad chunk index in {topic!r}")
         return TopicRef(job, kind, chunk=int(rest[1]))
     if rest:
@@ -142,13 +144,29 @@ def parse_topic(topic: str) -> TopicRef:
     return TopicRef(job, kind)
 
 
-def parse_agent_topic(topic: str, job: str) -> tuple[TopicKind, str]:
-    """The kind (``update`` or ``agents``) and agent of one of ``job``'s per-agent topics.
+def agent_topic_level(topic: str, job: str) -> tuple[TopicKind, str]:
+    """The kind (``update`` or ``agents``) of one of ``job``'s per-agent topics, and its
+    last level as it stands: what the subscriptions ``update/+`` and ``agents/+`` deliver.
+    The level is not checked here: whoever validates the message checks it
+    (:func:`check_agent_level`), so a bad id is refused and counted like a bad payload.
 
     Raises:
-        WireError: MALFORMED for any other topic, or a level that is not a valid agent id.
+        WireError: MALFORMED for a topic of another shape, prefix or job.
     """
-    ref = parse_topic(topic)
-    if ref.job != job or ref.agent is None:
+    parts = topic.split("/")
+    kind = parts[3] if len(parts) == 5 else None
+    if parts[:3] != [*PREFIX.split("/"), job] or kind not in ("update", "agents"):
         raise WireError(RejectReason.MALFORMED, f"not an agent topic of job {job}: {topic[:200]!r}")
-    return ref.kind, ref.agent
+    return TopicKind(kind), parts[4]
+
+
+def check_agent_level(level: str) -> str:
+    """``level``, the agent named by a per-agent topic, if it is a valid agent id.
+
+    Raises:
+        WireError: MALFORMED for anything else (``update/bad id``, ``agents/-x``).
+    """
+    try:
+        return check_id(level, "agent")
+    except ValueError as exc:
+        raise WireError(RejectReason.MALFORMED, f"topic level: {exc}") from None
