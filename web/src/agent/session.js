@@ -12,12 +12,14 @@
  * exactly `update/{client id}` and `agents/{client id}`), keepalive 30 s, reconnect
  * every 2 s, last will = presence offline (retained, QoS 1); subscribes to the model,
  * its chunks and the status after every connect. A refused login stops reconnecting.
+ * With a signing key every presence, the will too, is sealed for this page's session
+ * (docs/PROTOCOL.md §14.1), in order with the updates.
  */
 
 import mqtt from 'mqtt';
 import { AgentCore, keyOf } from './core.js';
 import { ErrorFeedback } from './feedback.js';
-import { codecProblem, decodeMetrics, decodeStatus, openModel, sealUpdate, WireError } from './wire.js';
+import { codecProblem, decodeMetrics, decodeStatus, openModel, sealPresence, sealUpdate, WireError } from './wire.js';
 
 export const RECONNECT_MS = 2000;
 export const KEEPALIVE_S = 30;
@@ -40,8 +42,10 @@ export class AgentSession {
     this.onView = onView;
     this.core = new AgentCore({
       job: link.job, agent, samples: trainer.samples, device,
-      refuse: (model) => this.refusal(model),
+      refuse: (model) => this.refusal(model), signedModels: Boolean(keys.coordinator),
     });
+    /** one per page load: the coordinator tells this page's will from an earlier one's */
+    this.session = Array.from(crypto.getRandomValues(new Uint8Array(6)), (b) => b.toString(16).padStart(2, '0')).join('');
     this.queue = [];
     this.deferred = [];
     this.running = false;
@@ -75,6 +79,7 @@ export class AgentSession {
     const answer = await this.store.loadAnswer();
     if (answer) this.core.restoreAnswer(answer);
     const will = this.core.will();
+    will.payload = await this.sealed(will);
     this.client = mqtt.connect(this.link.broker, {
       clientId: this.core.agent,
       username: this.link.user,
@@ -108,7 +113,14 @@ export class AgentSession {
   stop() {
     if (!this.client) return;
     for (const action of this.core.handle({ type: 'shutdown' }, this.now())) this.carryOut(action);
-    this.client.end(false);
+    this.sendChain = this.sendChain.then(() => this.client.end(false));
+  }
+
+  /** A presence publish's payload: sealed in the secure profile, else as it is. */
+  sealed(action) {
+    const { signing } = this.keys;
+    if (!signing) return Promise.resolve(action.payload);
+    return sealPresence(action.payload, { job: this.link.job, session: this.session, signer: this.core.agent, key: signing });
   }
 
   pause(paused) {
@@ -178,8 +190,10 @@ export class AgentSession {
 
   carryOut(action) {
     switch (action.type) {
-      case 'publish':
-        this.client.publish(action.topic, action.payload, { qos: 1, retain: action.retain });
+      case 'publish': // presence: sealed (asynchronously) and sent in order with the updates
+        this.sendChain = this.sendChain.then(async () => {
+          this.client.publish(action.topic, await this.sealed(action), { qos: 1, retain: action.retain });
+        });
         break;
       case 'train': {
         this.trainingKey = action.key;

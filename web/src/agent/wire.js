@@ -104,6 +104,11 @@ export function decodeModel(bytes) {
     if (!Array.isArray(obj.cohort) || obj.cohort.length > 100_000) fail('malformed', 'cohort: bad list');
     cohort = obj.cohort.map((a) => ident({ cohort: a }, 'cohort'));
   }
+  let rollCall = [];
+  if (present(obj, 'roll_call')) {  // docs/PROTOCOL.md §14.2
+    if (!Array.isArray(obj.roll_call) || obj.roll_call.length > 256) fail('malformed', 'roll_call: bad list');
+    rollCall = obj.roll_call.map((a) => ident({ roll_call: a }, 'roll_call'));
+  }
   const maxPayload = present(obj, 'max_payload') ? int(obj, 'max_payload', 0, 2 ** 31) : 0;
   if (maxPayload !== 0 && maxPayload < 1024) fail('malformed', `max_payload ${maxPayload}`);
   return {
@@ -126,6 +131,7 @@ export function decodeModel(bytes) {
     done: bool(obj, 'done'),
     issued_at: num(obj, 'issued_at', 0),
     max_payload: maxPayload,
+    roll_call: rollCall,
     weights,
     shapes,
   };
@@ -310,9 +316,38 @@ export async function openModel(payload, { job, key }) {
   return body;
 }
 
-/** `payload` sealed in a signed envelope (§11.1) for `run`, signed by `signer`'s key. */
-export async function sealUpdate(payload, { job, run, signer, key }) {
-  const message = await signedBytes('update', job, run, signer, payload);
+async function seal(purpose, payload, { job, run, signer, key }) {
+  const message = await signedBytes(purpose, job, run, signer, payload);
   const sig = new Uint8Array(await crypto.subtle.sign({ name: 'Ed25519' }, key, message));
-  return encode({ v: SCHEMA_VERSION, type: 'signed', purpose: 'update', job, run, signer, body: payload, sig });
+  return encode({ v: SCHEMA_VERSION, type: 'signed', purpose, job, run, signer, body: payload, sig });
+}
+
+/** `payload` sealed in a signed envelope (§11.1) for `run`, signed by `signer`'s key. */
+export function sealUpdate(payload, { job, run, signer, key }) {
+  return seal('update', payload, { job, run, signer, key });
+}
+
+/**
+ * A presence document (or last will) sealed with the agent's update key for its
+ * `session` (§14.1): the coordinator of the secure profile counts no other presence.
+ */
+export function sealPresence(payload, { job, session, signer, key }) {
+  return seal('presence', payload, { job, run: session, signer, key });
+}
+
+/**
+ * The presence document in `bytes`: a bare one as it is, or the body of a signed
+ * envelope, unverified (§14.1: readers that verify nothing, like the dashboard).
+ * Throws WireError for an envelope of another purpose.
+ */
+export function openPresence(bytes) {
+  const map = bytes.length > 0 && ((bytes[0] & 0xf0) === 0x80 || bytes[0] === 0xde || bytes[0] === 0xdf);
+  if (!map) return bytes; // JSON (or junk for decodePresence to refuse)
+  const obj = decodeMsgpack(bytes, 'presence');
+  if (!isEnvelope(obj)) fail('malformed', 'presence: a msgpack map that is no envelope');
+  header(obj, 'signed');
+  if (obj.purpose !== 'presence' || !(obj.body instanceof Uint8Array)) {
+    fail('malformed', `presence: envelope purpose ${obj.purpose}`);
+  }
+  return obj.body;
 }
