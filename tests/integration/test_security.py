@@ -590,10 +590,10 @@ def test_the_broker_command_provision_prints_starts_the_broker_as_whoever_ran_it
     """Run as root, Mosquitto drops to its own user before it reads the password file: the
     printed command must work anyway (this machine's tests run as root)."""
     require_mosquitto()
-    port, fleet = free_port(), tmp_path / "fleet"
+    port, ws_port, fleet = free_port(), free_port(), tmp_path / "fleet"
     printed = subprocess.run(
         [sys.executable, "-m", "fedmq", "provision", "--job", "cmd", "--agents", "1", "--out",
-         str(fleet), "--port", str(port), "--bind", "127.0.0.1"],
+         str(fleet), "--port", str(port), "--ws-port", str(ws_port), "--bind", "127.0.0.1"],
         check=True, capture_output=True, text=True, timeout=TIMEOUT_S).stdout
     (command,) = [line.split(None, 1)[1] for line in printed.splitlines()
                   if line.split()[:1] == ["broker"]]
