@@ -32,6 +32,7 @@ def test_a_result_on_an_older_version_is_sent_then_the_newest_is_trained() -> No
 def test_a_result_beyond_the_announced_staleness_is_dropped() -> None:
     core = agent()
     old = only(core.handle(ModelArrived(buffered(1, 1))), Train)
+    core.handle(ModelArrived(buffered(2, 1)))  # a connected agent sees every version
     core.handle(ModelArrived(buffered(3, 1)))
     result = trainer().train(old.model.weights, old.model.plan, 1)
 
