@@ -34,6 +34,19 @@ class CheckpointError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class BroadcastState:
+    """The broadcast model a run with delta downlinks continues from (coordinator/broadcast.py)."""
+
+    codec: str
+    dtype: str
+    weights: Weights
+    #: the version the last delta applies to (None: the version travels whole only)
+    base_id: str | None = None
+    #: that delta's entry list, msgpack-encoded (empty without a base)
+    delta: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
 class Checkpoint:
     """Everything a coordinator needs to continue a run after the last closed round."""
 
@@ -51,6 +64,8 @@ class Checkpoint:
     server_steps: int = 0
     #: (sampling rate q, noise multiplier z) of each DP round so far, for the accountant
     dp_rounds: tuple[tuple[float, float], ...] = ()
+    #: with delta downlinks: the version agents hold, so the chain continues exactly
+    broadcast: BroadcastState | None = None
 
 
 def encode_checkpoint(ckpt: Checkpoint) -> bytes:
@@ -69,6 +84,10 @@ def encode_checkpoint(ckpt: Checkpoint) -> bytes:
         "server_steps": ckpt.server_steps,
         "dp_rounds": [[q, z] for q, z in ckpt.dp_rounds],
     }
+    if ckpt.broadcast is not None:  # written only with deltas: other checkpoints are unchanged
+        b = ckpt.broadcast
+        doc["broadcast"] = {"codec": b.codec, "dtype": b.dtype, "base_id": b.base_id,
+                            "delta": b.delta, "weights": encode_weights(b.weights)}
     out: bytes = msgpack.packb(doc, use_bin_type=True)
     return out
 
@@ -108,6 +127,7 @@ def decode_checkpoint(data: bytes) -> Checkpoint:
             server_opt=str(doc.get("server_opt", "fedavg")),
             server_steps=steps,
             dp_rounds=dp_rounds,
+            broadcast=_broadcast(doc.get("broadcast")),
         )
     except CheckpointError:
         raise
@@ -125,6 +145,20 @@ def _dp_round(entry: object) -> tuple[float, float]:
         if numbers and 0 < q <= 1 and 0 <= z < float("inf"):
             return float(q), float(z)
     raise CheckpointError(f"bad DP round {entry!r}")
+
+
+def _broadcast(doc: object) -> BroadcastState | None:
+    """The broadcast model of a checkpoint written with deltas on (absent otherwise)."""
+    if doc is None:
+        return None
+    if not isinstance(doc, dict):
+        raise CheckpointError("bad broadcast state")
+    codec, dtype, base_id, delta = (doc.get(k) for k in ("codec", "dtype", "base_id", "delta"))
+    if not (isinstance(codec, str) and isinstance(dtype, str) and isinstance(delta, bytes)):
+        raise CheckpointError("bad broadcast state: codec, dtype or delta")
+    if base_id is not None and not isinstance(base_id, str):
+        raise CheckpointError("bad broadcast state: base_id")
+    return BroadcastState(codec, dtype, decode_weights(doc["weights"]), base_id, delta)
 
 
 def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:

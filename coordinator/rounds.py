@@ -26,6 +26,7 @@ from collections import Counter
 from typing_extensions import assert_never
 
 from coordinator.aggregate import AggregationError
+from coordinator.broadcast import Broadcast
 from coordinator.checkpoint import Checkpoint
 from coordinator.cohort import CohortPolicy, Roster
 from coordinator.config import RoundConfig
@@ -90,7 +91,8 @@ class Rounds:
         self._phase = Phase.WAITING
         self._message = ""
         self._round: OpenRound | None = None
-        self._model_id = self._outbox.model_id(self._model.weights)
+        previous = resume.broadcast if resume else None  # the version agents hold (§12)
+        self._broadcast = Broadcast(config, self._model.weights, previous)
         shapes = {name: tuple(a.shape) for name, a in weights.items()}
         self._intake = Intake(config, shapes)
         self._raw_update_bytes = raw_size(shapes)
@@ -171,7 +173,7 @@ class Rounds:
         if self._history:
             actions.append(self._outbox.metrics(self._history[-1]))
         if self._round is not None and not self.finished:
-            actions.extend(self._outbox.model_publishes(self._round.model_payload, run=self._run))
+            actions.extend(self._round.publishes)
         elif self.finished:  # DONE or FAILED: both ended by publishing the final model
             actions.extend(self._final_model(now))
         actions.append(self._status(now))
@@ -200,7 +202,7 @@ class Rounds:
             completed=self._completed,
             current=round_no if not self.finished else None,
             accepting=accepting,
-            model_id=self._model_id,
+            model_id=self._broadcast.version.model_id,
             online=self._roster.online,
         )
         try:
@@ -211,6 +213,7 @@ class Rounds:
             return []  # a chunk of an update still incomplete
         assert accepting is not None  # admit_update refuses every update without one
         update, delta = taken
+        self._broadcast.answered(agent, update.model_id)
         if delta is None:
             accepting.declined.add(agent)
             return [self._status(now), *self._maybe_close(now)]
@@ -248,14 +251,16 @@ class Rounds:
 
     def _announce(self, rs: OpenRound, now: float) -> list[Action]:
         """Encode ``rs``'s announcement, count its bytes down, and report it."""
-        rs.model_payload = self._outbox.announcement(
+        sent = self._outbox.announcement(
             run=self._run, round_no=rs.number, attempt=rs.attempt, deadline_s=rs.deadline_s,
-            cohort=rs.cohort, weights=self._model.weights, model_id=self._model_id, now=now,
+            cohort=rs.cohort, version=self._broadcast.version, now=now,
         )
-        publishes = self._outbox.model_publishes(rs.model_payload, run=self._run)
-        rs.bytes_down += sum(len(p.payload) for p in publishes) * len(rs.cohort - rs.accepted)
+        rs.publishes, addressed = sent.publishes, rs.cohort - rs.accepted
+        rs.bytes_down += self._broadcast.bytes_down(addressed, sent.whole_bytes, sent.delta_bytes)
+        rs.raw_bytes_down += self._raw_update_bytes * len(addressed)
+        rs.addressed += len(addressed)
         opened = RoundOpened(rs.number, rs.attempt, len(rs.cohort), rs.quorum, rs.deadline_s)
-        return [*publishes, opened, self._status(now)]
+        return [*sent.publishes, opened, self._status(now)]
 
     def _open_round(self, now: float) -> list[Action]:
         cfg = self.config
@@ -273,7 +278,6 @@ class Rounds:
             cohort=cohort,
             quorum=quorum,
             aggregator=self._model.aggregator(number, len(cohort)),
-            model_payload=b"",
             cohort_target=target,
             pool=set(eligible),
         )
@@ -331,7 +335,7 @@ class Rounds:
         rs = self._round
         assert rs is not None and rs.new_weights is not None and rs.new_opt_state is not None
         self._model.commit(rs.new_weights, rs.new_opt_state)
-        self._model_id = self._outbox.model_id(rs.new_weights)
+        self._broadcast.advance(rs.new_weights, rs.number)
         self._completed = rs.number
         metrics = rs.metrics(
             job=self.config.job,
@@ -368,24 +372,20 @@ class Rounds:
             completed=self._completed,
             history=tuple(self._history),
             rejected=self._rejected_total,
+            broadcast=self._broadcast.state(),
         )
 
     def _final_model(self, now: float) -> list[Action]:
-        return list(self._outbox.final_model(
-            run=self._run, completed=self._completed, weights=self._model.weights,
-            model_id=self._model_id, now=now,
-        ))
+        final = self._outbox.final_model(
+            run=self._run, completed=self._completed, version=self._broadcast.version, now=now
+        )
+        return list(final.publishes)
 
     def _status(self, now: float) -> Publish:
         return self._outbox.status(
-            run=self._run,
-            phase=self._phase,
-            last_round=self._round,
-            completed=self._completed,
-            agents_online=len(self._roster.online),
-            rejected=self._rejected_total,
-            message=self._message,
-            now=now,
+            run=self._run, phase=self._phase, last_round=self._round, completed=self._completed,
+            agents_online=len(self._roster.online), rejected=self._rejected_total,
+            message=self._message, now=now,
         )
 
     def _reject(

@@ -19,6 +19,7 @@ from typing import Any, TypeAlias
 import numpy as np
 from typing_extensions import assert_never
 
+from edge_agent.downlink import Downlink, HeldModel, KeepModel, Subscribe, Unsubscribe
 from edge_agent.feedback import ErrorFeedback, Residual
 from edge_agent.trainer import TrainResult
 from protocol import (
@@ -29,18 +30,19 @@ from protocol import (
     Topics,
     Update,
     Weights,
-    WireError,
     check_id,
-    decode_model,
     encode_presence,
     encode_update,
 )
-from protocol.chunks import Reassembler, is_chunk_frame, split
-from protocol.fields import DEFAULT_MAX_BYTES
-from protocol.signing import Purpose, SigningKey, VerifyKey, open_model, seal
+from protocol.chunks import split
+from protocol.signing import Purpose, SigningKey, VerifyKey, seal
 
-#: incomplete chunked models older than this are dropped (a round's model is re-sent anyway)
-MODEL_CHUNK_TTL_S = 600.0
+__all__ = [  # the downlink's actions are the core's too
+    "AgentAction", "AgentCore", "AgentEvent", "Connected", "DeltaArrived", "KeepModel",
+    "ModelArrived", "ModelRejected", "RoundKey", "RunFinished", "SaveResidual",
+    "ShutdownRequested", "Subscribe", "Train", "TrainingDone", "TrainingFailed",
+    "Unsubscribe", "UpdateSent",
+]
 
 #: Identifies what an update answers: (run, round, model_id).
 RoundKey = tuple[str, int, str]
@@ -55,7 +57,14 @@ class Connected:
 
 @dataclass(frozen=True, slots=True)
 class ModelArrived:
-    """Raw bytes on ``.../model``."""
+    """Raw bytes on ``.../model`` or ``.../model/chunk/{i}``."""
+
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DeltaArrived:
+    """Raw bytes on ``.../delta`` or ``.../delta/chunk/{i}`` (docs/PROTOCOL.md §12)."""
 
     payload: bytes
 
@@ -82,14 +91,18 @@ class ShutdownRequested:
     """The agent is stopping cleanly."""
 
 
-AgentEvent: TypeAlias = Connected | ModelArrived | TrainingDone | TrainingFailed | ShutdownRequested
+AgentEvent: TypeAlias = (
+    Connected | ModelArrived | DeltaArrived | TrainingDone | TrainingFailed | ShutdownRequested
+)
 
 # --- actions (out) ------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class Train:
-    """Train on ``model``'s weights and plan, then feed back TrainingDone or TrainingFailed."""
+    """Train on ``model``'s weights and plan, then feed back TrainingDone or TrainingFailed.
+
+    ``model`` is the version the device now holds: the adapter persists it."""
 
     key: RoundKey
     model: ModelAnnouncement
@@ -114,7 +127,8 @@ class UpdateSent:
 
 @dataclass(frozen=True, slots=True)
 class RunFinished:
-    """The coordinator published the final model; ``model`` is the device's to keep."""
+    """The coordinator published the final model; ``model`` is the device's to keep
+    (persisted as the held version, as :class:`Train`'s model is)."""
 
     model: ModelAnnouncement
 
@@ -126,7 +140,10 @@ class SaveResidual:
     state: Residual | None
 
 
-AgentAction: TypeAlias = Publish | Train | ModelRejected | UpdateSent | RunFinished | SaveResidual
+AgentAction: TypeAlias = (
+    Publish | Train | ModelRejected | UpdateSent | RunFinished | SaveResidual | KeepModel
+    | Subscribe | Unsubscribe
+)
 
 
 @dataclass(slots=True)
@@ -152,8 +169,10 @@ class AgentCore:
         feedback: ErrorFeedback | None = None,
         signing_key: SigningKey | None = None,
         coordinator_key: VerifyKey | None = None,
+        held: HeldModel | None = None,
     ) -> None:
-        """``feedback`` carries a residual loaded from the device's state dir, if any.
+        """``feedback`` carries a residual loaded from the device's state dir, if any, and
+        ``held`` the global model kept there (deltas then apply to it).
 
         ``signing_key`` signs every update; with ``coordinator_key`` set, a model
         that is unsigned or not signed by it is refused (docs/SECURITY.md).
@@ -175,16 +194,31 @@ class AgentCore:
         self._answer: _Answer | None = None
         #: runs this agent has trained for: only their final model ends its work
         self._runs_joined: set[str] = set()
+        self._finished: RoundKey | None = None
         self._resend_armed = False
-        self._chunks = Reassembler(
-            2 * DEFAULT_MAX_BYTES, ttl_s=MODEL_CHUNK_TTL_S, max_payload_size=DEFAULT_MAX_BYTES
-        )
+        self._downlink = Downlink(job, coordinator_key, held)
         self.models_rejected = 0
 
     @property
     def latest_model(self) -> ModelAnnouncement | None:
         """The newest valid global model this device holds (for local inference)."""
         return self._latest
+
+    @property
+    def held(self) -> HeldModel | None:
+        """The version of the broadcast model deltas apply to (what :class:`KeepModel` saved)."""
+        return self._downlink.held
+
+    @property
+    def subscriptions(self) -> tuple[str, ...]:
+        """What to subscribe to on (re)connecting; read by the adapter's connect callback
+        (an attribute read of an immutable value, safe from paho's thread)."""
+        return self._downlink.subscriptions
+
+    @property
+    def unwanted(self) -> tuple[str, ...]:
+        """What to unsubscribe from on reconnecting (a persistent session keeps filters)."""
+        return self._downlink.unwanted
 
     @property
     def residual(self) -> Residual | None:
@@ -214,7 +248,9 @@ class AgentCore:
                 self._resend_armed = self._answer is not None
                 return [self._presence(online=True, at=wall)]
             case ModelArrived(payload=payload):
-                return self._on_model(payload, now)
+                return self._on_model(payload, now, delta=False)
+            case DeltaArrived(payload=payload):
+                return self._on_model(payload, now, delta=True)
             case TrainingDone(key=key, result=result, train_s=train_s):
                 return self._on_trained(key, result, train_s)
             case TrainingFailed(key=key, reason=reason):
@@ -224,34 +260,28 @@ class AgentCore:
             case _:
                 assert_never(event)
 
-    def _on_model(self, payload: bytes, now: float) -> list[AgentAction]:
-        try:
-            if is_chunk_frame(payload):  # a piece of a model sent in chunks (or its manifest)
-                whole = self._chunks.add("model", payload, now)
-                if whole is None:
-                    return []
-                payload = whole
-            # Verify the bytes as received, then decode what they vouch for.
-            body = open_model(
-                payload, job=self.job, key=self._coordinator_key, max_body_bytes=DEFAULT_MAX_BYTES
-            )
-            model = decode_model(body)
-            if model.job != self.job:
-                raise WireError(RejectReason.WRONG_JOB, f"model for job {model.job!r}")
-        except WireError as exc:
+    def _on_model(self, payload: bytes, now: float, *, delta: bool) -> list[AgentAction]:
+        got = self._downlink.receive(payload, now, delta=delta)
+        actions: list[AgentAction] = list(got.actions)
+        if got.refused is not None:
             self.models_rejected += 1
-            return [ModelRejected(exc.reason, exc.detail)]
-        latest = self._latest
-        older = latest is not None and latest.run == model.run and model.round < latest.round
-        # A final model is never stale: it carries the last *completed* round, which is
-        # below the open round when a run fails or is stopped mid-round.
-        if older and not model.done:
-            return []  # an older round delivered late; the newer one stands
+            actions.insert(0, ModelRejected(got.refused.reason, got.refused.detail))
+        then = [] if got.model is None else self._on_announced(got.model)
+        # Train and RunFinished carry the model the adapter keeps; else say it outright.
+        if got.kept is not None and not any(isinstance(a, Train | RunFinished) for a in then):
+            actions.append(KeepModel(got.kept))
+        return [*actions, *then]
+
+    def _on_announced(self, model: ModelAnnouncement) -> list[AgentAction]:
         self._latest = model
         if model.done:
             # A retained final model of some earlier run ends nothing for a newcomer:
-            # keep it as the device's model and wait for the next run.
-            return [RunFinished(model)] if model.run in self._runs_joined else []
+            # keep it as the device's model and wait for the next run. Said once (the
+            # final model also comes as a delta or notice).
+            if model.run not in self._runs_joined or self._finished == self._key(model):
+                return []
+            self._finished = self._key(model)
+            return [RunFinished(model)]
         if model.cohort is not None and self.agent not in model.cohort:
             return []
         key: RoundKey = (model.run, model.round, model.model_id)

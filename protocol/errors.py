@@ -50,6 +50,9 @@ class RejectReason(str, enum.Enum):
     UNSIGNED = "unsigned"
     #: a signature that does not verify with the signer's provisioned key: forged or altered
     BAD_SIGNATURE = "bad_signature"
+    #: a model delta that, applied to its base, does not give its ``model_id`` (or a whole
+    #: model whose weights do not hash to its ``model_id``): never trained on
+    DIGEST_MISMATCH = "digest_mismatch"
 
 
 class WireError(Exception):

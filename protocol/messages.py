@@ -82,6 +82,42 @@ class ModelAnnouncement:
     issued_at: float = 0.0
     #: the broker's payload cap: agents send updates above it as chunks (0: no cap)
     max_payload: int = 0
+    #: the codec of the deltas this run sends on ``.../delta`` (docs/PROTOCOL.md §12):
+    #: set, an agent holding this model may stop fetching whole ones; None: no deltas
+    delta_codec: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelDelta:
+    """One version of the broadcast model, as a change from the version before it
+    (retained on ``.../delta``; docs/PROTOCOL.md §12).
+
+    The header is a model announcement's; instead of weights it names the version it
+    applies to (``base_id``) and carries that change as update-codec entries. Applied to
+    the base with :func:`protocol.broadcast.apply_delta`, the result must hash to
+    ``model_id``. Without a ``base_id`` it is a notice: this version travels whole only.
+    """
+
+    job: str
+    run: str
+    round: int
+    model_id: str
+    task: str
+    plan: TrainPlan
+    codec: str
+    deadline_s: float
+    #: the model_id this delta applies to; None: a notice, with no tensors
+    base_id: str | None
+    #: the codec the entries are written with; None: the run sends no deltas at all
+    delta_codec: str | None
+    #: the broadcast model's dtype: ``<f4``, or ``<f2`` (every weight a float16 value)
+    dtype: str
+    tensors: tuple[Mapping[str, Any], ...] = ()
+    attempt: int = 0
+    cohort: tuple[str, ...] | None = None
+    done: bool = False
+    issued_at: float = 0.0
+    max_payload: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,3 +198,8 @@ class RoundMetrics:
     at: float = 0.0
     #: DP-FedAvg: the run's privacy loss epsilon after this round, at the job's delta
     epsilon: float | None = None
+    #: the float32 baseline of ``bytes_down``: 4 x parameters per (announcement, agent)
+    raw_bytes_down: int | None = None
+    #: the (announcement, agent) pairs ``bytes_down`` counts: bytes_down / addressed is the
+    #: downlink per device (docs/PROTOCOL.md §12.6)
+    addressed: int | None = None

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from protocol.errors import RejectReason, WireError
-from protocol.fields import header, json_dump, json_load
+from protocol.fields import Fields, header, json_dump, json_load
 from protocol.messages import SCHEMA_VERSION, ClosedBy, Phase, Presence, RoundMetrics, Status
 
 # --- presence ----------------------------------------------------------------
@@ -111,6 +111,7 @@ def decode_status(payload: bytes) -> Status:
 # --- metrics ------------------------------------------------------------------
 
 _OPTIONAL_METRICS = ("accuracy", "loss", "train_loss", "train_accuracy")
+_DOWNLINK_COUNTS = ("raw_bytes_down", "addressed")
 
 
 def encode_metrics(m: RoundMetrics) -> bytes:
@@ -135,6 +136,9 @@ def encode_metrics(m: RoundMetrics) -> bytes:
         doc[key] = getattr(m, key)
     if m.epsilon is not None:  # only DP runs have one; other documents stay as they were
         doc["epsilon"] = m.epsilon
+    for key in _DOWNLINK_COUNTS:  # docs/PROTOCOL.md §12.6; written when counted
+        if getattr(m, key) is not None:
+            doc[key] = getattr(m, key)
     return json_dump(doc)
 
 
@@ -166,5 +170,11 @@ def decode_metrics(payload: bytes) -> RoundMetrics:
         raw_bytes_up=f.integer("raw_bytes_up"),
         at=f.number("at", 0.0),
         epsilon=f.number("epsilon", 0.0) if f.present("epsilon") else None,
+        raw_bytes_down=_count(f, "raw_bytes_down"),
+        addressed=_count(f, "addressed"),
         **optional,
     )
+
+
+def _count(f: Fields, key: str) -> int | None:
+    return f.integer(key) if f.present(key) else None

@@ -3,7 +3,7 @@
 A signed model or update is the original encoded message, untouched, wrapped
 in a small msgpack map (docs/PROTOCOL.md, "Signed messages")::
 
-    {"v": 1, "type": "signed", "purpose": "model" | "update", "job": id, "run": id,
+    {"v": 1, "type": "signed", "purpose": "model" | "delta" | "update", "job": id, "run": id,
      "signer": id, "body": bin (the encoded message), "sig": bin (64 bytes)}
 
     sig = Ed25519(signer's key, "fedmq/v1 signed" 0x00 purpose 0x00 job 0x00 run
@@ -59,6 +59,8 @@ class Purpose(str, enum.Enum):
     MODEL = "model"
     #: an update or decline, signed by the agent that sends it
     UPDATE = "update"
+    #: a model delta or version notice (docs/PROTOCOL.md §12), signed by the coordinator
+    DELTA = "delta"
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,8 +270,16 @@ def _verified(envelope: Signed, key: VerifyKey) -> bytes:
     return envelope.body
 
 
-def open_model(payload: bytes, *, job: str, key: VerifyKey | None, max_body_bytes: int) -> bytes:
-    """The model bytes inside ``payload``, checked against the coordinator's ``key``.
+def open_model(
+    payload: bytes,
+    *,
+    job: str,
+    key: VerifyKey | None,
+    max_body_bytes: int,
+    purpose: Purpose = Purpose.MODEL,
+) -> bytes:
+    """The model (or, with ``purpose`` DELTA, model delta) bytes inside ``payload``, checked
+    against the coordinator's ``key``.
 
     With ``key`` None (an agent running unsigned) an envelope is unwrapped
     unverified and a bare model passes through.
@@ -280,13 +290,13 @@ def open_model(payload: bytes, *, job: str, key: VerifyKey | None, max_body_byte
     """
     if not is_signed(payload):
         if key is not None:
-            raise WireError(RejectReason.UNSIGNED, "model is not signed")
+            raise WireError(RejectReason.UNSIGNED, f"{purpose.value} is not signed")
         return payload
-    envelope = _expect(decode_signed(payload, max_body_bytes), Purpose.MODEL)
+    envelope = _expect(decode_signed(payload, max_body_bytes), purpose)
     if key is None:
         return envelope.body
     if envelope.job != job:
-        raise WireError(RejectReason.WRONG_JOB, f"model signed for job {envelope.job!r}")
+        raise WireError(RejectReason.WRONG_JOB, f"{purpose.value} signed for job {envelope.job!r}")
     return _verified(envelope, key)
 
 

@@ -315,6 +315,7 @@ def test_reject_reason_wire_strings():
         "NO_ROUND": "no_round",
         "UNSIGNED": "unsigned",
         "BAD_SIGNATURE": "bad_signature",
+        "DIGEST_MISMATCH": "digest_mismatch",
     }
 
 
