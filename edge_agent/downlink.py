@@ -165,8 +165,10 @@ class Downlink:
         self.held = HeldModel.of(model)
         pending, self._pending = self._pending, None
         if pending is not None and pending.base_id == model.model_id:
-            applied = self._applied(pending)
-            return model if applied is None else applied  # refused: still fetching
+            try:
+                return self._applied(pending)
+            except WireError:  # a bad delta: the model stands, and the fetch goes on
+                return model
         if pending is not None and self._newer(pending):
             self._pending = pending  # it builds on a version still to come
         self._settle()
@@ -199,17 +201,18 @@ class Downlink:
             self._settle()
             return model
         if held is not None and d.base_id == held.model_id:
-            applied = self._applied(d)
-            if applied is None:
-                raise WireError(RejectReason.DIGEST_MISMATCH, f"delta to {d.model_id}")
-            return applied
+            return self._applied(d)
         self._pending = d if d.base_id is not None else None
         self.wants_whole = True
         return None
 
-    def _applied(self, d: ModelDelta) -> ModelAnnouncement | None:
-        """``d`` applied to the held version, checked; None (and the whole model wanted)
-        if it does not decode or does not hash to its ``model_id``."""
+    def _applied(self, d: ModelDelta) -> ModelAnnouncement:
+        """``d`` applied to the held version, checked.
+
+        Raises:
+            WireError: if it does not decode or does not hash to its ``model_id``; the
+                whole model is then wanted and the held version stays.
+        """
         held = self.held
         assert held is not None and d.base_id == held.model_id and d.delta_codec is not None
         try:
@@ -217,7 +220,7 @@ class Downlink:
             check_digest(weights, d.model_id, "delta")
         except WireError:
             self.wants_whole = True
-            return None
+            raise
         model = as_announcement(d, weights)
         self.held = HeldModel.of(model)
         self._settle()

@@ -602,6 +602,7 @@ class Fleet:
                     else:
                         self._broker_publish(agent, action)
                 case Train(key=key, model=model):
+                    self.kept[agent] = HeldModel.of(model)  # the adapter keeps what it trains on
                     self.stats.trained.append((agent, key))
                     pending.extend(core.handle(self._train(agent, key, model), self.now))
                 case Subscribe(topics=topics):
@@ -610,7 +611,9 @@ class Fleet:
                     self.subscribed[agent].difference_update(topics)
                 case KeepModel(held=held):
                     self.kept[agent] = held
-                case ModelRejected() | UpdateSent() | RunFinished() | SaveResidual():
+                case RunFinished(model=model):
+                    self.kept[agent] = HeldModel.of(model)
+                case ModelRejected() | UpdateSent() | SaveResidual():
                     pass  # reports: agent_actions keeps them for the tests to read
                 case _:
                     assert_never(action)
