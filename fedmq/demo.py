@@ -132,11 +132,15 @@ def _print_summary(s: dict[str, object], message: str) -> None:
     print(f"  updates        {s['updates_accepted']} accepted, {s['updates_rejected']} rejected")
     up, down = s["bytes_up"], s["bytes_down"]
     assert isinstance(up, int) and isinstance(down, int)
-    ratio = s.get("compression_ratio_up")
+    print(f"  payload bytes  up {human_bytes(up)}{_vs_raw(s.get('compression_ratio_up'))}, "
+          f"down {human_bytes(down)}{_vs_raw(s.get('compression_ratio_down'))}")
+    both, per_agent = s.get("compression_ratio_both"), s.get("bytes_down_per_agent_round")
+    if isinstance(both, float) and isinstance(per_agent, int):
+        print(f"  both ways      {both:.1f}x smaller than raw float32; "
+              f"{human_bytes(per_agent)} down per agent per round")
+
+
+def _vs_raw(ratio: object) -> str:
     if not isinstance(ratio, float):
-        vs_raw = ""
-    elif ratio > 1.05:
-        vs_raw = f" ({ratio:.1f}x smaller than raw float32)"
-    else:
-        vs_raw = " (raw float32: --codec none)"
-    print(f"  payload bytes  up {human_bytes(up)}{vs_raw}, down {human_bytes(down)}")
+        return ""
+    return f" ({ratio:.1f}x smaller than raw float32)" if ratio > 1.05 else " (raw float32)"
