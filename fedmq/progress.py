@@ -47,6 +47,17 @@ def round_line(m: RoundMetrics, rounds: int, quorum: int) -> str:
     )
 
 
+def down_per_agent(m: RoundMetrics) -> int | None:
+    """The round's downlink per device: bytes down over the (announcement, agent) pairs."""
+    return m.bytes_down // m.addressed if m.addressed else None
+
+
+def ratio_both(m: RoundMetrics) -> float | None:
+    """The round's compression both ways: raw float32 up and down over the payload bytes."""
+    sent = m.bytes_up + m.bytes_down
+    return (m.raw_bytes_up + m.raw_bytes_down) / sent if m.raw_bytes_down and sent else None
+
+
 def byte_totals(history: Sequence[RoundMetrics]) -> dict[str, Any]:
     """A run's payload bytes each way, their ratios to raw float32 (each way and both
     ways), and the mean downlink per device per round (docs/PROTOCOL.md §12.6)."""
