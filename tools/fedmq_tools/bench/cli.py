@@ -42,6 +42,7 @@ def cmd_w1(args: argparse.Namespace) -> int:
         variant=args.variant,
         codec=args.codec,
         downlink_delta=args.downlink_delta,
+        downlink=args.downlink,
         task=args.task,
         agents=args.agents,
         rounds=args.rounds,
@@ -58,6 +59,7 @@ def cmd_w1(args: argparse.Namespace) -> int:
     doc = run_w1(opts)
     name = "w1" if args.variant == "iid" else "w1-noniid"
     down = f"-down-{args.downlink_delta}" if args.downlink_delta else ""
+    down += "-fp16" if args.downlink == "fp16" else ""
     out = args.out or RESULTS_DIR / f"{name}-{args.codec}{down}.json".replace(":", "_")
     return _finish("w1", begun, doc, out, report(doc))
 
@@ -224,6 +226,8 @@ def _add_w1(which: Any) -> None:
     p.add_argument("--codec", default="none", help="update codec spec (default: none)")
     p.add_argument("--downlink-delta", metavar="SPEC",
                    help="send models as deltas with this codec (default: whole models)")
+    p.add_argument("--downlink", choices=("fp32", "fp16"), default="fp32",
+                   help="the broadcast model's dtype (the whole model's, too)")
     p.add_argument("--task", default="mnist-2nn")
     p.add_argument("--agents", type=int, default=20, help="agent processes (W1: 20)")
     p.add_argument("--rounds", type=int, default=20)

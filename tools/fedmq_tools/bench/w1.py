@@ -62,6 +62,8 @@ class W1Options:
     codec: str = "none"
     #: the codec of delta-coded models (docs/PROTOCOL.md §12); None: whole models
     downlink_delta: str | None = None
+    #: the broadcast model's dtype: fp32, or fp16 (the whole model travels as float16)
+    downlink: str = "fp32"
     task: str = "mnist-2nn"
     agents: int = 20
     rounds: int = 20
@@ -120,6 +122,7 @@ class _Clock:
 def job_name(opts: W1Options) -> str:
     """A valid job id naming the variant and codecs (codec specs may hold ``:``)."""
     down = f"-down-{opts.downlink_delta}" if opts.downlink_delta else ""
+    down += "-fp16" if opts.downlink == "fp16" else ""
     return re.sub(r"[^A-Za-z0-9_.-]", "_", f"w1-{opts.variant}-{opts.codec}{down}")[:64]
 
 
@@ -149,6 +152,7 @@ def _round_config(opts: W1Options, job: str) -> RoundConfig:
         plan=task.plan,
         codec=opts.codec,
         downlink_delta=opts.downlink_delta,
+        downlink="fp16" if opts.downlink == "fp16" else "fp32",
         min_replies=opts.agents,  # every agent every round, as W1 says
         deadline_s=opts.deadline_s,
         min_agents=opts.agents,
@@ -273,6 +277,7 @@ def run_reference_once(opts: W1Options) -> dict[str, Any]:
         agents=opts.agents,
         threads=opts.ref_threads,
         downlink_delta=opts.downlink_delta,
+        downlink=opts.downlink,
     )
     foreign = (system_cpu_s() - machine) - (cpu_s(["self"]) - ours)
     return {
@@ -338,16 +343,19 @@ def run_w1(opts: W1Options) -> dict[str, Any]:
             runs.append(run_fedmq(opts, Path(tmp)))
         if opts.reference:
             refs.append(run_reference_once(opts))
-    compressed = opts.codec != "none" or opts.downlink_delta is not None
+    compressed = opts.codec != "none" or opts.downlink_delta is not None or opts.downlink != "fp32"
     lossless = None  # the same workload with nothing compressed, for the accuracy it costs
     if opts.reference and compressed:
-        lossless = run_reference_once(replace(opts, codec="none", downlink_delta=None))
+        lossless = run_reference_once(
+            replace(opts, codec="none", downlink_delta=None, downlink="fp32")
+        )
     doc: dict[str, Any] = {
         "workload": {
             "variant": opts.variant,
             "partition": VARIANTS[opts.variant],
             "codec": opts.codec,
             "downlink_delta": opts.downlink_delta,
+            "downlink": opts.downlink,
             "task": opts.task,
             "agents": opts.agents,
             "rounds": opts.rounds,
