@@ -5,7 +5,7 @@ Without a delta codec every version is the global model as announced
 one codec step from the last towards the global model, computed by
 :func:`protocol.broadcast.encode_step` exactly as agents rebuild it, so what the
 coordinator names by ``model_id`` is bit for bit what every agent holds
-(docs/PROTOCOL.md §12). It also remembers which version each agent last answered
+(docs/PROTOCOL.md §14). It also remembers which version each agent last answered
 from, to count the bytes each one downloads.
 
 Pure: no clock, no I/O; a checkpoint carries :meth:`Broadcast.state` so a resumed
@@ -23,7 +23,7 @@ import msgpack
 
 from coordinator.checkpoint import BroadcastState
 from coordinator.config import RoundConfig
-from protocol import Weights, weights_digest
+from protocol import Presence, Weights, weights_digest
 from protocol.broadcast import DTYPES, delta_rng, encode_step, narrow
 
 log = logging.getLogger("fedmq.coordinator")
@@ -85,13 +85,23 @@ class Broadcast:
         """``agent`` answered (an update or a decline) from the version ``model_id``."""
         self._holds[agent] = model_id
 
-    def bytes_down(self, agents: Iterable[str], whole: int, delta: int) -> int:
-        """What ``agents`` download for one announcement: the delta topic's ``delta`` bytes
-        each, plus the ``whole`` model's for any agent not known to hold the delta's base or
-        this version (docs/PROTOCOL.md §12.6)."""
+    def bytes_down(
+        self, agents: Iterable[str], whole: int, delta: int, presences: Mapping[str, Presence]
+    ) -> int:
+        """What ``agents`` download for one announcement (docs/PROTOCOL.md §14.6): an agent
+        whose presence says it takes deltas gets the delta topic's ``delta`` bytes, plus the
+        ``whole`` model's unless it is known to hold the delta's base or this version; any
+        other agent (one written before deltas, a browser) the whole model only."""
         v = self.version
         known = {v.base_id, v.model_id} - {None} if self.codec is not None else set()
-        return sum(delta + (0 if self._holds.get(a) in known else whole) for a in agents)
+
+        def cost(agent: str) -> int:
+            presence = presences.get(agent)
+            if presence is None or not presence.deltas:
+                return whole
+            return delta + (0 if self._holds.get(agent) in known else whole)
+
+        return sum(cost(a) for a in agents)
 
     def state(self) -> BroadcastState | None:
         """What a checkpoint must keep to continue this chain; None without deltas."""

@@ -47,6 +47,29 @@ class BroadcastState:
 
 
 @dataclass(frozen=True, slots=True)
+class Buffered:
+    """One update waiting in the FedBuff buffer (:mod:`coordinator.buffered`)."""
+
+    agent: str
+    #: the model version it was trained from
+    base: int
+    #: its staleness weight, fixed when it was accepted
+    weight: float
+    delta: Weights
+
+
+@dataclass(frozen=True, slots=True)
+class LiveVersion:
+    """A model version updates may still be based on: its id and who may train on it."""
+
+    version: int
+    model_id: str
+    cohort: tuple[str, ...]
+    #: agents whose update (or decline) based on this version was counted
+    answered: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Checkpoint:
     """Everything a coordinator needs to continue a run after the last closed round."""
 
@@ -66,6 +89,9 @@ class Checkpoint:
     dp_rounds: tuple[tuple[float, float], ...] = ()
     #: with delta downlinks: the version agents hold, so the chain continues exactly
     broadcast: BroadcastState | None = None
+    #: FedBuff only: the buffer not yet applied, and the versions still accepted
+    buffer: tuple[Buffered, ...] = ()
+    live: tuple[LiveVersion, ...] = ()
 
 
 def encode_checkpoint(ckpt: Checkpoint) -> bytes:
@@ -83,6 +109,12 @@ def encode_checkpoint(ckpt: Checkpoint) -> bytes:
         "server_opt": ckpt.server_opt,
         "server_steps": ckpt.server_steps,
         "dp_rounds": [[q, z] for q, z in ckpt.dp_rounds],
+        "buffer": [
+            [b.agent, b.base, b.weight, encode_weights(b.delta)] for b in ckpt.buffer
+        ],
+        "live": [
+            [v.version, v.model_id, list(v.cohort), list(v.answered)] for v in ckpt.live
+        ],
     }
     if ckpt.broadcast is not None:  # written only with deltas: other checkpoints are unchanged
         b = ckpt.broadcast
@@ -115,6 +147,15 @@ def decode_checkpoint(data: bytes) -> Checkpoint:
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
             raise CheckpointError(f"bad server_steps {steps!r}")
         dp_rounds = tuple(_dp_round(r) for r in doc.get("dp_rounds", []))
+        # absent from checkpoints written before the buffered mode existed
+        buffer = tuple(
+            Buffered(str(a), _count(base), _weight(w), decode_weights(d))
+            for a, base, w, d in doc.get("buffer", [])
+        )
+        live = tuple(
+            LiveVersion(_count(v), str(mid), tuple(map(str, cohort)), tuple(map(str, ans)))
+            for v, mid, cohort, ans in doc.get("live", [])
+        )
         return Checkpoint(
             job=str(doc["job"]),
             run=str(doc["run"]),
@@ -128,6 +169,8 @@ def decode_checkpoint(data: bytes) -> Checkpoint:
             server_steps=steps,
             dp_rounds=dp_rounds,
             broadcast=_broadcast(doc.get("broadcast")),
+            buffer=buffer,
+            live=live,
         )
     except CheckpointError:
         raise
@@ -159,6 +202,19 @@ def _broadcast(doc: object) -> BroadcastState | None:
     if base_id is not None and not isinstance(base_id, str):
         raise CheckpointError("bad broadcast state: base_id")
     return BroadcastState(codec, dtype, decode_weights(doc["weights"]), base_id, delta)
+
+
+def _count(value: object) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise CheckpointError(f"bad version {value!r}")
+
+
+def _weight(value: object) -> float:
+    """A staleness weight: 0 < w <= 1."""
+    if isinstance(value, float | int) and not isinstance(value, bool) and 0 < value <= 1:
+        return float(value)
+    raise CheckpointError(f"bad staleness weight {value!r}")
 
 
 def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:

@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from coordinator.optimisers import parse_server_opt
-from coordinator.strategy import parse_aggregator
+from coordinator.optimisers import ServerOptSpec, parse_server_opt
+from coordinator.strategy import AggregatorSpec, parse_aggregator
 from protocol import TrainPlan, check_codec, check_id
 from protocol.chunks import MIN_MAX_PAYLOAD
 from protocol.compress import DOWNLINKS
@@ -31,7 +31,7 @@ class RoundConfig:
     #: the global model's wire dtype; the coordinator's own copy stays float32
     downlink: Downlink = "fp32"
     #: send each new global model as a delta from the last with this update codec
-    #: (docs/PROTOCOL.md §12), e.g. qsgd:2+zstd:9; None: the whole model every round
+    #: (docs/PROTOCOL.md §14), e.g. qsgd:2+zstd:9; None: the whole model every round
     downlink_delta: str | None = None
     #: an aggregator spec (coordinator/strategy.py), e.g. fedavg, median, trimmed:0.2, krum:2
     aggregator: str = "fedavg"
@@ -86,8 +86,14 @@ class RoundConfig:
     #: topic's agent with its key, and only these agents take part (``allowed_agents``
     #: defaults to them). None: updates are not verified.
     agent_keys: Mapping[str, VerifyKey] | None = None
+    #: ``aggregator`` and ``server_opt`` parsed once, here, so nothing parses them again
+    aggregator_spec: AggregatorSpec = field(init=False, repr=False, compare=False)
+    server_opt_spec: ServerOptSpec = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        # a frozen value: set the parsed specs once (parsing raises ValueError for bad ones)
+        object.__setattr__(self, "aggregator_spec", parse_aggregator(self.aggregator))
+        object.__setattr__(self, "server_opt_spec", parse_server_opt(self.server_opt))
         check_id(self.job, "job")
         check_codec(self.codec)
         if self.downlink_delta is not None:
@@ -97,7 +103,6 @@ class RoundConfig:
         self._check_aggregator()
         self._check_sampling()
         self._check_privacy()
-        parse_server_opt(self.server_opt)
         self._check_patience()
         if self.rounds < 1:
             raise ValueError("rounds must be >= 1")
@@ -121,7 +126,7 @@ class RoundConfig:
             self._check_agent_keys(self.agent_keys)
 
     def _check_aggregator(self) -> None:
-        need = parse_aggregator(self.aggregator).min_updates
+        need = self.aggregator_spec.min_updates
         if self.quorum is not None and self.quorum < need:
             raise ValueError(
                 f"aggregator {self.aggregator} needs at least {need} updates a round; "
@@ -140,8 +145,7 @@ class RoundConfig:
     @property
     def cohort_floor(self) -> int:
         """The smallest cohort a round can close with: quorum, min_replies, the aggregator's."""
-        need = parse_aggregator(self.aggregator).min_updates
-        return max(self.quorum or 1, self.min_replies, need)
+        return max(self.quorum or 1, self.min_replies, self.aggregator_spec.min_updates)
 
     def _check_sampling(self) -> None:
         fraction, count = self.sample_fraction, self.sample_count

@@ -15,7 +15,6 @@ from coordinator.config import RoundConfig
 from coordinator.optimisers import OptState, parse_server_opt
 from coordinator.privacy import NoisySum, PrivacyLedger
 from coordinator.robust import NormClip
-from coordinator.strategy import make_aggregator
 from protocol import RoundMetrics, Weights
 
 
@@ -32,7 +31,7 @@ class GlobalModel:
                 optimiser's moments, which cannot be continued (rather than silently reset).
         """
         self._config = config
-        self._server_opt = parse_server_opt(config.server_opt)
+        self._server_opt = config.server_opt_spec
         self.weights = weights
         self._shapes = {name: tuple(a.shape) for name, a in weights.items()}
         self.opt_state = OptState()
@@ -56,7 +55,8 @@ class GlobalModel:
         one, or DP-FedAvg's clipped, noised fixed-denominator sum."""
         cfg, shapes = self._config, self._shapes
         if cfg.dp_noise is None or cfg.dp_clip is None:
-            return make_aggregator(cfg.aggregator, shapes, clip_norm=cfg.clip_norm)
+            aggregator = cfg.aggregator_spec.build(shapes)
+            return aggregator if cfg.clip_norm is None else NormClip(aggregator, cfg.clip_norm)
         noisy = NoisySum(shapes, clip=cfg.dp_clip, noise_multiplier=cfg.dp_noise,
                          denominator=max(cohort, 1), seed=[cfg.dp_seed, round_no])
         return NormClip(noisy, cfg.dp_clip)

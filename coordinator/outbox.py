@@ -68,11 +68,15 @@ class Outbox:
         version: Version,
         now: float,
         done: bool = False,
+        max_staleness: int = 0,
+        names_cohort: bool | None = None,
     ) -> Announced:
         """One announcement of ``version``: the whole model retained on ``model`` (signed,
         chunked), then its delta, or a notice that it travels whole, on ``delta``
-        (docs/PROTOCOL.md §12.2). It names the cohort when the round asks one."""
+        (docs/PROTOCOL.md §14.2). It names the cohort when the round asks one
+        (``names_cohort`` overrides the config: the buffered mode always names it)."""
         cfg = self._config
+        named = cfg.names_cohort if names_cohort is None else names_cohort
         header: dict[str, Any] = {
             "job": cfg.job,
             "run": run,
@@ -83,10 +87,11 @@ class Outbox:
             "plan": cfg.plan,
             "codec": cfg.codec,
             "deadline_s": deadline_s,
-            "cohort": tuple(sorted(cohort)) if cohort is not None and cfg.names_cohort else None,
+            "cohort": tuple(sorted(cohort)) if cohort is not None and named else None,
             "done": done,
             "issued_at": self.wall(now),
             "max_payload": cfg.max_payload,
+            "max_staleness": max_staleness,
         }
         model = ModelAnnouncement(
             **header,

@@ -91,7 +91,7 @@ class Rounds:
         self._phase = Phase.WAITING
         self._message = ""
         self._round: OpenRound | None = None
-        previous = resume.broadcast if resume else None  # the version agents hold (§12)
+        previous = resume.broadcast if resume else None  # the version agents hold (§14)
         self._broadcast = Broadcast(config, self._model.weights, previous)
         shapes = {name: tuple(a.shape) for name, a in weights.items()}
         self._intake = Intake(config, shapes)
@@ -198,12 +198,9 @@ class Rounds:
         if accepting is not None:
             accepting.bytes_up += len(payload)
         view = RunView(
-            run=self._run,
-            completed=self._completed,
-            current=round_no if not self.finished else None,
-            accepting=accepting,
-            model_id=self._broadcast.version.model_id,
-            online=self._roster.online,
+            run=self._run, completed=self._completed,
+            current=round_no if not self.finished else None, accepting=accepting,
+            model_id=self._broadcast.version.model_id, online=self._roster.online,
         )
         try:
             taken = self._intake.take(view, agent, payload, now)
@@ -256,7 +253,8 @@ class Rounds:
             cohort=rs.cohort, version=self._broadcast.version, now=now,
         )
         rs.publishes, addressed = sent.publishes, rs.cohort - rs.accepted
-        rs.bytes_down += self._broadcast.bytes_down(addressed, sent.whole_bytes, sent.delta_bytes)
+        rs.bytes_down += self._broadcast.bytes_down(
+            addressed, sent.whole_bytes, sent.delta_bytes, self._roster.presences)
         rs.raw_bytes_down += self._raw_update_bytes * len(addressed)
         rs.addressed += len(addressed)
         opened = RoundOpened(rs.number, rs.attempt, len(rs.cohort), rs.quorum, rs.deadline_s)

@@ -14,19 +14,34 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any
 
 import numpy as np
 from typing_extensions import assert_never
 
 from edge_agent.downlink import Downlink, HeldModel, KeepModel, Subscribe, Unsubscribe
+from edge_agent.events import (
+    AgentAction,
+    AgentEvent,
+    Connected,
+    DeltaArrived,
+    ModelArrived,
+    ModelRejected,
+    RoundKey,
+    RunFinished,
+    SaveResidual,
+    ShutdownRequested,
+    Train,
+    TrainingDone,
+    TrainingFailed,
+    UpdateSent,
+)
 from edge_agent.feedback import ErrorFeedback, Residual
 from edge_agent.trainer import TrainResult
 from protocol import (
     ModelAnnouncement,
     Presence,
     Publish,
-    RejectReason,
     Topics,
     Update,
     Weights,
@@ -37,114 +52,15 @@ from protocol import (
 from protocol.chunks import split
 from protocol.signing import Purpose, SigningKey, VerifyKey, seal
 
-__all__ = [  # the downlink's actions are the core's too
+__all__ = [  # the events and actions (edge_agent/events.py), the downlink's among them
     "AgentAction", "AgentCore", "AgentEvent", "Connected", "DeltaArrived", "KeepModel",
     "ModelArrived", "ModelRejected", "RoundKey", "RunFinished", "SaveResidual",
     "ShutdownRequested", "Subscribe", "Train", "TrainingDone", "TrainingFailed",
     "Unsubscribe", "UpdateSent",
 ]
 
-#: Identifies what an update answers: (run, round, model_id).
-RoundKey = tuple[str, int, str]
-
-# --- events (in) ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Connected:
-    """The MQTT session is (re)established; the retained model will follow."""
-
-
-@dataclass(frozen=True, slots=True)
-class ModelArrived:
-    """Raw bytes on ``.../model`` or ``.../model/chunk/{i}``."""
-
-    payload: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class DeltaArrived:
-    """Raw bytes on ``.../delta`` or ``.../delta/chunk/{i}`` (docs/PROTOCOL.md §12)."""
-
-    payload: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class TrainingDone:
-    """The trainer finished the round named by ``key``."""
-
-    key: RoundKey
-    result: TrainResult
-    train_s: float
-
-
-@dataclass(frozen=True, slots=True)
-class TrainingFailed:
-    """The trainer could not (or was not allowed to) train ``key``; the agent declines."""
-
-    key: RoundKey
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class ShutdownRequested:
-    """The agent is stopping cleanly."""
-
-
-AgentEvent: TypeAlias = (
-    Connected | ModelArrived | DeltaArrived | TrainingDone | TrainingFailed | ShutdownRequested
-)
-
-# --- actions (out) ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Train:
-    """Train on ``model``'s weights and plan, then feed back TrainingDone or TrainingFailed.
-
-    ``model`` is the version the device now holds: the adapter persists it."""
-
-    key: RoundKey
-    model: ModelAnnouncement
-
-
-@dataclass(frozen=True, slots=True)
-class ModelRejected:
-    """A model announcement was refused; the adapter logs it."""
-
-    reason: RejectReason
-    detail: str
-
-
-@dataclass(frozen=True, slots=True)
-class UpdateSent:
-    """An update (or decline) for ``key`` was handed to MQTT; ``resent`` if from the cache."""
-
-    key: RoundKey
-    size: int
-    resent: bool
-
-
-@dataclass(frozen=True, slots=True)
-class RunFinished:
-    """The coordinator published the final model; ``model`` is the device's to keep
-    (persisted as the held version, as :class:`Train`'s model is)."""
-
-    model: ModelAnnouncement
-
-
-@dataclass(frozen=True, slots=True)
-class SaveResidual:
-    """The error-feedback residual changed; the adapter persists it (``None``: delete it)."""
-
-    state: Residual | None
-
-
-AgentAction: TypeAlias = (
-    Publish | Train | ModelRejected | UpdateSent | RunFinished | SaveResidual | KeepModel
-    | Subscribe | Unsubscribe
-)
-
+#: what this implementation announces as its presence ``kind`` (docs/PROTOCOL.md §4.3)
+KIND = "python"
 
 @dataclass(slots=True)
 class _Answer:
@@ -191,6 +107,7 @@ class AgentCore:
         self._device = device
         self._latest: ModelAnnouncement | None = None
         self._training: RoundKey | None = None
+        self._trained_on: ModelAnnouncement | None = None  # the model being trained from
         self._answer: _Answer | None = None
         #: runs this agent has trained for: only their final model ends its work
         self._runs_joined: set[str] = set()
@@ -301,10 +218,19 @@ class AgentCore:
 
     def _on_trained(self, key: RoundKey, result: TrainResult, train_s: float) -> list[AgentAction]:
         self._training = None
-        model = self._latest
+        model, trained_on = self._latest, self._trained_on
         # A final model can share the key of round 1 (a run stopped before any round closed).
         if model is None or model.done or self._key(model) != key:
+            if model is not None and trained_on is not None and _still_taken(trained_on, model):
+                # Buffered mode: the coordinator still takes work on an older version.
+                return [*self._reply(trained_on, result, train_s), *self._train_latest()]
             return self._train_latest()  # a newer round (or the end) arrived while training
+        return self._reply(model, result, train_s)
+
+    def _reply(
+        self, model: ModelAnnouncement, result: TrainResult, train_s: float
+    ) -> list[AgentAction]:
+        """Publish the update ``result`` makes against ``model``, the version trained from."""
         delta: Weights = {
             name: result.weights[name] - global_w for name, global_w in model.weights.items()
         }
@@ -388,7 +314,7 @@ class AgentCore:
         return self._start(key, model)
 
     def _start(self, key: RoundKey, model: ModelAnnouncement) -> list[AgentAction]:
-        self._training = key
+        self._training, self._trained_on = key, model
         self._runs_joined.add(model.run)
         return [Train(key, model)]
 
@@ -404,5 +330,15 @@ class AgentCore:
             trainer=self._trainer,
             device=self._device,
             at=at,
+            kind=KIND,
+            deltas=True,  # it follows .../delta (edge_agent/downlink.py)
         )
         return Publish(self.topics.presence(self.agent), encode_presence(presence), retain=True)
+
+
+def _still_taken(trained_on: ModelAnnouncement, latest: ModelAnnouncement) -> bool:
+    """True if ``latest`` (buffered mode) still takes updates based on ``trained_on``."""
+    lag = latest.round - trained_on.round
+    return (
+        not latest.done and latest.run == trained_on.run and 0 < lag <= latest.max_staleness
+    )

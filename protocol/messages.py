@@ -82,7 +82,10 @@ class ModelAnnouncement:
     issued_at: float = 0.0
     #: the broker's payload cap: agents send updates above it as chunks (0: no cap)
     max_payload: int = 0
-    #: the codec of the deltas this run sends on ``.../delta`` (docs/PROTOCOL.md §12):
+    #: buffered mode: updates trained from a version this many behind ``round`` are still
+    #: taken, so an agent finishes and sends work on an older version (0: synchronous)
+    max_staleness: int = 0
+    #: the codec of the deltas this run sends on ``.../delta`` (docs/PROTOCOL.md §14):
     #: set, an agent holding this model may stop fetching whole ones; None: no deltas
     delta_codec: str | None = None
 
@@ -90,7 +93,7 @@ class ModelAnnouncement:
 @dataclass(frozen=True, slots=True)
 class ModelDelta:
     """One version of the broadcast model, as a change from the version before it
-    (retained on ``.../delta``; docs/PROTOCOL.md §12).
+    (retained on ``.../delta``; docs/PROTOCOL.md §14).
 
     The header is a model announcement's; instead of weights it names the version it
     applies to (``base_id``) and carries that change as update-codec entries. Applied to
@@ -118,6 +121,7 @@ class ModelDelta:
     done: bool = False
     issued_at: float = 0.0
     max_payload: int = 0
+    max_staleness: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +156,10 @@ class Presence:
     device: str | None = None
     trainer: str | None = None
     at: float = 0.0
+    #: which implementation the agent is: ``"python"`` (edge_agent) or ``"browser"`` (web/)
+    kind: str | None = None
+    #: the agent takes delta-coded models (docs/PROTOCOL.md §14): it follows ``.../delta``
+    deltas: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,5 +209,5 @@ class RoundMetrics:
     #: the float32 baseline of ``bytes_down``: 4 x parameters per (announcement, agent)
     raw_bytes_down: int | None = None
     #: the (announcement, agent) pairs ``bytes_down`` counts: bytes_down / addressed is the
-    #: downlink per device (docs/PROTOCOL.md §12.6)
+    #: downlink per device (docs/PROTOCOL.md §14.6)
     addressed: int | None = None

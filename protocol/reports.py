@@ -23,9 +23,11 @@ def encode_presence(p: Presence) -> bytes:
         "state": "online" if p.online else "offline",
         "at": p.at,
     }
-    for key in ("samples", "device", "trainer"):
+    for key in ("samples", "device", "trainer", "kind"):
         if getattr(p, key) is not None:
             doc[key] = getattr(p, key)
+    if p.deltas:  # written only when true: other agents' presence is unchanged
+        doc["deltas"] = True
     return json_dump(doc)
 
 
@@ -47,6 +49,8 @@ def decode_presence(payload: bytes) -> Presence:
         device=f.text("device", 64) if f.present("device") else None,
         trainer=f.text("trainer", 64) if f.present("trainer") else None,
         at=f.number("at", 0.0) if f.present("at") else 0.0,
+        kind=f.text("kind", 64) if f.present("kind") else None,
+        deltas=f.flag("deltas") if f.present("deltas") else False,
     )
 
 
@@ -136,7 +140,7 @@ def encode_metrics(m: RoundMetrics) -> bytes:
         doc[key] = getattr(m, key)
     if m.epsilon is not None:  # only DP runs have one; other documents stay as they were
         doc["epsilon"] = m.epsilon
-    for key in _DOWNLINK_COUNTS:  # docs/PROTOCOL.md §12.6; written when counted
+    for key in _DOWNLINK_COUNTS:  # docs/PROTOCOL.md §14.6; written when counted
         if getattr(m, key) is not None:
             doc[key] = getattr(m, key)
     return json_dump(doc)

@@ -59,7 +59,7 @@ class Purpose(str, enum.Enum):
     MODEL = "model"
     #: an update or decline, signed by the agent that sends it
     UPDATE = "update"
-    #: a model delta or version notice (docs/PROTOCOL.md §12), signed by the coordinator
+    #: a model delta or version notice (docs/PROTOCOL.md §14), signed by the coordinator
     DELTA = "delta"
 
 

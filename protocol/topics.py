@@ -16,6 +16,8 @@ from protocol.errors import RejectReason, WireError
 PREFIX = "fedmq/v1"
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+#: ASCII digits only: str.isdigit() also takes "²" and "٣" (the first crashes int())
+_CHUNK_INDEX = re.compile(r"[0-9]{1,6}")
 
 
 class TopicKind(str, enum.Enum):
@@ -24,7 +26,7 @@ class TopicKind(str, enum.Enum):
     #: the current round's global model (retained, coordinator)
     MODEL = "model"
     #: the current version of the broadcast model as a delta from the previous one, or a
-    #: notice that it travels whole only (retained, coordinator; docs/PROTOCOL.md §12)
+    #: notice that it travels whole only (retained, coordinator; docs/PROTOCOL.md §14)
     DELTA = "delta"
     #: one agent's update (agent)
     UPDATE = "update"
@@ -159,7 +161,7 @@ def parse_topic(topic: str) -> TopicRef:
         except ValueError as exc:
             raise WireError(RejectReason.MALFORMED, str(exc)) from None
     if kind in _CHUNKED and len(rest) == 2 and rest[0] == "chunk":
-        if not rest[1].isdigit() or len(rest[1]) > 6:
+        if _CHUNK_INDEX.fullmatch(rest[1]) is None:
             raise WireError(RejectReason.MALFORMED, f"bad chunk index in {topic!r}")
         return TopicRef(job, kind, chunk=int(rest[1]))
     if rest:

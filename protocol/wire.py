@@ -73,8 +73,14 @@ def encode_model(m: ModelAnnouncement) -> bytes:
             **_round_header(m),
             **delta,  # written only when set: a run without deltas keeps its exact bytes
             "tensors": encode_weights(m.weights),
+            **_staleness(m),
         }
     )
+
+
+def _staleness(m: ModelAnnouncement | ModelDelta) -> dict[str, int]:
+    """Only in the buffered mode, so the synchronous wire is byte-for-byte unchanged."""
+    return {"max_staleness": m.max_staleness} if m.max_staleness else {}
 
 
 def _decode_round_header(f: Fields, kind: str) -> dict[str, Any]:
@@ -107,6 +113,9 @@ def _decode_round_header(f: Fields, kind: str) -> dict[str, Any]:
         "done": f.flag("done"),
         "issued_at": f.number("issued_at", 0.0),
         "max_payload": _max_payload(f),
+        "max_staleness": (
+            f.integer("max_staleness", 0, 1_000_000) if f.present("max_staleness") else 0
+        ),
     }
 
 
@@ -133,7 +142,7 @@ def decode_model(payload: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> ModelAnn
     )
 
 
-# --- model delta (docs/PROTOCOL.md §12) ---------------------------------------------
+# --- model delta (docs/PROTOCOL.md §14) ---------------------------------------------
 
 #: the broadcast model's dtypes: float32, or float16 values widened
 DELTA_DTYPES = ("<f4", "<f2")
@@ -149,6 +158,7 @@ def encode_model_delta(d: ModelDelta) -> bytes:
             "delta_codec": d.delta_codec,
             "dtype": d.dtype,
             "tensors": [dict(t) for t in d.tensors],
+            **_staleness(d),
         }
     )
 
@@ -232,12 +242,15 @@ def decode_update(payload: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> Update:
         raise WireError(RejectReason.MALFORMED, "update.tensors: entries must be maps")
     if declined is None and not tensors:
         raise WireError(RejectReason.MALFORMED, "update: no tensors and not a decline")
+    if declined is not None and tensors:
+        raise WireError(RejectReason.MALFORMED, "update: a decline carries no tensors")
+    samples_range = (0, 0) if declined is not None else (1, 2**40)  # a decline trained on none
     return Update(
         job=f.ident("job"),
         agent=f.ident("agent"),
         round=f.integer("round", 1),
         model_id=f.text("model_id", 64),
-        samples=f.integer("samples", 0 if declined is not None else 1, 2**40),
+        samples=f.integer("samples", *samples_range),
         codec=f.text("codec"),
         tensors=tuple(tensors),
         metrics=f.floats("metrics"),

@@ -60,7 +60,7 @@ class W1Options:
 
     variant: str = "iid"
     codec: str = "none"
-    #: the codec of delta-coded models (docs/PROTOCOL.md §12); None: whole models
+    #: the codec of delta-coded models (docs/PROTOCOL.md §14); None: whole models
     downlink_delta: str | None = None
     #: the broadcast model's dtype: fp32, or fp16 (the whole model travels as float16)
     downlink: str = "fp32"

@@ -1,1 +1,0 @@
-"""The device side: the pure agent core, its trainers and the paho adapter."""

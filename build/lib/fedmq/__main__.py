@@ -1,5 +1,0 @@
-import sys
-
-from fedmq.entry import main
-
-sys.exit(main())
