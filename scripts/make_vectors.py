@@ -23,6 +23,7 @@ import zstandard
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from vector_deltas import delta_vectors
 from vector_rejects import reject_cases
 
 from protocol import (
@@ -495,6 +496,7 @@ def build() -> dict[str, str]:
         "chunks.json": chunks(),
         "signed.json": signed(),
         "reject.json": {"cases": reject_cases()},
+        "deltas.json": delta_vectors(tensors_doc),
     }
     return {
         name: json.dumps(doc, indent=1, ensure_ascii=False) + "\n" for name, doc in docs.items()

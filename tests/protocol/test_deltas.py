@@ -9,7 +9,10 @@ is refused with its reason.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -28,7 +31,14 @@ from protocol import (
     parse_topic,
     weights_digest,
 )
-from protocol.broadcast import apply_delta, as_announcement, delta_rng, encode_step, narrow
+from protocol.broadcast import (
+    apply_delta,
+    as_announcement,
+    check_digest,
+    delta_rng,
+    encode_step,
+    narrow,
+)
 from protocol.codecs.quantise import F16_MAX
 
 CODECS = ["none", "fp16", "int8", "int8+zstd", "qsgd:2+zstd:9", "topk:0.1+int8", "topk:0.3"]
@@ -238,3 +248,45 @@ def test_golden_delta_bytes_and_the_version_they_build() -> None:
     assert same_bits(apply_delta(BASE, entries, "int8", "<f4"), built)
     np.testing.assert_array_equal(built["w"], TARGET["w"])
     np.testing.assert_array_equal(built["b"], TARGET["b"])
+
+
+# --- the shared vectors (protocol/vectors/deltas.json) ---------------------------------------
+
+VECTORS = json.loads(
+    (Path(__file__).resolve().parents[2] / "protocol" / "vectors" / "deltas.json").read_text()
+)
+
+
+def f32s(doc: list[dict[str, Any]]) -> Weights:
+    return {t["name"]: np.frombuffer(bytes.fromhex(t["f32"]), "<f4").reshape(t["shape"])
+            for t in doc}
+
+
+@pytest.mark.parametrize("chain", VECTORS["chains"],
+                         ids=lambda c: f"{c['delta_codec']}-{c['dtype']}")
+def test_delta_vector_chains_rebuild_every_version(chain: dict[str, Any]) -> None:
+    version = f32s(chain["start"])
+    assert weights_digest(version) == chain["start_model_id"]
+    for step in chain["steps"]:
+        payload = bytes.fromhex(step["hex"])
+        d = decode_model_delta(payload)
+        assert encode_model_delta(d) == payload and d.base_id == weights_digest(version)
+        version = apply_delta(version, d.tensors, chain["delta_codec"], chain["dtype"])
+        assert same_bits(version, f32s(step["version"]))
+        assert weights_digest(version) == d.model_id == step["model_id"]
+
+
+@pytest.mark.parametrize("case", VECTORS["rejects"], ids=lambda c: c["name"])
+def test_delta_vector_rejects_with_reason(case: dict[str, Any]) -> None:
+    with pytest.raises(WireError) as exc:
+        d = decode_model_delta(bytes.fromhex(case["hex"]))
+        assert case["at"] == "apply"
+        assert d.delta_codec is not None
+        built = apply_delta(f32s(VECTORS["base"]), d.tensors, d.delta_codec, d.dtype)
+        check_digest(built, d.model_id, "delta")
+    assert exc.value.reason.value == case["reason"]
+
+
+def test_delta_vector_notice_is_a_notice() -> None:
+    notice = decode_model_delta(bytes.fromhex(VECTORS["notice"]["hex"]))
+    assert notice.base_id is None and notice.tensors == () and notice.delta_codec is None
