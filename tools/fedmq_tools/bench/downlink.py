@@ -17,6 +17,7 @@ it, and down as delivered (the two must agree), with their float32 baselines. Ag
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -52,6 +53,8 @@ from fedmq.tasks import DataConfig, agent_data, get_task, test_data
 from protocol import Publish, RoundMetrics, TopicKind, parse_topic
 
 JOB = "bench-downlink"
+
+log = logging.getLogger("fedmq.bench.downlink")
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +158,9 @@ class _Loopback:
                     self.to_coordinator.append(Evaluated(r, self.setup.evaluator.evaluate(w)))
                 case RoundClosed(metrics=m):
                     self.closed.append((m, self.delivered))
+                    log.info("%s round %d: accuracy %s, down %d bytes for %d agents",
+                             self.rounds.config.downlink_delta or "whole", m.round, m.accuracy,
+                             m.bytes_down, m.addressed or 0)
                 case Stop():
                     self.stopped = True
 
