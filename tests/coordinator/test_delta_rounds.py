@@ -24,9 +24,11 @@ from coordinator import (
     SaveCheckpoint,
     load_checkpoint,
 )
+from coordinator.buffered import BufferedRounds
+from coordinator.staleness import BufferConfig
 from edge_agent.agent import Subscribe, Train, Unsubscribe
 from protocol import Phase, Publish, TopicKind, decode_model, parse_topic, weights_digest
-from tests.helpers import Fleet, weights_equal
+from tests.helpers import Fleet, initial_weights, weights_equal
 
 JOB, TASK = "deltas", "linreg"
 CODEC = "int8+zstd"
@@ -216,3 +218,8 @@ def test_float16_deltas_keep_every_version_a_float16_model() -> None:
     model_publishes = [a for a in fleet.of_type(Publish)
                        if parse_topic(a.topic).kind is TopicKind.MODEL]
     assert model_publishes  # the whole model stays retained for newcomers, as float16
+
+
+def test_the_buffered_mode_refuses_delta_coded_models_rather_than_ignore_them() -> None:
+    with pytest.raises(ValueError, match="--downlink-delta"):
+        BufferedRounds(config(), BufferConfig(k=2), initial_weights(), run="r")
