@@ -78,8 +78,9 @@ def test_browser_and_python_agents_train_digits_and_the_dashboard_shows_every_ro
     job, rounds, python, browsers = "mixed", 6, 4, 3
     total = python + browsers
     accepted = Accepted()
-    config = RoundConfig(job=job, task="digits", rounds=rounds, plan=DIGITS.plan, codec="fp16",
-                         min_agents=total, deadline_s=60)
+    # the demo's codec: int8 with error feedback, in zstd frames, from the browsers too
+    config = RoundConfig(job=job, task="digits", rounds=rounds, plan=DIGITS.plan,
+                         codec="int8+zstd", min_agents=total, deadline_s=60)
     with web_broker(job) as broker, pages_server(f"ws://127.0.0.1:{broker.ws_port}", job,
                                                  "digits") as base:
         browser.open("dash", dashboard_link(base, broker, job), 1280, 800)

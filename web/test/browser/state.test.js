@@ -47,10 +47,10 @@ test('the open round shows accepted against quorum and the time to the deadline'
 
 test('presence: stale ones are ignored, a last will always counts, a cleared one forgets', () => {
   const s = new DashboardState('demo');
-  s.onPresence('a', { agent: 'a', state: 'online', at: 10, kind: 'browser', device: 'phone' });
-  assert.equal(s.onPresence('a', { agent: 'a', state: 'offline', at: 5 }), false);
-  assert.equal(s.onPresence('a', { agent: 'a', state: 'offline', at: 0 }), true); // the will
-  s.onPresence('b', { agent: 'b', state: 'online', at: 10, kind: 'python' });
+  s.onPresence('a', { agent: 'a', online: true, at: 10, kind: 'browser', device: 'phone' });
+  assert.equal(s.onPresence('a', { agent: 'a', online: false, at: 5 }), false);
+  assert.equal(s.onPresence('a', { agent: 'a', online: false, at: 0 }), true); // the will
+  s.onPresence('b', { agent: 'b', online: true, at: 10, kind: 'python' });
   assert.deepEqual(s.agentList().online, { python: 1 });
   s.onPresence('b', null);
   assert.deepEqual(s.agentList().list.map(([id]) => id), ['a']);

@@ -158,7 +158,7 @@ async function main() {
   });
   client.on('message', (topic, payload) => {
     const ref = parseTopic(link.job, topic);
-    if (!ref) return;
+    if (!ref || ref.chunk !== null) return;
     const bytes = new Uint8Array(payload);
     try {
       switch (ref.kind) {

@@ -84,7 +84,7 @@ export class DashboardState {
       return false;
     }
     this.agents.set(agent, {
-      online: presence.state === 'online',
+      online: presence.online,
       samples: presence.samples ?? null,
       device: presence.device ?? null,
       trainer: presence.trainer ?? null,
