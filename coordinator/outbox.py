@@ -61,9 +61,13 @@ class Outbox:
         weights: Weights,
         model_id: str,
         now: float,
+        max_staleness: int = 0,
+        names_cohort: bool | None = None,
     ) -> bytes:
-        """A round's model announcement; it names the cohort when the round asks one."""
+        """A round's model announcement; it names the cohort when the round asks one
+        (``names_cohort`` overrides the config: the buffered mode always names it)."""
         cfg = self._config
+        named = cfg.names_cohort if names_cohort is None else names_cohort
         return encode_model(
             ModelAnnouncement(
                 job=cfg.job,
@@ -76,9 +80,10 @@ class Outbox:
                 codec=cfg.codec,
                 deadline_s=deadline_s,
                 weights=downlink_weights(weights, cfg.downlink),
-                cohort=tuple(sorted(cohort)) if cfg.names_cohort else None,
+                cohort=tuple(sorted(cohort)) if named else None,
                 issued_at=self.wall(now),
                 max_payload=cfg.max_payload,
+                max_staleness=max_staleness,
             )
         )
 

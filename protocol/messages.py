@@ -82,6 +82,9 @@ class ModelAnnouncement:
     issued_at: float = 0.0
     #: the broker's payload cap: agents send updates above it as chunks (0: no cap)
     max_payload: int = 0
+    #: buffered mode: updates trained from a version this many behind ``round`` are still
+    #: taken, so an agent finishes and sends work on an older version (0: synchronous)
+    max_staleness: int = 0
 
 
 @dataclass(frozen=True, slots=True)

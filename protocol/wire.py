@@ -54,6 +54,8 @@ def encode_model(m: ModelAnnouncement) -> bytes:
             "issued_at": m.issued_at,
             "max_payload": m.max_payload,
             "tensors": encode_weights(m.weights),
+            # only in the buffered mode, so the synchronous wire is byte-for-byte unchanged
+            **({"max_staleness": m.max_staleness} if m.max_staleness else {}),
         }
     )
 
@@ -98,6 +100,7 @@ def decode_model(payload: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> ModelAnn
         issued_at=f.number("issued_at", 0.0),
         max_payload=_max_payload(f),
         weights=decode_weights(tensors),
+        max_staleness=f.integer("max_staleness", 0, 1_000_000) if f.present("max_staleness") else 0,
     )
 
 
