@@ -75,3 +75,11 @@ test('the final model keeps the rounds\' deadline in the run config', () => {
   assert.equal(s.model.deadline_s, 30);
   assert.equal(s.model.done, true);
 });
+
+test('a round whose metrics this screen never saw is a row of its own, marked missed', () => {
+  const s = new DashboardState('demo');
+  s.onMetrics(metrics({ round: 1 }));
+  s.onMetrics(metrics({ round: 4, at: 140 })); // 2 and 3 closed while it was offline
+  assert.deepEqual(s.history().map((m) => [m.round, m.missed ?? false]), [[1, false], [2, true], [3, true], [4, false]]);
+  assert.deepEqual(s.rejectedByReason(), { duplicate: 2 });
+});
