@@ -83,6 +83,7 @@ class SecAggFleet:
     quorum: int | None = None
     min_inputs: int = 2
     seed: int = 0
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=lambda: dict(SHAPES))
     now: float = 0.0
     #: every message the coordinator held, by agent: what a curious coordinator sees
     seen: dict[str, list[bytes]] = field(default_factory=dict)
@@ -91,7 +92,7 @@ class SecAggFleet:
         self.topics = Topics(SESSION.job)
         config = SecAggConfig(self.ring, self.policy.keys_s)
         self.coordinator = SecAggRound(
-            SESSION, self.ring, self.policy, frozenset(self.agents), SHAPES,
+            SESSION, self.ring, self.policy, frozenset(self.agents), self.shapes,
             now=0.0, keys_deadline=self.policy.keys_s, masked_deadline=60.0,
             quorum=self.quorum if self.quorum is not None else len(self.agents),
             min_inputs=self.min_inputs, random_bytes=seeded([self.seed, 999]),

@@ -68,7 +68,8 @@ def test_derived_keys_are_bound_to_purpose_session_and_peers():
     assert crypto.pair_key(SHARED, SESSION, "a", "b") == crypto.pair_key(SHARED, SESSION, "b", "a")
     other = Session("demo", "r1", 1, 1)
     assert crypto.pair_key(SHARED, SESSION, "a", "b") != crypto.pair_key(SHARED, other, "a", "b")
-    ab, ba = crypto.share_key(SHARED, SESSION, "a", "b"), crypto.share_key(SHARED, SESSION, "b", "a")
+    ab = crypto.share_key(SHARED, SESSION, "a", "b")
+    ba = crypto.share_key(SHARED, SESSION, "b", "a")
     assert ab[0] != ba[0]  # each direction its own key: a fixed nonce is never reused
     assert crypto.self_key(SHARED, SESSION, "a") != crypto.pair_key(SHARED, SESSION, "a", "a")
 
@@ -84,7 +85,7 @@ def test_aead_refuses_altered_ciphertext_or_context():
         assert exc.value.reason is RejectReason.BAD_SHARE
 
 
-def test_commitment_hides_nothing_it_should_not_and_binds_the_seed():
+def test_commitment_binds_the_seed():
     c = crypto.commitment(bytes(32), SESSION.fields)
     assert len(c) == 32 and c != crypto.commitment(b"\x01" + bytes(31), SESSION.fields)
 

@@ -30,7 +30,7 @@ def delta_of(values: list[float]) -> dict[str, np.ndarray]:
 def test_choose_frac_bits_is_the_largest_that_fits(bits):
     frac = choose_frac_bits(bits, clip=4.0, weight_max=500, max_agents=200)
     RingSpec(bits, frac, 4.0, 500, 200)
-    with pytest.raises(ValueError, match="overflow|2\\^52"):
+    with pytest.raises(ValueError, match=r"overflow|2\^52"):
         RingSpec(bits, frac + 1, 4.0, 500, 200)
 
 
@@ -95,11 +95,11 @@ def test_decode_sum_is_the_weighted_mean():
         np.add(total, encode_input(d, w, spec, rng), out=total)
     out = decode_sum(total, spec, SHAPES)
     assert out.samples == 100
-    for name in SHAPES:
+    for name, shape in SHAPES.items():
         expected = sum(w * d[name].astype(np.float64) for d, w in zip(deltas, weights,
                                                                        strict=True)) / 100
         np.testing.assert_allclose(out.delta[name], expected, atol=2 * 2.0**-30)
-        assert out.delta[name].dtype == np.float32 and out.delta[name].shape == SHAPES[name]
+        assert out.delta[name].dtype == np.float32 and out.delta[name].shape == shape
 
 
 def test_decode_sum_refuses_a_wrong_length_or_no_weight():
