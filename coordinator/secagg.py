@@ -152,6 +152,8 @@ class SecAggRound:
         self._graph: dict[str, frozenset[str]] = {}
         self._total = np.zeros(self._length, dtype=ring.dtype)  # (L+1,) running sum mod 2^b
         self.dropped: dict[SecAggPhase, frozenset[str]] = {}
+        #: agents known not to answer (declined, or offline): no phase waits for them
+        self._gone: set[str] = set()
         self.message = ""
 
     @property
@@ -173,6 +175,7 @@ class SecAggRound:
             message = self._admit(agent, decode_up(body))
         except WireError as exc:
             return [SecAggRejected(agent, exc.reason, exc.detail)]
+        self._gone.discard(agent)
         match message:
             case KeysAdvert():
                 self.got.keys[agent] = message
@@ -183,6 +186,13 @@ class SecAggRound:
                 self.got.masked.add(agent)
             case UnmaskShares():
                 self.got.unmask[agent] = message
+        return self._advance(now, at_deadline=False)
+
+    def drop(self, agent: str, now: float) -> list[SecAggAction]:
+        """``agent`` declined or went offline: stop waiting for it (it may still answer)."""
+        if self.finished:
+            return []
+        self._gone.add(agent)
         return self._advance(now, at_deadline=False)
 
     def tick(self, now: float) -> list[SecAggAction]:
@@ -290,7 +300,7 @@ class SecAggRound:
 
     def _close_keys(self, now: float, at_deadline: bool) -> list[SecAggAction]:
         u1 = sorted(self.got.keys)
-        if not at_deadline and len(u1) < len(self.cohort):
+        if not at_deadline and self.cohort - set(u1) - self._gone:
             return []
         if len(u1) < self._min_inputs:
             return self._fail(f"{len(u1)} of {len(self.cohort)} agents sent keys, "
@@ -308,7 +318,7 @@ class SecAggRound:
     def _close_shares(self, now: float, at_deadline: bool) -> list[SecAggAction]:
         assert self.roster is not None
         u2 = self.got.shares
-        if not at_deadline and len(u2) < len(self.got.keys):
+        if not at_deadline and set(self.got.keys) - set(u2) - self._gone:
             return []
         need = max(self._min_inputs, self.roster.threshold)
         if len(u2) < need:
@@ -332,7 +342,7 @@ class SecAggRound:
     def _close_masked(self, now: float, at_deadline: bool) -> list[SecAggAction]:
         assert self.roster is not None
         u3, u2 = self.got.masked, set(self.got.shares)
-        everyone = u3 == u2
+        everyone = not u2 - u3 - self._gone
         if not (at_deadline or everyone or len(u3) >= self._quorum):
             return []
         why = self._unmaskable()
@@ -362,7 +372,7 @@ class SecAggRound:
     def _close_unmask(self, at_deadline: bool) -> list[SecAggAction]:
         assert self.roster is not None
         u5, u3 = self.got.unmask, self.got.masked
-        if not at_deadline and set(u5) != u3:
+        if not at_deadline and u3 - set(u5) - self._gone:
             return []
         self.dropped[SecAggPhase.UNMASK] = frozenset(u3 - set(u5))
         closed = PhaseClosed(SecAggPhase.UNMASK, len(u5), self.dropped[SecAggPhase.UNMASK])

@@ -301,3 +301,27 @@ def test_unmask_shares_for_the_wrong_agents_are_refused():
     assert out.done is not None
     assert any(isinstance(v, SecAggRejected) and v.reason is RejectReason.BAD_SHARE
                for v in verdicts)
+
+
+@pytest.mark.parametrize("phase", PHASES)
+def test_an_agent_known_gone_closes_its_phase_without_waiting_for_the_deadline(phase):
+    fleet = SecAggFleet(AGENTS, ring_for(10))
+    coordinator = fleet.coordinator
+    real_handle = coordinator.handle
+    told: list[SecAggPhase] = []
+
+    def handle(agent, payload, now):
+        actions = real_handle(agent, payload, now)
+        if coordinator.phase is phase and phase not in told:  # the phase just opened
+            told.append(phase)
+            actions = actions + coordinator.drop("a03", now)  # its last will arrives
+        return actions
+
+    coordinator.handle = handle  # type: ignore[method-assign]
+    if phase is SecAggPhase.KEYS:
+        told.append(phase)
+        coordinator.drop("a03", 0.0)
+    out = fleet.run(deltas_for(AGENTS), SAMPLES, {phase: {"a03"}})
+    assert_exact(out, set(AGENTS) - ({"a03"} if phase is not SecAggPhase.UNMASK else set()))
+    assert fleet.now == 0.0  # no deadline ever had to pass
+    assert out.coordinator.dropped[phase] == {"a03"}
