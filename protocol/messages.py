@@ -11,9 +11,12 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from protocol.tensors import Weights
+
+if TYPE_CHECKING:
+    from protocol.secagg.messages import SecAggConfig
 
 SCHEMA_VERSION = 1
 
@@ -82,6 +85,8 @@ class ModelAnnouncement:
     issued_at: float = 0.0
     #: the broker's payload cap: agents send updates above it as chunks (0: no cap)
     max_payload: int = 0
+    #: this round is securely aggregated (docs/PROTOCOL.md §12); None: a plain round
+    secagg: SecAggConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 
@@ -32,6 +32,9 @@ from protocol.messages import (
 )
 from protocol.tensors import decode_weights, encode_weights
 from protocol.topics import check_id
+
+if TYPE_CHECKING:
+    from protocol.secagg.messages import SecAggConfig
 
 #: Refuse to parse payloads above this size unless the caller says otherwise.
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
@@ -170,8 +173,21 @@ def _json_dump(obj: dict[str, Any]) -> bytes:
 # --- model ------------------------------------------------------------------
 
 
+#: the codec a SecAgg round announces: an agent that does not know SecAgg declines it
+SECAGG_CODEC = "secagg"
+
+
 def encode_model(m: ModelAnnouncement) -> bytes:
-    return _pack(
+    doc = _model_doc(m)
+    if m.secagg is not None:  # written only then: plain announcements stay byte for byte
+        from protocol.secagg.wire import encode_config
+
+        doc["secagg"] = encode_config(m.secagg)
+    return _pack(doc)
+
+
+def _model_doc(m: ModelAnnouncement) -> dict[str, Any]:
+    return (
         {
             "v": SCHEMA_VERSION,
             "type": "model",
@@ -224,6 +240,7 @@ def decode_model(payload: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> ModelAnn
     tensors = f.obj.get("tensors")
     if isinstance(tensors, list) and len(tensors) > _MAX_TENSORS:
         raise WireError(RejectReason.TOO_LARGE, f"model: {len(tensors)} tensors")
+    secagg = _secagg(f, cohort)
     return ModelAnnouncement(
         job=f.ident("job"),
         run=f.ident("run"),
@@ -239,7 +256,23 @@ def decode_model(payload: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> ModelAnn
         issued_at=f.number("issued_at", 0.0),
         max_payload=_max_payload(f),
         weights=decode_weights(tensors),
+        secagg=secagg,
     )
+
+
+def _secagg(f: _Fields, cohort: tuple[str, ...] | None) -> SecAggConfig | None:
+    """The ``secagg`` map: a SecAgg round names its cohort and uses the ``secagg`` codec."""
+    if not f.present("secagg"):
+        return None
+    from protocol.secagg.wire import decode_config
+
+    config = decode_config(f.obj["secagg"])
+    if cohort is None:
+        raise WireError(RejectReason.MALFORMED, "model: a secagg round must name its cohort")
+    if f.obj.get("codec") != SECAGG_CODEC:
+        detail = f"model: a secagg round uses codec {SECAGG_CODEC!r}"
+        raise WireError(RejectReason.BAD_CODEC, detail)
+    return config
 
 
 def _max_payload(f: _Fields) -> int:

@@ -197,3 +197,24 @@ def test_secagg_topics_parse_back():
                 "fedmq/v1/demo/secagg/down/a/b", "fedmq/v1/demo/secagg/up/a+b"):
         with pytest.raises(WireError):
             parse_topic(bad)
+
+
+def test_a_model_announcement_carries_the_secagg_config():
+    import dataclasses
+
+    import numpy as np
+
+    from protocol import ModelAnnouncement, TrainPlan, decode_model, encode_model
+
+    config = SecAggConfig(RingSpec(32, 11, 4.0, 500, 200), 10.0)
+    plain = ModelAnnouncement(job="demo", run="r1", round=1, model_id="m", task="t",
+                              plan=TrainPlan(), codec="none", deadline_s=30.0,
+                              weights={"w": np.ones(2, dtype=np.float32)})
+    assert b"secagg" not in encode_model(plain)  # plain rounds stay byte for byte
+    secure = dataclasses.replace(plain, codec="secagg", cohort=("a", "b"), secagg=config)
+    assert decode_model(encode_model(secure)).secagg == config
+    for bad, reason in ((dataclasses.replace(secure, cohort=None), RejectReason.MALFORMED),
+                        (dataclasses.replace(secure, codec="none"), RejectReason.BAD_CODEC)):
+        with pytest.raises(WireError) as exc:
+            decode_model(encode_model(bad))
+        assert exc.value.reason is reason
