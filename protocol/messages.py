@@ -167,3 +167,6 @@ class RoundMetrics:
     at: float = 0.0
     #: DP-FedAvg: the run's privacy loss epsilon after this round, at the job's delta
     epsilon: float | None = None
+    #: SecAgg rounds: who dropped out in which phase (``keys``, ``shares``, ``masked``,
+    #: ``unmask``), each list sorted (docs/PROTOCOL.md §12.8)
+    secagg: Mapping[str, tuple[str, ...]] | None = None

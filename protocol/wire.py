@@ -100,6 +100,12 @@ class _Fields:
         except ValueError as exc:
             raise WireError(RejectReason.MALFORMED, f"{self.what}.{key}: {exc}") from None
 
+    def ident_list(self, key: str, limit: int = _MAX_COHORT) -> list[str]:
+        v = self.obj.get(key)
+        if not isinstance(v, list) or len(v) > limit:
+            raise self._fail(key, f"a list of <= {limit} ids")
+        return [_Fields({"a": a}, f"{self.what}.{key}").ident("a") for a in v]
+
     def mapping(self, key: str) -> Mapping[Any, Any]:
         v = self.obj.get(key, {})
         if not isinstance(v, Mapping) or len(v) > _MAX_MAP_ITEMS:
@@ -234,9 +240,7 @@ def decode_model(payload: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> ModelAnn
     cohort_raw = f.obj.get("cohort")
     cohort: tuple[str, ...] | None = None
     if cohort_raw is not None:
-        if not isinstance(cohort_raw, list) or len(cohort_raw) > _MAX_COHORT:
-            raise WireError(RejectReason.MALFORMED, "model.cohort: expected a list of ids")
-        cohort = tuple(_Fields({"a": a}, "model.cohort").ident("a") for a in cohort_raw)
+        cohort = tuple(f.ident_list("cohort"))
     tensors = f.obj.get("tensors")
     if isinstance(tensors, list) and len(tensors) > _MAX_TENSORS:
         raise WireError(RejectReason.TOO_LARGE, f"model: {len(tensors)} tensors")
@@ -458,6 +462,8 @@ def encode_metrics(m: RoundMetrics) -> bytes:
         doc[key] = getattr(m, key)
     if m.epsilon is not None:  # only DP runs have one; other documents stay as they were
         doc["epsilon"] = m.epsilon
+    if m.secagg is not None:  # likewise only SecAgg runs
+        doc["secagg"] = {phase: list(agents) for phase, agents in m.secagg.items()}
     return _json_dump(doc)
 
 
@@ -489,5 +495,20 @@ def decode_metrics(payload: bytes) -> RoundMetrics:
         raw_bytes_up=f.integer("raw_bytes_up"),
         at=f.number("at", 0.0),
         epsilon=f.number("epsilon", 0.0) if f.present("epsilon") else None,
+        secagg=_dropouts(f) if f.present("secagg") else None,
         **optional,
     )
+
+
+_SECAGG_PHASES = ("keys", "shares", "masked", "unmask")
+
+
+def _dropouts(f: _Fields) -> dict[str, tuple[str, ...]]:
+    """metrics.secagg: phase -> the agents that dropped out in it."""
+    out: dict[str, tuple[str, ...]] = {}
+    for phase, agents in f.mapping("secagg").items():
+        if phase not in _SECAGG_PHASES or not isinstance(agents, list):
+            raise WireError(RejectReason.MALFORMED, f"metrics.secagg: bad entry {phase!r}")
+        ids = _Fields({"a": agents}, "metrics.secagg")
+        out[phase] = tuple(ids.ident_list("a"))
+    return out

@@ -218,3 +218,21 @@ def test_a_model_announcement_carries_the_secagg_config():
         with pytest.raises(WireError) as exc:
             decode_model(encode_model(bad))
         assert exc.value.reason is reason
+
+
+def test_metrics_record_who_dropped_in_which_phase():
+    import dataclasses
+
+    from protocol import ClosedBy, RoundMetrics, decode_metrics, encode_metrics
+
+    m = RoundMetrics(job="demo", run="r1", round=2, closed_by=ClosedBy.QUORUM, accepted=7,
+                     declined=0, rejected={}, samples=70, duration_s=1.0, bytes_up=1, bytes_down=1,
+                     raw_bytes_up=1)
+    assert b"secagg" not in encode_metrics(m)
+    dropped = {"keys": (), "shares": ("a",), "masked": ("b", "c"), "unmask": ()}
+    secure = dataclasses.replace(m, secagg=dropped)
+    assert decode_metrics(encode_metrics(secure)).secagg == dropped
+    for bad in ({"later": []}, {"keys": "a"}, {"keys": ["a/b"]}):
+        with pytest.raises(WireError) as exc:
+            decode_metrics(encode_metrics(dataclasses.replace(m, secagg=bad)))
+        assert exc.value.reason is RejectReason.MALFORMED
