@@ -13,6 +13,7 @@ coordinator counts each (job, round, agent) once.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
@@ -20,6 +21,7 @@ import numpy as np
 from typing_extensions import assert_never
 
 from edge_agent.feedback import ErrorFeedback, Residual
+from edge_agent.secure_round import SecAggSeat
 from edge_agent.trainer import TrainResult
 from protocol import (
     ModelAnnouncement,
@@ -36,6 +38,7 @@ from protocol import (
     encode_update,
 )
 from protocol.chunks import Reassembler, is_chunk_frame, split
+from protocol.secagg.shamir import RandomBytes
 from protocol.signing import Purpose, SigningKey, VerifyKey, open_model, seal
 from protocol.wire import DEFAULT_MAX_BYTES
 
@@ -56,6 +59,13 @@ class Connected:
 @dataclass(frozen=True, slots=True)
 class ModelArrived:
     """Raw bytes on ``.../model``."""
+
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SecAggArrived:
+    """Raw bytes on ``.../secagg/down`` or ``.../secagg/down/{agent}`` (docs/PROTOCOL.md §12)."""
 
     payload: bytes
 
@@ -82,7 +92,9 @@ class ShutdownRequested:
     """The agent is stopping cleanly."""
 
 
-AgentEvent: TypeAlias = Connected | ModelArrived | TrainingDone | TrainingFailed | ShutdownRequested
+AgentEvent: TypeAlias = (
+    Connected | ModelArrived | SecAggArrived | TrainingDone | TrainingFailed | ShutdownRequested
+)
 
 # --- actions (out) ------------------------------------------------------------------------
 
@@ -97,7 +109,7 @@ class Train:
 
 @dataclass(frozen=True, slots=True)
 class ModelRejected:
-    """A model announcement was refused; the adapter logs it."""
+    """A model announcement (or a SecAgg message of the coordinator) was refused; logged."""
 
     reason: RejectReason
     detail: str
@@ -152,11 +164,13 @@ class AgentCore:
         feedback: ErrorFeedback | None = None,
         signing_key: SigningKey | None = None,
         coordinator_key: VerifyKey | None = None,
+        random_bytes: RandomBytes = os.urandom,
     ) -> None:
         """``feedback`` carries a residual loaded from the device's state dir, if any.
 
         ``signing_key`` signs every update; with ``coordinator_key`` set, a model
         that is unsigned or not signed by it is refused (docs/SECURITY.md).
+        ``random_bytes`` makes SecAgg's keys and seeds (seeded in tests).
         """
         self._signing_key = signing_key
         self._coordinator_key = coordinator_key
@@ -180,6 +194,8 @@ class AgentCore:
             2 * DEFAULT_MAX_BYTES, ttl_s=MODEL_CHUNK_TTL_S, max_payload_size=DEFAULT_MAX_BYTES
         )
         self.models_rejected = 0
+        self._seat = SecAggSeat(job, agent, random_bytes=random_bytes, rounding=self._rng,
+                                signing_key=signing_key, coordinator_key=coordinator_key)
 
     @property
     def latest_model(self) -> ModelAnnouncement | None:
@@ -207,6 +223,11 @@ class AgentCore:
                 return [self._presence(online=True, at=wall)]
             case ModelArrived(payload=payload):
                 return self._on_model(payload, wall)
+            case SecAggArrived(payload=payload):
+                try:
+                    return list(self._seat.receive(payload))
+                except WireError as exc:
+                    return [ModelRejected(exc.reason, f"secagg: {exc.detail}")]
             case TrainingDone(key=key, result=result, train_s=train_s):
                 return self._on_trained(key, result, train_s)
             case TrainingFailed(key=key, reason=reason):
@@ -257,6 +278,8 @@ class AgentCore:
                 self._resend_armed = False
                 return self._send(answer, resent=True)
             return []  # the same announcement again (QoS 1 redelivery)
+        if model.secagg is not None:
+            return self._join_secagg(model, key)
         if self._training is not None:
             return []  # the newest model is picked up when the current training ends
         return self._start(key, model)
@@ -270,6 +293,8 @@ class AgentCore:
         delta: Weights = {
             name: result.weights[name] - global_w for name, global_w in model.weights.items()
         }
+        if model.secagg is not None:  # masked, on the secagg topic; no metrics in clear
+            return list(self._seat.trained(key, delta, result.samples))
         before = self._feedback.state
         try:
             tensors = self._encode(model, delta)
@@ -292,8 +317,18 @@ class AgentCore:
 
     def _encode(self, model: ModelAnnouncement, delta: Weights) -> list[dict[str, Any]]:
         """The delta's entries via error feedback (kept for biased codecs only)."""
-        rng = np.random.default_rng([model.plan.seed, model.round, self._rng_key])
-        return self._feedback.encode(delta, model.codec, scope=model.run, rng=rng)
+        return self._feedback.encode(delta, model.codec, scope=model.run, rng=self._rng(model))
+
+    def _rng(self, model: ModelAnnouncement) -> np.random.Generator:
+        return np.random.default_rng([model.plan.seed, model.round, self._rng_key])
+
+    def _join_secagg(self, model: ModelAnnouncement, key: RoundKey) -> list[AgentAction]:
+        """Advertise keys for the round's session, and train unless the delta is here."""
+        resend, self._resend_armed = self._resend_armed, False
+        actions: list[AgentAction] = [*self._seat.join(model, key, resend=resend)]
+        if self._training is None and not self._seat.trained_for(key):
+            actions.extend(self._start(key, model))
+        return actions
 
     def _on_failed(self, key: RoundKey, reason: str) -> list[AgentAction]:
         self._training = None
@@ -345,7 +380,8 @@ class AgentCore:
         if model.cohort is not None and self.agent not in model.cohort:
             return []
         key = self._key(model)
-        if self._answer is not None and self._answer.key == key:
+        answered = self._answer is not None and self._answer.key == key
+        if answered or self._seat.trained_for(key):
             return []
         return self._start(key, model)
 
