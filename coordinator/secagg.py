@@ -63,6 +63,12 @@ _PROBE = bytes(range(1, 33))
 class SecAggPolicy:
     """How the coordinator runs every SecAgg session (``--secagg-*``)."""
 
+    #: the ring Z_(2^ring_bits): 32 keeps a masked input the size of a float32 update
+    ring_bits: int = 32
+    #: every delta coordinate is clipped to [-clip, clip] (the declared range)
+    clip: float = 1.0
+    #: an agent's weight is capped here when the cohort's presence gives no sample counts
+    weight_max: int = 65_536
     #: SecAgg+ graph degree k (even); None: the complete graph (SecAgg)
     degree: int | None = None
     #: t = floor(threshold * (k + 1)) + 1 shares of the k + 1 recover a secret
@@ -71,7 +77,17 @@ class SecAggPolicy:
     shares_s: float = 10.0
     unmask_s: float = 10.0
 
+    def __post_init__(self) -> None:
+        if self.degree is not None:
+            effective_degree(self.degree + 2, self.degree)  # even and >= 2
+        if not 0 <= self.threshold < 1:
+            raise ValueError(f"secagg threshold must be in [0, 1), got {self.threshold}")
+        if min(self.keys_s, self.shares_s, self.unmask_s) <= 0:
+            raise ValueError("secagg phase timeouts must be > 0")
+        RingSpec(self.ring_bits, 0, self.clip, 1, 1)  # a ring size fedmq offers, a sane clip
+
     def shares_needed(self, degree: int) -> int:
+        """t of the k + 1 shares: more than ``threshold`` of the neighbourhood, at least 2."""
         return min(degree + 1, max(2, math.floor(self.threshold * (degree + 1)) + 1))
 
 
