@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from coordinator.optimisers import parse_server_opt
+from coordinator.secagg import SecAggPolicy
 from coordinator.strategy import parse_aggregator
 from protocol import TrainPlan, check_codec, check_id
 from protocol.chunks import MIN_MAX_PAYLOAD
@@ -83,6 +84,8 @@ class RoundConfig:
     #: topic's agent with its key, and only these agents take part (``allowed_agents``
     #: defaults to them). None: updates are not verified.
     agent_keys: Mapping[str, VerifyKey] | None = None
+    #: secure aggregation (docs/PROTOCOL.md §12): the coordinator learns only the sum
+    secagg: SecAggPolicy | None = None
 
     def __post_init__(self) -> None:
         check_id(self.job, "job")
@@ -114,6 +117,23 @@ class RoundConfig:
             raise ValueError("max_retries must be >= 0 and retry_backoff >= 1")
         if self.agent_keys is not None:
             self._check_agent_keys(self.agent_keys)
+        self._check_secagg()
+
+    def _check_secagg(self) -> None:
+        """Refuse what needs to see individual updates: SecAgg only ever shows their sum."""
+        if self.secagg is None:
+            return
+        why = "--secagg shows the coordinator only the sum of the updates, so"
+        if self.aggregator != "fedavg" or self.clip_norm is not None:
+            raise ValueError(f"{why} robust aggregators and server-side clipping, which need "
+                             f"each update, cannot run with it (got --aggregator "
+                             f"{self.aggregator}); bound updates with --secagg-clip instead")
+        if self.codec != "none":
+            raise ValueError(f"{why} update codecs ({self.codec}: top-k, quantisers) do not "
+                             "apply: agents send masked fixed-point vectors; use --codec none")
+        if self.dp_noise is not None:
+            raise ValueError(f"{why} DP-FedAvg's per-update clipping and server-side noise "
+                             "cannot be applied; run DP without --secagg")
 
     def _check_aggregator(self) -> None:
         need = parse_aggregator(self.aggregator).min_updates
