@@ -17,7 +17,6 @@ Which aggregator a spec string names is :mod:`coordinator.strategy`'s business.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Protocol
@@ -27,8 +26,7 @@ import numpy.typing as npt
 
 from coordinator.exactsum import ExactSum
 from protocol import Weights
-
-Shapes = Mapping[str, tuple[int, ...]]
+from protocol.compress import Shapes
 
 
 class AggregationError(ValueError):

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import msgpack
 
-from edge_agent.durable import atomic_write
 from protocol import (
     RoundMetrics,
     Weights,
@@ -25,6 +24,7 @@ from protocol import (
     encode_metrics,
     encode_weights,
 )
+from protocol.durable import atomic_write
 
 _VERSION = 1
 
@@ -45,8 +45,8 @@ class Checkpoint:
     history: tuple[RoundMetrics, ...] = ()
     rejected: Mapping[str, int] = field(default_factory=dict)
     #: named tensor groups a strategy keeps between rounds (e.g. server momentum)
-    strategy_state: Mapping[str, Weights] = field(default_factory=dict)
-    #: the server optimiser spec ``strategy_state`` belongs to, and the steps it took
+    opt_moments: Mapping[str, Weights] = field(default_factory=dict)
+    #: the server optimiser spec ``opt_moments`` belongs to, and the steps it took
     server_opt: str = "fedavg"
     server_steps: int = 0
     #: (sampling rate q, noise multiplier z) of each DP round so far, for the accountant
@@ -64,7 +64,7 @@ def encode_checkpoint(ckpt: Checkpoint) -> bytes:
         "weights": encode_weights(ckpt.weights),
         "history": [encode_metrics(m) for m in ckpt.history],
         "rejected": dict(ckpt.rejected),
-        "strategy_state": {k: encode_weights(v) for k, v in ckpt.strategy_state.items()},
+        "opt_moments": {k: encode_weights(v) for k, v in ckpt.opt_moments.items()},
         "server_opt": ckpt.server_opt,
         "server_steps": ckpt.server_steps,
         "dp_rounds": [[q, z] for q, z in ckpt.dp_rounds],
@@ -87,7 +87,7 @@ def decode_checkpoint(data: bytes) -> Checkpoint:
             raise CheckpointError(f"checkpoint version {doc.get('v')!r}, want {_VERSION}")
         history = tuple(decode_metrics(m) for m in doc["history"])
         rejected = {str(k): int(v) for k, v in doc["rejected"].items()}
-        state = {str(k): decode_weights(v) for k, v in doc["strategy_state"].items()}
+        state = {str(k): decode_weights(v) for k, v in doc["opt_moments"].items()}
         round_no = doc["round"]
         if not isinstance(round_no, int) or round_no < 0:
             raise CheckpointError(f"bad round {round_no!r}")
@@ -104,7 +104,7 @@ def decode_checkpoint(data: bytes) -> Checkpoint:
             weights=decode_weights(doc["weights"]),
             history=history,
             rejected=rejected,
-            strategy_state=state,
+            opt_moments=state,
             server_opt=str(doc.get("server_opt", "fedavg")),
             server_steps=steps,
             dp_rounds=dp_rounds,

@@ -2,22 +2,57 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from coordinator.optimisers import parse_server_opt
-from coordinator.secagg import SecAggPolicy
-from coordinator.strategy import parse_aggregator
+from coordinator.optimisers import ServerOptSpec, parse_server_opt
+from coordinator.strategy import AggregatorSpec, parse_aggregator
 from protocol import TrainPlan, check_codec, check_id
 from protocol.chunks import MIN_MAX_PAYLOAD
 from protocol.compress import DOWNLINKS
+from protocol.secagg.fixedpoint import RingSpec
+from protocol.secagg.graph import effective_degree
 from protocol.signing import SigningKey, VerifyKey
 
 ShortRoundPolicy = Literal["retry", "stop"]
 Downlink = Literal["fp32", "fp16"]
 SamplePolicy = Literal["uniform", "by-samples"]
 SAMPLE_POLICIES = ("uniform", "by-samples")
+
+
+@dataclass(frozen=True, slots=True)
+class SecAggPolicy:
+    """How the coordinator runs every SecAgg session (``--secagg-*``)."""
+
+    #: the ring Z_(2^ring_bits): 32 keeps a masked input the size of a float32 update
+    ring_bits: int = 32
+    #: every delta coordinate is clipped to [-clip, clip] (the declared range)
+    clip: float = 1.0
+    #: an agent's weight is capped here when the cohort's presence gives no sample counts
+    weight_max: int = 65_536
+    #: SecAgg+ graph degree k (even); None: the complete graph (SecAgg)
+    degree: int | None = None
+    #: t = floor(threshold * (k + 1)) + 1 shares of the k + 1 recover a secret
+    threshold: float = 0.5
+    keys_s: float = 10.0
+    shares_s: float = 10.0
+    unmask_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.degree is not None:
+            effective_degree(self.degree + 2, self.degree)  # even and >= 2
+        if not 0 <= self.threshold < 1:
+            raise ValueError(f"secagg threshold must be in [0, 1), got {self.threshold}")
+        if min(self.keys_s, self.shares_s, self.unmask_s) <= 0:
+            raise ValueError("secagg phase timeouts must be > 0")
+        RingSpec(self.ring_bits, 0, self.clip, 1, 1)  # a ring size fedmq offers, a sane clip
+
+    def shares_needed(self, degree: int) -> int:
+        """t of the k + 1 shares: more than ``threshold`` of the neighbourhood, at least 2."""
+        return min(degree + 1, max(2, math.floor(self.threshold * (degree + 1)) + 1))
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +121,14 @@ class RoundConfig:
     agent_keys: Mapping[str, VerifyKey] | None = None
     #: secure aggregation (docs/PROTOCOL.md §12): the coordinator learns only the sum
     secagg: SecAggPolicy | None = None
+    #: ``aggregator`` and ``server_opt`` parsed once, here, so nothing parses them again
+    aggregator_spec: AggregatorSpec = field(init=False, repr=False, compare=False)
+    server_opt_spec: ServerOptSpec = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        # a frozen value: set the parsed specs once (parsing raises ValueError for bad ones)
+        object.__setattr__(self, "aggregator_spec", parse_aggregator(self.aggregator))
+        object.__setattr__(self, "server_opt_spec", parse_server_opt(self.server_opt))
         check_id(self.job, "job")
         check_codec(self.codec)
         if self.downlink not in DOWNLINKS:
@@ -95,7 +136,6 @@ class RoundConfig:
         self._check_aggregator()
         self._check_sampling()
         self._check_privacy()
-        parse_server_opt(self.server_opt)
         self._check_patience()
         if self.rounds < 1:
             raise ValueError("rounds must be >= 1")
@@ -136,7 +176,7 @@ class RoundConfig:
                              "cannot be applied; run DP without --secagg")
 
     def _check_aggregator(self) -> None:
-        need = parse_aggregator(self.aggregator).min_updates
+        need = self.aggregator_spec.min_updates
         if self.quorum is not None and self.quorum < need:
             raise ValueError(
                 f"aggregator {self.aggregator} needs at least {need} updates a round; "
@@ -155,8 +195,7 @@ class RoundConfig:
     @property
     def cohort_floor(self) -> int:
         """The smallest cohort a round can close with: quorum, min_replies, the aggregator's."""
-        need = parse_aggregator(self.aggregator).min_updates
-        return max(self.quorum or 1, self.min_replies, need)
+        return max(self.quorum or 1, self.min_replies, self.aggregator_spec.min_updates)
 
     def _check_sampling(self) -> None:
         fraction, count = self.sample_fraction, self.sample_count

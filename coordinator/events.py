@@ -88,7 +88,7 @@ class UpdateAccepted:
 
 
 @dataclass(frozen=True, slots=True)
-class RejectUpdate:
+class MessageRejected:
     """A message was refused; the adapter logs it. The machine has already counted it."""
 
     agent: str | None
@@ -131,7 +131,7 @@ Action: TypeAlias = (
     Publish
     | RoundOpened
     | UpdateAccepted
-    | RejectUpdate
+    | MessageRejected
     | Evaluate
     | SaveCheckpoint
     | RoundClosed

@@ -9,7 +9,6 @@ actions that come back (publish, evaluate, checkpoint) in order.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 import traceback
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from typing_extensions import assert_never
 
 from coordinator.checkpoint import save_checkpoint
 from coordinator.events import (
@@ -28,8 +28,8 @@ from coordinator.events import (
     Evaluate,
     Evaluated,
     Event,
+    MessageRejected,
     PresenceArrived,
-    RejectUpdate,
     RoundClosed,
     RoundOpened,
     SaveCheckpoint,
@@ -40,8 +40,9 @@ from coordinator.events import (
     UpdateArrived,
 )
 from coordinator.rounds import Rounds
-from edge_agent.connection import BrokerURL, Session, connect, make_client, refused_for_good
 from protocol import Phase, Publish, TopicKind, Weights, WireError, parse_topic
+from transport.connection import BrokerURL, Session, connect, make_client, refused_for_good
+from transport.inbox import Inbox
 
 log = logging.getLogger("fedmq.coordinator")
 
@@ -82,8 +83,7 @@ class CoordinatorNode:
         self._evaluator = evaluator
         self._checkpoint_path = checkpoint_path
         self._on_action = on_action
-        self._queue: queue.Queue[_Inbound | _Refused | Event] = queue.Queue(queue_size)
-        self.dropped = 0
+        self._inbox: Inbox[_Inbound | _Refused | Event] = Inbox(queue_size, "coordinator")
         self.bugs = 0
         self._client = make_client(broker, session)
         self._client.on_connect = self._on_connect
@@ -113,11 +113,12 @@ class CoordinatorNode:
         self._put(_Inbound(message.topic, bytes(message.payload)))
 
     def _put(self, item: _Inbound | _Refused | Event) -> None:
-        try:
-            self._queue.put_nowait(item)
-        except queue.Full:
-            self.dropped += 1
-            log.error("inbound queue full (%d); dropped a message", self._queue.maxsize)
+        self._inbox.offer(item)
+
+    @property
+    def dropped(self) -> int:
+        """Messages lost because the inbound queue was full."""
+        return self._inbox.dropped
 
     # --- the owning thread -------------------------------------------------------------------
 
@@ -145,10 +146,8 @@ class CoordinatorNode:
 
     def _next(self, deadline: float | None) -> _Inbound | _Refused | Event:
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-        try:
-            return self._queue.get(timeout=timeout)
-        except queue.Empty:
-            return Tick()
+        item = self._inbox.get(timeout)
+        return Tick() if item is None else item
 
     def _to_event(self, item: _Inbound | Event) -> Event | None:
         if not isinstance(item, _Inbound):
@@ -191,7 +190,7 @@ class CoordinatorNode:
             case SaveCheckpoint(checkpoint=ckpt):
                 if self._checkpoint_path is not None:
                     save_checkpoint(self._checkpoint_path, ckpt)
-            case RejectUpdate(agent=agent, round_no=round_no, reason=reason, detail=detail):
+            case MessageRejected(agent=agent, round_no=round_no, reason=reason, detail=detail):
                 log.warning(
                     "rejected from %s (round %s): %s: %s", agent, round_no, reason.value, detail
                 )
@@ -200,6 +199,8 @@ class CoordinatorNode:
             case Stop(phase=phase, message=message):
                 level = logging.INFO if phase is Phase.DONE else logging.ERROR
                 log.log(level, "run %s: %s", phase.value, message)
+            case _:
+                assert_never(action)
         return None
 
     def _flush_and_disconnect(self) -> None:

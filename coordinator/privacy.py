@@ -29,9 +29,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from coordinator.aggregate import Aggregate, AggregationError, Layout, Shapes
+from coordinator.aggregate import Aggregate, AggregationError, Layout
 from coordinator.exactsum import ExactSum
 from protocol import Weights
+from protocol.compress import Shapes
 
 
 class NoisySum:

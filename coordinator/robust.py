@@ -31,9 +31,10 @@ from fractions import Fraction
 import numpy as np
 import numpy.typing as npt
 
-from coordinator.aggregate import Aggregate, AggregationError, Aggregator, Layout, Shapes
+from coordinator.aggregate import Aggregate, AggregationError, Aggregator, Layout
 from coordinator.exactsum import ExactSum
 from protocol import Weights
+from protocol.compress import Shapes
 
 #: coordinates sorted at a time: the temporaries of a median stay n x 64 Ki floats
 _BLOCK = 1 << 16

@@ -18,13 +18,13 @@ Rules of this module:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
 import numpy as np
 
+from coordinator.config import SecAggPolicy
 from coordinator.unmask import UnmaskError, unmask
 from protocol.errors import RejectReason, WireError
 from protocol.publish import Publish
@@ -57,38 +57,6 @@ _PHASE_OF: dict[type, SecAggPhase] = {
 _ORDER = list(SecAggPhase)
 #: any clamped X25519 scalar kills a low-order point; this one needs no randomness
 _PROBE = bytes(range(1, 33))
-
-
-@dataclass(frozen=True, slots=True)
-class SecAggPolicy:
-    """How the coordinator runs every SecAgg session (``--secagg-*``)."""
-
-    #: the ring Z_(2^ring_bits): 32 keeps a masked input the size of a float32 update
-    ring_bits: int = 32
-    #: every delta coordinate is clipped to [-clip, clip] (the declared range)
-    clip: float = 1.0
-    #: an agent's weight is capped here when the cohort's presence gives no sample counts
-    weight_max: int = 65_536
-    #: SecAgg+ graph degree k (even); None: the complete graph (SecAgg)
-    degree: int | None = None
-    #: t = floor(threshold * (k + 1)) + 1 shares of the k + 1 recover a secret
-    threshold: float = 0.5
-    keys_s: float = 10.0
-    shares_s: float = 10.0
-    unmask_s: float = 10.0
-
-    def __post_init__(self) -> None:
-        if self.degree is not None:
-            effective_degree(self.degree + 2, self.degree)  # even and >= 2
-        if not 0 <= self.threshold < 1:
-            raise ValueError(f"secagg threshold must be in [0, 1), got {self.threshold}")
-        if min(self.keys_s, self.shares_s, self.unmask_s) <= 0:
-            raise ValueError("secagg phase timeouts must be > 0")
-        RingSpec(self.ring_bits, 0, self.clip, 1, 1)  # a ring size fedmq offers, a sane clip
-
-    def shares_needed(self, degree: int) -> int:
-        """t of the k + 1 shares: more than ``threshold`` of the neighbourhood, at least 2."""
-        return min(degree + 1, max(2, math.floor(self.threshold * (degree + 1)) + 1))
 
 
 # --- actions ------------------------------------------------------------------------

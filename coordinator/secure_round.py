@@ -12,9 +12,9 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
+from coordinator.config import SecAggPolicy
 from coordinator.secagg import (
     SecAggAction,
-    SecAggPolicy,
     SecAggRejected,
     SecAggRound,
 )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from coordinator.aggregate import Aggregator, Shapes, WeightedMean
+from coordinator.aggregate import Aggregator, WeightedMean
 from coordinator.robust import (
     Krum,
     Median,
@@ -21,6 +21,7 @@ from coordinator.robust import (
     krum_min_updates,
     trimmed_min_updates,
 )
+from protocol.compress import Shapes
 
 #: the aggregator kinds; all but the first two keep every update (docs/ROBUSTNESS.md)
 AGGREGATORS = ("fedavg", "mean", "median", "trimmed", "krum", "multikrum")

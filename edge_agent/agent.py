@@ -15,11 +15,27 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any
 
 import numpy as np
 from typing_extensions import assert_never
 
+from edge_agent.events import (
+    AgentAction,
+    AgentEvent,
+    Connected,
+    ModelArrived,
+    ModelRejected,
+    RoundKey,
+    RunFinished,
+    SaveResidual,
+    SecAggArrived,
+    ShutdownRequested,
+    Train,
+    TrainingDone,
+    TrainingFailed,
+    UpdateSent,
+)
 from edge_agent.feedback import ErrorFeedback, Residual
 from edge_agent.secure_round import SecAggSeat
 from edge_agent.trainer import TrainResult
@@ -38,107 +54,33 @@ from protocol import (
     encode_update,
 )
 from protocol.chunks import Reassembler, is_chunk_frame, split
+from protocol.fields import DEFAULT_MAX_BYTES
 from protocol.secagg.shamir import RandomBytes
 from protocol.signing import Purpose, SigningKey, VerifyKey, open_model, seal
-from protocol.wire import DEFAULT_MAX_BYTES
+
+# the core's events and actions live in edge_agent.events; importers may use either module
+__all__ = [
+    "AgentAction",
+    "AgentCore",
+    "AgentEvent",
+    "Connected",
+    "MODEL_CHUNK_TTL_S",
+    "ModelArrived",
+    "ModelRejected",
+    "RoundKey",
+    "RunFinished",
+    "SaveResidual",
+    "SecAggArrived",
+    "ShutdownRequested",
+    "Train",
+    "TrainingDone",
+    "TrainingFailed",
+    "UpdateSent",
+]
 
 #: incomplete chunked models older than this are dropped (a round's model is re-sent anyway)
 MODEL_CHUNK_TTL_S = 600.0
 
-#: Identifies what an update answers: (run, round, model_id).
-RoundKey = tuple[str, int, str]
-
-# --- events (in) ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Connected:
-    """The MQTT session is (re)established; the retained model will follow."""
-
-
-@dataclass(frozen=True, slots=True)
-class ModelArrived:
-    """Raw bytes on ``.../model``."""
-
-    payload: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class SecAggArrived:
-    """Raw bytes on ``.../secagg/down`` or ``.../secagg/down/{agent}`` (docs/PROTOCOL.md §12)."""
-
-    payload: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class TrainingDone:
-    """The trainer finished the round named by ``key``."""
-
-    key: RoundKey
-    result: TrainResult
-    train_s: float
-
-
-@dataclass(frozen=True, slots=True)
-class TrainingFailed:
-    """The trainer could not (or was not allowed to) train ``key``; the agent declines."""
-
-    key: RoundKey
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class ShutdownRequested:
-    """The agent is stopping cleanly."""
-
-
-AgentEvent: TypeAlias = (
-    Connected | ModelArrived | SecAggArrived | TrainingDone | TrainingFailed | ShutdownRequested
-)
-
-# --- actions (out) ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Train:
-    """Train on ``model``'s weights and plan, then feed back TrainingDone or TrainingFailed."""
-
-    key: RoundKey
-    model: ModelAnnouncement
-
-
-@dataclass(frozen=True, slots=True)
-class ModelRejected:
-    """A model announcement (or a SecAgg message of the coordinator) was refused; logged."""
-
-    reason: RejectReason
-    detail: str
-
-
-@dataclass(frozen=True, slots=True)
-class UpdateSent:
-    """An update (or decline) for ``key`` was handed to MQTT; ``resent`` if from the cache."""
-
-    key: RoundKey
-    size: int
-    resent: bool
-
-
-@dataclass(frozen=True, slots=True)
-class RunFinished:
-    """The coordinator published the final model; ``model`` is the device's to keep."""
-
-    model: ModelAnnouncement
-
-
-@dataclass(frozen=True, slots=True)
-class SaveResidual:
-    """The error-feedback residual changed; the adapter persists it (``None``: delete it)."""
-
-    state: Residual | None
-
-
-AgentAction: TypeAlias = Publish | Train | ModelRejected | UpdateSent | RunFinished | SaveResidual
 
 
 @dataclass(slots=True)
@@ -208,6 +150,11 @@ class AgentCore:
         return self._feedback.state
 
     @property
+    def training(self) -> RoundKey | None:
+        """The round the adapter is training for this core, until its result is fed back."""
+        return self._training
+
+    @property
     def busy(self) -> bool:
         return self._training is not None
 
@@ -215,14 +162,17 @@ class AgentCore:
         """The last will the adapter registers: presence ``offline``, retained."""
         return self._presence(online=False, at=0.0)
 
-    def handle(self, event: AgentEvent, wall: float = 0.0) -> list[AgentAction]:
-        """Apply ``event``; ``wall`` (Unix seconds) only stamps outgoing presence."""
+    def handle(
+        self, event: AgentEvent, now: float = 0.0, *, wall: float = 0.0
+    ) -> list[AgentAction]:
+        """Apply ``event`` at monotonic time ``now`` (it ages partial chunked models);
+        ``wall`` (Unix seconds) only stamps outgoing presence."""
         match event:
             case Connected():
                 self._resend_armed = self._answer is not None
                 return [self._presence(online=True, at=wall)]
             case ModelArrived(payload=payload):
-                return self._on_model(payload, wall)
+                return self._on_model(payload, now)
             case SecAggArrived(payload=payload):
                 try:
                     return list(self._seat.receive(payload))
@@ -237,10 +187,10 @@ class AgentCore:
             case _:
                 assert_never(event)
 
-    def _on_model(self, payload: bytes, wall: float) -> list[AgentAction]:
+    def _on_model(self, payload: bytes, now: float) -> list[AgentAction]:
         try:
             if is_chunk_frame(payload):  # a piece of a model sent in chunks (or its manifest)
-                whole = self._chunks.add("model", payload, wall)
+                whole = self._chunks.add("model", payload, now)
                 if whole is None:
                     return []
                 payload = whole

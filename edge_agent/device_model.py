@@ -1,6 +1,6 @@
 """The device model on disk: one msgpack file of named float32 tensors, never pickle.
 
-The file is an :mod:`edge_agent.statefile` document of type ``device-model``
+The file is an :mod:`protocol.statefile` document of type ``device-model``
 holding only tensors. Callers pick the path (an agent's state directory); this
 module knows nothing of agents.
 """
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edge_agent.statefile import load_doc, save_doc
 from protocol import Weights
+from protocol.statefile import load_doc, save_doc
 
 _VERSION = 1
 _TYPE = "device-model"

@@ -14,7 +14,7 @@ Karimireddy et al., "Error Feedback Fixes SignSGD" (ICML 2019).
 Invariants: numpy and protocol only; no clock, no threads. A residual belongs
 to one run (its ``scope``) and one set of tensor shapes; anything else starts
 from zero. Files are touched only by :func:`save_residual` and
-:func:`load_residual`, which the adapter calls: an :mod:`edge_agent.statefile`
+:func:`load_residual`, which the adapter calls: an :mod:`protocol.statefile`
 document of type ``residual`` with a ``scope`` field, written atomically and
 durably, never pickle.
 """
@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.statefile import load_doc, save_doc
 from protocol import Weights, WireError, decode_delta, encode_delta
 from protocol.compress import codec_pipeline
+from protocol.statefile import load_doc, save_doc
 
 _VERSION = 1
 _RESIDUAL = "residual"

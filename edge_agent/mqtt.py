@@ -11,7 +11,6 @@ mid-round abandons the round (declines it) instead of waiting for the trainer.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 import traceback
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import paho.mqtt.client as mqtt
+from typing_extensions import assert_never
 
 from edge_agent.agent import (
     AgentAction,
@@ -41,7 +41,6 @@ from edge_agent.agent import (
     TrainingFailed,
     UpdateSent,
 )
-from edge_agent.connection import BrokerURL, Session, connect, make_client, refused_for_good
 from edge_agent.device_model import save_device_model
 from edge_agent.feedback import save_residual
 from edge_agent.personal import DeviceTrainer
@@ -49,6 +48,8 @@ from edge_agent.policy import Memory, ResourcePolicy, read_memory, run_hook, vet
 from edge_agent.state import SavedModel, StateDir
 from edge_agent.trainer import Trainer
 from protocol import ModelAnnouncement, Publish
+from transport.connection import BrokerURL, Session, connect, make_client, refused_for_good
+from transport.inbox import Inbox
 
 log = logging.getLogger("fedmq.agent")
 
@@ -80,14 +81,17 @@ class AgentNode:
         on_action: Callable[[AgentAction], None] | None = None,
         queue_size: int = 64,
         residual_path: Path | None = None,
+        device: DeviceTrainer | None = None,
         device_model_path: Path | None = None,
         state: StateDir | None = None,
         policy: ResourcePolicy | None = None,
     ) -> None:
         """``residual_path``: where the error-feedback residual persists (None: memory only);
-        ``device_model_path``: where a :class:`DeviceTrainer`'s device model is saved after
-        every round and at the run's end (None: not saved); ``state``: where each round's
-        global model is kept; ``policy``: when this device may train (None: always)."""
+        ``device``: the trainer that keeps this device's own model (personal layers,
+        fine-tuning, local inference), None if it keeps none; ``device_model_path``: where
+        that model is saved after every round and at the run's end (None: not saved);
+        ``state``: where each round's global model is kept; ``policy``: when this device
+        may train (None: always)."""
         self.core = core
         self._trainer = trainer
         self._broker = broker
@@ -95,15 +99,14 @@ class AgentNode:
         self._exit_when_done = exit_when_done
         self._on_action = on_action
         self._residual_path = residual_path
+        self._device = device
         self._device_model_path = device_model_path
         self._state = state
         #: the newest global model on this device, kept across restarts in ``state``
         self.saved_model: SavedModel | None = state.load_model() if state is not None else None
         self._policy = policy or ResourcePolicy()
-        #: the round a worker thread is training, until its result is fed back
-        self._round: RoundKey | None = None
-        self._queue: queue.Queue[AgentEvent | _Refused | _Quit] = queue.Queue(queue_size)
-        self.dropped = 0
+        self._inbox: Inbox[AgentEvent | _Refused | _Quit] = Inbox(queue_size, core.agent)
+        self._deferred_dropped = 0
         self.rounds_trained = 0
         self.refused: str | None = None
         self.finished = threading.Event()
@@ -128,11 +131,12 @@ class AgentNode:
         self._put(ModelArrived(bytes(message.payload)))
 
     def _put(self, item: AgentEvent | _Refused | _Quit) -> None:
-        try:
-            self._queue.put_nowait(item)
-        except queue.Full:
-            self.dropped += 1
-            log.error("%s: inbound queue full; dropped a message", self.core.agent)
+        self._inbox.offer(item)
+
+    @property
+    def dropped(self) -> int:
+        """Messages lost because the inbound queue (or the deferred backlog) was full."""
+        return self._inbox.dropped + self._deferred_dropped
 
     # --- the owning thread ----------------------------------------------------------------
 
@@ -149,19 +153,20 @@ class AgentNode:
         deferred: deque[AgentEvent] = deque()
         try:
             while True:
-                item = deferred.popleft() if deferred and self._round is None else self._queue.get()
+                busy = self.core.training is not None
+                item = deferred.popleft() if deferred and not busy else self._inbox.get()
+                assert item is not None  # get() without a timeout waits for an item
                 if isinstance(item, _Quit):
                     self._abandon_round()
                     self._feed(ShutdownRequested())
                     break
-                if isinstance(item, TrainingDone | TrainingFailed):
-                    self._round = None
-                    self.rounds_trained += isinstance(item, TrainingDone)
-                elif self._round is not None and not isinstance(item, _Refused):
-                    if len(deferred) < self._queue.maxsize:
+                if isinstance(item, TrainingDone):
+                    self.rounds_trained += 1
+                elif busy and not isinstance(item, _Refused | TrainingFailed):
+                    if len(deferred) < self._inbox.maxsize:
                         deferred.append(item)
                     else:
-                        self.dropped += 1
+                        self._deferred_dropped += 1
                         log.error("%s: inbound queue full; dropped a message", self.core.agent)
                     continue
                 if isinstance(item, _Refused):
@@ -176,7 +181,7 @@ class AgentNode:
             self._flush_and_disconnect()
 
     def _feed(self, event: AgentEvent) -> None:
-        for action in self.core.handle(event, time.time()):
+        for action in self.core.handle(event, time.monotonic(), wall=time.time()):
             self._carry_out(action)
             if self._on_action is not None:
                 self._on_action(action)
@@ -204,19 +209,22 @@ class AgentNode:
             case RunFinished(model=model):
                 log.info("%s: run %s finished at round %d", self.core.agent, model.run, model.round)
                 self._keep(model)
-                if isinstance(self._trainer, DeviceTrainer):  # personal layers, fine-tuning
+                if self._device is not None:  # personal layers, fine-tuning
                     try:
-                        self._trainer.adopt(model.weights, model.plan)
+                        self._device.adopt(model.weights, model.plan)
                     except ValueError as exc:
                         log.error("%s: cannot adopt the final model: %s", self.core.agent, exc)
                     self._save_device_model()
                 self.finished.set()
+            case SaveResidual():
+                pass  # no residual path: the residual lives in the core's memory only
+            case _:
+                assert_never(action)
 
     def _start_round(self, key: RoundKey, model: ModelAnnouncement) -> None:
         self._keep(model)
-        self._round = key
         worker = threading.Thread(
-            target=lambda: self._queue.put(self._train(key, model)),
+            target=lambda: self._inbox.put(self._train(key, model)),
             name=f"train-{self.core.agent}-{model.round}",
             daemon=True,  # abandoned at shutdown: the process does not wait for it
         )
@@ -233,12 +241,11 @@ class AgentNode:
 
     def _abandon_round(self) -> None:
         """Decline the round in training, so the coordinator need not wait for it."""
-        if self._round is None:
+        key = self.core.training
+        if key is None:
             return
-        log.warning("%s: stopping mid-round %d: abandoned, declined", self.core.agent,
-                    self._round[1])
-        self._feed(TrainingFailed(self._round, "agent shutting down"))
-        self._round = None
+        log.warning("%s: stopping mid-round %d: abandoned, declined", self.core.agent, key[1])
+        self._feed(TrainingFailed(key, "agent shutting down"))
 
     def _vetoed(self, model: ModelAnnouncement) -> str | None:
         """The resource policy's reason to skip this round, or None (runs the hook)."""
@@ -276,15 +283,15 @@ class AgentNode:
         Raises:
             ValueError: if the trainer keeps no device model, or holds none yet.
         """
-        if not isinstance(self._trainer, DeviceTrainer):
+        if self._device is None:
             raise ValueError(f"{type(self._trainer).__name__} keeps no device model")
-        return self._trainer.predict(x)
+        return self._device.predict(x)
 
     def _save_device_model(self) -> None:
         path = self._device_model_path
-        if path is None or not isinstance(self._trainer, DeviceTrainer):
+        if path is None or self._device is None:
             return
-        weights = self._trainer.device_model
+        weights = self._device.device_model
         if weights is None:
             return
         try:

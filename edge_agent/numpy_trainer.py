@@ -26,7 +26,7 @@ import numpy.typing as npt
 
 from edge_agent.proximal import add_proximal_grad, proximal_mu
 from edge_agent.trainer import TrainResult
-from fedmq.tasks.spec import ModelSpec, TaskKind
+from models.spec import ModelSpec, TaskKind
 from protocol import TrainPlan, Weights
 
 F32 = npt.NDArray[np.float32]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edge_agent.events import RoundKey
 from edge_agent.secagg import SecAggClient
 from protocol import ModelAnnouncement, Publish, Topics, Weights, WireError
 from protocol.chunks import split
@@ -25,8 +26,6 @@ from protocol.wire import DEFAULT_MAX_BYTES
 
 #: the order a session's coordinator messages come in
 _ORDER: list[type] = [Roster, Relay, Survivors]
-#: (run, round, model_id): what a trained delta answers
-RoundKey = tuple[str, int, str]
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ Layout, under ``{state_dir}/{agent_id}/``:
 - ``device-model.msgpack``: the device's own model (personal layers, local
   inference), written by :mod:`edge_agent.device_model`.
 
-Invariants: every file is an :mod:`edge_agent.statefile` document (msgpack, the
+Invariants: every file is an :mod:`protocol.statefile` document (msgpack, the
 wire's tensor encoding, never pickle, written atomically and durably); an update
 the agent has sent is never stored (the residual is what it did *not* send, the
 device model holds the global layers as received); a file that does not load is
@@ -24,10 +24,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_agent.durable import stray_temporaries
 from edge_agent.feedback import Residual, load_residual
-from edge_agent.statefile import load_doc, save_doc
 from protocol import ModelAnnouncement, Weights
+from protocol.durable import stray_temporaries
+from protocol.statefile import load_doc, save_doc
 
 log = logging.getLogger("fedmq.agent.state")
 

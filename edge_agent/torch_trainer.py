@@ -25,8 +25,8 @@ from torch import nn
 
 from edge_agent.proximal import proximal_mu
 from edge_agent.trainer import TrainResult
-from fedmq.tasks.locate import locate
-from fedmq.tasks.spec import ModelSpec, TaskKind
+from models.locate import locate
+from models.spec import ModelSpec, TaskKind
 from protocol import TrainPlan, Weights
 
 #: rows per forward pass when evaluating; bounds activation memory on small devices

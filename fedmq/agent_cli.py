@@ -169,8 +169,8 @@ def password(args: argparse.Namespace) -> str | None:
 
 
 def connection(args: argparse.Namespace, broker: str) -> Connection:
-    from edge_agent.connection import BrokerURL
     from fedmq.launch import Connection
+    from transport.connection import BrokerURL
 
     url = BrokerURL.parse(broker).with_credentials(args.username, password(args))
     return Connection(url, mqtt5=not args.mqtt311, ca_file=args.ca_file)

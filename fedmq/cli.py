@@ -6,6 +6,8 @@ fedmq agent         run one agent (one device) against a broker
 fedmq agents        host several agents in one process (each its own MQTT connection)
 fedmq monitor       watch jobs live from their topics alone
 fedmq report        plots and a markdown summary of a finished run's directory
+
+With fedmq-tools installed (``pip install -e tools/``, developers only), found by entry point:
 fedmq swarm         many simulated agents (numpy trainer), one thread per process
 fedmq bench         benchmarks: w1, ingest, scale, footprint (see BENCHMARKS.md)
 fedmq chaos         train while killing agents, the broker and the coordinator
@@ -17,18 +19,12 @@ import argparse
 import dataclasses
 import json
 import logging
-import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from importlib.metadata import entry_points
 from pathlib import Path
 
-from coordinator import Action, CheckpointError, RoundConfig, parse_aggregator
-from coordinator.config import SAMPLE_POLICIES
-from coordinator.optimisers import SERVER_OPT_HELP, parse_server_opt
-from coordinator.strategy import AGGREGATOR_HELP
-from edge_agent.connection import BrokerURL
-from edge_agent.personal import with_local_layers
-from edge_agent.proximal import MU
+from coordinator import CheckpointError, RoundConfig
 from fedmq.agent_cli import (
     UNSIGNED_NOTICE,
     add_agent_arguments,
@@ -39,223 +35,25 @@ from fedmq.agent_cli import add_security as _add_security
 from fedmq.agent_cli import add_task as _add_task
 from fedmq.agent_cli import connection as _connection
 from fedmq.agent_cli import data_config as _data
-from fedmq.agent_cli import main as agent_main
 from fedmq.agent_cli import password as _password
 from fedmq.agent_cli import stop_on_signals as _stop_on_signals
-from fedmq.bench.cli import register as register_bench
-from fedmq.bundle import (
-    expand_bundle,
-    load_agent_keys,
-    load_signing_key,
-)
-from fedmq.chaos import add_parser as register_chaos
-from fedmq.entry import command_of
+from fedmq.bundle import expand_bundle, load_agent_keys, load_signing_key
 from fedmq.launch import AgentSettings, build_agent, build_coordinator
 from fedmq.progress import RunRecorder
 from fedmq.provision import register as register_provision
-from fedmq.tasks import get_task
-from protocol import CODECS, Phase, TrainPlan, check_codec
-from protocol.compress import DOWNLINKS
+from fedmq.round_flags import add_round_flags, observers, round_config
+from protocol import Phase
+from transport.connection import BrokerURL
+
+#: commands that come with the fedmq-tools distribution (tools/), found by entry point
+PLUGIN_GROUP = "fedmq.commands"
+TOOL_COMMANDS = frozenset({"bench", "swarm", "chaos"})
 
 log = logging.getLogger("fedmq")
 
 
-def _codec(value: str) -> str:
-    try:
-        return check_codec(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _mu(value: str) -> float:
-    try:
-        mu = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--mu wants a number, got {value!r}") from None
-    if not math.isfinite(mu) or mu < 0:
-        raise argparse.ArgumentTypeError(f"--mu must be finite and >= 0, got {value!r}")
-    return mu
-
-
-def _aggregator(value: str) -> str:
-    try:
-        parse_aggregator(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return value
-
-
-_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "m": 1024**2, "mb": 1024**2, "g": 1024**3}
-
-
-def _size(value: str) -> int:
-    """Bytes from ``131072``, ``128k`` or ``1m`` (binary units, as brokers count)."""
-    number = value.strip().lower().rstrip("ib")
-    digits = number.rstrip("kmg")
-    unit = number[len(digits):]
-    try:
-        return int(float(digits) * _UNITS[unit])
-    except (ValueError, KeyError):
-        raise argparse.ArgumentTypeError(f"not a size: {value!r} (try 131072, 128k, 1m)") from None
-
-
-def _add_rounds(p: argparse.ArgumentParser, rounds: int, deadline: float) -> None:
-    g = p.add_argument_group("rounds")
-    g.add_argument("--rounds", type=int, default=rounds)
-    g.add_argument(
-        "--quorum",
-        type=int,
-        help="close a round at K accepted updates "
-        "(default: every agent online when the round opens)",
-    )
-    g.add_argument(
-        "--min-replies", type=int, default=1, help="at the deadline, close with at least M updates"
-    )
-    g.add_argument("--deadline", type=float, default=deadline, help="seconds per round")
-    g.add_argument("--min-agents", type=int, help="agents online before round 1")
-    g.add_argument("--on-short-round", choices=("retry", "stop"), default="retry")
-    g.add_argument("--max-retries", type=int, default=3)
-    g.add_argument("--target-accuracy", type=float, help="stop once test accuracy reaches this")
-    g.add_argument(
-        "--codec",
-        default="none",
-        type=_codec,
-        help=f"update codec pipeline: stages {', '.join(CODECS)} joined by '+', "
-        "e.g. topk:0.01+int8+zstd (docs/CODECS.md)",
-    )
-    g.add_argument(
-        "--downlink", default="fp32", choices=DOWNLINKS, help="the global model's wire dtype"
-    )
-    g.add_argument("--aggregator", default="fedavg", type=_aggregator, help=AGGREGATOR_HELP)
-    g.add_argument("--clip-norm", type=float, metavar="C",
-                   help="scale each update's delta down to L2 norm C before aggregating "
-                        "(any aggregator; docs/ROBUSTNESS.md)")
-    g.add_argument("--epochs", type=int, help="local epochs (default: the task's)")
-    g.add_argument("--batch-size", type=int, help="local batch size (default: the task's)")
-    g.add_argument("--lr", type=float, help="local learning rate (default: the task's)")
-    g.add_argument("--seed", type=int, help="training seed (default: the task's)")
-    g.add_argument("--mu", type=_mu, default=0.0,
-                   help="FedProx proximal weight mu >= 0 sent to agents (default 0: FedAvg; "
-                        "docs/STRATEGIES.md)")
-    g.add_argument("--local-layers", metavar="NAMES",
-                   help="comma-separated tensors kept on each device, never sent (FedPer), "
-                        "e.g. 4.weight,4.bias; '' for none (default: the task's)")
-    g.add_argument("--no-eval", action="store_true", help="skip server-side evaluation")
-    g.add_argument("--max-update-bytes", type=_size, default=64 * 1024 * 1024,
-                   help="reject larger updates (e.g. 64m)")
-    g.add_argument("--max-payload", type=_size, default=0,
-                   help="the broker's payload cap, e.g. 128k for AWS IoT Core: larger "
-                        "models and updates travel as chunks (default: no cap)")
-    _add_strategy(p)
-
-
-def _server_opt(value: str) -> str:
-    try:
-        parse_server_opt(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return value
-
-
-def _add_strategy(p: argparse.ArgumentParser) -> None:
-    """Server optimiser, client sampling, DP-FedAvg, early stopping (docs/STRATEGIES.md)."""
-    g = p.add_argument_group("strategy (docs/STRATEGIES.md)")
-    g.add_argument("--server-opt", default="fedavg", type=_server_opt, metavar="SPEC",
-                   help=SERVER_OPT_HELP)
-    share = g.add_mutually_exclusive_group()
-    share.add_argument("--sample-fraction", type=float, metavar="F",
-                       help="ask a fraction 0<F<=1 of the eligible agents online each round "
-                            "(never fewer than quorum/min-replies need; default: all)")
-    share.add_argument("--sample-count", type=int, metavar="K",
-                       help="ask K of the eligible agents online each round")
-    g.add_argument("--sample-policy", choices=SAMPLE_POLICIES, default="uniform",
-                   help="uniform, or by-samples: weighted by the sample counts agents advertise")
-    g.add_argument("--device-class", action="append", metavar="NAME",
-                   help="repeatable: only agents whose presence names this device class train")
-    g.add_argument("--sample-seed", type=int, default=0, help="seed of the cohort draws")
-    g.add_argument("--dp-noise", type=float, metavar="Z",
-                   help="DP-FedAvg: Gaussian noise multiplier z (needs --dp-clip); each round's "
-                        "metrics report epsilon")
-    g.add_argument("--dp-clip", type=float, metavar="C", help="DP-FedAvg: L2 clip norm of updates")
-    g.add_argument("--dp-delta", type=float, default=1e-5, help="delta of the reported epsilon")
-    g.add_argument("--dp-seed", type=int, default=0,
-                   help="seed of the DP noise: keep it secret in a real deployment")
-    g.add_argument("--patience", type=int, metavar="P",
-                   help="stop when test accuracy has not improved for P rounds")
-    g.add_argument("--min-delta", type=float, default=0.0,
-                   help="with --patience: a gain must exceed this to count")
-
-
-def _round_config(args: argparse.Namespace, job: str, min_agents: int | None = None) -> RoundConfig:
-    task = get_task(args.task)
-    base = task.plan
-    plan = TrainPlan(
-        epochs=args.epochs if args.epochs is not None else base.epochs,
-        batch_size=args.batch_size if args.batch_size is not None else base.batch_size,
-        lr=args.lr if args.lr is not None else base.lr,
-        seed=args.seed if args.seed is not None else base.seed,
-        options=base.options,
-    )
-    if args.mu:
-        plan = dataclasses.replace(plan, options={**plan.options, MU: args.mu})
-    if args.local_layers is not None:
-        plan = with_local_layers(plan, filter(None, args.local_layers.split(",")))
-    # by default wait for enough agents to meet the quorum, min_replies and the aggregator
-    floor = max(args.quorum or 1, args.min_replies, parse_aggregator(args.aggregator).min_updates)
-    return RoundConfig(
-        job=job,
-        task=args.task,
-        rounds=args.rounds,
-        plan=plan,
-        codec=args.codec,
-        downlink=args.downlink,
-        aggregator=args.aggregator,
-        clip_norm=args.clip_norm,
-        quorum=args.quorum,
-        min_replies=args.min_replies,
-        deadline_s=args.deadline,
-        min_agents=args.min_agents or min_agents or floor,
-        on_short_round=args.on_short_round,
-        max_retries=args.max_retries,
-        target_accuracy=args.target_accuracy,
-        patience=args.patience,
-        min_delta=args.min_delta,
-        server_opt=args.server_opt,
-        sample_fraction=args.sample_fraction,
-        sample_count=args.sample_count,
-        sample_policy=args.sample_policy,
-        device_classes=frozenset(args.device_class) if args.device_class else None,
-        sample_seed=args.sample_seed,
-        dp_noise=args.dp_noise,
-        dp_clip=args.dp_clip,
-        dp_delta=args.dp_delta,
-        dp_seed=args.dp_seed,
-        evaluate=not args.no_eval,
-        max_update_bytes=args.max_update_bytes,
-        max_payload=args.max_payload,
-    )
-
-
-def _observers(args: argparse.Namespace, recorder: RunRecorder) -> Callable[[Action], None]:
-    """The recorder, plus the Prometheus exporter when ``--metrics-port`` asks for one."""
-    if args.metrics_port is None:
-        return recorder
-    from fedmq.prometheus import MetricsExporter, parse_listen
-
-    host, port = parse_listen(args.metrics_port)
-    exporter = MetricsExporter()
-    bound = exporter.serve(host, port)
-    print(f"prometheus metrics on http://{host}:{bound}/metrics")
-
-    def both(action: Action) -> None:
-        recorder(action)
-        exporter(action)
-
-    return both
-
-
 def cmd_coordinator(args: argparse.Namespace) -> int:
-    config = _signed_config(_round_config(args, args.job), args)
+    config = _signed_config(round_config(args, args.job), args)
     run_dir = args.run_dir or Path("fedmq-runs") / args.job
     recorder = RunRecorder(config.rounds, jsonl=run_dir / "metrics.jsonl")
     try:
@@ -265,7 +63,7 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
             data=_data(args),
             run_dir=run_dir,
             resume=args.resume,
-            on_action=_observers(args, recorder),
+            on_action=observers(args, recorder),
         )
     except CheckpointError as exc:
         print(f"fedmq coordinator: {exc}", file=sys.stderr)
@@ -371,7 +169,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="torch threads per agent process")
     p.add_argument("--metrics-port", help="serve Prometheus metrics on [HOST:]PORT")
     _add_task(p, default="digits")
-    _add_rounds(p, rounds=10, deadline=30.0)
+    add_round_flags(p, rounds=10, deadline=30.0)
     # the demo shows compressed updates: int8+zstd is lossless in accuracy on digits
     p.set_defaults(func=cmd_demo, codec="int8+zstd", username=None, password=None,
                    password_file=None, ca_file=None, mqtt311=False)
@@ -384,7 +182,7 @@ def parser() -> argparse.ArgumentParser:
     _add_connection(p)
     _add_security(p, "coordinator")
     _add_task(p)
-    _add_rounds(p, rounds=10, deadline=60.0)
+    add_round_flags(p, rounds=10, deadline=60.0)
     p.set_defaults(func=cmd_coordinator)
 
     add_agent_arguments(sub.add_parser("agent", help="run one agent"))
@@ -402,8 +200,8 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_agents)
     _add_watch_commands(sub)
     register_provision(sub)
-    register_bench(sub)
-    register_chaos(sub)
+    for plugin in entry_points(group=PLUGIN_GROUP):
+        plugin.load()(sub)
     return top
 
 
@@ -434,16 +232,27 @@ def _signed_config(config: RoundConfig, args: argparse.Namespace) -> RoundConfig
     return dataclasses.replace(config, signing_key=signing_key, agent_keys=agent_keys)
 
 
+def _commands(top: argparse.ArgumentParser) -> list[str]:
+    for action in top._subparsers._group_actions if top._subparsers else ():
+        if isinstance(action, argparse._SubParsersAction):
+            return list(action.choices)
+    return []
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if command_of(argv) == "agent":  # the config file and thread budget are its own
-        return agent_main(argv)
     try:
         argv = expand_bundle(argv)
     except (ValueError, FileNotFoundError) as exc:
         print(f"fedmq: --bundle: {exc}", file=sys.stderr)
         return 2
-    args = parser().parse_args(argv)
+    top = parser()
+    missing = TOOL_COMMANDS.intersection(argv[:1]) - set(_commands(top))
+    if missing:
+        print(f"fedmq {min(missing)}: a developer tool; install it from a checkout with "
+              "`pip install -e tools/` (fedmq-tools)", file=sys.stderr)
+        return 2
+    args = top.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

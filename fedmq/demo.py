@@ -18,6 +18,7 @@ from pathlib import Path
 from fedmq.broker import BrokerError, LocalBroker
 from fedmq.launch import Connection, build_coordinator
 from fedmq.progress import RunRecorder, human_bytes
+from fedmq.round_flags import observers, round_config
 from protocol import Phase
 
 #: how long the agents get to go offline after the final model
@@ -55,7 +56,6 @@ def run_demo(args: argparse.Namespace) -> int:
     from fedmq.agent_cli import connection as _connection
     from fedmq.agent_cli import data_config as _data
     from fedmq.agent_cli import stop_on_signals as _stop_on_signals
-    from fedmq.cli import _observers, _round_config
 
     with ExitStack() as stack:
         if args.broker:
@@ -69,7 +69,7 @@ def run_demo(args: argparse.Namespace) -> int:
             broker_url, where = broker.url, f"{broker.url} (private mosquitto, pid {broker.pid})"
         run_dir = args.run_dir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
         run_dir.mkdir(parents=True, exist_ok=True)
-        config = _round_config(args, args.job, min_agents=args.agents)
+        config = round_config(args, args.job, min_agents=args.agents)
         print(
             f"fedmq demo: {args.agents} agents, task {args.task}, {config.rounds} rounds, "
             f"broker {where}"
@@ -82,7 +82,7 @@ def run_demo(args: argparse.Namespace) -> int:
         recorder = RunRecorder(config.rounds, jsonl=run_dir / "metrics.jsonl")
         conn: Connection = _connection(args, broker_url)
         node = build_coordinator(
-            config, conn, data=_data(args), run_dir=run_dir, on_action=_observers(args, recorder)
+            config, conn, data=_data(args), run_dir=run_dir, on_action=observers(args, recorder)
         )
         _stop_on_signals(node.stop)
         agents_log = (run_dir / "agents.log").open("wb")

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge_agent.agent import AgentAction, AgentCore
-from edge_agent.connection import BrokerURL, Session
 from edge_agent.device_model import load_device_model
 from edge_agent.feedback import ErrorFeedback
 from edge_agent.mqtt import AgentNode
@@ -28,6 +27,7 @@ from edge_agent.state import DEVICE_MODEL_NAME, RESIDUAL_NAME, StateDir
 from fedmq.tasks import DataConfig, Task, agent_data, get_task, test_data
 from protocol import Weights
 from protocol.signing import SigningKey, VerifyKey
+from transport.connection import BrokerURL, Session
 
 if TYPE_CHECKING:
     from coordinator import Action, RoundConfig
@@ -195,6 +195,7 @@ def build_agent(
         exit_when_done=settings.exit_when_done,
         on_action=on_action,
         residual_path=residual_path,
+        device=trainer,
         device_model_path=device_model_path,
         state=state,
         policy=settings.policy,

@@ -16,7 +16,7 @@ from wsgiref.simple_server import WSGIServer
 from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram, Info
 from prometheus_client.exposition import start_http_server
 
-from coordinator import Action, RejectUpdate, RoundClosed, RoundOpened, UpdateAccepted
+from coordinator import Action, MessageRejected, RoundClosed, RoundOpened, UpdateAccepted
 from protocol import Phase, Publish, TopicKind, WireError, decode_status, parse_topic
 
 log = logging.getLogger("fedmq.prometheus")
@@ -87,7 +87,7 @@ class MetricsExporter:
             case UpdateAccepted(accepted=accepted):
                 self.accepted.inc()
                 self.replies.set(accepted)
-            case RejectUpdate(reason=reason):
+            case MessageRejected(reason=reason):
                 self.rejected.labels(reason.value).inc()
             case RoundClosed(metrics=m):
                 self.rounds.labels(m.closed_by.value).inc()

@@ -18,20 +18,17 @@ from protocol.messages import (
     Update,
 )
 from protocol.publish import Publish
-from protocol.tensors import Weights, decode_weights, encode_weights, weights_digest
-from protocol.topics import TopicKind, TopicRef, Topics, check_id, parse_topic
-from protocol.wire import (
+from protocol.reports import (
     decode_metrics,
-    decode_model,
     decode_presence,
     decode_status,
-    decode_update,
     encode_metrics,
-    encode_model,
     encode_presence,
     encode_status,
-    encode_update,
 )
+from protocol.tensors import Weights, decode_weights, encode_weights, weights_digest
+from protocol.topics import TopicKind, TopicRef, Topics, check_id, parse_topic
+from protocol.wire import decode_model, decode_update, encode_model, encode_update
 
 __all__ = [
     "CODECS",

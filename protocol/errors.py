@@ -24,6 +24,8 @@ class RejectReason(str, enum.Enum):
     AGENT_MISMATCH = "agent_mismatch"
     #: an update for a round that has already closed
     STALE = "stale"
+    #: signed for another run of the job (a replay from an earlier run)
+    WRONG_RUN = "wrong_run"
     #: an update for a round that has not started
     FUTURE_ROUND = "future_round"
     #: the update was computed from a different global model than the round's

@@ -321,7 +321,7 @@ def open_update(
 
     Raises:
         WireError: UNSIGNED for a bare update when ``keys`` is set; WRONG_JOB;
-            AGENT_MISMATCH (signer is not the topic's agent); STALE (signed
+            AGENT_MISMATCH (signer is not the topic's agent); WRONG_RUN (signed
             for another run); UNKNOWN_AGENT (no key for the agent);
             BAD_SIGNATURE; MALFORMED, BAD_VERSION or TOO_LARGE for a bad envelope.
     """
@@ -337,7 +337,7 @@ def open_update(
     if envelope.signer != agent:
         raise WireError(RejectReason.AGENT_MISMATCH, f"signed by {envelope.signer!r}")
     if envelope.run != run:
-        raise WireError(RejectReason.STALE, f"signed for run {envelope.run!r}, not {run!r}")
+        raise WireError(RejectReason.WRONG_RUN, f"signed for run {envelope.run!r}, not {run!r}")
     key = keys.get(agent)
     if key is None:
         raise WireError(RejectReason.UNKNOWN_AGENT, f"no update key provisioned for {agent!r}")

@@ -34,3 +34,7 @@ fi
 echo "setup: installing $TORCH_SPEC and fedmq[$EXTRAS]"
 "$VENV/bin/pip" install -q --disable-pip-version-check "$TORCH_SPEC"
 "$VENV/bin/pip" install -q --disable-pip-version-check -e "$ROOT[$EXTRAS]"
+# Developers (the dev extra) also get the tools: benchmarks, swarm, reference, chaos.
+case ",$EXTRAS," in
+  *,dev,*) "$VENV/bin/pip" install -q --disable-pip-version-check -e "$ROOT/tools" ;;
+esac

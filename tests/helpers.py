@@ -19,6 +19,7 @@ from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
+from typing_extensions import assert_never
 
 from coordinator import (
     Action,
@@ -27,14 +28,16 @@ from coordinator import (
     Evaluate,
     Evaluated,
     Event,
+    MessageRejected,
     PresenceArrived,
-    RejectUpdate,
     RoundClosed,
     RoundConfig,
+    RoundOpened,
     Rounds,
     SaveCheckpoint,
     Stop,
     Tick,
+    UpdateAccepted,
     UpdateArrived,
     save_checkpoint,
 )
@@ -44,11 +47,15 @@ from edge_agent.agent import (
     AgentEvent,
     Connected,
     ModelArrived,
+    ModelRejected,
     RoundKey,
+    RunFinished,
+    SaveResidual,
     ShutdownRequested,
     Train,
     TrainingDone,
     TrainingFailed,
+    UpdateSent,
 )
 from edge_agent.trainer import TrainResult
 from protocol import (
@@ -295,8 +302,8 @@ class Fleet:
         """The coordinator's actions of one kind, in order."""
         return [a for a in self.actions if isinstance(a, kind)]
 
-    def rejections(self) -> list[RejectUpdate]:
-        return [a for a in self.actions if isinstance(a, RejectUpdate)]
+    def rejections(self) -> list[MessageRejected]:
+        return [a for a in self.actions if isinstance(a, MessageRejected)]
 
     def closed(self) -> list[RoundMetrics]:
         return [a.metrics for a in self.actions if isinstance(a, RoundClosed)]
@@ -527,8 +534,10 @@ class Fleet:
                     save_checkpoint(self.checkpoint_path, ckpt)
             case Stop():
                 self.stop = action
+            case MessageRejected() | RoundOpened() | UpdateAccepted() | RoundClosed():
+                pass  # reports: self.actions keeps them for the tests to read
             case _:
-                pass
+                assert_never(action)
         return None
 
     def _feed_agent(self, agent: str, event: AgentEvent) -> None:
@@ -549,8 +558,10 @@ class Fleet:
                 case Train(key=key, model=model):
                     self.stats.trained.append((agent, key))
                     pending.extend(core.handle(self._train(agent, key, model), self.now))
+                case ModelRejected() | UpdateSent() | RunFinished() | SaveResidual():
+                    pass  # reports: agent_actions keeps them for the tests to read
                 case _:
-                    pass
+                    assert_never(action)
 
     def _train(self, agent: str, key: RoundKey, model: ModelAnnouncement) -> AgentEvent:
         if agent in self.failing:

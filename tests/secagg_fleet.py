@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from coordinator.config import SecAggPolicy
 from coordinator.secagg import (
     PhaseClosed,
     SecAggAction,
     SecAggDone,
     SecAggFailed,
-    SecAggPolicy,
     SecAggRejected,
     SecAggRound,
 )

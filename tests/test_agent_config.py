@@ -110,7 +110,7 @@ def test_fedmq_agent_skips_the_full_cli_and_the_coordinator() -> None:
             "sys.argv = ['fedmq', 'agent', '--help']\n"
             "try:\n    main()\nexcept SystemExit:\n    pass\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('torch', 'coordinator') or m in ('fedmq.cli', 'fedmq.bench')))")
+            "('torch', 'coordinator') or m in ('fedmq.cli', 'fedmq_tools.bench')))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, cwd=REPO, check=True)
     assert done.stdout.strip().splitlines()[-1] == "[]"

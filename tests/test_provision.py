@@ -215,9 +215,9 @@ def test_a_coordinator_bundle_loads_its_keys(fleet: Path, capsys: pytest.Capture
     argv = expand_bundle(["coordinator", "--bundle", str(fleet / "coordinator")])
     args = parser().parse_args(argv)
     assert args.username == "coordinator" and args.agent_keys == fleet / "coordinator" / "agents"
-    from fedmq.cli import _round_config
+    from fedmq.round_flags import round_config
 
-    config = _signed_config(_round_config(args, args.job), args)
+    config = _signed_config(round_config(args, args.job), args)
     assert config.allowed_agents == frozenset(AGENTS) and config.signing_key is not None
     assert capsys.readouterr().err == ""
 
@@ -225,9 +225,9 @@ def test_a_coordinator_bundle_loads_its_keys(fleet: Path, capsys: pytest.Capture
 def test_without_keys_the_coordinator_says_it_runs_unsigned(capsys: pytest.CaptureFixture[str]):
     args = parser().parse_args(["coordinator", "--job", "j", "--task", "linreg",
                                 "--broker", "mqtt://127.0.0.1:1"])
-    from fedmq.cli import _round_config
+    from fedmq.round_flags import round_config
 
-    config = _signed_config(_round_config(args, args.job), args)
+    config = _signed_config(round_config(args, args.job), args)
     assert config.agent_keys is None and config.signing_key is None
     assert UNSIGNED_NOTICE in capsys.readouterr().err
 

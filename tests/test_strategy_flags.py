@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import pytest
 
-from fedmq.cli import _round_config, main, parser
+from fedmq.cli import main, parser
+from fedmq.round_flags import round_config
 
 BASE = ["coordinator", "--job", "j", "--broker", "mqtt://127.0.0.1:1", "--task", "digits"]
 
 
-def test_flags_reach_the_round_config() -> None:
+def test_flags_reach_theround_config() -> None:
     args = parser().parse_args([
         *BASE, "--server-opt", "fedadam:lr=0.02", "--sample-count", "3",
         "--sample-policy", "by-samples", "--device-class", "rpi4", "--device-class", "phone",
         "--sample-seed", "9", "--dp-clip", "1.5", "--dp-noise", "0.5", "--dp-delta", "1e-6",
         "--dp-seed", "77", "--patience", "4", "--min-delta", "0.01",
     ])
-    config = _round_config(args, "j")
+    config = round_config(args, "j")
     assert config.server_opt == "fedadam:lr=0.02"
     assert (config.sample_count, config.sample_fraction, config.sample_policy) == (3, None,
                                                                                  "by-samples")
@@ -28,7 +29,7 @@ def test_flags_reach_the_round_config() -> None:
 
 
 def test_defaults_change_nothing() -> None:
-    config = _round_config(parser().parse_args(BASE), "j")
+    config = round_config(parser().parse_args(BASE), "j")
     assert config.server_opt == "fedavg" and not config.names_cohort
     assert config.dp_noise is None and config.patience is None
 

@@ -66,7 +66,7 @@ TASK = Task(
 
 
 if __name__ == "__main__":
-    from fedmq.reference import run_reference
+    from fedmq_tools.reference import run_reference
 
     run = run_reference("iid", rounds=10, task=TASK, agents=4)
     print("test accuracy per round:", [round(a or 0.0, 4) for a in run["accuracy"]])

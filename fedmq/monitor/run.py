@@ -25,11 +25,11 @@ from typing import Any, TextIO
 
 import paho.mqtt.client as mqtt
 
-from edge_agent.connection import BrokerURL, Session, connect, make_client
 from fedmq.monitor.events import MonitorEvent, RunFinished, describe, to_json
 from fedmq.monitor.state import MonitorState
 from protocol import Phase, check_id
 from protocol.topics import PREFIX
+from transport.connection import BrokerURL, Session, connect, make_client
 
 log = logging.getLogger("fedmq.monitor")
 

@@ -1,10 +1,13 @@
-"""Tasks: data, model specs, partitions. Never imports torch (see spec.py)."""
+"""Tasks: data, partitions and the built-in registry; model specs come from :mod:`models`.
+
+Never imports torch (see spec.py)."""
 
 from fedmq.tasks.data import agent_data, load_dataset, test_data
-from fedmq.tasks.locate import locate
 from fedmq.tasks.partition import PARTITIONS, Partition, agent_indices, parse_partition
 from fedmq.tasks.registry import TASKS, get_task
-from fedmq.tasks.spec import ARCHS, DataConfig, Dataset, ModelSpec, Task, TaskKind
+from fedmq.tasks.spec import DataConfig, Dataset, Task
+from models.locate import locate
+from models.spec import ARCHS, ModelSpec, TaskKind
 
 __all__ = [
     "ARCHS",

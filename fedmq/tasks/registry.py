@@ -11,9 +11,10 @@ agents, 10 rounds of FedAvg); ``mnist-2nn`` carries W1's plan exactly.
 from __future__ import annotations
 
 from fedmq.tasks.datasets import load_blobs, load_digits, load_linreg
-from fedmq.tasks.locate import locate
 from fedmq.tasks.mnist import load_mnist
-from fedmq.tasks.spec import ModelSpec, Task
+from fedmq.tasks.spec import Task
+from models.locate import locate
+from models.spec import ModelSpec
 from protocol import TrainPlan
 
 _MNIST_PLAN = TrainPlan(epochs=1, batch_size=32, lr=0.05, seed=0)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from protocol.errors import RejectReason, WireError
+from protocol.fields import DEFAULT_MAX_BYTES, Fields, header, pack, unpack
 from protocol.messages import SCHEMA_VERSION
 from protocol.secagg.fixedpoint import RING_BITS, RingSpec
 from protocol.secagg.messages import (
@@ -35,7 +36,6 @@ from protocol.secagg.messages import (
     UpMessage,
 )
 from protocol.secagg.shamir import SHARE_BYTES, share_from_bytes, share_to_bytes
-from protocol.wire import DEFAULT_MAX_BYTES, _Fields, _header, _pack, _unpack
 
 MAX_PARTICIPANTS = 100_000
 KEY_BYTES = 32
@@ -53,12 +53,12 @@ def _session_doc(kind: str, s: Session) -> dict[str, Any]:
             "attempt": s.attempt}
 
 
-def _session(f: _Fields) -> Session:
+def _session(f: Fields) -> Session:
     return Session(f.ident("job"), f.ident("run"), f.integer("round", 1),
                    f.integer("attempt", 0, 1_000_000))
 
 
-def _binary(f: _Fields, key: str, size: int, reason: RejectReason = RejectReason.MALFORMED,
+def _binary(f: Fields, key: str, size: int, reason: RejectReason = RejectReason.MALFORMED,
             exact: bool = True) -> bytes:
     value = f.obj.get(key)
     if not isinstance(value, bytes):
@@ -69,13 +69,13 @@ def _binary(f: _Fields, key: str, size: int, reason: RejectReason = RejectReason
     return value
 
 
-def _entries(f: _Fields, key: str, limit: int = MAX_PARTICIPANTS) -> list[_Fields]:
+def _entries(f: Fields, key: str, limit: int = MAX_PARTICIPANTS) -> list[Fields]:
     value = f.obj.get(key)
     if not isinstance(value, list):
         raise WireError(RejectReason.MALFORMED, f"{f.what}.{key}: expected a list")
     if len(value) > limit:
         raise WireError(RejectReason.TOO_LARGE, f"{f.what}.{key}: {len(value)} entries")
-    return [_Fields(v, f"{f.what}.{key}[{i}]") for i, v in enumerate(value)]
+    return [Fields(v, f"{f.what}.{key}[{i}]") for i, v in enumerate(value)]
 
 
 def _sorted_ids(ids: list[str], what: str) -> tuple[str, ...]:
@@ -84,15 +84,15 @@ def _sorted_ids(ids: list[str], what: str) -> tuple[str, ...]:
     return tuple(ids)
 
 
-def _id_list(f: _Fields, key: str) -> tuple[str, ...]:
+def _id_list(f: Fields, key: str) -> tuple[str, ...]:
     value = f.obj.get(key)
     if not isinstance(value, list) or len(value) > MAX_PARTICIPANTS:
         raise WireError(RejectReason.MALFORMED, f"{f.what}.{key}: expected a list of ids")
-    return _sorted_ids([_Fields({"a": a}, f"{f.what}.{key}").ident("a") for a in value],
+    return _sorted_ids([Fields({"a": a}, f"{f.what}.{key}").ident("a") for a in value],
                        f"{f.what}.{key}")
 
 
-def _sealed(f: _Fields, key: str, peer: str, sender: str) -> tuple[Sealed, ...]:
+def _sealed(f: Fields, key: str, peer: str, sender: str) -> tuple[Sealed, ...]:
     out = [Sealed(e.ident(peer), _binary(e, "ct", MAX_CIPHERTEXT, RejectReason.BAD_SHARE, False))
            for e in _entries(f, key)]
     _sorted_ids([s.peer for s in out], f"{f.what}.{key}")
@@ -101,14 +101,14 @@ def _sealed(f: _Fields, key: str, peer: str, sender: str) -> tuple[Sealed, ...]:
     return tuple(out)
 
 
-def _revealed(f: _Fields, key: str) -> tuple[Revealed, ...]:
+def _revealed(f: Fields, key: str) -> tuple[Revealed, ...]:
     out = [Revealed(e.ident("of"), share_from_bytes(e.obj.get("share"), e.what))
            for e in _entries(f, key)]
     _sorted_ids([r.owner for r in out], f"{f.what}.{key}")
     return tuple(out)
 
 
-def _deadline(f: _Fields) -> float:
+def _deadline(f: Fields) -> float:
     return f.number("deadline_s", 0.0, _MAX_DEADLINE_S)
 
 
@@ -127,7 +127,7 @@ def decode_config(obj: Any) -> SecAggConfig:
     Raises:
         WireError: MALFORMED for bad fields or bounds under which the sum could overflow.
     """
-    f = _Fields(obj, "model.secagg")
+    f = Fields(obj, "model.secagg")
     ring_bits = f.integer("ring_bits", 0, 64)
     if ring_bits not in RING_BITS:
         raise WireError(RejectReason.MALFORMED, f"model.secagg.ring_bits={ring_bits}")
@@ -161,30 +161,30 @@ def encode_up(m: UpMessage) -> bytes:
                                 for r in m.seed_shares],
                 "key_shares": [{"of": r.owner, "share": share_to_bytes(r.share)}
                                for r in m.key_shares]}
-    return _pack(doc)
+    return pack(doc)
 
 
-def _keys(f: _Fields) -> KeysAdvert:
+def _keys(f: Fields) -> KeysAdvert:
     enc, mask = (_binary(f, k, KEY_BYTES, RejectReason.BAD_KEY) for k in ("enc_pk", "mask_pk"))
     if enc == mask:
         raise WireError(RejectReason.BAD_KEY, "secagg_keys: the two public keys are equal")
     return KeysAdvert(_session(f), f.ident("agent"), enc, mask)
 
 
-def _shares(f: _Fields) -> SharesOut:
+def _shares(f: Fields) -> SharesOut:
     agent = f.ident("agent")
     return SharesOut(_session(f), agent, _binary(f, "commitment", 32),
                      _sealed(f, "shares", "to", agent))
 
 
-def _masked(f: _Fields) -> MaskedInput:
+def _masked(f: Fields) -> MaskedInput:
     data = f.obj.get("data")
     if not isinstance(data, bytes) or len(data) % 4:
         raise WireError(RejectReason.MALFORMED, "secagg_masked.data: expected 4-byte elements")
     return MaskedInput(_session(f), f.ident("agent"), data)
 
 
-def _unmask(f: _Fields) -> UnmaskShares:
+def _unmask(f: Fields) -> UnmaskShares:
     seeds, keys = _revealed(f, "seed_shares"), _revealed(f, "key_shares")
     both = {r.owner for r in seeds} & {r.owner for r in keys}
     if both:  # revealing both would unmask that agent's input (Bonawitz et al. §4)
@@ -192,7 +192,7 @@ def _unmask(f: _Fields) -> UnmaskShares:
     return UnmaskShares(_session(f), f.ident("agent"), seeds, keys)
 
 
-_UP: dict[str, Callable[[_Fields], UpMessage]] = {
+_UP: dict[str, Callable[[Fields], UpMessage]] = {
     "secagg_keys": _keys, "secagg_shares": _shares, "secagg_masked": _masked,
     "secagg_unmask": _unmask,
 }
@@ -228,10 +228,10 @@ def encode_down(m: DownMessage) -> bytes:
         case Survivors():
             doc = _session_doc("secagg_survivors", m.session) | {
                 "survivors": list(m.survivors), "deadline_s": m.deadline_s}
-    return _pack(doc)
+    return pack(doc)
 
 
-def _roster(f: _Fields) -> Roster:
+def _roster(f: Fields) -> Roster:
     people = tuple(Participant(e.ident("agent"), _binary(e, "enc_pk", KEY_BYTES,
                                                          RejectReason.BAD_KEY),
                                _binary(e, "mask_pk", KEY_BYTES, RejectReason.BAD_KEY))
@@ -251,19 +251,19 @@ def _roster(f: _Fields) -> Roster:
                   _deadline(f))
 
 
-def _relay(f: _Fields) -> Relay:
+def _relay(f: Fields) -> Relay:
     agent = f.ident("agent")
     return Relay(_session(f), agent, _sealed(f, "shares", "from", agent), _deadline(f))
 
 
-def _survivors(f: _Fields) -> Survivors:
+def _survivors(f: Fields) -> Survivors:
     survivors = _id_list(f, "survivors")
     if not survivors:
         raise WireError(RejectReason.MALFORMED, "secagg_survivors: nobody survived")
     return Survivors(_session(f), survivors, _deadline(f))
 
 
-_DOWN: dict[str, Callable[[_Fields], DownMessage]] = {
+_DOWN: dict[str, Callable[[Fields], DownMessage]] = {
     "secagg_roster": _roster, "secagg_relay": _relay, "secagg_survivors": _survivors,
 }
 
@@ -278,15 +278,15 @@ def decode_down(payload: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> DownMessa
     return message
 
 
-def _dispatch(payload: bytes, max_bytes: int, table: Mapping[str, Callable[[_Fields], Any]]
+def _dispatch(payload: bytes, max_bytes: int, table: Mapping[str, Callable[[Fields], Any]]
               ) -> Any:
-    obj = _unpack(payload, max_bytes, "secagg")
+    obj = unpack(payload, max_bytes, "secagg")
     if not isinstance(obj, Mapping):
         raise WireError(RejectReason.MALFORMED, "secagg: expected a map")
     kind = obj.get("type")
     decoder = table.get(kind) if isinstance(kind, str) else None
     # _header checks the version first, then (for an unknown type) refuses the type
-    f = _header(obj, kind if decoder is not None and isinstance(kind, str) else "secagg")
+    f = header(obj, kind if decoder is not None and isinstance(kind, str) else "secagg")
     assert decoder is not None
     return decoder(f)
 
@@ -295,7 +295,7 @@ def _dispatch(payload: bytes, max_bytes: int, table: Mapping[str, Callable[[_Fie
 
 
 def encode_share_pair(seed_share: int, key_share: int) -> bytes:
-    return _pack({"seed": share_to_bytes(seed_share), "key": share_to_bytes(key_share)})
+    return pack({"seed": share_to_bytes(seed_share), "key": share_to_bytes(key_share)})
 
 
 def decode_share_pair(plaintext: bytes) -> tuple[int, int]:
@@ -305,7 +305,7 @@ def decode_share_pair(plaintext: bytes) -> tuple[int, int]:
         WireError: BAD_SHARE for anything but two 33-byte field elements.
     """
     try:
-        f = _Fields(_unpack(plaintext, 4 * SHARE_BYTES, "share"), "share")
+        f = Fields(unpack(plaintext, 4 * SHARE_BYTES, "share"), "share")
         return share_from_bytes(f.obj.get("seed"), "seed"), share_from_bytes(f.obj.get("key"),
                                                                              "key")
     except WireError as exc:

@@ -8,8 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedmq.bench.personal import ROW_LABELS, PersonalOptions, own_accuracy, report, run_personal
 from fedmq.cli import main
+from fedmq_tools.bench.personal import (
+    ROW_LABELS,
+    PersonalOptions,
+    own_accuracy,
+    report,
+    run_personal,
+)
 
 needs_mnist = pytest.mark.usefixtures("real_mnist")
 

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.connection import BrokerURL
-from edge_agent.swarm import MemberState, Swarm
-from fedmq.bench import fleet, footprint, ingest, scale, w1
-from fedmq.bench.measure import stop_all, usage
 from fedmq.broker import LocalBroker
+from fedmq_tools.bench import fleet, footprint, ingest, scale, w1
+from fedmq_tools.bench.measure import stop_all, usage
+from fedmq_tools.swarm import MemberState, Swarm
+from transport.connection import BrokerURL
 
 needs_mnist = pytest.mark.usefixtures("real_mnist")
 
@@ -38,7 +38,9 @@ def test_w1_shaped_run_matches_its_reference(broker: LocalBroker) -> None:
     assert raw == 3 * 4 * (784 * 10 + 10)  # three float32 logreg deltas
     assert raw < run["rounds"][0]["bytes_up"] < 1.01 * raw  # msgpack envelopes are small
     assert run["wall_s"] > 0 and run["agent_exit_codes"] == [0]
-    assert run["peak_rss"]["agent_0"] > 0 and run["peak_rss"]["coordinator"] > 0
+    # real process sizes: more than an interpreter with numpy, less than a runaway
+    for who in ("agent_0", "coordinator"):
+        assert 20 << 20 < run["peak_rss"][who] < 4 << 30
     # peak RSS so far, per round: never falls, and ends at most at the run's peak
     for who in ("coordinator", "agent_0"):
         per_round = [r[f"peak_rss_{who}"] for r in run["rounds"]]
@@ -77,7 +79,7 @@ def test_swarm_of_twenty_in_two_processes_keeps_its_deadlines(
     assert result["passed"], result["failure"]
     assert result["accepted"] == [20, 20] and result["processes"] == 2
     assert result["swarm_exit_codes"] == [0]
-    assert result["peak_rss"]["swarm_process_max"] > 0
+    assert 20 << 20 < result["peak_rss"]["swarm_process_max"] < 4 << 30
     assert "PASS" in scale.size_line(result)
 
 
@@ -131,7 +133,7 @@ def test_footprint_of_a_torch_free_agent(broker: LocalBroker) -> None:
     agent = footprint.measure_agent(case, broker.url, None)
     assert agent["torch_loaded"] == {"idle": False, "after_training": False}
     assert 0 < agent["idle"]["rss"] <= agent["peak_rss_since_start"]
-    assert agent["peak_rss_while_training"] > 0
+    assert agent["idle"]["rss"] <= agent["peak_rss_while_training"] < 4 << 30
     imports = footprint.import_seconds("edge_agent.numpy_trainer", runs=1)
     assert imports["median_s"] > 0
     size = footprint.installed_size()

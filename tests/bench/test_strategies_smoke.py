@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from coordinator.privacy import PrivacyLedger
-from fedmq.bench.strategies import StrategiesOptions, report, run_strategies
 from fedmq.cli import main
+from fedmq_tools.bench.strategies import StrategiesOptions, report, run_strategies
 
 needs_mnist = pytest.mark.usefixtures("real_mnist")
 

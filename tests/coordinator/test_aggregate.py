@@ -13,8 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coordinator import make_aggregator
-from coordinator.aggregate import Shapes, apply_delta
+from coordinator.aggregate import apply_delta
 from protocol import Weights
+from protocol.compress import Shapes
 from tests.helpers import copy_weights, weights_equal
 
 SHAPES: dict[str, tuple[int, ...]] = {"w": (6, 3), "b": (3,), "scale": ()}

@@ -83,7 +83,7 @@ def sample_checkpoint(round_no: int = 2) -> Checkpoint:
         },
         history=tuple(metrics(r, accuracy=0.5 + r / 10 if r > 1 else None) for r in range(1, 3)),
         rejected={"duplicate": 2, "malformed": 1},
-        strategy_state={"momentum": {"w": rng.normal(size=(4, 2)).astype(np.float32)}},
+        opt_moments={"momentum": {"w": rng.normal(size=(4, 2)).astype(np.float32)}},
     )
 
 
@@ -97,9 +97,9 @@ def assert_same_checkpoint(actual: Checkpoint, expected: Checkpoint) -> None:
     assert weights_equal(actual.weights, expected.weights)
     assert actual.history == expected.history
     assert dict(actual.rejected) == dict(expected.rejected)
-    assert list(actual.strategy_state) == list(expected.strategy_state)
-    for name, group in expected.strategy_state.items():
-        assert weights_equal(actual.strategy_state[name], group)
+    assert list(actual.opt_moments) == list(expected.opt_moments)
+    for name, group in expected.opt_moments.items():
+        assert weights_equal(actual.opt_moments[name], group)
 
 
 # --- encoding ------------------------------------------------------------------------------

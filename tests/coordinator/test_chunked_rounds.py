@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from coordinator import Publish, RejectUpdate, RoundConfig, Rounds, UpdateAccepted, UpdateArrived
+from coordinator import MessageRejected, Publish, RoundConfig, Rounds, UpdateAccepted, UpdateArrived
 from coordinator.events import PresenceArrived
 from edge_agent.agent import AgentCore, Connected, ModelArrived, Train, TrainingDone
 from edge_agent.trainer import TrainResult
@@ -67,7 +67,7 @@ def test_a_bad_chunk_is_rejected_counted_and_changes_nothing() -> None:
     rounds, agent = coordinator(), AgentCore("j", "a1", samples=5, trainer="fake")
     first, *rest = chunked_update(rounds, agent)
     (reject,) = rounds.handle(UpdateArrived("a1", first.payload[:-3]), 1.0)
-    assert isinstance(reject, RejectUpdate) and reject.reason is RejectReason.MALFORMED
+    assert isinstance(reject, MessageRejected) and reject.reason is RejectReason.MALFORMED
     assert rounds.rejected_total == {"malformed": 1}
     assert rounds.completed_rounds == 0
     # The intact frames still make the update whole.

@@ -1,5 +1,5 @@
 """The round machine and the agent core fed mutated and random bytes (hypothesis), checked as
-the soak (fedmq/bench/soak.py) checks them: no exception escapes, nothing is accepted that an
+the soak (fedmq_tools.bench.soak) checks them: no exception escapes, nothing is accepted that an
 independent check refuses, and the model becomes exactly what the accepted updates make it."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coordinator import Rounds
-from fedmq.bench import soak
-from fedmq.bench.mutations import mutate
+from coordinator import RoundConfig, validation
+from fedmq_tools.bench import soak
+from fedmq_tools.bench.mutations import mutate
 from protocol import RejectReason, Update, WireError, decode_update
 
 
@@ -57,16 +57,16 @@ def test_a_short_soak_covers_every_target_and_is_clean() -> None:
 def test_the_soak_catches_a_round_machine_that_skips_a_check(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    validate = Rounds._validate
+    validate = validation.admit_update
 
-    def lax(self: Rounds, agent: str, payload: bytes) -> Update:  # forgets duplicates
-        try:
-            return validate(self, agent, payload)
+    def lax(config: RoundConfig, view: validation.RunView, agent: str, payload: bytes) -> Update:
+        try:  # forgets duplicates
+            return validate(config, view, agent, payload)
         except WireError as exc:
             if exc.reason is RejectReason.DUPLICATE:
                 return decode_update(payload)
             raise
 
-    monkeypatch.setattr(Rounds, "_validate", lax)
+    monkeypatch.setattr(validation, "admit_update", lax)
     tally, _ = soak.run_soak(4000, seed=1)
     assert tally.wrongly_accepted > 0 and tally.model_changed > 0

@@ -18,8 +18,8 @@ from coordinator import (
     BrokerConnected,
     Evaluate,
     Evaluated,
+    MessageRejected,
     PresenceArrived,
-    RejectUpdate,
     RoundClosed,
     RoundConfig,
     RoundOpened,
@@ -292,7 +292,7 @@ def test_presence_naming_another_agent_is_rejected_and_ignored() -> None:
     rounds, _ = start(make_config(min_agents=1), agents=())
     actions = rounds.handle(PresenceArrived("a0", presence("a1")), 0.0)
 
-    reject = only(actions, RejectUpdate)
+    reject = only(actions, MessageRejected)
     assert reject.reason is RejectReason.AGENT_MISMATCH and reject.agent == "a0"
     assert rounds.agents_online == frozenset()
     assert rounds.phase is Phase.WAITING
@@ -301,7 +301,7 @@ def test_presence_naming_another_agent_is_rejected_and_ignored() -> None:
 
 def test_garbage_presence_is_rejected_as_malformed() -> None:
     rounds, _ = start(make_config(min_agents=1), agents=())
-    reject = only(rounds.handle(PresenceArrived("a0", b"{not json"), 0.0), RejectUpdate)
+    reject = only(rounds.handle(PresenceArrived("a0", b"{not json"), 0.0), MessageRejected)
     assert reject.reason is RejectReason.MALFORMED
     assert rounds.phase is Phase.WAITING
 
@@ -357,7 +357,7 @@ def test_decline_counts_as_answered_and_closes_all_replied_without_waiting() -> 
     decline = update_bytes("a2", 1, model_id_of(rounds), declined="battery low")
     after_decline = rounds.handle(UpdateArrived("a2", decline), 2.0)
     assert of_type(after_decline, RoundClosed) == []
-    assert of_type(after_decline, RejectUpdate) == []
+    assert of_type(after_decline, MessageRejected) == []
 
     last = reply(rounds, "a1", d1, 20, now=3.0)
 
@@ -433,7 +433,7 @@ def test_short_round_retry_reannounces_same_round_with_backoff_and_keeps_accepte
     assert rounds.phase is Phase.TRAINING and rounds.completed_rounds == 0
     assert statuses(retry)[-1].accepted == 1  # a0's update survived the retry
     resent = rounds.handle(UpdateArrived("a0", update_bytes("a0", 1, first.model_id, d0, 10)), 11)
-    assert only(resent, RejectUpdate).reason is RejectReason.DUPLICATE
+    assert only(resent, MessageRejected).reason is RejectReason.DUPLICATE
 
     reply(rounds, "a1", d1, 20, now=12.0)
     second_retry = rounds.handle(Tick(), 25.0)
@@ -500,7 +500,7 @@ def test_duplicate_update_bytes_are_counted_once() -> None:
 
     again = rounds.handle(UpdateArrived("a0", payload), 2.0)
 
-    reject = only(again, RejectUpdate)
+    reject = only(again, MessageRejected)
     assert (reject.reason, reject.agent, reject.round_no) == (RejectReason.DUPLICATE, "a0", 1)
     assert_unchanged(before, observe(rounds, 2.0))
     assert before.pending is not None
@@ -636,7 +636,7 @@ def test_rejected_update_leaves_round_and_aggregate_unchanged(case: str) -> None
 
     actions = rounds.handle(UpdateArrived(topic_agent, payload), 3.0)
 
-    reject = only(actions, RejectUpdate)
+    reject = only(actions, MessageRejected)
     assert actions == [reject]
     assert (reject.reason, reject.agent, reject.round_no) == (reason, topic_agent, 2)
     assert reject.detail
@@ -658,7 +658,7 @@ def test_agent_not_in_allowed_agents_is_rejected_as_unknown_even_when_online() -
     reply(rounds, "a0", make_delta(0), 10, now=1.0)
     before = observe(rounds, 1.0)
 
-    reject = only(reply(rounds, "a2", make_delta(2), 10, now=1.0), RejectUpdate)
+    reject = only(reply(rounds, "a2", make_delta(2), 10, now=1.0), MessageRejected)
 
     assert reject.reason is RejectReason.UNKNOWN_AGENT
     assert_unchanged(before, observe(rounds, 1.0))
@@ -676,7 +676,7 @@ def test_update_while_waiting_is_rejected_no_round() -> None:
     rounds, _ = start(make_config(min_agents=3), agents=("a0",))
     payload = update_bytes("a0", 1, weights_digest(W0), make_delta(0))
 
-    reject = only(rounds.handle(UpdateArrived("a0", payload), 0.0), RejectUpdate)
+    reject = only(rounds.handle(UpdateArrived("a0", payload), 0.0), MessageRejected)
 
     assert (reject.reason, reject.round_no) == (RejectReason.NO_ROUND, None)
     assert rounds.phase is Phase.WAITING
@@ -691,7 +691,7 @@ def test_update_for_the_closed_round_during_evaluation_is_stale() -> None:
     assert rounds.phase is Phase.EVALUATING
 
     late = update_bytes("a2", 1, model_id, make_delta(2))
-    reject = only(rounds.handle(UpdateArrived("a2", late), 2.0), RejectUpdate)
+    reject = only(rounds.handle(UpdateArrived("a2", late), 2.0), MessageRejected)
 
     assert reject.reason is RejectReason.STALE
     assert rounds.phase is Phase.EVALUATING
@@ -710,8 +710,8 @@ def test_update_after_the_run_is_over_is_refused() -> None:
     stale = rounds.handle(UpdateArrived("a1", update_bytes("a1", 1, model_id, D)), 2.0)
     future = rounds.handle(UpdateArrived("a1", update_bytes("a1", 2, model_id, D)), 2.0)
 
-    assert only(stale, RejectUpdate).reason is RejectReason.STALE
-    assert only(future, RejectUpdate).reason is RejectReason.NO_ROUND
+    assert only(stale, MessageRejected).reason is RejectReason.STALE
+    assert only(future, MessageRejected).reason is RejectReason.NO_ROUND
     assert weights_equal(rounds.weights, final)
 
 
@@ -798,7 +798,7 @@ def test_any_mix_of_valid_and_bad_messages_aggregates_each_valid_agent_once(
         if reason is None:
             assert of_type(actions, UpdateAccepted)
         else:
-            assert only(actions, RejectUpdate).reason.value == reason
+            assert only(actions, MessageRejected).reason.value == reason
             expected_reasons[reason] = expected_reasons.get(reason, 0) + 1
 
     actions = rounds.handle(Tick(), 10.0)
@@ -940,7 +940,7 @@ def test_failed_run_stays_failed() -> None:
     assert rounds.phase is Phase.FAILED
     mid = model_id_of(rounds)
     late = rounds.handle(UpdateArrived("a0", update_bytes("a0", 1, mid, D)), 11.0)
-    assert only(late, RejectUpdate).reason is RejectReason.NO_ROUND
+    assert only(late, MessageRejected).reason is RejectReason.NO_ROUND
     assert rounds.handle(StopRequested("x"), 12.0) == []
     assert rounds.phase is Phase.FAILED
 

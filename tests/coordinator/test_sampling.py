@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coordinator import (
+    MessageRejected,
     PresenceArrived,
-    RejectUpdate,
     RoundClosed,
     RoundConfig,
     RoundOpened,
@@ -20,7 +20,7 @@ from coordinator import (
     Tick,
     UpdateArrived,
 )
-from coordinator.sampling import select_cohort
+from coordinator.cohort import select_cohort
 from protocol import (
     ModelAnnouncement,
     Phase,
@@ -206,7 +206,7 @@ def test_an_update_from_an_agent_not_asked_is_rejected() -> None:
     assert model.cohort is not None
     outsider = next(a for a in agents if a not in model.cohort)
     (reject,) = [a for a in rounds.handle(UpdateArrived(outsider, update(rounds, outsider)), 1.0)
-                 if isinstance(a, RejectUpdate)]
+                 if isinstance(a, MessageRejected)]
     assert reject.reason is RejectReason.NOT_IN_COHORT
     assert rounds.rejected_total == {"not_in_cohort": 1}
 

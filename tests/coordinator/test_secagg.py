@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coordinator.secagg import SecAggPolicy, SecAggRejected, SecAggRound
+from coordinator.config import SecAggPolicy
+from coordinator.secagg import SecAggRejected, SecAggRound
 from protocol import RejectReason
 from protocol.secagg import (
     KeysAdvert,

@@ -155,21 +155,21 @@ def test_checkpoint_round_trips_the_optimiser_state() -> None:
     m = {"w": rng.normal(size=(4, 2)).astype(np.float32), "b": np.ones(2, np.float32)}
     v = {"w": rng.random((4, 2)).astype(np.float32), "b": np.full(2, 1e-6, np.float32)}
     ckpt = Checkpoint(job="job1", run="r", task="linreg", round=7, weights=initial_weights(),
-                      strategy_state={"m": m, "v": v}, server_opt="fedyogi:lr=0.1",
+                      opt_moments={"m": m, "v": v}, server_opt="fedyogi:lr=0.1",
                       server_steps=7, dp_rounds=((0.25, 1.1), (0.5, 1.1)))
     back = decode_checkpoint(encode_checkpoint(ckpt))
     assert back.server_opt == "fedyogi:lr=0.1" and back.server_steps == 7
     assert back.dp_rounds == ((0.25, 1.1), (0.5, 1.1))
-    assert weights_equal(back.strategy_state["m"], m)
-    assert weights_equal(back.strategy_state["v"], v)
+    assert weights_equal(back.opt_moments["m"], m)
+    assert weights_equal(back.opt_moments["v"], v)
 
 
 def test_rounds_checkpoint_carries_moments_and_steps() -> None:
     fleet = Fleet(3, config(rounds=2, server_opt="fedadam"))
     fleet.start()
     ckpt = fleet.checkpoints[-1] if fleet.checkpoints else fleet.rounds.checkpoint()
-    assert ckpt.server_steps == 2 and set(ckpt.strategy_state) == {"m", "v"}
-    assert list(ckpt.strategy_state["m"]) == list(fleet.weights)
+    assert ckpt.server_steps == 2 and set(ckpt.opt_moments) == {"m", "v"}
+    assert list(ckpt.opt_moments["m"]) == list(fleet.weights)
 
 
 def crash_after_checkpoint(round_no: int) -> Callable[[Fleet, Action], None]:

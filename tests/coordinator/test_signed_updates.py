@@ -13,7 +13,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from coordinator import Publish, RejectUpdate, RoundConfig, Rounds, UpdateAccepted, UpdateArrived
+from coordinator import MessageRejected, Publish, RoundConfig, Rounds, UpdateAccepted, UpdateArrived
 from coordinator.events import PresenceArrived
 from edge_agent.agent import AgentCore, Connected, ModelArrived, Train, TrainingDone
 from edge_agent.trainer import TrainResult
@@ -73,7 +73,7 @@ class Wired:
 
 
 def rejected(actions: list[object]) -> RejectReason:
-    (reject,) = [a for a in actions if isinstance(a, RejectUpdate)]
+    (reject,) = [a for a in actions if isinstance(a, MessageRejected)]
     assert not any(isinstance(a, UpdateAccepted) for a in actions)
     return reject.reason
 
@@ -123,11 +123,11 @@ def test_replayed_altered_forged_and_misrouted_updates_are_rejected_and_change_n
     np.testing.assert_allclose(fleet.rounds.weights["w"], weights_before["w"] + 0.5, atol=1e-6)
 
 
-def test_an_update_signed_for_another_run_is_stale():
+def test_an_update_signed_for_another_run_is_refused_as_wrong_run():
     fleet = Wired()
     body = msgpack.unpackb(fleet.answer("a1"))["body"]
     other_run = seal(body, Purpose.UPDATE, job="j", run="run0", signer="a1", key=AGENT_KEYS["a1"])
-    assert rejected(fleet.deliver("a1", other_run)) is RejectReason.STALE
+    assert rejected(fleet.deliver("a1", other_run)) is RejectReason.WRONG_RUN
 
 
 def test_only_provisioned_agents_take_part():

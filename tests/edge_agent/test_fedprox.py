@@ -20,7 +20,8 @@ from edge_agent.numpy_trainer import NumpyTrainer
 from edge_agent.personal import LOCAL_LAYERS
 from edge_agent.proximal import MU, add_proximal_grad, proximal_mu
 from edge_agent.torch_trainer import TorchTrainer, initial_weights
-from fedmq.cli import _mu, _round_config, parser
+from fedmq.cli import parser
+from fedmq.round_flags import _mu, round_config
 from fedmq.tasks import DataConfig, ModelSpec, agent_data, get_task
 from protocol import ModelAnnouncement, Publish, TrainPlan, Weights, encode_model, weights_digest
 
@@ -152,7 +153,7 @@ def test_the_coordinator_cli_announces_mu_and_local_layers() -> None:
     def plan_of(*flags: str) -> TrainPlan:
         argv = ["coordinator", "--job", "j", "--broker", "mqtt://localhost", *flags]
         args = parser().parse_args(argv)
-        return _round_config(args, "j").plan
+        return round_config(args, "j").plan
 
     assert plan_of("--task", "mnist-2nn").options == {}  # mu 0 is not even sent
     assert plan_of("--task", "mnist-2nn", "--mu", "0.01", "--local-layers", "4.weight,4.bias"

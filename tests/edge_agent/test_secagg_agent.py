@@ -8,7 +8,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from coordinator.secagg import SecAggPolicy
+from coordinator.config import SecAggPolicy
 from edge_agent.secagg import ClientPhase, SecAggClient
 from protocol import RejectReason, WireError
 from protocol.secagg import (

@@ -10,10 +10,10 @@ import msgpack
 import numpy as np
 import pytest
 
-from edge_agent.durable import atomic_write, stray_temporaries
 from edge_agent.feedback import Residual, save_residual
 from edge_agent.state import MODEL_NAME, RESIDUAL_NAME, StateDir
 from protocol import ModelAnnouncement, TrainPlan
+from protocol.durable import atomic_write, stray_temporaries
 
 WEIGHTS = {
     "0.weight": np.arange(6, dtype=np.float32).reshape(2, 3),
@@ -114,8 +114,8 @@ def test_files_are_private_to_the_agent_user(tmp_path: Path) -> None:
 
 
 def test_a_restarted_agent_starts_from_its_saved_model_and_residual(tmp_path: Path) -> None:
-    from edge_agent.connection import BrokerURL
     from fedmq.launch import AgentSettings, Connection, build_agent
+    from transport.connection import BrokerURL
 
     state = StateDir(tmp_path, "pi-7")
     state.save_model(announcement(4))

@@ -19,11 +19,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from coordinator import Action, RoundClosed, RoundConfig
 from coordinator.mqtt import CoordinatorNode
-from edge_agent.connection import BrokerURL
 from edge_agent.mqtt import AgentNode, run_fleet
 from fedmq.launch import AgentSettings, Connection, build_agent, build_coordinator
 from fedmq.tasks import DataConfig
 from protocol import RoundMetrics, decode_metrics
+from transport.connection import BrokerURL
 
 TIMEOUT_S = 60.0
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from fedmq.bench.byzantine import ByzantineOptions, honest_trainers, run_once
 from fedmq.broker import LocalBroker
+from fedmq_tools.bench.byzantine import ByzantineOptions, honest_trainers, run_once
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fedmq.broker import LocalBroker
-from fedmq.chaos import ChaosOptions, report, run_chaos
+from fedmq_tools.chaos import ChaosOptions, report, run_chaos
 
 pytestmark = pytest.mark.integration
 

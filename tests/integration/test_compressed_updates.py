@@ -9,13 +9,13 @@ import pytest
 from harness import CoordinatorThread, TopicWatcher
 
 from coordinator import RoundConfig
-from edge_agent.connection import BrokerURL
 from edge_agent.feedback import load_residual
 from edge_agent.mqtt import run_fleet
 from fedmq.broker import LocalBroker
 from fedmq.launch import RESIDUAL_NAME, AgentSettings, Connection, build_agent
 from fedmq.tasks import DataConfig, get_task
 from protocol import ClosedBy, Phase, decode_model, decode_update
+from transport.connection import BrokerURL
 
 pytestmark = pytest.mark.integration
 

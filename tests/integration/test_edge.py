@@ -12,7 +12,6 @@ import pytest
 from harness import TIMEOUT_S, CoordinatorThread, TopicWatcher, wait_process
 
 from coordinator import RoundConfig
-from edge_agent.connection import BrokerURL
 from edge_agent.mqtt import AgentNode, run_fleet
 from edge_agent.policy import ResourcePolicy
 from edge_agent.state import MODEL_NAME, StateDir
@@ -20,6 +19,7 @@ from fedmq.broker import LocalBroker
 from fedmq.launch import AgentSettings, Connection, build_agent
 from fedmq.tasks import DataConfig, get_task
 from protocol import ClosedBy, Phase, Topics, decode_presence, decode_update
+from transport.connection import BrokerURL
 
 pytestmark = pytest.mark.integration
 

@@ -17,11 +17,11 @@ from harness import CoordinatorThread, TopicWatcher, agent_fleet, fedmq_process,
 from paho.mqtt.enums import CallbackAPIVersion
 
 from coordinator import Action, RoundClosed, RoundConfig, UpdateAccepted, load_checkpoint
-from edge_agent.connection import BrokerURL
 from fedmq.broker import LocalBroker
 from fedmq.launch import CHECKPOINT_NAME
 from fedmq.tasks import get_task
 from protocol import ClosedBy, Phase, Weights, decode_presence
+from transport.connection import BrokerURL
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,6 @@ import pytest
 from harness import TIMEOUT_S, CoordinatorThread, TopicWatcher
 
 from coordinator import RoundConfig
-from edge_agent.connection import BrokerURL
 from edge_agent.device_model import load_device_model
 from edge_agent.mqtt import run_fleet
 from edge_agent.personal import with_local_layers
@@ -19,6 +18,7 @@ from fedmq.broker import LocalBroker
 from fedmq.launch import AgentSettings, Connection, build_agent
 from fedmq.tasks import DataConfig, agent_data, get_task
 from protocol import decode_model, decode_update
+from transport.connection import BrokerURL
 
 pytestmark = pytest.mark.integration
 

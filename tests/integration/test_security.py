@@ -30,7 +30,14 @@ import paho.mqtt.client as mqtt
 import pytest
 from harness import TIMEOUT_S, wait_process, wait_until
 
-from coordinator import Action, RejectUpdate, RoundClosed, RoundConfig, RoundOpened, UpdateAccepted
+from coordinator import (
+    Action,
+    MessageRejected,
+    RoundClosed,
+    RoundConfig,
+    RoundOpened,
+    UpdateAccepted,
+)
 from coordinator.mqtt import CoordinatorNode
 from edge_agent.agent import (
     AgentAction,
@@ -41,7 +48,6 @@ from edge_agent.agent import (
     Train,
     TrainingDone,
 )
-from edge_agent.connection import BrokerURL, Session, make_client
 from edge_agent.mqtt import AgentNode, run_fleet
 from edge_agent.torch_trainer import initial_weights
 from edge_agent.trainer import TrainResult
@@ -61,6 +67,7 @@ from protocol import (
 )
 from protocol.signing import COORDINATOR_SIGNER, Purpose, SigningKey, seal
 from tests.needs import require_mosquitto
+from transport.connection import BrokerURL, Session, make_client
 
 pytestmark = pytest.mark.integration
 
@@ -349,9 +356,9 @@ class CoordinatorRun:
     def wait(self, predicate: Callable[[list[Action]], bool]) -> None:
         wait_until(lambda: predicate(self.actions), self.cond, TIMEOUT_S)
 
-    def rejections(self) -> list[RejectUpdate]:
+    def rejections(self) -> list[MessageRejected]:
         with self.cond:
-            return [a for a in self.actions if isinstance(a, RejectUpdate)]
+            return [a for a in self.actions if isinstance(a, MessageRejected)]
 
 
 def secure_coordinator(broker: LocalBroker, fleet: Path, **overrides: Any) -> CoordinatorRun:

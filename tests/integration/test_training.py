@@ -19,7 +19,6 @@ from harness import (
 from paho.mqtt.enums import CallbackAPIVersion
 
 from coordinator import Action, RoundClosed, RoundConfig
-from edge_agent.connection import BrokerURL
 from edge_agent.torch_trainer import TorchTrainer, initial_weights
 from fedmq.broker import LocalBroker
 from fedmq.tasks import DataConfig, agent_data, get_task
@@ -36,6 +35,7 @@ from protocol import (
     encode_presence,
     encode_update,
 )
+from transport.connection import BrokerURL
 
 pytestmark = pytest.mark.integration
 

@@ -302,6 +302,7 @@ def test_reject_reason_wire_strings():
         "WRONG_JOB": "wrong_job",
         "AGENT_MISMATCH": "agent_mismatch",
         "STALE": "stale",
+        "WRONG_RUN": "wrong_run",
         "FUTURE_ROUND": "future_round",
         "BASE_MISMATCH": "base_mismatch",
         "DUPLICATE": "duplicate",

@@ -195,5 +195,13 @@ def test_bad_checksum_file(tmp_path: Path) -> None:
         mnist.verify_checksums(tmp_path, (mnist.TEST_IMAGES,))
 
 
-def test_real_checksums_pass(real_dir: Path) -> None:
-    mnist.verify_checksums(real_dir, (mnist.TEST_IMAGES, mnist.TEST_LABELS, mnist.CSV_SAMPLE))
+def test_real_checksums_pass_and_one_flipped_byte_fails(real_dir: Path, tmp_path: Path) -> None:
+    names = (mnist.TEST_IMAGES, mnist.TEST_LABELS, mnist.CSV_SAMPLE)
+    mnist.verify_checksums(real_dir, names)  # the shipped files match their SHA256SUMS
+    for name in (mnist.CHECKSUMS, mnist.TEST_LABELS):
+        (tmp_path / name).write_bytes((real_dir / name).read_bytes())
+    labels = bytearray((tmp_path / mnist.TEST_LABELS).read_bytes())
+    labels[-1] ^= 0xFF
+    (tmp_path / mnist.TEST_LABELS).write_bytes(bytes(labels))
+    with pytest.raises(ValueError, match="does not match"):
+        mnist.verify_checksums(tmp_path, (mnist.TEST_LABELS,))

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedmq import reference
-from fedmq.reference import fedavg, run_centralised, run_reference, send_delta
+from fedmq_tools import reference
+from fedmq_tools.reference import fedavg, run_centralised, run_reference, send_delta
 from tests.needs import require_mnist
 
 #: DESIGN.md, "Workload W1": accuracy after rounds 1, 2, 3 (IID)

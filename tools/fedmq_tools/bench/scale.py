@@ -14,7 +14,7 @@ each swarm process. CPU is counted over the rounds only (round 1 announced to
 the last round closed). The coordinator's peak RSS is reset per size
 (``clear_refs``), so it is that size's peak on top of what earlier sizes left.
 Swarm processes stay online after the run so their ``VmHWM`` can be read
-before they are stopped (see :mod:`fedmq.bench.measure`).
+before they are stopped (see :mod:`fedmq_tools.bench.measure`).
 """
 
 from __future__ import annotations
@@ -28,9 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from coordinator import Action, RoundClosed, RoundConfig, RoundOpened
-from edge_agent.connection import BrokerURL
-from fedmq.bench.fleet import FleetSpec, spawn
-from fedmq.bench.measure import (
+from fedmq.broker import LocalBroker
+from fedmq.launch import Connection, build_coordinator
+from fedmq.progress import human_bytes
+from fedmq.tasks import DataConfig, get_task
+from fedmq_tools.bench.fleet import FleetSpec, spawn
+from fedmq_tools.bench.measure import (
     ExitWatcher,
     cpu_s,
     reset_peak_rss,
@@ -38,11 +41,8 @@ from fedmq.bench.measure import (
     system_cpu_s,
     usage,
 )
-from fedmq.broker import LocalBroker
-from fedmq.launch import Connection, build_coordinator
-from fedmq.progress import human_bytes
-from fedmq.tasks import DataConfig, get_task
 from protocol import ClosedBy, Phase, RoundMetrics
+from transport.connection import BrokerURL
 
 
 @dataclass(frozen=True, slots=True)

@@ -237,8 +237,8 @@ def run_centralised(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m fedmq.reference``: print one run's figures as JSON."""
-    parser = argparse.ArgumentParser(prog="python -m fedmq.reference", description=__doc__)
+    """``python -m fedmq_tools.reference``: print one run's figures as JSON."""
+    parser = argparse.ArgumentParser(prog="python -m fedmq_tools.reference", description=__doc__)
     parser.add_argument("--task", default="mnist-2nn")
     parser.add_argument("--variant", default="iid", help="iid, noniid, or a partition spec")
     parser.add_argument("--agents", type=int, default=20)

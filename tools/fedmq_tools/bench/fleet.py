@@ -1,6 +1,6 @@
 """``fedmq swarm``: N simulated agents with the numpy trainer, packed into P processes.
 
-Each process runs one :class:`edge_agent.swarm.Swarm`: one thread, one MQTT
+Each process runs one :class:`fedmq_tools.swarm.Swarm`: one thread, one MQTT
 connection per agent. With ``processes > 1`` the command starts P copies of
 itself, each hosting a contiguous range of the N shards, and waits for them.
 Invariant: never imports torch, so a process costs what a torch-free device's
@@ -17,11 +17,11 @@ from pathlib import Path
 from types import FrameType
 
 from edge_agent.agent import AgentCore
-from edge_agent.connection import BrokerURL
 from edge_agent.numpy_trainer import NumpyTrainer
-from edge_agent.swarm import Swarm, SwarmStats
 from edge_agent.trainer import Trainer
 from fedmq.tasks import DataConfig, agent_data, get_task, load_dataset, parse_partition
+from fedmq_tools.swarm import Swarm, SwarmStats
+from transport.connection import BrokerURL
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,7 @@
 Every file is ``{"v": version, "type": kind, ...fields, "tensors": [...]}`` with the
 tensors encoded exactly as on the wire (:func:`protocol.tensors.encode_weights`), so
 any msgpack reader can load it and a corrupt file is refused, not executed. Writes
-go through :func:`edge_agent.durable.atomic_write`: a power cut leaves the old file
+go through :func:`protocol.durable.atomic_write`: a power cut leaves the old file
 or the new one. The residual, the saved global model and the device model are such
 files; each module says what its fields mean.
 """
@@ -16,8 +16,8 @@ from typing import Any
 
 import msgpack
 
-from edge_agent.durable import atomic_write
 from protocol import Weights, WireError, decode_weights, encode_weights
+from protocol.durable import atomic_write
 
 
 def save_doc(path: Path, kind: str, version: int, tensors: Weights,

@@ -38,8 +38,8 @@ from coordinator import (
 from edge_agent.agent import AgentCore, AgentEvent, Connected, ModelArrived, Train, TrainingDone
 from edge_agent.proximal import MU
 from edge_agent.torch_trainer import TorchEvaluator, TorchTrainer, initial_weights
-from fedmq.reference import VARIANTS
 from fedmq.tasks import DataConfig, agent_data, get_task, test_data
+from fedmq_tools.reference import VARIANTS
 from protocol import Publish, RoundMetrics, TopicKind, parse_topic
 
 JOB = "bench-strategies"

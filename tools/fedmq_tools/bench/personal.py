@@ -1,6 +1,6 @@
 """Personalisation on W1-noniid: a global model vs models fitted to each agent's own data.
 
-In process, like :mod:`fedmq.reference`: no broker, but every local step runs
+In process, like :mod:`fedmq_tools.reference`: no broker, but every local step runs
 through :class:`edge_agent.personal.DeviceTrainer` around
 :class:`edge_agent.torch_trainer.TorchTrainer`, the code agents run, and
 averaging is an independent sample-weighted ``np.average``.
@@ -30,8 +30,8 @@ import numpy.typing as npt
 from edge_agent.personal import DeviceTrainer, shared_weights, with_local_layers
 from edge_agent.proximal import MU
 from edge_agent.torch_trainer import TorchTrainer, initial_weights
-from fedmq.reference import fedavg
 from fedmq.tasks import DataConfig, agent_data, get_task, test_data
+from fedmq_tools.reference import fedavg
 from protocol import TrainPlan, Weights
 
 Labels = npt.NDArray[np.int64]

@@ -1,4 +1,4 @@
-"""``python -m fedmq.bench.byzantine``: hostile agents against each aggregator, over a real broker.
+"""``python -m fedmq_tools.bench.byzantine``: hostile agents against each aggregator, real broker.
 
 The coordinator and every agent run as threads of this process, each agent with
 its own MQTT connection to a private Mosquitto (or ``--broker``), as ``fedmq
@@ -30,13 +30,13 @@ import numpy as np
 
 from coordinator import RoundConfig
 from edge_agent.agent import AgentCore
-from edge_agent.connection import BrokerURL, Session
 from edge_agent.mqtt import AgentNode, run_fleet
 from edge_agent.trainer import Trainer, TrainResult
 from fedmq.broker import LocalBroker
 from fedmq.launch import Connection, build_coordinator
 from fedmq.tasks import DataConfig, agent_data, get_task
 from protocol import Phase, TrainPlan, Weights
+from transport.connection import BrokerURL, Session
 
 DEFAULT_AGGREGATORS = ("fedavg", "median", "trimmed:0.2", "krum:4", "multikrum:4:12")
 
@@ -191,10 +191,11 @@ def report(doc: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fedmq.bench.results import RESULTS_DIR, begin, write_results
+    from fedmq_tools.bench.results import RESULTS_DIR, begin, write_results
 
     defaults = ByzantineOptions()
-    parser = argparse.ArgumentParser(prog="python -m fedmq.bench.byzantine", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m fedmq_tools.bench.byzantine",
+                                     description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default=defaults.task)
     parser.add_argument("--agents", type=int, default=defaults.agents)
@@ -211,8 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "byzantine.json")
     args = parser.parse_args(argv)
     # as typed: results.command_line() would name the fedmq console script
-    command = shlex.join(["python", "-m", "fedmq.bench.byzantine", *(sys.argv[1:] if argv is None
-                                                               else argv)])
+    command = shlex.join(["python", "-m", "fedmq_tools.bench.byzantine",
+                          *(sys.argv[1:] if argv is None else argv)])
     opts = replace(defaults, task=args.task, agents=args.agents, attackers=args.attackers,
                    rounds=args.rounds, aggregators=tuple(args.aggregator or DEFAULT_AGGREGATORS),
                    scale=args.scale, clip_norm=args.clip_norm, data_dir=args.data,

@@ -43,10 +43,10 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from coordinator import load_checkpoint
-from edge_agent.connection import BrokerURL
 from fedmq.broker import LocalBroker
 from fedmq.launch import CHECKPOINT_NAME
 from protocol import Phase, Topics, WireError, decode_metrics, decode_status
+from transport.connection import BrokerURL
 
 FAULT_KINDS = ("agent", "broker", "coordinator")
 #: exit codes of processes this script stopped itself (SIGKILL, or SIGTERM at the end)

@@ -1,4 +1,4 @@
-"""``python -m fedmq.bench.aggregation``: what each aggregator costs the coordinator per round.
+"""``python -m fedmq_tools.bench.aggregation``: what each aggregator costs per round.
 
 For a task's model shapes and ``--updates`` random deltas, each aggregator is
 timed adding them one by one and producing the round's result (best of
@@ -76,9 +76,11 @@ def report(doc: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fedmq.bench.results import RESULTS_DIR, begin, write_results
+    from fedmq_tools.bench.results import RESULTS_DIR, begin, write_results
 
-    parser = argparse.ArgumentParser(prog="python -m fedmq.bench.aggregation", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m fedmq_tools.bench.aggregation", description=__doc__
+    )
     parser.add_argument("--task", default="mnist-2nn")
     parser.add_argument("--updates", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=5)
@@ -88,8 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "aggregation.json")
     args = parser.parse_args(argv)
     # as typed: results.command_line() would name the fedmq console script
-    command = shlex.join(["python", "-m", "fedmq.bench.aggregation", *(sys.argv[1:] if argv is None
-                                                               else argv)])
+    command = shlex.join(["python", "-m", "fedmq_tools.bench.aggregation",
+                          *(sys.argv[1:] if argv is None else argv)])
     shapes = model_shapes(args.task)
     rng = np.random.default_rng(0)
     deltas = [{n: rng.normal(0, 0.01, s).astype(np.float32) for n, s in shapes.items()}

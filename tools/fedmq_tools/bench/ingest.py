@@ -45,11 +45,10 @@ from coordinator import (
     UpdateAccepted,
     UpdateArrived,
 )
-from edge_agent.connection import BrokerURL
-from fedmq.bench.measure import cpu_s, system_cpu_s, usage
 from fedmq.broker import LocalBroker
 from fedmq.launch import Connection, build_coordinator
 from fedmq.tasks import DataConfig, agent_data, get_task
+from fedmq_tools.bench.measure import cpu_s, system_cpu_s, usage
 from protocol import (
     Presence,
     Topics,
@@ -62,6 +61,7 @@ from protocol import (
     encode_update,
     weights_digest,
 )
+from transport.connection import BrokerURL
 
 #: codec specs measured unless ``--codec`` names others (protocol/compress.py's grammar)
 DEFAULT_CODECS = ("none", "fp16", "int8", "qsgd", "topk", "fp16+zstd", "topk+int8+zstd")

@@ -5,8 +5,8 @@ What runs (DESIGN.md, "Workload W1"): a private Mosquitto (or ``--broker``); the
 coordinator in this process, evaluating every round on the 5,000 held-out
 images; one OS process per agent (``python -m fedmq agent ... --threads 1`` with
 ``OMP_NUM_THREADS=1``). Then, in this process, the same workload in plain torch
-(:func:`fedmq.reference.run_reference`, with the same codec's round trip) and
-the centralised baseline (:func:`fedmq.reference.run_centralised`).
+(:func:`fedmq_tools.reference.run_reference`, with the same codec's round trip) and
+the centralised baseline (:func:`fedmq_tools.reference.run_centralised`).
 
 What is measured, and how:
 - total wall: from round 1's ``RoundOpened`` to the last round's ``RoundClosed``
@@ -37,13 +37,13 @@ from pathlib import Path
 from typing import Any
 
 from coordinator import Action, RoundClosed, RoundConfig, RoundOpened
-from edge_agent.connection import BrokerURL
-from fedmq.bench.measure import ExitWatcher, cpu_s, stop_all, system_cpu_s, usage
 from fedmq.broker import LocalBroker
 from fedmq.launch import Connection, build_coordinator
 from fedmq.progress import human_bytes
 from fedmq.tasks import DataConfig, get_task
+from fedmq_tools.bench.measure import ExitWatcher, cpu_s, stop_all, system_cpu_s, usage
 from protocol import Phase, RoundMetrics
+from transport.connection import BrokerURL
 
 #: W1's variants and the partition each names (DESIGN.md)
 VARIANTS = {"iid": "iid", "noniid": "shards"}
@@ -124,7 +124,7 @@ def agent_command(opts: W1Options, url: str, job: str, k: int) -> list[str]:
     """The command line of agent ``k``: W1's shard k of n, one torch thread.
 
     Agents stay online after the run, so the bench can read their peak RSS
-    before it stops them (see :mod:`fedmq.bench.measure`).
+    before it stops them (see :mod:`fedmq_tools.bench.measure`).
     """
     cmd = [
         sys.executable, "-m", "fedmq", "agent",
@@ -244,10 +244,11 @@ def _round_row(m: RoundMetrics, peak_rss: tuple[int, int | None]) -> dict[str, A
 
 
 def run_reference_once(opts: W1Options) -> dict[str, Any]:
-    """The same workload in this process, plain torch (:func:`fedmq.reference.run_reference`)."""
+    """The same workload in this process, plain torch (:func:`fedmq_tools.reference.run_reference`).
+    """
     import torch
 
-    from fedmq.reference import run_reference
+    from fedmq_tools.reference import run_reference
 
     machine, ours = system_cpu_s(), cpu_s(["self"])
     ref = run_reference(
@@ -275,7 +276,7 @@ def run_centralised_once(opts: W1Options) -> dict[str, Any]:
     """One model on all the training data, as many epochs as W1 has rounds."""
     import torch
 
-    from fedmq.reference import run_centralised
+    from fedmq_tools.reference import run_centralised
 
     cen = run_centralised(opts.rounds, opts.data_dir, task=opts.task, threads=opts.ref_threads)
     return {

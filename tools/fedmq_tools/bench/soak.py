@@ -1,4 +1,4 @@
-"""``python -m fedmq.bench.soak``: every decoder, and both cores, fed mutated and random bytes.
+"""``python -m fedmq_tools.bench.soak``: every decoder and both cores, fed mutated, random bytes.
 
 Targets, each seeded with valid payloads and fed byte-level mutations (flips,
 sets, inserts, deletes, truncations, splices), field-level mutations (a decoded
@@ -45,8 +45,8 @@ import msgpack
 import numpy as np
 
 from coordinator import (
+    MessageRejected,
     PresenceArrived,
-    RejectUpdate,
     RoundConfig,
     Rounds,
     Tick,
@@ -54,7 +54,7 @@ from coordinator import (
     UpdateArrived,
 )
 from edge_agent.agent import AgentCore, ModelArrived
-from fedmq.bench.mutations import mutate
+from fedmq_tools.bench.mutations import mutate
 from protocol import (
     ClosedBy,
     ModelAnnouncement,
@@ -291,7 +291,7 @@ class RoundsBatch:
             tally.crash(target, event.payload)
             return
         for action in actions:
-            if isinstance(action, RejectUpdate):
+            if isinstance(action, MessageRejected):
                 tally.outcomes[f"{target}:{action.reason.value}"] += 1
             elif isinstance(action, UpdateAccepted):
                 tally.outcomes[f"{target}:accepted"] += 1
@@ -412,16 +412,16 @@ def report(tally: Tally, seconds: float) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fedmq.bench.results import RESULTS_DIR, begin, write_results
+    from fedmq_tools.bench.results import RESULTS_DIR, begin, write_results
 
-    parser = argparse.ArgumentParser(prog="python -m fedmq.bench.soak", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m fedmq_tools.bench.soak", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "soak.json")
     args = parser.parse_args(argv)
     # as typed: results.command_line() would name the fedmq console script
-    command = shlex.join(["python", "-m", "fedmq.bench.soak", *(sys.argv[1:] if argv is None
+    command = shlex.join(["python", "-m", "fedmq_tools.bench.soak", *(sys.argv[1:] if argv is None
                                                                else argv)])
     begun = begin()
     tally, seconds = run_soak(args.cases, args.seed)

@@ -93,7 +93,7 @@ def now_utc() -> str:
 
 def revision() -> str | None:
     """The checkout's commit, ``-dirty`` when it has uncommitted changes; None outside git."""
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     try:
         out = subprocess.run(
             ["git", "describe", "--always", "--dirty"],

@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from fedmq.bench.results import RESULTS_DIR, begin, write_results
+from fedmq_tools.bench.results import RESULTS_DIR, begin, write_results
 
 DEFAULT_SCALE_COUNTS = "100,250,500,1000"
 
@@ -36,7 +36,7 @@ def _finish(bench: str, begun: dict[str, Any], doc: dict[str, Any], out: Path, t
 
 
 def cmd_w1(args: argparse.Namespace) -> int:
-    from fedmq.bench.w1 import W1Options, report, run_w1
+    from fedmq_tools.bench.w1 import W1Options, report, run_w1
 
     opts = W1Options(
         variant=args.variant,
@@ -61,7 +61,7 @@ def cmd_w1(args: argparse.Namespace) -> int:
 
 
 def cmd_personal(args: argparse.Namespace) -> int:
-    from fedmq.bench.personal import PersonalOptions, report, run_personal
+    from fedmq_tools.bench.personal import PersonalOptions, report, run_personal
 
     opts = PersonalOptions(
         agents=args.agents,
@@ -77,7 +77,7 @@ def cmd_personal(args: argparse.Namespace) -> int:
 
 
 def cmd_strategies(args: argparse.Namespace) -> int:
-    from fedmq.bench.strategies import (
+    from fedmq_tools.bench.strategies import (
         DEFAULT_SERVER_OPTS,
         StrategiesOptions,
         report,
@@ -109,7 +109,7 @@ def cmd_strategies(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from fedmq.bench.ingest import DEFAULT_CODECS, DEFAULT_TASKS, IngestOptions, run_ingest
+    from fedmq_tools.bench.ingest import DEFAULT_CODECS, DEFAULT_TASKS, IngestOptions, run_ingest
 
     opts = IngestOptions(
         tasks=tuple(args.task or DEFAULT_TASKS),
@@ -124,7 +124,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_scale(args: argparse.Namespace) -> int:
-    from fedmq.bench.scale import ScaleOptions, run_scale
+    from fedmq_tools.bench.scale import ScaleOptions, run_scale
 
     opts = ScaleOptions(
         counts=tuple(args.counts),
@@ -145,7 +145,7 @@ def cmd_scale(args: argparse.Namespace) -> int:
 
 
 def cmd_footprint(args: argparse.Namespace) -> int:
-    from fedmq.bench.footprint import report, run_footprint
+    from fedmq_tools.bench.footprint import report, run_footprint
 
     begun = begin()
     doc = run_footprint(args.data)
@@ -154,7 +154,7 @@ def cmd_footprint(args: argparse.Namespace) -> int:
 
 
 def cmd_swarm(args: argparse.Namespace) -> int:
-    from fedmq.bench.fleet import (
+    from fedmq_tools.bench.fleet import (
         FleetSpec,
         exit_code,
         report_line,

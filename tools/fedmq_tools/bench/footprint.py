@@ -35,16 +35,16 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from coordinator import RoundConfig
-from edge_agent.connection import BrokerURL
-from fedmq.bench.measure import Usage, loaded, stop_all, usage
-from fedmq.bench.w1 import ONE_THREAD_ENV
 from fedmq.broker import LocalBroker
 from fedmq.launch import Connection, build_coordinator
 from fedmq.progress import human_bytes
 from fedmq.tasks import DataConfig, get_task
+from fedmq_tools.bench.measure import Usage, loaded, stop_all, usage
+from fedmq_tools.bench.w1 import ONE_THREAD_ENV
 from protocol import Phase, Topics, decode_presence
+from transport.connection import BrokerURL
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 #: the packages a device imports; tests, docs and the benchmarks' JSON are not shipped
 AGENT_PACKAGES = ("protocol", "edge_agent", "fedmq")
 #: module sets timed by ``import_s``: name -> import statement target

@@ -37,6 +37,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from typing_extensions import assert_never
 
 from edge_agent.agent import (
     AgentAction,
@@ -46,13 +47,16 @@ from edge_agent.agent import (
     ModelArrived,
     ModelRejected,
     RunFinished,
+    SaveResidual,
     ShutdownRequested,
     Train,
     TrainingDone,
     TrainingFailed,
     UpdateSent,
 )
-from edge_agent.connection import (
+from edge_agent.trainer import Trainer
+from protocol import Publish
+from transport.connection import (
     RECONNECT_MAX_S,
     RECONNECT_MIN_S,
     BrokerURL,
@@ -60,8 +64,6 @@ from edge_agent.connection import (
     make_client,
     refused_for_good,
 )
-from edge_agent.trainer import Trainer
-from protocol import Publish
 
 log = logging.getLogger("fedmq.swarm")
 
@@ -360,11 +362,15 @@ class Swarm:
     # --- driving one core (as edge_agent.mqtt.AgentNode does, minus the threads) ------------
 
     def _feed(self, member: Member, event: AgentEvent) -> None:
-        pending: deque[AgentAction] = deque(member.core.handle(event, time.time()))
+        pending: deque[AgentAction] = deque(self._handle(member, event))
         while pending:
             follow_up = self._carry_out(member, pending.popleft())
             if follow_up is not None:
-                pending.extend(member.core.handle(follow_up, time.time()))
+                pending.extend(self._handle(member, follow_up))
+
+    @staticmethod
+    def _handle(member: Member, event: AgentEvent) -> list[AgentAction]:
+        return member.core.handle(event, time.monotonic(), wall=time.time())
 
     def _carry_out(self, member: Member, action: AgentAction) -> AgentEvent | None:
         match action:
@@ -378,6 +384,10 @@ class Swarm:
                 self.stats.updates_sent += 1
             case RunFinished():
                 member.finished = True
+            case SaveResidual():
+                pass  # simulated devices keep their residual in memory only
+            case _:
+                assert_never(action)
         return None
 
     def _train(self, member: Member, key: tuple[str, int, str], model: Any) -> AgentEvent:

@@ -1,0 +1,143 @@
+"""The cohort: which of the agents online a round asks to train.
+
+References:
+    McMahan et al., "Communication-Efficient Learning of Deep Networks from
+    Decentralized Data", AISTATS 2017: each round asks a random fraction C of
+    the clients.
+
+Invariants: candidates are only agents the round machine knows to be online
+(and eligible: provisioned, of an allowed device class), so an offline agent is
+never asked; the draw is a function of the candidate set, the size, the policy
+and the seed words alone (candidates are sorted first), so a seed reproduces
+every cohort of a run, resumed or not.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from fractions import Fraction
+
+import numpy as np
+
+from coordinator.config import RoundConfig
+from coordinator.open_round import OpenRound
+from protocol import Presence, RejectReason, WireError, decode_presence
+
+
+def select_cohort(
+    candidates: Mapping[str, int | None], size: int, policy: str, rng: np.random.Generator
+) -> frozenset[str]:
+    """``size`` distinct agents drawn from ``candidates`` (id -> advertised sample count).
+
+    ``uniform`` gives every candidate the same chance; ``by-samples`` draws in
+    proportion to the advertised sample count (an agent that advertises none, or
+    zero, weighs 1), so data-rich devices are asked more often. Asking for at
+    least as many as there are returns them all.
+    """
+    ids = sorted(candidates)
+    if size >= len(ids):
+        return frozenset(ids)
+    if size <= 0:
+        return frozenset()
+    if policy == "by-samples":
+        weights = np.array([max(candidates[a] or 0, 1) for a in ids], np.float64)
+        chosen = rng.choice(len(ids), size=size, replace=False, p=weights / weights.sum())
+    else:
+        chosen = rng.choice(len(ids), size=size, replace=False)
+    return frozenset(ids[int(i)] for i in chosen)
+
+
+class Roster:
+    """Who is online: each agent's last presence, and the ids whose presence says online.
+
+    The status after every accepted update counts the agents online, so the count is
+    kept in step with the presences rather than computed (it must not cost O(agents)).
+    """
+
+    def __init__(self) -> None:
+        self.presences: dict[str, Presence] = {}
+        self.online: set[str] = set()
+
+    def apply(self, agent: str, payload: bytes) -> None:
+        """Take ``agent``'s presence message; an empty payload is a cleared retained one.
+
+        Raises:
+            WireError: for a presence that does not decode or names another agent.
+        """
+        if not payload:
+            self.presences.pop(agent, None)
+            self.online.discard(agent)
+            return
+        presence = decode_presence(payload)
+        if presence.agent != agent:
+            raise WireError(RejectReason.AGENT_MISMATCH, f"presence names {presence.agent!r}")
+        self.presences[agent] = presence
+        if presence.online:
+            self.online.add(agent)
+        else:
+            self.online.discard(agent)
+
+    def alive(self, agent: str) -> None:
+        """Proof of life: an accepted update. After a broker restart an agent's last will
+        (offline) can come before its re-sent update and its new presence; it must stay
+        in the next cohort."""
+        self.online.add(agent)
+
+
+class CohortPolicy:
+    """Who may take part (provisioned, of an allowed device class) and whom a round asks."""
+
+    def __init__(self, config: RoundConfig) -> None:
+        self._config = config
+
+    def eligible(
+        self, online: frozenset[str], presences: Mapping[str, Presence]
+    ) -> frozenset[str]:
+        """The agents of ``online`` that may be asked at all."""
+        allowed, devices = self._config.allowed_agents, self._config.device_classes
+        eligible = online if allowed is None else online & allowed
+        if devices is None:
+            return eligible
+        return frozenset(
+            a for a in eligible if (p := presences.get(a)) is not None and p.device in devices
+        )
+
+    def size(self, eligible: int) -> int:
+        """How many of ``eligible`` agents a round asks: the sampled share, never fewer
+        than a round needs to close (``cohort_floor``), never more than there are."""
+        cfg = self._config
+        if cfg.sample_fraction is not None:
+            want = math.ceil(Fraction(str(cfg.sample_fraction)) * eligible)
+        elif cfg.sample_count is not None:
+            want = cfg.sample_count
+        else:
+            return eligible
+        return min(eligible, max(want, cfg.cohort_floor))
+
+    def draw(
+        self,
+        candidates: frozenset[str],
+        size: int,
+        presences: Mapping[str, Presence],
+        round_no: int,
+        attempt: int,
+    ) -> frozenset[str]:
+        """``size`` of ``candidates``, drawn with the run's seed for this round and attempt."""
+        cfg = self._config
+        rng = np.random.default_rng([cfg.sample_seed, round_no, attempt])
+        offered = {a: p.samples if (p := presences.get(a)) else None for a in candidates}
+        return select_cohort(offered, size, cfg.sample_policy, rng)
+
+    def top_up(
+        self, rs: OpenRound, eligible: frozenset[str], presences: Mapping[str, Presence]
+    ) -> frozenset[str]:
+        """A retried round's cohort: with a drawn cohort, topped up to its size with agents
+        not asked yet, in place of those that declined or went offline (silent ones still
+        online may yet answer); otherwise every eligible agent online."""
+        if not self._config.names_cohort:
+            return rs.cohort | eligible
+        waiting = (rs.cohort - rs.answered) & eligible
+        short = rs.cohort_target - len(rs.accepted) - len(waiting)
+        newcomers = self.draw(eligible - rs.cohort, short, presences, rs.number, rs.attempt)
+        return rs.cohort | newcomers

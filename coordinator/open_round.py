@@ -1,0 +1,110 @@
+"""What one open round has gathered so far: its cohort, its answers, its running sums.
+
+A plain record the round machine (:mod:`coordinator.rounds`) owns and mutates;
+no logic beyond adding an accepted update to its tallies and reporting them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+from coordinator.aggregate import Aggregator
+from coordinator.optimisers import OptState
+from protocol import ClosedBy, RoundMetrics, Update, Weights
+
+
+def _finite(value: float | None) -> float | None:
+    """A metric as published, or None: agents' reported losses (each finite) can still sum
+    to inf, and a diverged model evaluates to inf or NaN, neither of which JSON can carry."""
+    return value if value is not None and math.isfinite(value) else None
+
+
+@dataclass(slots=True)
+class OpenRound:
+    """One round from its announcement to its close (retries included)."""
+
+    number: int
+    attempt: int
+    opened_at: float
+    deadline: float
+    deadline_s: float
+    #: the agents this round asked (every eligible agent online, or a drawn sample)
+    cohort: frozenset[str]
+    quorum: int
+    aggregator: Aggregator
+    #: the announcement as encoded (before signing and chunking), re-published on reconnect
+    model_payload: bytes
+    accepted: set[str] = field(default_factory=set)
+    declined: set[str] = field(default_factory=set)
+    rejected: Counter[str] = field(default_factory=Counter)
+    bytes_up: int = 0
+    bytes_down: int = 0
+    samples: int = 0
+    loss_sum: float = 0.0
+    accuracy_sum: float = 0.0
+    accuracy_samples: int = 0
+    closed_by: ClosedBy | None = None
+    new_weights: Weights | None = None
+    #: the server optimiser's state once this round's model is committed
+    new_opt_state: OptState | None = None
+    #: the cohort size the round asked for (a retry tops the cohort up to it)
+    cohort_target: int = 0
+    #: every eligible agent online at one of the round's draws: q = cohort / pool for DP
+    pool: set[str] = field(default_factory=set)
+
+    @property
+    def answered(self) -> set[str]:
+        return self.accepted | self.declined
+
+    @property
+    def sampling_rate(self) -> float:
+        """q for DP accounting: the cohort over every eligible agent seen at its draws."""
+        return len(self.cohort) / max(len(self.pool), len(self.cohort), 1)
+
+    def tally(self, update: Update) -> None:
+        """Count an accepted update's samples and reported training metrics."""
+        self.accepted.add(update.agent)
+        self.samples += update.samples
+        if "loss" in update.metrics:
+            self.loss_sum += update.metrics["loss"] * update.samples
+        if "accuracy" in update.metrics:
+            self.accuracy_sum += update.metrics["accuracy"] * update.samples
+            self.accuracy_samples += update.samples
+
+    def metrics(
+        self,
+        *,
+        job: str,
+        run: str,
+        evaluation: dict[str, float],
+        raw_update_bytes: int,
+        duration_s: float,
+        at: float,
+        epsilon: float | None,
+    ) -> RoundMetrics:
+        """The closed round's metrics document (``closed_by`` must be set)."""
+        assert self.closed_by is not None
+        return RoundMetrics(
+            job=job,
+            run=run,
+            round=self.number,
+            closed_by=self.closed_by,
+            accepted=len(self.accepted),
+            declined=len(self.declined),
+            rejected=dict(self.rejected),
+            samples=self.samples,
+            duration_s=duration_s,
+            bytes_up=self.bytes_up,
+            bytes_down=self.bytes_down,
+            raw_bytes_up=raw_update_bytes * len(self.accepted),
+            accuracy=_finite(evaluation.get("accuracy")),
+            loss=_finite(evaluation.get("loss")),
+            train_loss=_finite(self.loss_sum / self.samples if self.samples else None),
+            train_accuracy=_finite(
+                self.accuracy_sum / self.accuracy_samples if self.accuracy_samples else None
+            ),
+            at=at,
+            epsilon=epsilon,
+        )
