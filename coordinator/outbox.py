@@ -26,7 +26,9 @@ from protocol import (
 )
 from protocol.chunks import encode_manifest, split
 from protocol.compress import downlink_weights
+from protocol.secagg.messages import SecAggConfig
 from protocol.signing import COORDINATOR_SIGNER, Purpose, seal
+from protocol.wire import SECAGG_CODEC
 
 
 class Outbox:
@@ -61,9 +63,12 @@ class Outbox:
         weights: Weights,
         model_id: str,
         now: float,
+        secagg: SecAggConfig | None = None,
     ) -> bytes:
-        """A round's model announcement; it names the cohort when the round asks one."""
+        """A round's model announcement; it names the cohort when the round asks one, or
+        is securely aggregated (``secagg``: codec ``secagg``, docs/PROTOCOL.md §12.2)."""
         cfg = self._config
+        named = cfg.names_cohort or secagg is not None
         return encode_model(
             ModelAnnouncement(
                 job=cfg.job,
@@ -73,12 +78,13 @@ class Outbox:
                 model_id=model_id,
                 task=cfg.task,
                 plan=cfg.plan,
-                codec=cfg.codec,
+                codec=cfg.codec if secagg is None else SECAGG_CODEC,
                 deadline_s=deadline_s,
                 weights=downlink_weights(weights, cfg.downlink),
-                cohort=tuple(sorted(cohort)) if cfg.names_cohort else None,
+                cohort=tuple(sorted(cohort)) if named else None,
                 issued_at=self.wall(now),
                 max_payload=cfg.max_payload,
+                secagg=secagg,
             )
         )
 

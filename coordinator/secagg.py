@@ -26,6 +26,7 @@ import numpy as np
 
 from coordinator.config import SecAggPolicy
 from coordinator.unmask import UnmaskError, unmask
+from protocol import ClosedBy
 from protocol.errors import RejectReason, WireError
 from protocol.publish import Publish
 from protocol.secagg import crypto
@@ -83,6 +84,10 @@ class SecAggDone:
     result: RingSum
     #: the agents whose inputs are in the sum (U3)
     survivors: frozenset[str]
+    #: why the masked phase closed: quorum, every input in, or its deadline
+    closed_by: ClosedBy
+    #: who dropped out in which phase
+    dropped: Mapping[SecAggPhase, frozenset[str]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +125,9 @@ class SecAggRound:
         quorum: int,
         min_inputs: int,
         random_bytes: RandomBytes,
+        gone: frozenset[str] = frozenset(),
     ) -> None:
+        """``gone``: cohort agents already known offline (no phase waits for them)."""
         self.session, self.ring, self.policy = session, ring, policy
         self.cohort, self._shapes = cohort, dict(shapes)
         self._topics = Topics(session.job)
@@ -137,7 +144,8 @@ class SecAggRound:
         self._total = np.zeros(self._length, dtype=ring.dtype)  # (L+1,) running sum mod 2^b
         self.dropped: dict[SecAggPhase, frozenset[str]] = {}
         #: agents known not to answer (declined, or offline): no phase waits for them
-        self._gone: set[str] = set()
+        self._gone: set[str] = set(gone)
+        self._closed_by = ClosedBy.DEADLINE
         self.message = ""
 
     @property
@@ -334,6 +342,8 @@ class SecAggRound:
             if at_deadline or everyone:
                 return self._fail(why)
             return []  # quorum reached but not yet safe to unmask: wait for more
+        self._closed_by = (ClosedBy.DEADLINE if at_deadline else
+                           ClosedBy.ALL_REPLIED if everyone else ClosedBy.QUORUM)
         survivors = Survivors(self.session, tuple(sorted(u3)), self.policy.unmask_s)
         closed = self._next(SecAggPhase.UNMASK, u2 - u3, now + self.policy.unmask_s)
         return [closed, Publish(self._topics.secagg_down, encode_down(survivors), retain=True)]
@@ -367,7 +377,7 @@ class SecAggRound:
         except UnmaskError as exc:
             return [closed, *self._fail(str(exc))]
         self.phase = SecAggPhase.DONE
-        return [closed, SecAggDone(total, frozenset(u3))]
+        return [closed, SecAggDone(total, frozenset(u3), self._closed_by, dict(self.dropped))]
 
     def _next(self, phase: SecAggPhase, dropped: set[str] | frozenset[str], deadline: float
               ) -> PhaseClosed:

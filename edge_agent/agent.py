@@ -158,6 +158,17 @@ class AgentCore:
     def busy(self) -> bool:
         return self._training is not None
 
+    @property
+    def subscriptions(self) -> list[tuple[str, int]]:
+        """What the adapter subscribes to (QoS 1): the model, and this agent's SecAgg topics."""
+        t = self.topics
+        return [*t.agent_subscriptions, (t.secagg_down, 1), (t.secagg_down_to(self.agent), 1)]
+
+    def arrived(self, topic: str, payload: bytes) -> AgentEvent:
+        """The event for a message on one of :attr:`subscriptions`."""
+        secagg = topic.startswith(self.topics.secagg_down)
+        return SecAggArrived(payload) if secagg else ModelArrived(payload)
+
     def will(self) -> Publish:
         """The last will the adapter registers: presence ``offline``, retained."""
         return self._presence(online=False, at=0.0)
