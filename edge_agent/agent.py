@@ -286,7 +286,10 @@ class AgentCore:
     def _join_secagg(self, model: ModelAnnouncement, key: RoundKey) -> list[AgentAction]:
         """Advertise keys for the round's session, and train unless the delta is here."""
         resend, self._resend_armed = self._resend_armed, False
-        actions: list[AgentAction] = [*self._seat.join(model, key, resend=resend)]
+        try:
+            actions: list[AgentAction] = [*self._seat.join(model, key, resend=resend)]
+        except ImportError:  # a device without `cryptography` cannot take part: it says so
+            return self._decline(model, "secure aggregation needs 'cryptography': fedmq[secure]")
         if self._training is None and not self._seat.trained_for(key):
             actions.extend(self._start(key, model))
         return actions

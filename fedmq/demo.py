@@ -21,6 +21,8 @@ from fedmq.progress import RunRecorder, human_bytes
 from fedmq.round_flags import observers, round_config
 from protocol import Phase
 
+#: the demo's update codec: int8+zstd is lossless in accuracy on digits (none under --secagg)
+DEMO_CODEC = "int8+zstd"
 #: how long the agents get to go offline after the final model
 AGENTS_EXIT_TIMEOUT_S = 30.0
 
@@ -69,12 +71,16 @@ def run_demo(args: argparse.Namespace) -> int:
             broker_url, where = broker.url, f"{broker.url} (private mosquitto, pid {broker.pid})"
         run_dir = args.run_dir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
         run_dir.mkdir(parents=True, exist_ok=True)
+        if args.codec is None:  # SecAgg sends masked fixed-point vectors, never a codec's
+            args.codec = "none" if args.secagg else DEMO_CODEC
         config = round_config(args, args.job, min_agents=args.agents)
         print(
             f"fedmq demo: {args.agents} agents, task {args.task}, {config.rounds} rounds, "
             f"broker {where}"
         )
         print(UNSIGNED_NOTICE)
+        if config.secagg is not None:
+            print("secagg: the coordinator sees only the sum of the updates (docs/SECURITY.md)")
         print(
             f"watch it: fedmq monitor --broker {broker_url} --job {args.job}   or   "
             f"mosquitto_sub -p {broker_url.rsplit(':', 1)[-1]} -v -t 'fedmq/v1/#'"
