@@ -18,6 +18,7 @@ Rules of this module:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import TypeAlias
@@ -56,8 +57,10 @@ _PHASE_OF: dict[type, SecAggPhase] = {
     MaskedInput: SecAggPhase.MASKED, UnmaskShares: SecAggPhase.UNMASK,
 }
 _ORDER = list(SecAggPhase)
-#: any clamped X25519 scalar kills a low-order point; this one needs no randomness
-_PROBE = bytes(range(1, 33))
+@functools.cache
+def _probe() -> crypto.KeyPair:
+    """Any clamped X25519 scalar kills a low-order point; this one needs no randomness."""
+    return crypto.KeyPair(bytes(range(1, 33)))
 
 
 # --- actions ------------------------------------------------------------------------
@@ -261,7 +264,7 @@ class SecAggRound:
 
     def _check_keys(self, advert: KeysAdvert) -> None:
         for pk in (advert.enc_pk, advert.mask_pk):
-            crypto.agree(_PROBE, pk)  # BAD_KEY for a low-order point
+            _probe().agree(pk)  # BAD_KEY for a low-order point
         taken = {k for a in self.got.keys.values() for k in (a.enc_pk, a.mask_pk)}
         if {advert.enc_pk, advert.mask_pk} & taken:
             raise WireError(RejectReason.BAD_KEY, "a public key another agent advertised")

@@ -60,11 +60,11 @@ def unmask(
             raise UnmaskError(f"{agent}'s self-mask seed does not match its commitment: bad shares")
         subtract_into(out, crypto.prg(crypto.self_key(seed, session, agent), count, dtype))
     for gone in sorted(set(shared) - set(survivors)):
-        secret = _recover(keys[gone], t, f"{gone}'s mask key")
-        if crypto.public_of(secret) != mask_pk[gone]:
+        key = crypto.KeyPair(_recover(keys[gone], t, f"{gone}'s mask key"))
+        if key.public != mask_pk[gone]:
             raise UnmaskError(f"{gone}'s mask key does not match its public key: bad shares")
         for agent in sorted(graph[gone] & set(survivors)):
-            pair = crypto.pair_key(crypto.agree(secret, mask_pk[agent]), session, agent, gone)
+            pair = crypto.pair_key(key.agree(mask_pk[agent]), session, agent, gone)
             mask = crypto.prg(pair, count, dtype)
             # ``agent`` added the mask if its id is the lower one, else subtracted it
             (subtract_into if agent < gone else add_into)(out, mask)

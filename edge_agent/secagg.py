@@ -76,6 +76,8 @@ class SecAggClient:
         self._own: tuple[int, int] = (0, 0)
         #: (seed share, key share) received from each neighbour that shared (my N2)
         self._held: dict[str, tuple[int, int]] = {}
+        #: X25519(my enc key, each neighbour's): the share keys of both directions
+        self._enc_shared: dict[str, bytes] = {}
         self._relay: Relay | None = None
         self._input: Ring | None = None
         self._survivors: Survivors | None = None
@@ -133,8 +135,8 @@ class SecAggClient:
         for peer in holders:
             if peer == self.agent:
                 continue
-            key, aad = share_key(crypto.agree(self._enc.secret, keys[peer]), self.session,
-                                 self.agent, peer)
+            self._enc_shared[peer] = self._enc.agree(keys[peer])  # both directions' keys
+            key, aad = share_key(self._enc_shared[peer], self.session, self.agent, peer)
             x = index[peer]
             plain = encode_share_pair(seed_shares[x], key_shares[x])
             sealed.append(Sealed(peer, crypto.encrypt(key, aad, plain)))
@@ -155,14 +157,12 @@ class SecAggClient:
             return self._again(self._relay == relay, ClientPhase.MASKED, "relay")
         if relay.agent != self.agent:
             raise WireError(RejectReason.AGENT_MISMATCH, f"relay for {relay.agent!r}")
-        mine = self._graph[self.agent]
-        keys = {p.agent: p.enc_pk for p in roster.participants}
         held: dict[str, tuple[int, int]] = {}
         for item in relay.shares:
-            if item.peer not in mine:
+            shared = self._enc_shared.get(item.peer)  # exactly the neighbours
+            if shared is None:
                 raise WireError(RejectReason.BAD_SHARE, f"a share from non-neighbour {item.peer!r}")
-            key, aad = share_key(crypto.agree(self._enc.secret, keys[item.peer]), self.session,
-                                 item.peer, self.agent)
+            key, aad = share_key(shared, self.session, item.peer, self.agent)
             held[item.peer] = decode_share_pair(crypto.decrypt(key, aad, item.ciphertext))
         if len(held) + 1 < roster.threshold:  # Bonawitz round 2: abort below t
             detail = f"{len(held)} neighbours shared, threshold {roster.threshold}"
@@ -181,7 +181,7 @@ class SecAggClient:
         add_into(y, crypto.prg(self_key(self._seed, self.session, self.agent), y.size, dtype))
         masks = {p.agent: p.mask_pk for p in roster.participants}
         for peer in sorted(self._held):
-            shared = crypto.agree(self._mask.secret, masks[peer])
+            shared = self._mask.agree(masks[peer])
             mask = crypto.prg(pair_key(shared, self.session, self.agent, peer), y.size, dtype)
             # the lower id adds, the higher subtracts: the pair cancels in the sum
             (add_into if self.agent < peer else subtract_into)(y, mask)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -38,46 +37,55 @@ def info(label: str, fields: Sequence[str | int]) -> bytes:
     return b"\x00".join([DOMAIN, label.encode(), *(str(f).encode() for f in fields)])
 
 
-@dataclass(frozen=True, slots=True)
 class KeyPair:
-    """An X25519 key pair as raw bytes; ``secret`` is what Shamir shares when needed."""
+    """An X25519 key pair: ``secret`` (raw 32 bytes, what Shamir shares when needed),
+    ``public``, and :meth:`agree`, which reuses one parsed private key for every peer."""
 
-    secret: bytes
-    public: bytes
+    __slots__ = ("_key", "public", "secret")
+
+    def __init__(self, secret: bytes) -> None:
+        from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+        self.secret = secret
+        self._key = X25519PrivateKey.from_private_bytes(secret)
+        self.public: bytes = self._key.public_key().public_bytes_raw()
+
+    def agree(self, public: bytes) -> bytes:
+        """X25519(secret, public): the same 32 bytes on both sides of a pair.
+
+        Raises:
+            WireError: BAD_KEY for a public key of low order (the all-zero shared secret).
+        """
+        from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
+        try:
+            shared: bytes = self._key.exchange(X25519PublicKey.from_public_bytes(public))
+        except ValueError as exc:
+            raise WireError(RejectReason.BAD_KEY, f"X25519: {exc}") from None
+        if shared == bytes(KEY_BYTES):  # RFC 7748 §6.1: refuse the all-zero output
+            raise WireError(RejectReason.BAD_KEY, "X25519: low-order public key")
+        return shared
 
     def __repr__(self) -> str:
         return f"KeyPair(public={self.public.hex()[:16]})"
 
 
+def keypair(random_bytes: RandomBytes) -> KeyPair:
+    return KeyPair(random_bytes(KEY_BYTES))
+
+
 def public_of(secret: bytes) -> bytes:
     """The X25519 public key of a 32-byte private key."""
-    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-
-    return X25519PrivateKey.from_private_bytes(secret).public_key().public_bytes_raw()
-
-
-def keypair(random_bytes: RandomBytes) -> KeyPair:
-    secret = random_bytes(KEY_BYTES)
-    return KeyPair(secret, public_of(secret))
+    return KeyPair(secret).public
 
 
 def agree(secret: bytes, public: bytes) -> bytes:
-    """X25519(secret, public): the same 32 bytes on both sides of a pair.
+    """X25519(secret, public), for a single agreement (see :meth:`KeyPair.agree`).
 
     Raises:
-        WireError: BAD_KEY for a public key of low order (the all-zero shared secret).
+        WireError: BAD_KEY for a public key of low order.
     """
-    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-
-    try:
-        shared = X25519PrivateKey.from_private_bytes(secret).exchange(
-            X25519PublicKey.from_public_bytes(public)
-        )
-    except ValueError as exc:
-        raise WireError(RejectReason.BAD_KEY, f"X25519: {exc}") from None
-    if shared == bytes(KEY_BYTES):  # RFC 7748 §6.1: refuse the all-zero output
-        raise WireError(RejectReason.BAD_KEY, "X25519: low-order public key")
-    return shared
+    return KeyPair(secret).agree(public)
 
 
 def derive(ikm: bytes, label: str, fields: Sequence[str | int]) -> bytes:
