@@ -345,8 +345,8 @@ class SecAggRound:
             if at_deadline or everyone:
                 return self._fail(why)
             return []  # quorum reached but not yet safe to unmask: wait for more
-        self._closed_by = (ClosedBy.DEADLINE if at_deadline else
-                           ClosedBy.ALL_REPLIED if everyone else ClosedBy.QUORUM)
+        self._closed_by = (ClosedBy.DEADLINE if at_deadline else  # as the round machine:
+                           ClosedBy.QUORUM if len(u3) >= self._quorum else ClosedBy.ALL_REPLIED)
         survivors = Survivors(self.session, tuple(sorted(u3)), self.policy.unmask_s)
         closed = self._next(SecAggPhase.UNMASK, u2 - u3, now + self.policy.unmask_s)
         return [closed, Publish(self._topics.secagg_down, encode_down(survivors), retain=True)]
