@@ -70,6 +70,7 @@ def _compare(n: int, plain: dict[str, Any], secure: dict[str, Any]) -> dict[str,
             "bytes_down": run["bytes_down_per_round"],
             "accuracy": run["accuracy"][-1],
             "cpu_s_during_rounds": run["cpu_s_during_rounds"],
+            "foreign_cpu_s": run["foreign_cpu_s"],
         }
 
     p, s = per_round(plain), per_round(secure)
