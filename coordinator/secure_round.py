@@ -133,6 +133,12 @@ class SecAggStage:
                 case Publish():
                     assert session is not None
                     sealed = self._sealed(action, session.session.run)
+                    cap = self._config.max_payload
+                    if cap and len(sealed.payload) > cap:  # down messages are not chunked
+                        step.failed = (f"a SecAgg message of {len(sealed.payload)} bytes exceeds "
+                                       f"--max-payload {cap}: ask fewer agents or use "
+                                       "--secagg-degree (docs/PROTOCOL.md §12.7)")
+                        continue
                     step.publishes.append(sealed)
                     self.retained[sealed.topic] = sealed
                     everyone = sealed.topic == self._topics.secagg_down

@@ -217,3 +217,14 @@ def test_policy_refuses_bad_settings():
                 {"clip": 0.0}):
         with pytest.raises(ValueError):
             replace(SecAggPolicy(), **bad)
+
+
+def test_a_roster_above_the_payload_cap_fails_the_round_saying_so():
+    cfg = config(rounds=1, min_agents=12, max_payload=1024, on_short_round="stop")
+    fleet = Fleet(12, cfg)
+    fleet.start()
+    fleet.run_to_end()
+    assert fleet.rounds.phase is Phase.FAILED
+    assert "exceeds --max-payload 1024" in fleet.rounds.message
+    assert not [p for p in fleet.of_type(Publish) if len(p.payload) > 1024
+                and parse_topic(p.topic).kind is TopicKind.SECAGG]
