@@ -119,7 +119,7 @@ class RoundConfig:
     #: topic's agent with its key, and only these agents take part (``allowed_agents``
     #: defaults to them). None: updates are not verified.
     agent_keys: Mapping[str, VerifyKey] | None = None
-    #: secure aggregation (docs/PROTOCOL.md §12): the coordinator learns only the sum
+    #: secure aggregation (docs/PROTOCOL.md §14): the coordinator learns only the sum
     secagg: SecAggPolicy | None = None
     #: ``aggregator`` and ``server_opt`` parsed once, here, so nothing parses them again
     aggregator_spec: AggregatorSpec = field(init=False, repr=False, compare=False)

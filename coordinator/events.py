@@ -33,7 +33,7 @@ class UpdateArrived:
 
 @dataclass(frozen=True, slots=True)
 class SecAggArrived:
-    """Raw bytes on ``.../secagg/up/{agent}`` (docs/PROTOCOL.md §12); ``agent`` from the topic."""
+    """Raw bytes on ``.../secagg/up/{agent}`` (docs/PROTOCOL.md §14); ``agent`` from the topic."""
 
     agent: str
     payload: bytes

@@ -21,6 +21,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from typing_extensions import assert_never
 
+from coordinator.buffered import BufferedRounds
 from coordinator.checkpoint import save_checkpoint
 from coordinator.events import (
     Action,
@@ -65,11 +66,11 @@ class _Refused:
 
 
 class CoordinatorNode:
-    """Runs a :class:`Rounds` machine against a broker until the run ends."""
+    """Runs a :class:`Rounds` (or buffered) machine against a broker until the run ends."""
 
     def __init__(
         self,
-        rounds: Rounds,
+        rounds: Rounds | BufferedRounds,
         broker: BrokerURL,
         session: Session,
         *,

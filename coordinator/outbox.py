@@ -63,12 +63,16 @@ class Outbox:
         weights: Weights,
         model_id: str,
         now: float,
+        max_staleness: int = 0,
+        names_cohort: bool | None = None,
         secagg: SecAggConfig | None = None,
     ) -> bytes:
-        """A round's model announcement; it names the cohort when the round asks one, or
-        is securely aggregated (``secagg``: codec ``secagg``, docs/PROTOCOL.md §12.2)."""
+        """A round's model announcement; it names the cohort when the round asks one
+        (``names_cohort`` overrides the config: the buffered mode always names it), and
+        always when it is securely aggregated (``secagg``: codec ``secagg``, PROTOCOL.md §14.2)."""
         cfg = self._config
-        named = cfg.names_cohort or secagg is not None
+        named = cfg.names_cohort if names_cohort is None else names_cohort
+        named = named or secagg is not None
         return encode_model(
             ModelAnnouncement(
                 job=cfg.job,
@@ -84,6 +88,7 @@ class Outbox:
                 cohort=tuple(sorted(cohort)) if named else None,
                 issued_at=self.wall(now),
                 max_payload=cfg.max_payload,
+                max_staleness=max_staleness,
                 secagg=secagg,
             )
         )

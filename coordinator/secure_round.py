@@ -137,7 +137,7 @@ class SecAggStage:
                     if cap and len(sealed.payload) > cap:  # down messages are not chunked
                         step.failed = (f"a SecAgg message of {len(sealed.payload)} bytes exceeds "
                                        f"--max-payload {cap}: ask fewer agents or use "
-                                       "--secagg-degree (docs/PROTOCOL.md §12.7)")
+                                       "--secagg-degree (docs/PROTOCOL.md §14.7)")
                         continue
                     step.publishes.append(sealed)
                     self.retained[sealed.topic] = sealed

@@ -81,6 +81,9 @@ __all__ = [
 #: incomplete chunked models older than this are dropped (a round's model is re-sent anyway)
 MODEL_CHUNK_TTL_S = 600.0
 
+#: what this implementation announces as its presence ``kind`` (docs/PROTOCOL.md §4.3)
+KIND = "python"
+
 
 
 @dataclass(slots=True)
@@ -128,6 +131,7 @@ class AgentCore:
         self._device = device
         self._latest: ModelAnnouncement | None = None
         self._training: RoundKey | None = None
+        self._trained_on: ModelAnnouncement | None = None  # the model being trained from
         self._answer: _Answer | None = None
         #: runs this agent has trained for: only their final model ends its work
         self._runs_joined: set[str] = set()
@@ -247,15 +251,24 @@ class AgentCore:
 
     def _on_trained(self, key: RoundKey, result: TrainResult, train_s: float) -> list[AgentAction]:
         self._training = None
-        model = self._latest
+        model, trained_on = self._latest, self._trained_on
         # A final model can share the key of round 1 (a run stopped before any round closed).
         if model is None or model.done or self._key(model) != key:
+            if model is not None and trained_on is not None and _still_taken(trained_on, model):
+                # Buffered mode: the coordinator still takes work on an older version.
+                return [*self._reply(trained_on, result, train_s), *self._train_latest()]
             return self._train_latest()  # a newer round (or the end) arrived while training
+        return self._reply(model, result, train_s)
+
+    def _reply(
+        self, model: ModelAnnouncement, result: TrainResult, train_s: float
+    ) -> list[AgentAction]:
+        """Publish the update ``result`` makes against ``model``, the version trained from."""
         delta: Weights = {
             name: result.weights[name] - global_w for name, global_w in model.weights.items()
         }
         if model.secagg is not None:  # masked, on the secagg topic; no metrics in clear
-            return list(self._seat.trained(key, delta, result.samples))
+            return list(self._seat.trained(self._key(model), delta, result.samples))
         before = self._feedback.state
         try:
             tensors = self._encode(model, delta)
@@ -350,7 +363,7 @@ class AgentCore:
         return self._start(key, model)
 
     def _start(self, key: RoundKey, model: ModelAnnouncement) -> list[AgentAction]:
-        self._training = key
+        self._training, self._trained_on = key, model
         self._runs_joined.add(model.run)
         return [Train(key, model)]
 
@@ -366,5 +379,14 @@ class AgentCore:
             trainer=self._trainer,
             device=self._device,
             at=at,
+            kind=KIND,
         )
         return Publish(self.topics.presence(self.agent), encode_presence(presence), retain=True)
+
+
+def _still_taken(trained_on: ModelAnnouncement, latest: ModelAnnouncement) -> bool:
+    """True if ``latest`` (buffered mode) still takes updates based on ``trained_on``."""
+    lag = latest.round - trained_on.round
+    return (
+        not latest.done and latest.run == trained_on.run and 0 < lag <= latest.max_staleness
+    )

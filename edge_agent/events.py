@@ -33,7 +33,7 @@ class ModelArrived:
 
 @dataclass(frozen=True, slots=True)
 class SecAggArrived:
-    """Raw bytes on ``.../secagg/down`` or ``.../secagg/down/{agent}`` (docs/PROTOCOL.md §12)."""
+    """Raw bytes on ``.../secagg/down`` or ``.../secagg/down/{agent}`` (docs/PROTOCOL.md §14)."""
 
     payload: bytes
 

@@ -84,6 +84,7 @@ class AgentNode:
         device_model_path: Path | None = None,
         state: StateDir | None = None,
         policy: ResourcePolicy | None = None,
+        train_delay_s: float = 0.0,
     ) -> None:
         """``residual_path``: where the error-feedback residual persists (None: memory only);
         ``device``: the trainer that keeps this device's own model (personal layers,
@@ -109,6 +110,10 @@ class AgentNode:
         self.rounds_trained = 0
         self.refused: str | None = None
         self.finished = threading.Event()
+        #: an artificial delay after each training: the experiment of a slow device
+        #: (docs/STRATEGIES.md, "Heterogeneous fleets"); cut short by stop()
+        self._train_delay_s = train_delay_s
+        self._halt = threading.Event()
         self._client = make_client(broker, session, will=core.will())
         self._client.on_connect = self._on_connect
         self._client.on_message = self._on_message
@@ -141,6 +146,7 @@ class AgentNode:
 
     def stop(self) -> None:
         """Ask the agent to go offline and return from :meth:`run`; safe from any thread."""
+        self._halt.set()
         self._put(_Quit())
 
     def run(self) -> None:
@@ -274,6 +280,8 @@ class AgentNode:
                 traceback.format_exc(),
             )
             return TrainingFailed(key, f"training failed: {type(exc).__name__}: {exc}")
+        if self._train_delay_s > 0:
+            self._halt.wait(self._train_delay_s)
         return TrainingDone(key, result, time.perf_counter() - started)
 
     def predict(self, x: npt.NDArray[Any]) -> npt.NDArray[np.float32]:

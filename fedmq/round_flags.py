@@ -14,6 +14,7 @@ from collections.abc import Callable
 from coordinator import Action, RoundConfig, parse_aggregator
 from coordinator.config import SAMPLE_POLICIES, SecAggPolicy
 from coordinator.optimisers import SERVER_OPT_HELP, parse_server_opt
+from coordinator.staleness import BufferConfig
 from coordinator.strategy import AGGREGATOR_HELP
 from edge_agent.personal import with_local_layers
 from edge_agent.proximal import MU
@@ -114,7 +115,7 @@ def add_round_flags(p: argparse.ArgumentParser, rounds: int, deadline: float) ->
 
 
 def _add_secagg(p: argparse.ArgumentParser) -> None:
-    """Secure aggregation (docs/PROTOCOL.md §12, docs/SECURITY.md)."""
+    """Secure aggregation (docs/PROTOCOL.md §14, docs/SECURITY.md)."""
     g = p.add_argument_group("secure aggregation (docs/SECURITY.md)")
     g.add_argument("--secagg", action="store_true",
                    help="SecAgg: the coordinator learns only the sum of the updates; needs "
@@ -176,6 +177,32 @@ def _add_strategy(p: argparse.ArgumentParser) -> None:
                    help="stop when test accuracy has not improved for P rounds")
     g.add_argument("--min-delta", type=float, default=0.0,
                    help="with --patience: a gain must exceed this to count")
+
+
+def add_mode_flags(p: argparse.ArgumentParser) -> None:
+    """The coordinator's mode: synchronous rounds (default) or FedBuff (docs/STRATEGIES.md)."""
+    g = p.add_argument_group("mode (docs/PROTOCOL.md section 13)")
+    g.add_argument("--mode", choices=("sync", "fedbuff"), default="sync",
+                   help="sync: rounds at quorum/deadline; fedbuff: buffered asynchronous")
+    g.add_argument("--buffer-k", type=int, default=10, metavar="K",
+                   help="fedbuff: accepted updates per server step")
+    g.add_argument("--max-staleness", type=int, default=5, metavar="S",
+                   help="fedbuff: versions an update's base may lag; more is rejected as stale")
+    g.add_argument("--concurrency", type=int, metavar="C",
+                   help="fedbuff: agents training at once (default: every agent online)")
+    g.add_argument("--staleness", default="sqrt", metavar="SPEC",
+                   help="fedbuff: staleness weight: sqrt (1/sqrt(1+tau)), const, poly:A")
+
+
+def buffer_config(args: argparse.Namespace) -> BufferConfig | None:
+    """The FedBuff settings ``--mode fedbuff`` asks for, or None for synchronous rounds."""
+    if args.mode != "fedbuff":
+        return None
+    try:
+        return BufferConfig(k=args.buffer_k, max_staleness=args.max_staleness,
+                            concurrency=args.concurrency, staleness=args.staleness)
+    except ValueError as exc:
+        raise SystemExit(f"fedmq: {exc}") from None
 
 
 def round_config(args: argparse.Namespace, job: str, min_agents: int | None = None) -> RoundConfig:

@@ -50,7 +50,7 @@ class RejectReason(str, enum.Enum):
     UNSIGNED = "unsigned"
     #: a signature that does not verify with the signer's provisioned key: forged or altered
     BAD_SIGNATURE = "bad_signature"
-    #: secure aggregation (docs/PROTOCOL.md §12): a message for a phase that is not open now,
+    #: secure aggregation (docs/PROTOCOL.md §14): a message for a phase that is not open now,
     #: e.g. shares after the share phase closed or a masked input before the shares were relayed
     OUT_OF_PHASE = "out_of_phase"
     #: secure aggregation: an X25519 public key that is not 32 bytes, repeats another

@@ -85,7 +85,10 @@ class ModelAnnouncement:
     issued_at: float = 0.0
     #: the broker's payload cap: agents send updates above it as chunks (0: no cap)
     max_payload: int = 0
-    #: this round is securely aggregated (docs/PROTOCOL.md §12); None: a plain round
+    #: buffered mode: updates trained from a version this many behind ``round`` are still
+    #: taken, so an agent finishes and sends work on an older version (0: synchronous)
+    max_staleness: int = 0
+    #: this round is securely aggregated (docs/PROTOCOL.md §14); None: a plain round
     secagg: SecAggConfig | None = None
 
 
@@ -121,6 +124,8 @@ class Presence:
     device: str | None = None
     trainer: str | None = None
     at: float = 0.0
+    #: which implementation the agent is: ``"python"`` (edge_agent) or ``"browser"`` (web/)
+    kind: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,5 +173,5 @@ class RoundMetrics:
     #: DP-FedAvg: the run's privacy loss epsilon after this round, at the job's delta
     epsilon: float | None = None
     #: SecAgg rounds: who dropped out in which phase (``keys``, ``shares``, ``masked``,
-    #: ``unmask``), each list sorted (docs/PROTOCOL.md §12.8)
+    #: ``unmask``), each list sorted (docs/PROTOCOL.md §14.8)
     secagg: Mapping[str, tuple[str, ...]] | None = None

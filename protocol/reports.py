@@ -23,7 +23,7 @@ def encode_presence(p: Presence) -> bytes:
         "state": "online" if p.online else "offline",
         "at": p.at,
     }
-    for key in ("samples", "device", "trainer"):
+    for key in ("samples", "device", "trainer", "kind"):
         if getattr(p, key) is not None:
             doc[key] = getattr(p, key)
     return json_dump(doc)
@@ -47,6 +47,7 @@ def decode_presence(payload: bytes) -> Presence:
         device=f.text("device", 64) if f.present("device") else None,
         trainer=f.text("trainer", 64) if f.present("trainer") else None,
         at=f.number("at", 0.0) if f.present("at") else 0.0,
+        kind=f.text("kind", 64) if f.present("kind") else None,
     )
 
 
@@ -177,7 +178,7 @@ _SECAGG_PHASES = ("keys", "shares", "masked", "unmask")
 
 
 def _dropouts(f: Fields) -> dict[str, tuple[str, ...]]:
-    """metrics.secagg: phase -> the agents that dropped out in it (docs/PROTOCOL.md §12.8)."""
+    """metrics.secagg: phase -> the agents that dropped out in it (docs/PROTOCOL.md §14.8)."""
     out: dict[str, tuple[str, ...]] = {}
     for phase, agents in f.mapping("secagg").items():
         if phase not in _SECAGG_PHASES or not isinstance(agents, list):

@@ -59,7 +59,7 @@ class Purpose(str, enum.Enum):
     MODEL = "model"
     #: an update or decline, signed by the agent that sends it
     UPDATE = "update"
-    #: a secure-aggregation message (docs/PROTOCOL.md §12), signed by its sender: the agent
+    #: a secure-aggregation message (docs/PROTOCOL.md §14), signed by its sender: the agent
     #: on ``secagg/up/{agent}``, the coordinator on ``secagg/down[/{agent}]``
     SECAGG = "secagg"
 

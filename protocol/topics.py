@@ -16,6 +16,8 @@ from protocol.errors import RejectReason, WireError
 PREFIX = "fedmq/v1"
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+#: ASCII digits only: str.isdigit() also takes "²" and "٣" (the first crashes int())
+_CHUNK_INDEX = re.compile(r"[0-9]{1,6}")
 
 
 class TopicKind(str, enum.Enum):
@@ -32,7 +34,7 @@ class TopicKind(str, enum.Enum):
     #: one agent's presence (retained, agent and its last will)
     AGENTS = "agents"
     #: secure aggregation: ``secagg/up/{agent}`` (agent) and ``secagg/down[/{agent}]``
-    #: (retained, coordinator); docs/PROTOCOL.md §12
+    #: (retained, coordinator); docs/PROTOCOL.md §14
     SECAGG = "secagg"
 
 
@@ -158,7 +160,7 @@ def parse_topic(topic: str) -> TopicRef:
     if kind is TopicKind.SECAGG:
         return _secagg_topic(job, rest, topic)
     if kind is TopicKind.MODEL and len(rest) == 2 and rest[0] == "chunk":
-        if not rest[1].isdigit() or len(rest[1]) > 6:
+        if _CHUNK_INDEX.fullmatch(rest[1]) is None:
             raise WireError(RejectReason.MALFORMED, f"bad chunk index in {topic!r}")
         return TopicRef(job, kind, chunk=int(rest[1]))
     if rest:

@@ -71,6 +71,8 @@ def _model_doc(m: ModelAnnouncement) -> dict[str, Any]:
             "issued_at": m.issued_at,
             "max_payload": m.max_payload,
             "tensors": encode_weights(m.weights),
+            # only in the buffered mode, so the synchronous wire is byte-for-byte unchanged
+            **({"max_staleness": m.max_staleness} if m.max_staleness else {}),
         }
     )
 
@@ -111,6 +113,7 @@ def decode_model(payload: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> ModelAnn
         issued_at=f.number("issued_at", 0.0),
         max_payload=_max_payload(f),
         weights=decode_weights(tensors),
+        max_staleness=f.integer("max_staleness", 0, 1_000_000) if f.present("max_staleness") else 0,
         secagg=secagg,
     )
 
@@ -176,12 +179,15 @@ def decode_update(payload: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> Update:
         raise WireError(RejectReason.MALFORMED, "update.tensors: entries must be maps")
     if declined is None and not tensors:
         raise WireError(RejectReason.MALFORMED, "update: no tensors and not a decline")
+    if declined is not None and tensors:
+        raise WireError(RejectReason.MALFORMED, "update: a decline carries no tensors")
+    samples_range = (0, 0) if declined is not None else (1, 2**40)  # a decline trained on none
     return Update(
         job=f.ident("job"),
         agent=f.ident("agent"),
         round=f.integer("round", 1),
         model_id=f.text("model_id", 64),
-        samples=f.integer("samples", 0 if declined is not None else 1, 2**40),
+        samples=f.integer("samples", *samples_range),
         codec=f.text("codec"),
         tensors=tuple(tensors),
         metrics=f.floats("metrics"),

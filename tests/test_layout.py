@@ -7,6 +7,7 @@ new upward or sideways import fails here before anyone draws the wrong picture.
 from __future__ import annotations
 
 import ast
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -116,9 +117,13 @@ def test_the_agent_with_the_numpy_trainer_loads_no_mnist_bench_or_torch() -> Non
 
 @pytest.mark.slow
 def test_the_wheel_ships_no_benchmark_or_simulation_code(tmp_path: Path) -> None:
+    # build from a copy: setuptools writes build/ beside the sources it builds
+    source = tmp_path / "src"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "node_modules", "build", "*.egg-info", "__pycache__", "bench-results"))
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(tmp_path), str(REPO)],
+         "-w", str(tmp_path), str(source)],
         check=True,
     )
     (wheel,) = tmp_path.glob("fedmq-*.whl")

@@ -140,8 +140,14 @@ def test_the_broker_config_is_the_secure_profile(fleet: Path):
                 if line.strip() and not line.startswith("#")]
     values = {key: value for key, value in settings}
     assert values["allow_anonymous"] == "false"
-    assert values["listener"] == "18883"
-    assert [k for k, _ in settings].count("listener") == 1  # TLS only, no plain listener
+    # TLS only, no plain listener: MQTT over TLS, and wss for browsers (docs/WEB.md)
+    listeners = [i for i, (k, _) in enumerate(settings) if k == "listener"]
+    assert [settings[i][1] for i in listeners] == ["18883", "8884"]
+    assert settings[listeners[1] + 1] == ["protocol", "websockets"]
+    for start, end in zip(listeners, [*listeners[1:], len(settings)], strict=True):
+        block = dict(settings[start:end])
+        assert {"cafile", "certfile", "keyfile"} <= block.keys()
+        assert block["tls_version"] == "tlsv1.2"
     for key in ("password_file", "acl_file", "cafile", "certfile", "keyfile"):
         assert Path(values[key]).is_file() and Path(values[key]).parent == fleet / "broker"
     assert "${" not in conf

@@ -63,8 +63,11 @@ def unwrap(entries: Sequence[Mapping[str, Any]], max_size: int) -> list[Mapping[
     except ValueError as exc:
         raise WireError(RejectReason.BAD_CODEC, str(exc)) from None
     try:
-        declared = zstandard.frame_content_size(blob)
-        if declared != size:  # -1: unknown size, which we refuse
+        frame = zstandard.get_frame_parameters(blob)
+        if frame.has_checksum or frame.dict_id:  # neither is written; both sides refuse them
+            raise WireError(RejectReason.MALFORMED, "zstd: frames with a checksum or dictionary")
+        declared = frame.content_size
+        if declared != size:  # ZSTD_CONTENTSIZE_UNKNOWN: no size declared, which we refuse
             raise WireError(RejectReason.MALFORMED, f"zstd: frame declares {declared} != {size}")
         inner = zstandard.ZstdDecompressor().decompress(
             blob, max_output_size=size, allow_extra_data=False

@@ -2,7 +2,7 @@
 
 The coordinator learns only the sum of the agents' inputs; dropouts up to the
 threshold do not stop it. The phase machines are ``coordinator.secagg`` and
-``edge_agent.secagg``; the protocol is docs/PROTOCOL.md §12, what it protects
+``edge_agent.secagg``; the protocol is docs/PROTOCOL.md §14, what it protects
 docs/SECURITY.md. Needs ``cryptography`` only when a primitive runs.
 """
 

@@ -1,4 +1,4 @@
-"""SecAgg's messages, as immutable values (layouts and limits: docs/PROTOCOL.md §12).
+"""SecAgg's messages, as immutable values (layouts and limits: docs/PROTOCOL.md §14).
 
 Agent -> coordinator, on ``fedmq/v1/{job}/secagg/up/{agent}``:
     :class:`KeysAdvert` (phase keys), :class:`SharesOut` (phase shares),

@@ -7,7 +7,7 @@ References:
 The field is the smallest prime above 2^256 (tests/protocol/test_secagg_shamir.py
 checks its primality), so every 32-byte string is a field element and a share is
 33 bytes, big-endian. The holder of share ``x`` is the participant with index
-``x`` (1-based position in the round's roster, docs/PROTOCOL.md §12); the
+``x`` (1-based position in the round's roster, docs/PROTOCOL.md §14); the
 secret is the value at 0, so a share is never at 0.
 """
 

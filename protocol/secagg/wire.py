@@ -1,4 +1,4 @@
-"""SecAgg messages <-> msgpack, with full validation (docs/PROTOCOL.md §12).
+"""SecAgg messages <-> msgpack, with full validation (docs/PROTOCOL.md §14).
 
 Check order as for every fedmq message: size (``too_large``), parse (``malformed``),
 ``v`` (``bad_version``), ``type`` (``malformed``), then the fields. Beyond the

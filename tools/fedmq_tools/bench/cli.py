@@ -211,6 +211,7 @@ def register(sub: Any) -> None:
     _add_w1(which)
     _add_strategies(which)
     _add_personal(which)
+    _add_hetero(which)
     _add_ingest(which)
     _add_scale(which)
     _add_secagg(which)
@@ -255,6 +256,33 @@ def _add_personal(which: Any) -> None:
     p.add_argument("--data", type=Path, help="MNIST directory (default: ../shared/data/mnist)")
     _add_out(p)
     p.set_defaults(func=cmd_personal)
+
+
+def cmd_hetero(args: argparse.Namespace) -> int:
+    from fedmq_tools.bench.hetero import HeteroOptions, report, run_hetero
+
+    opts = HeteroOptions(agents=args.agents, task=args.task, target=args.target,
+                         base_delay_s=args.base_delay, buffer_k=args.buffer_k,
+                         max_staleness=args.max_staleness, timeout_s=args.timeout)
+    begun = begin()
+    doc = run_hetero(opts)
+    return _finish("hetero", begun, doc, args.out or RESULTS_DIR / "hetero.json", report(doc))
+
+
+def _add_hetero(which: Any) -> None:
+    p = which.add_parser(
+        "hetero", help="uneven fleet (1x/3x/10x): time to target, sync FedAvg vs FedBuff"
+    )
+    p.add_argument("--agents", type=int, default=9)
+    p.add_argument("--task", default="digits")
+    p.add_argument("--target", type=float, default=0.85, help="target test accuracy")
+    p.add_argument("--base-delay", type=float, default=0.2,
+                   help="seconds; a class-c agent waits (c - 1) x this after each training")
+    p.add_argument("--buffer-k", type=int, default=3)
+    p.add_argument("--max-staleness", type=int, default=5)
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds per run")
+    _add_out(p)
+    p.set_defaults(func=cmd_hetero)
 
 
 def _number_or_none(value: str) -> float | None:
