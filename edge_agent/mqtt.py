@@ -30,7 +30,6 @@ from edge_agent.agent import (
     AgentCore,
     AgentEvent,
     Connected,
-    ModelArrived,
     ModelRejected,
     RoundKey,
     RunFinished,
@@ -139,11 +138,11 @@ class AgentNode:
             if why is not None:
                 self._put(_Refused(why))
             return
-        client.subscribe(self.core.topics.agent_subscriptions)
+        client.subscribe(self.core.subscriptions)
         self._put(Connected())
 
     def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
-        self._put(ModelArrived(bytes(message.payload)))
+        self._put(self.core.arrived(message.topic, bytes(message.payload)))
 
     def _put(self, item: AgentEvent | _Refused | _Quit) -> None:
         self._inbox.offer(item)
