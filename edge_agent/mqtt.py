@@ -43,7 +43,15 @@ from edge_agent.agent import (
 from edge_agent.device_model import save_device_model
 from edge_agent.feedback import save_residual
 from edge_agent.personal import DeviceTrainer
-from edge_agent.policy import Memory, ResourcePolicy, read_memory, run_hook, veto
+from edge_agent.policy import (
+    ResourcePolicy,
+    peak_rss,
+    read_memory,
+    reset_peak_rss,
+    round_need,
+    run_hook,
+    veto,
+)
 from edge_agent.state import SavedModel, StateDir
 from edge_agent.trainer import Trainer
 from protocol import ModelAnnouncement, Publish
@@ -105,6 +113,8 @@ class AgentNode:
         #: the newest global model on this device, kept across restarts in ``state``
         self.saved_model: SavedModel | None = state.load_model() if state is not None else None
         self._policy = policy or ResourcePolicy()
+        #: what the last trained round took beyond its starting RSS (None: none measured)
+        self._learned_need: int | None = None
         self._inbox: Inbox[AgentEvent | _Refused | _Quit] = Inbox(queue_size, core.agent)
         self._deferred_dropped = 0
         self.rounds_trained = 0
@@ -256,8 +266,9 @@ class AgentNode:
         """The resource policy's reason to skip this round, or None (runs the hook)."""
         policy = self._policy
         now = time.localtime()
-        memory = read_memory() if policy.checks_memory else Memory(None, None)
-        reason = veto(policy, now.tm_hour * 60 + now.tm_min, memory)
+        model_bytes = 4 * sum(w.size for w in model.weights.values())  # as float32
+        need = round_need(model_bytes, self._learned_need)
+        reason = veto(policy, now.tm_hour * 60 + now.tm_min, read_memory(), need)
         if reason is None and policy.hook is not None:
             context = {"job": self.core.job, "agent": self.core.agent, "round": str(model.round)}
             reason = run_hook(policy.hook, context, policy.hook_timeout_s)
@@ -269,6 +280,7 @@ class AgentNode:
         if reason is not None:
             log.info("%s: declining round %d: %s", self.core.agent, model.round, reason)
             return TrainingFailed(key, f"vetoed: {reason}")
+        before = read_memory().rss_bytes if reset_peak_rss() else None
         started = time.perf_counter()
         try:
             result = self._trainer.train(model.weights, model.plan, model.round)
@@ -280,9 +292,13 @@ class AgentNode:
                 traceback.format_exc(),
             )
             return TrainingFailed(key, f"training failed: {type(exc).__name__}: {exc}")
+        took = time.perf_counter() - started
+        peak = peak_rss()
+        if before is not None and peak is not None:  # one agent per process, as on a device
+            self._learned_need = max(0, peak - before)
         if self._train_delay_s > 0:
             self._halt.wait(self._train_delay_s)
-        return TrainingDone(key, result, time.perf_counter() - started)
+        return TrainingDone(key, result, took)
 
     def predict(self, x: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
         """The device model's outputs for ``x`` (see :meth:`DeviceTrainer.predict`).

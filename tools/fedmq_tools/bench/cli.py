@@ -169,6 +169,40 @@ def cmd_footprint(args: argparse.Namespace) -> int:
                    report(doc))
 
 
+def cmd_device(args: argparse.Namespace) -> int:
+    import json
+    import shlex
+
+    from fedmq_tools.bench.device import report, run_emulated
+
+    begun = begin()
+    out = args.out or RESULTS_DIR / "device.json"
+    run = run_emulated(shlex.split(args.agent_cmd), args.agent_data, args.data,
+                       out.with_suffix(".logs"))
+    doc: dict[str, Any] = {"label": args.label, "setup_s": args.setup_s, "run": run}
+    if args.probe is not None:
+        doc["probe"] = json.loads(args.probe.read_text())
+    _finish("device", begun, doc, out, report(doc))
+    final = run["rounds"][-1].get("accuracy") if run.get("rounds") else None
+    if not run.get("completed") or final is None or final < args.min_accuracy:
+        print(f"fedmq bench device: the run did not reach accuracy {args.min_accuracy}")
+        return 1
+    return 0
+
+
+def _names(value: str | None) -> list[str] | None:
+    return [v for v in value.split(",") if v] if value else None
+
+
+def cmd_limits(args: argparse.Namespace) -> int:
+    from fedmq_tools.bench.limits import report, run_limits
+
+    begun = begin()
+    doc = run_limits(args.data, _names(args.profiles), _names(args.cases), args.rounds,
+                     (args.out or RESULTS_DIR / "limits.json").with_suffix(".logs"))
+    return _finish("limits", begun, doc, args.out or RESULTS_DIR / "limits.json", report(doc))
+
+
 def cmd_swarm(args: argparse.Namespace) -> int:
     from fedmq_tools.bench.fleet import (
         FleetSpec,
@@ -216,6 +250,8 @@ def register(sub: Any) -> None:
     _add_scale(which)
     _add_secagg(which)
     _add_footprint(which)
+    _add_device(which)
+    _add_limits(which)
     _add_swarm(sub)
 
 
@@ -366,6 +402,31 @@ def _add_footprint(which: Any) -> None:
     p.add_argument("--data", type=Path, help="MNIST directory (default: ../shared/data/mnist)")
     _add_out(p)
     p.set_defaults(func=cmd_footprint)
+
+
+def _add_device(which: Any) -> None:
+    p = which.add_parser("device", help="W1 with agent-0 behind a command (an emulated Pi)")
+    p.add_argument("--agent-cmd", required=True,
+                   help="how to run fedmq on the device, e.g. 'chroot ROOT /opt/fedmq/bin/fedmq'")
+    p.add_argument("--agent-data", help="the MNIST directory as the device sees it")
+    p.add_argument("--data", type=Path, help="the MNIST directory here")
+    p.add_argument("--label", default="", help="what the device is, for the report")
+    p.add_argument("--probe", type=Path, help="probe.py's JSON from the device, to include")
+    p.add_argument("--setup-s", type=float, help="seconds the device's install took")
+    p.add_argument("--min-accuracy", type=float, default=0.89,
+                   help="fail below this final accuracy (W1's reference reaches 0.8996)")
+    _add_out(p)
+    p.set_defaults(func=cmd_device)
+
+
+def _add_limits(which: Any) -> None:
+    p = which.add_parser("limits", help="agents under device-sized memory and CPU (cgroups)")
+    p.add_argument("--data", type=Path, help="MNIST directory (default: ../shared/data/mnist)")
+    p.add_argument("--profiles", help="device profiles, e.g. pi-zero-2w,pi4-2gb (default: all)")
+    p.add_argument("--cases", help="TRAINER/TASK pairs, e.g. numpy/mnist-2nn (default: all)")
+    p.add_argument("--rounds", type=int, default=2, help="rounds per case")
+    _add_out(p)
+    p.set_defaults(func=cmd_limits)
 
 
 def _add_swarm(sub: Any) -> None:
