@@ -5,7 +5,7 @@ Without a delta codec every version is the global model as announced
 one codec step from the last towards the global model, computed by
 :func:`protocol.broadcast.encode_step` exactly as agents rebuild it, so what the
 coordinator names by ``model_id`` is bit for bit what every agent holds
-(docs/PROTOCOL.md §14). It also remembers which version each agent last answered
+(docs/PROTOCOL.md §15). It also remembers which version each agent last answered
 from, to count the bytes each one downloads.
 
 Pure: no clock, no I/O; a checkpoint carries :meth:`Broadcast.state` so a resumed
@@ -88,7 +88,7 @@ class Broadcast:
     def bytes_down(
         self, agents: Iterable[str], whole: int, delta: int, presences: Mapping[str, Presence]
     ) -> int:
-        """What ``agents`` download for one announcement (docs/PROTOCOL.md §14.6): an agent
+        """What ``agents`` download for one announcement (docs/PROTOCOL.md §15.6): an agent
         whose presence says it takes deltas gets the delta topic's ``delta`` bytes, plus the
         ``whole`` model's unless it is known to hold the delta's base or this version; any
         other agent (one written before deltas, a browser) the whole model only."""

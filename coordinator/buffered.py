@@ -24,7 +24,7 @@ from collections import Counter
 
 from typing_extensions import assert_never
 
-from coordinator import staleness
+from coordinator import events, staleness
 from coordinator.aggregate import Layout
 from coordinator.broadcast import Broadcast
 from coordinator.checkpoint import Buffered, Checkpoint, LiveVersion
@@ -174,7 +174,7 @@ class BufferedRounds:
                 return self._on_presence(agent, payload, now)
             case UpdateArrived(agent=agent, payload=payload):
                 return self._on_update(agent, payload, now)
-            case Tick():
+            case Tick() | events.SecAggArrived():  # nothing is timed; no SecAgg here
                 return []
             case Evaluated(round_no=version, metrics=metrics):
                 return self._on_evaluated(version, metrics, now)

@@ -34,6 +34,7 @@ from coordinator.events import (
     RoundClosed,
     RoundOpened,
     SaveCheckpoint,
+    SecAggArrived,
     Stop,
     StopRequested,
     Tick,
@@ -103,7 +104,8 @@ class CoordinatorNode:
                 self._put(_Refused(why))
             return
         topics = self.rounds.topics
-        client.subscribe([(topics.all_updates, 1), (topics.all_presence, 1)])
+        secagg = [(topics.all_secagg_up, 1)] if self.rounds.config.secagg is not None else []
+        client.subscribe([(topics.all_updates, 1), (topics.all_presence, 1), *secagg])
         self._put(BrokerConnected())
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason_code: Any, _p: Any) -> None:
@@ -162,6 +164,8 @@ class CoordinatorNode:
             return UpdateArrived(ref.agent, item.payload)
         if ref.kind is TopicKind.AGENTS and ref.agent is not None:
             return PresenceArrived(ref.agent, item.payload)
+        if ref.kind is TopicKind.SECAGG and ref.direction == "up" and ref.agent is not None:
+            return SecAggArrived(ref.agent, item.payload)
         return None
 
     def _feed(self, event: Event) -> None:

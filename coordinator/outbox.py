@@ -31,7 +31,9 @@ from protocol import (
 from protocol.broadcast import DTYPES
 from protocol.chunks import encode_manifest, split
 from protocol.compress import downlink_weights
+from protocol.secagg.messages import SecAggConfig
 from protocol.signing import COORDINATOR_SIGNER, Purpose, seal
+from protocol.wire import SECAGG_CODEC
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,13 +72,16 @@ class Outbox:
         done: bool = False,
         max_staleness: int = 0,
         names_cohort: bool | None = None,
+        secagg: SecAggConfig | None = None,
     ) -> Announced:
         """One announcement of ``version``: the whole model retained on ``model`` (signed,
         chunked), then its delta, or a notice that it travels whole, on ``delta``
-        (docs/PROTOCOL.md §14.2). It names the cohort when the round asks one
-        (``names_cohort`` overrides the config: the buffered mode always names it)."""
+        (docs/PROTOCOL.md §15.2). It names the cohort when the round asks one
+        (``names_cohort`` overrides the config: the buffered mode always names it), and
+        always when it is securely aggregated (``secagg``: codec ``secagg``, PROTOCOL.md §14.2)."""
         cfg = self._config
         named = cfg.names_cohort if names_cohort is None else names_cohort
+        named = named or secagg is not None
         header: dict[str, Any] = {
             "job": cfg.job,
             "run": run,
@@ -85,13 +90,14 @@ class Outbox:
             "model_id": version.model_id,
             "task": cfg.task,
             "plan": cfg.plan,
-            "codec": cfg.codec,
+            "codec": cfg.codec if secagg is None else SECAGG_CODEC,
             "deadline_s": deadline_s,
             "cohort": tuple(sorted(cohort)) if cohort is not None and named else None,
             "done": done,
             "issued_at": self.wall(now),
             "max_payload": cfg.max_payload,
             "max_staleness": max_staleness,
+            "secagg": secagg,
         }
         model = ModelAnnouncement(
             **header,

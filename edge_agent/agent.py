@@ -13,13 +13,21 @@ coordinator counts each (job, round, agent) once.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from typing_extensions import assert_never
 
-from edge_agent.downlink import Downlink, HeldModel, KeepModel, Subscribe, Unsubscribe
+from edge_agent.downlink import (
+    MODEL_CHUNK_TTL_S,
+    Downlink,
+    HeldModel,
+    KeepModel,
+    Subscribe,
+    Unsubscribe,
+)
 from edge_agent.events import (
     AgentAction,
     AgentEvent,
@@ -30,6 +38,7 @@ from edge_agent.events import (
     RoundKey,
     RunFinished,
     SaveResidual,
+    SecAggArrived,
     ShutdownRequested,
     Train,
     TrainingDone,
@@ -37,6 +46,7 @@ from edge_agent.events import (
     UpdateSent,
 )
 from edge_agent.feedback import ErrorFeedback, Residual
+from edge_agent.secure_round import SecAggSeat
 from edge_agent.trainer import TrainResult
 from protocol import (
     ModelAnnouncement,
@@ -45,22 +55,26 @@ from protocol import (
     Topics,
     Update,
     Weights,
+    WireError,
     check_id,
     encode_presence,
     encode_update,
 )
 from protocol.chunks import split
+from protocol.secagg.shamir import RandomBytes
 from protocol.signing import Purpose, SigningKey, VerifyKey, seal
 
-__all__ = [  # the events and actions (edge_agent/events.py), the downlink's among them
+# the core's events and actions live in edge_agent.events; importers may use either module
+__all__ = [
     "AgentAction", "AgentCore", "AgentEvent", "Connected", "DeltaArrived", "KeepModel",
-    "ModelArrived", "ModelRejected", "RoundKey", "RunFinished", "SaveResidual",
-    "ShutdownRequested", "Subscribe", "Train", "TrainingDone", "TrainingFailed",
-    "Unsubscribe", "UpdateSent",
+    "MODEL_CHUNK_TTL_S", "ModelArrived", "ModelRejected", "RoundKey", "RunFinished",
+    "SaveResidual", "SecAggArrived", "ShutdownRequested", "Subscribe", "Train", "TrainingDone",
+    "TrainingFailed", "Unsubscribe", "UpdateSent",
 ]
 
 #: what this implementation announces as its presence ``kind`` (docs/PROTOCOL.md §4.3)
 KIND = "python"
+
 
 @dataclass(slots=True)
 class _Answer:
@@ -85,6 +99,7 @@ class AgentCore:
         feedback: ErrorFeedback | None = None,
         signing_key: SigningKey | None = None,
         coordinator_key: VerifyKey | None = None,
+        random_bytes: RandomBytes = os.urandom,
         held: HeldModel | None = None,
     ) -> None:
         """``feedback`` carries a residual loaded from the device's state dir, if any, and
@@ -92,6 +107,7 @@ class AgentCore:
 
         ``signing_key`` signs every update; with ``coordinator_key`` set, a model
         that is unsigned or not signed by it is refused (docs/SECURITY.md).
+        ``random_bytes`` makes SecAgg's keys and seeds (seeded in tests).
         """
         self._signing_key = signing_key
         self._coordinator_key = coordinator_key
@@ -111,10 +127,12 @@ class AgentCore:
         self._answer: _Answer | None = None
         #: runs this agent has trained for: only their final model ends its work
         self._runs_joined: set[str] = set()
-        self._finished: RoundKey | None = None
         self._resend_armed = False
+        self._finished: RoundKey | None = None
         self._downlink = Downlink(job, coordinator_key, held)
         self.models_rejected = 0
+        self._seat = SecAggSeat(job, agent, random_bytes=random_bytes, rounding=self._rng,
+                                signing_key=signing_key, coordinator_key=coordinator_key)
 
     @property
     def latest_model(self) -> ModelAnnouncement | None:
@@ -125,17 +143,6 @@ class AgentCore:
     def held(self) -> HeldModel | None:
         """The version of the broadcast model deltas apply to (what :class:`KeepModel` saved)."""
         return self._downlink.held
-
-    @property
-    def subscriptions(self) -> tuple[str, ...]:
-        """What to subscribe to on (re)connecting; read by the adapter's connect callback
-        (an attribute read of an immutable value, safe from paho's thread)."""
-        return self._downlink.subscriptions
-
-    @property
-    def unwanted(self) -> tuple[str, ...]:
-        """What to unsubscribe from on reconnecting (a persistent session keeps filters)."""
-        return self._downlink.unwanted
 
     @property
     def residual(self) -> Residual | None:
@@ -150,6 +157,28 @@ class AgentCore:
     @property
     def busy(self) -> bool:
         return self._training is not None
+
+    @property
+    def subscriptions(self) -> list[tuple[str, int]]:
+        """What the adapter subscribes to (QoS 1) on (re)connecting: the deltas, the whole
+        model while it is needed (docs/PROTOCOL.md §15.5), this agent's SecAgg topics. Read
+        by the adapter's connect callback: attribute reads of immutable values, safe from
+        paho's thread."""
+        t = self.topics
+        own = (t.secagg_down, t.secagg_down_to(self.agent))
+        return [(topic, 1) for topic in (*self._downlink.subscriptions, *own)]
+
+    @property
+    def unwanted(self) -> tuple[str, ...]:
+        """What to unsubscribe from on reconnecting (a persistent session keeps filters)."""
+        return self._downlink.unwanted
+
+    def arrived(self, topic: str, payload: bytes) -> AgentEvent:
+        """The event for a message on one of :attr:`subscriptions`."""
+        t = self.topics
+        if topic.startswith(t.secagg_down):
+            return SecAggArrived(payload)
+        return DeltaArrived(payload) if topic.startswith(t.delta) else ModelArrived(payload)
 
     def will(self) -> Publish:
         """The last will the adapter registers: presence ``offline``, retained."""
@@ -168,6 +197,11 @@ class AgentCore:
                 return self._on_model(payload, now, delta=False)
             case DeltaArrived(payload=payload):
                 return self._on_model(payload, now, delta=True)
+            case SecAggArrived(payload=payload):
+                try:
+                    return list(self._seat.receive(payload))
+                except WireError as exc:
+                    return [ModelRejected(exc.reason, f"secagg: {exc.detail}")]
             case TrainingDone(key=key, result=result, train_s=train_s):
                 return self._on_trained(key, result, train_s)
             case TrainingFailed(key=key, reason=reason):
@@ -212,6 +246,8 @@ class AgentCore:
                 self._resend_armed = False
                 return self._send(answer, resent=True)
             return []  # the same announcement again (QoS 1 redelivery)
+        if model.secagg is not None:
+            return self._join_secagg(model, key)
         if self._training is not None:
             return []  # the newest model is picked up when the current training ends
         return self._start(key, model)
@@ -234,6 +270,8 @@ class AgentCore:
         delta: Weights = {
             name: result.weights[name] - global_w for name, global_w in model.weights.items()
         }
+        if model.secagg is not None:  # masked, on the secagg topic; no metrics in clear
+            return list(self._seat.trained(self._key(model), delta, result.samples))
         before = self._feedback.state
         try:
             tensors = self._encode(model, delta)
@@ -256,8 +294,21 @@ class AgentCore:
 
     def _encode(self, model: ModelAnnouncement, delta: Weights) -> list[dict[str, Any]]:
         """The delta's entries via error feedback (kept for biased codecs only)."""
-        rng = np.random.default_rng([model.plan.seed, model.round, self._rng_key])
-        return self._feedback.encode(delta, model.codec, scope=model.run, rng=rng)
+        return self._feedback.encode(delta, model.codec, scope=model.run, rng=self._rng(model))
+
+    def _rng(self, model: ModelAnnouncement) -> np.random.Generator:
+        return np.random.default_rng([model.plan.seed, model.round, self._rng_key])
+
+    def _join_secagg(self, model: ModelAnnouncement, key: RoundKey) -> list[AgentAction]:
+        """Advertise keys for the round's session, and train unless the delta is here."""
+        resend, self._resend_armed = self._resend_armed, False
+        try:
+            actions: list[AgentAction] = [*self._seat.join(model, key, resend=resend)]
+        except ImportError:  # a device without `cryptography` cannot take part: it says so
+            return self._decline(model, "secure aggregation needs 'cryptography': fedmq[secure]")
+        if self._training is None and not self._seat.trained_for(key):
+            actions.extend(self._start(key, model))
+        return actions
 
     def _on_failed(self, key: RoundKey, reason: str) -> list[AgentAction]:
         self._training = None
@@ -309,7 +360,8 @@ class AgentCore:
         if model.cohort is not None and self.agent not in model.cohort:
             return []
         key = self._key(model)
-        if self._answer is not None and self._answer.key == key:
+        answered = self._answer is not None and self._answer.key == key
+        if answered or self._seat.trained_for(key):
             return []
         return self._start(key, model)
 

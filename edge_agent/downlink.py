@@ -4,7 +4,7 @@ The agent holds one version of the broadcast model (:class:`HeldModel`). A delta
 on ``.../delta`` that names it as its base is applied and its digest checked; a
 delta it cannot use (a notice, a missed version, no model yet, a refused or
 corrupt one) makes it fetch the whole model from ``.../model``, and it keeps that
-delta to apply once the model it builds on arrives (docs/PROTOCOL.md §14.5). It
+delta to apply once the model it builds on arrives (docs/PROTOCOL.md §15.5). It
 subscribes to the model topics exactly while it needs the whole model.
 
 Invariants: pure (``now`` is passed in, no clock, no files, no paho); bytes in,

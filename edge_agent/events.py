@@ -1,7 +1,7 @@
 """What the agent core takes in (events) and gives back (actions).
 
 Events are facts the adapter observed; actions are commands it carries out in
-order. Both are immutable; :mod:`edge_agent.agent` re-exports them all.
+order. Both are immutable; ``edge_agent.agent`` turns the one into the other.
 """
 
 from __future__ import annotations
@@ -34,7 +34,14 @@ class ModelArrived:
 
 @dataclass(frozen=True, slots=True)
 class DeltaArrived:
-    """Raw bytes on ``.../delta`` or ``.../delta/chunk/{i}`` (docs/PROTOCOL.md §14)."""
+    """Raw bytes on ``.../delta`` or ``.../delta/chunk/{i}`` (docs/PROTOCOL.md §15)."""
+
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SecAggArrived:
+    """Raw bytes on ``.../secagg/down`` or ``.../secagg/down/{agent}`` (docs/PROTOCOL.md §14)."""
 
     payload: bytes
 
@@ -62,7 +69,8 @@ class ShutdownRequested:
 
 
 AgentEvent: TypeAlias = (
-    Connected | ModelArrived | DeltaArrived | TrainingDone | TrainingFailed | ShutdownRequested
+    Connected | ModelArrived | DeltaArrived | SecAggArrived | TrainingDone | TrainingFailed
+    | ShutdownRequested
 )
 
 # --- actions (out) ------------------------------------------------------------------------
@@ -80,7 +88,7 @@ class Train:
 
 @dataclass(frozen=True, slots=True)
 class ModelRejected:
-    """A model announcement was refused; the adapter logs it."""
+    """A model announcement (or a SecAgg message of the coordinator) was refused; logged."""
 
     reason: RejectReason
     detail: str

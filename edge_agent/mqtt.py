@@ -30,9 +30,7 @@ from edge_agent.agent import (
     AgentCore,
     AgentEvent,
     Connected,
-    DeltaArrived,
     KeepModel,
-    ModelArrived,
     ModelRejected,
     RoundKey,
     RunFinished,
@@ -49,7 +47,15 @@ from edge_agent.device_model import save_device_model
 from edge_agent.downlink import HeldModel
 from edge_agent.feedback import save_residual
 from edge_agent.personal import DeviceTrainer
-from edge_agent.policy import Memory, ResourcePolicy, read_memory, run_hook, veto
+from edge_agent.policy import (
+    ResourcePolicy,
+    peak_rss,
+    read_memory,
+    reset_peak_rss,
+    round_need,
+    run_hook,
+    veto,
+)
 from edge_agent.state import StateDir
 from edge_agent.trainer import Trainer
 from protocol import ModelAnnouncement, Publish
@@ -112,6 +118,8 @@ class AgentNode:
         held = core.held
         self._kept = held.identity if held is not None else None  # what the state dir holds
         self._policy = policy or ResourcePolicy()
+        #: what the last trained round took beyond its starting RSS (None: none measured)
+        self._learned_need: int | None = None
         self._inbox: Inbox[AgentEvent | _Refused | _Quit] = Inbox(queue_size, core.agent)
         self._deferred_dropped = 0
         self.rounds_trained = 0
@@ -135,15 +143,13 @@ class AgentNode:
             if why is not None:
                 self._put(_Refused(why))
             return
-        client.subscribe([(topic, 1) for topic in self.core.subscriptions])
+        client.subscribe(self.core.subscriptions)
         if self.core.unwanted:  # a persistent session may still hold the model topics
             client.unsubscribe(list(self.core.unwanted))
         self._put(Connected())
 
     def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
-        payload = bytes(message.payload)
-        delta = message.topic.startswith(self.core.topics.delta)  # delta, delta/chunk/{i}
-        self._put(DeltaArrived(payload) if delta else ModelArrived(payload))
+        self._put(self.core.arrived(message.topic, bytes(message.payload)))
 
     def _put(self, item: AgentEvent | _Refused | _Quit) -> None:
         self._inbox.offer(item)
@@ -286,8 +292,9 @@ class AgentNode:
         """The resource policy's reason to skip this round, or None (runs the hook)."""
         policy = self._policy
         now = time.localtime()
-        memory = read_memory() if policy.checks_memory else Memory(None, None)
-        reason = veto(policy, now.tm_hour * 60 + now.tm_min, memory)
+        model_bytes = 4 * sum(w.size for w in model.weights.values())  # as float32
+        need = round_need(model_bytes, self._learned_need)
+        reason = veto(policy, now.tm_hour * 60 + now.tm_min, read_memory(), need)
         if reason is None and policy.hook is not None:
             context = {"job": self.core.job, "agent": self.core.agent, "round": str(model.round)}
             reason = run_hook(policy.hook, context, policy.hook_timeout_s)
@@ -299,6 +306,7 @@ class AgentNode:
         if reason is not None:
             log.info("%s: declining round %d: %s", self.core.agent, model.round, reason)
             return TrainingFailed(key, f"vetoed: {reason}")
+        before = read_memory().rss_bytes if reset_peak_rss() else None
         started = time.perf_counter()
         try:
             result = self._trainer.train(model.weights, model.plan, model.round)
@@ -310,9 +318,13 @@ class AgentNode:
                 traceback.format_exc(),
             )
             return TrainingFailed(key, f"training failed: {type(exc).__name__}: {exc}")
+        took = time.perf_counter() - started
+        peak = peak_rss()
+        if before is not None and peak is not None:  # one agent per process, as on a device
+            self._learned_need = max(0, peak - before)
         if self._train_delay_s > 0:
             self._halt.wait(self._train_delay_s)
-        return TrainingDone(key, result, time.perf_counter() - started)
+        return TrainingDone(key, result, took)
 
     def predict(self, x: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
         """The device model's outputs for ``x`` (see :meth:`DeviceTrainer.predict`).

@@ -5,7 +5,7 @@ Layout, under ``{state_dir}/{agent_id}/``:
 - ``model.msgpack``: the version of the broadcast model this agent holds (the last
   global model it was announced, whole or rebuilt from deltas, or the run's final
   model), with its job, run, round and the run's delta codec, so that after a
-  restart the next delta applies to it (docs/PROTOCOL.md §14.5);
+  restart the next delta applies to it (docs/PROTOCOL.md §15.5);
 - ``residual.msgpack``: the error-feedback residual (:mod:`edge_agent.feedback`);
 - ``device-model.msgpack``: the device's own model (personal layers, local
   inference), written by :mod:`edge_agent.device_model`.

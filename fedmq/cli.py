@@ -181,11 +181,10 @@ def parser() -> argparse.ArgumentParser:
     _add_task(p, default="digits")
     add_round_flags(p, rounds=10, deadline=30.0)
     add_web_demo_options(p)
-    # the demo shows compressed updates and delta-coded models: int8+zstd up and
-    # qsgd:2+zstd:9 down keep its accuracy on digits (docs/CODECS.md)
-    p.set_defaults(func=cmd_demo, codec="int8+zstd", downlink_delta="qsgd:2+zstd:9",
-                   username=None, password=None, password_file=None, ca_file=None,
-                   mqtt311=False)
+    # the demo shows compressed updates and delta-coded models (fedmq.demo.DEMO_CODEC,
+    # DEMO_DOWNLINK_DELTA), or neither under --secagg
+    p.set_defaults(func=cmd_demo, codec=None, username=None, password=None,
+                   password_file=None, ca_file=None, mqtt311=False)
 
     p = sub.add_parser("coordinator", help="run a job's coordinator")
     p.add_argument("--job", required=True)

@@ -181,7 +181,7 @@ def build_agent(
         except ValueError as exc:
             log.warning("%s: ignoring the saved device model: %s", settings.agent_id, exc)
         feedback = ErrorFeedback(state.load_residual())  # a bad file is set aside, logged
-        kept = state.load_model()  # deltas apply to it after a restart (docs/PROTOCOL.md §14)
+        kept = state.load_model()  # deltas apply to it after a restart (docs/PROTOCOL.md §15)
         held = kept.held() if kept is not None and kept.job == settings.job else None
     trainer = DeviceTrainer(model, finetune_epochs=settings.finetune_epochs, saved=saved)
     core = AgentCore(

@@ -38,7 +38,7 @@ def round_line(m: RoundMetrics, rounds: int, quorum: int) -> str:
     extra = f"  rejected {rejected}" if rejected else ""
     if m.epsilon is not None:  # DP-FedAvg: the privacy spent so far
         extra += f"  epsilon {m.epsilon:.3g}"
-    # each way's compression: raw float32 over the payload bytes (docs/PROTOCOL.md §14.6)
+    # each way's compression: raw float32 over the payload bytes (docs/PROTOCOL.md §15.6)
     up = f" (x{m.raw_bytes_up / m.bytes_up:.1f})" if m.bytes_up else ""
     down = f" (x{m.raw_bytes_down / m.bytes_down:.1f})" if m.raw_bytes_down and m.bytes_down else ""
     return (
@@ -61,7 +61,7 @@ def ratio_both(m: RoundMetrics) -> float | None:
 
 def byte_totals(history: Sequence[RoundMetrics]) -> dict[str, Any]:
     """A run's payload bytes each way, their ratios to raw float32 (each way and both
-    ways), and the mean downlink per device per round (docs/PROTOCOL.md §14.6)."""
+    ways), and the mean downlink per device per round (docs/PROTOCOL.md §15.6)."""
     up, down = sum(m.bytes_up for m in history), sum(m.bytes_down for m in history)
     raw_up = sum(m.raw_bytes_up for m in history)
     raw_down = sum(m.raw_bytes_down or 0 for m in history)

@@ -4,7 +4,7 @@ Version ``k`` of a run's broadcast model, ``B_k``, is what its round-``k+1``
 announcement names by ``model_id = weights_digest(B_k)`` (docs/PROTOCOL.md §6):
 agents train from it and compute their updates against it. The coordinator
 keeps its own float32 global model ``G_k`` and moves the broadcast model towards
-it with one update-codec step per version (docs/PROTOCOL.md §14)::
+it with one update-codec step per version (docs/PROTOCOL.md §15)::
 
     u_k     = G_k - B_(k-1)                        (float32)
     entries = encode_delta(u_k, delta_codec)       (protocol.compress)
@@ -122,6 +122,7 @@ def as_announcement(delta: ModelDelta, weights: Weights) -> ModelAnnouncement:
         issued_at=delta.issued_at,
         max_payload=delta.max_payload,
         delta_codec=delta.delta_codec,
+        secagg=delta.secagg,
     )
 
 

@@ -11,9 +11,12 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from protocol.tensors import Weights
+
+if TYPE_CHECKING:
+    from protocol.secagg.messages import SecAggConfig
 
 SCHEMA_VERSION = 1
 
@@ -85,15 +88,18 @@ class ModelAnnouncement:
     #: buffered mode: updates trained from a version this many behind ``round`` are still
     #: taken, so an agent finishes and sends work on an older version (0: synchronous)
     max_staleness: int = 0
-    #: the codec of the deltas this run sends on ``.../delta`` (docs/PROTOCOL.md §14):
+    #: the codec of the deltas this run sends on ``.../delta`` (docs/PROTOCOL.md §15):
     #: set, an agent holding this model may stop fetching whole ones; None: no deltas
     delta_codec: str | None = None
+
+    #: this round is securely aggregated (docs/PROTOCOL.md §14); None: a plain round
+    secagg: SecAggConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class ModelDelta:
     """One version of the broadcast model, as a change from the version before it
-    (retained on ``.../delta``; docs/PROTOCOL.md §14).
+    (retained on ``.../delta``; docs/PROTOCOL.md §15).
 
     The header is a model announcement's; instead of weights it names the version it
     applies to (``base_id``) and carries that change as update-codec entries. Applied to
@@ -122,6 +128,8 @@ class ModelDelta:
     issued_at: float = 0.0
     max_payload: int = 0
     max_staleness: int = 0
+    #: a SecAgg round's configuration, as in the announcement
+    secagg: SecAggConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +166,7 @@ class Presence:
     at: float = 0.0
     #: which implementation the agent is: ``"python"`` (edge_agent) or ``"browser"`` (web/)
     kind: str | None = None
-    #: the agent takes delta-coded models (docs/PROTOCOL.md §14): it follows ``.../delta``
+    #: the agent takes delta-coded models (docs/PROTOCOL.md §15): it follows ``.../delta``
     deltas: bool = False
 
 
@@ -209,5 +217,8 @@ class RoundMetrics:
     #: the float32 baseline of ``bytes_down``: 4 x parameters per (announcement, agent)
     raw_bytes_down: int | None = None
     #: the (announcement, agent) pairs ``bytes_down`` counts: bytes_down / addressed is the
-    #: downlink per device (docs/PROTOCOL.md §14.6)
+    #: downlink per device (docs/PROTOCOL.md §15.6)
     addressed: int | None = None
+    #: SecAgg rounds: who dropped out in which phase (``keys``, ``shares``, ``masked``,
+    #: ``unmask``), each list sorted (docs/PROTOCOL.md §14.8)
+    secagg: Mapping[str, tuple[str, ...]] | None = None

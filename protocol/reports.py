@@ -140,9 +140,11 @@ def encode_metrics(m: RoundMetrics) -> bytes:
         doc[key] = getattr(m, key)
     if m.epsilon is not None:  # only DP runs have one; other documents stay as they were
         doc["epsilon"] = m.epsilon
-    for key in _DOWNLINK_COUNTS:  # docs/PROTOCOL.md §14.6; written when counted
+    for key in _DOWNLINK_COUNTS:  # docs/PROTOCOL.md §15.6; written when counted
         if getattr(m, key) is not None:
             doc[key] = getattr(m, key)
+    if m.secagg is not None:  # likewise only SecAgg runs
+        doc["secagg"] = {phase: list(agents) for phase, agents in m.secagg.items()}
     return json_dump(doc)
 
 
@@ -176,9 +178,23 @@ def decode_metrics(payload: bytes) -> RoundMetrics:
         epsilon=f.number("epsilon", 0.0) if f.present("epsilon") else None,
         raw_bytes_down=_count(f, "raw_bytes_down"),
         addressed=_count(f, "addressed"),
+        secagg=_dropouts(f) if f.present("secagg") else None,
         **optional,
     )
 
 
 def _count(f: Fields, key: str) -> int | None:
     return f.integer(key) if f.present(key) else None
+
+
+_SECAGG_PHASES = ("keys", "shares", "masked", "unmask")
+
+
+def _dropouts(f: Fields) -> dict[str, tuple[str, ...]]:
+    """metrics.secagg: phase -> the agents that dropped out in it (docs/PROTOCOL.md §14.8)."""
+    out: dict[str, tuple[str, ...]] = {}
+    for phase, agents in f.mapping("secagg").items():
+        if phase not in _SECAGG_PHASES or not isinstance(agents, list):
+            raise WireError(RejectReason.MALFORMED, f"metrics.secagg: bad entry {phase!r}")
+        out[phase] = tuple(Fields({"a": agents}, "metrics.secagg").ident_list("a"))
+    return out

@@ -9,7 +9,7 @@ escaping a decoder is a bug. The small JSON messages are in :mod:`protocol.repor
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from protocol.chunks import MIN_MAX_PAYLOAD
 from protocol.errors import RejectReason, WireError
@@ -25,8 +25,12 @@ from protocol.fields import (
 from protocol.messages import SCHEMA_VERSION, ModelAnnouncement, ModelDelta, TrainPlan, Update
 from protocol.tensors import decode_weights, encode_weights
 
+if TYPE_CHECKING:
+    from protocol.secagg.messages import SecAggConfig
+
 __all__ = [
     "DEFAULT_MAX_BYTES",
+    "SECAGG_CODEC",
     "decode_model",
     "decode_model_delta",
     "decode_update",
@@ -34,6 +38,9 @@ __all__ = [
     "encode_model_delta",
     "encode_update",
 ]
+
+#: the codec a SecAgg round announces: an agent that does not know SecAgg declines it
+SECAGG_CODEC = "secagg"
 
 
 # --- model ---------------------------------------------------------------------
@@ -73,14 +80,21 @@ def encode_model(m: ModelAnnouncement) -> bytes:
             **_round_header(m),
             **delta,  # written only when set: a run without deltas keeps its exact bytes
             "tensors": encode_weights(m.weights),
-            **_staleness(m),
+            **_round_tail(m),
         }
     )
 
 
-def _staleness(m: ModelAnnouncement | ModelDelta) -> dict[str, int]:
-    """Only in the buffered mode, so the synchronous wire is byte-for-byte unchanged."""
-    return {"max_staleness": m.max_staleness} if m.max_staleness else {}
+def _round_tail(m: ModelAnnouncement | ModelDelta) -> dict[str, Any]:
+    """The shared header fields written after the tensors, each only when set, so a plain
+    synchronous announcement stays byte for byte: the buffered mode's ``max_staleness``,
+    a SecAgg round's ``secagg``."""
+    tail: dict[str, Any] = {"max_staleness": m.max_staleness} if m.max_staleness else {}
+    if m.secagg is not None:
+        from protocol.secagg.wire import encode_config
+
+        tail["secagg"] = encode_config(m.secagg)
+    return tail
 
 
 def _decode_round_header(f: Fields, kind: str) -> dict[str, Any]:
@@ -93,12 +107,7 @@ def _decode_round_header(f: Fields, kind: str) -> dict[str, Any]:
         seed=p.integer("seed", 0, 2**32 - 1),
         options=p.scalars("options"),
     )
-    cohort_raw = f.obj.get("cohort")
-    cohort: tuple[str, ...] | None = None
-    if cohort_raw is not None:
-        if not isinstance(cohort_raw, list) or len(cohort_raw) > MAX_COHORT:
-            raise WireError(RejectReason.MALFORMED, f"{kind}.cohort: expected a list of ids")
-        cohort = tuple(Fields({"a": a}, f"{kind}.cohort").ident("a") for a in cohort_raw)
+    cohort = tuple(f.ident_list("cohort", MAX_COHORT)) if f.present("cohort") else None
     return {
         "job": f.ident("job"),
         "run": f.ident("run"),
@@ -116,7 +125,23 @@ def _decode_round_header(f: Fields, kind: str) -> dict[str, Any]:
         "max_staleness": (
             f.integer("max_staleness", 0, 1_000_000) if f.present("max_staleness") else 0
         ),
+        "secagg": _secagg(f, cohort, kind),
     }
+
+
+def _secagg(f: Fields, cohort: tuple[str, ...] | None, kind: str) -> SecAggConfig | None:
+    """The ``secagg`` map: a SecAgg round names its cohort and uses the ``secagg`` codec."""
+    if not f.present("secagg"):
+        return None
+    from protocol.secagg.wire import decode_config
+
+    config = decode_config(f.obj["secagg"])
+    if cohort is None:
+        raise WireError(RejectReason.MALFORMED, f"{kind}: a secagg round must name its cohort")
+    if f.obj.get("codec") != SECAGG_CODEC:
+        detail = f"{kind}: a secagg round uses codec {SECAGG_CODEC!r}"
+        raise WireError(RejectReason.BAD_CODEC, detail)
+    return config
 
 
 def _optional_text(f: Fields, key: str, max_len: int) -> str | None:
@@ -142,7 +167,7 @@ def decode_model(payload: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> ModelAnn
     )
 
 
-# --- model delta (docs/PROTOCOL.md §14) ---------------------------------------------
+# --- model delta (docs/PROTOCOL.md §15) ---------------------------------------------
 
 #: the broadcast model's dtypes: float32, or float16 values widened
 DELTA_DTYPES = ("<f4", "<f2")
@@ -158,7 +183,7 @@ def encode_model_delta(d: ModelDelta) -> bytes:
             "delta_codec": d.delta_codec,
             "dtype": d.dtype,
             "tensors": [dict(t) for t in d.tensors],
-            **_staleness(d),
+            **_round_tail(d),
         }
     )
 

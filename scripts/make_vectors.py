@@ -119,7 +119,7 @@ def update_vector(name: str, u: Update) -> dict[str, Any]:
     return {"name": name, "kind": "update", "message": doc, "hex": encode_update(u).hex()}
 
 
-#: fields docs/PROTOCOL.md §14 added to presence and metrics, written only when set: a
+#: fields docs/PROTOCOL.md §15 added to presence and metrics, written only when set: a
 #: vector lists them only when its payload holds them (an older decoder knows none of them)
 WRITTEN_WHEN_SET = {"deltas": False, "raw_bytes_down": None, "addressed": None}
 
@@ -130,6 +130,8 @@ def json_vector(name: str, kind: str, message: Any, payload: bytes) -> dict[str,
         for f in message.__dataclass_fields__
         if f not in WRITTEN_WHEN_SET or getattr(message, f) != WRITTEN_WHEN_SET[f]
     }
+    if doc.get("secagg", 0) is None:  # only SecAgg rounds' metrics have it (PROTOCOL.md §14.8)
+        del doc["secagg"]
     doc = {k: v.value if isinstance(v, ClosedBy | Phase) else v for k, v in doc.items()}
     return {
         "name": name,

@@ -1,8 +1,8 @@
-"""The delta-coded model vectors of protocol/vectors/deltas.json (docs/PROTOCOL.md §14).
+"""The delta-coded model vectors of protocol/vectors/deltas.json (docs/PROTOCOL.md §15).
 
 Imported by scripts/make_vectors.py. Each chain starts from the golden model and moves
 it, version by version, towards fixed targets with the coordinator's own encoder
-(:func:`protocol.broadcast.encode_step`, its rng keyed as §14.1 says); a receiver checks
+(:func:`protocol.broadcast.encode_step`, its rng keyed as §15.1 says); a receiver checks
 that decoding each ``hex`` and applying it to the version before gives ``version`` (the
 float32 bits) and ``model_id``. ``rejects`` are messages a receiver must refuse, with
 the reason.

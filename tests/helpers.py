@@ -35,6 +35,7 @@ from coordinator import (
     RoundOpened,
     Rounds,
     SaveCheckpoint,
+    SecAggArrived,
     Stop,
     Tick,
     UpdateAccepted,
@@ -46,9 +47,7 @@ from edge_agent.agent import (
     AgentCore,
     AgentEvent,
     Connected,
-    DeltaArrived,
     KeepModel,
-    ModelArrived,
     ModelRejected,
     RoundKey,
     RunFinished,
@@ -281,7 +280,8 @@ class Fleet:
         counts = list(samples) if samples is not None else [10 * (k + 1) for k in range(n_agents)]
         self.trainers = {a: LinearTrainer(k, counts[k]) for k, a in enumerate(self.agent_ids)}
         self.agents = {
-            a: AgentCore(config.job, a, samples=counts[k], trainer=LinearTrainer.name)
+            a: AgentCore(config.job, a, samples=counts[k], trainer=LinearTrainer.name,
+                         random_bytes=np.random.default_rng([seed, k]).bytes)
             for k, a in enumerate(self.agent_ids)
         }
         self.links = {a: Link() for a in self.agent_ids}
@@ -406,6 +406,7 @@ class Fleet:
             self.config.job, agent, samples=self.trainers[agent].samples,
             trainer=LinearTrainer.name, feedback=ErrorFeedback(old.residual),
             held=self.kept.get(agent),
+            random_bytes=np.random.default_rng([self.agent_ids.index(agent), 99]).bytes,
         )
         self.reconnect(agent)
 
@@ -455,9 +456,8 @@ class Fleet:
                     continue
                 received = self.stats.received
                 received[message.to] = received.get(message.to, 0) + len(message.payload)
-                delta = parse_topic(message.topic).kind is TopicKind.DELTA
-                arrived = DeltaArrived if delta else ModelArrived
-                self._feed_agent(message.to, arrived(message.payload))
+                core = self.agents[message.to]
+                self._feed_agent(message.to, core.arrived(message.topic, message.payload))
             raise AssertionError("the fleet did not settle")
         finally:
             self._pumping = False
@@ -506,7 +506,7 @@ class Fleet:
         if publish.retain:
             self._retain(publish)
         kind = parse_topic(publish.topic).kind
-        if kind in (TopicKind.UPDATE, TopicKind.AGENTS) and self.coordinator_up:
+        if kind in (TopicKind.UPDATE, TopicKind.AGENTS, TopicKind.SECAGG) and self.coordinator_up:
             self._enqueue(COORDINATOR, publish.topic, publish.payload, via=agent)
 
     def _retain(self, publish: Publish) -> None:
@@ -518,7 +518,7 @@ class Fleet:
     def _connect(self, agent: str) -> None:
         # Subscribing (as the adapter's connect callback does) hands the agent what is retained.
         self.subscribed[agent] = set()
-        self._subscribe(agent, self.agents[agent].subscriptions)
+        self._subscribe(agent, [topic for topic, _ in self.agents[agent].subscriptions])
         self._feed_agent(agent, Connected())
 
     def _subscribe(self, agent: str, filters: Sequence[str]) -> None:
@@ -537,6 +537,8 @@ class Fleet:
             self._feed_coordinator(UpdateArrived(ref.agent, message.payload))
         elif ref.kind is TopicKind.AGENTS:
             self._feed_coordinator(PresenceArrived(ref.agent, message.payload))
+        elif ref.kind is TopicKind.SECAGG:
+            self._feed_coordinator(SecAggArrived(ref.agent, message.payload))
 
     def _feed_coordinator(self, event: Event) -> list[Action]:
         """What the coordinator's adapter does: feed, then carry out each action in order."""
@@ -568,7 +570,8 @@ class Fleet:
             case Publish():
                 if action.retain:
                     self._retain(action)
-                if parse_topic(action.topic).kind in (TopicKind.MODEL, TopicKind.DELTA):
+                if parse_topic(action.topic).kind in (TopicKind.MODEL, TopicKind.DELTA,
+                                                       TopicKind.SECAGG):  # secagg: only "down"
                     for agent in self.agent_ids:
                         if any(topic_matches(f, action.topic) for f in self.subscribed[agent]):
                             self._enqueue(agent, action.topic, action.payload, via=agent)

@@ -1,4 +1,4 @@
-"""Whole runs with delta-coded models (docs/PROTOCOL.md §14) through the Fleet, pure.
+"""Whole runs with delta-coded models (docs/PROTOCOL.md §15) through the Fleet, pure.
 
 One coordinator core and several agent cores through the real encoders, a fake broker
 that honours each agent's subscriptions and retained messages, and a fake clock. What

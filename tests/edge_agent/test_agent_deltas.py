@@ -1,4 +1,4 @@
-"""The agent's side of delta-coded models (docs/PROTOCOL.md §14.5), pure.
+"""The agent's side of delta-coded models (docs/PROTOCOL.md §15.5), pure.
 
 The messages are the coordinator's own (its Broadcast and Outbox), so what is tested is
 the pair: a delta the agent can apply rebuilds the coordinator's version bit for bit; a
@@ -98,6 +98,10 @@ def agent(**kwargs: Any) -> AgentCore:
     return AgentCore(JOB, "a1", samples=10, trainer="fake", **kwargs)
 
 
+def topics_of(core: AgentCore) -> list[str]:
+    return [topic for topic, _ in core.subscriptions]
+
+
 def of(actions: list[AgentAction], kind: type) -> list[Any]:
     return [a for a in actions if isinstance(a, kind)]
 
@@ -112,13 +116,13 @@ def answer(core: AgentCore, actions: list[AgentAction]) -> Train:
 
 def join(core: AgentCore, c: Coordinator) -> Train:
     """A newcomer: the retained whole model and the notice beside it."""
-    assert TOPICS.model in core.subscriptions
+    assert TOPICS.model in topics_of(core)
     whole, delta = c.announce()
     actions = [a for p in whole for a in core.handle(ModelArrived(p))]
     actions += core.handle(DeltaArrived(delta))
     train = answer(core, actions)
     assert of(actions, Unsubscribe) == [Unsubscribe(TOPICS.model_family)]  # deltas will do
-    assert TOPICS.model not in core.subscriptions and TOPICS.delta in core.subscriptions
+    assert TOPICS.model not in topics_of(core) and TOPICS.delta in topics_of(core)
     return train
 
 
@@ -238,7 +242,7 @@ def test_a_whole_model_whose_weights_do_not_match_its_id_is_never_trained_on() -
     actions = core.handle(ModelArrived(encode_model(replace(model, weights=wrong))))
     assert [type(a) for a in actions] == [ModelRejected]
     assert actions[0].reason is RejectReason.DIGEST_MISMATCH and core.held is None
-    assert TOPICS.model in core.subscriptions  # still fetching
+    assert TOPICS.model in topics_of(core)  # still fetching
 
 
 def test_a_restarted_agent_continues_from_its_kept_version_without_the_whole_model() -> None:
@@ -252,7 +256,7 @@ def test_a_restarted_agent_continues_from_its_kept_version_without_the_whole_mod
     # from the weights read back) and the run's delta codec
     again = agent(held=HeldModel(kept.run, kept.round, kept.model_id, kept.weights,
                                  kept.done, kept.delta_codec))
-    assert TOPICS.model not in again.subscriptions and again.unwanted == TOPICS.model_family
+    assert TOPICS.model not in topics_of(again) and again.unwanted == TOPICS.model_family
     _, retained = c.announce()  # the retained delta of the version it holds: a re-announcement
     train = answer(again, again.handle(DeltaArrived(retained)))
     assert train.model.model_id == kept.model_id
@@ -265,7 +269,7 @@ def test_a_restarted_agent_continues_from_its_kept_version_without_the_whole_mod
 def test_an_agent_restarted_from_a_run_without_deltas_fetches_whole_models() -> None:
     weights = initial_weights()
     held = HeldModel("old", 3, "x" * 32, weights, False, None)
-    assert TOPICS.model in agent(held=held).subscriptions
+    assert TOPICS.model in topics_of(agent(held=held))
 
 
 def test_a_model_kept_while_not_training_is_persisted_with_keep_model() -> None:

@@ -1,4 +1,4 @@
-"""Delta-coded models over a real Mosquitto (docs/PROTOCOL.md §14): agents that join late
+"""Delta-coded models over a real Mosquitto (docs/PROTOCOL.md §15): agents that join late
 and agents that restart mid-run from their state directory.
 
 Three agents start with the run; a fourth joins once round 2 has closed and fetches the

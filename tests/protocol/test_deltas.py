@@ -1,4 +1,4 @@
-"""Delta-coded models (docs/PROTOCOL.md §14): the arithmetic, the message, a golden vector.
+"""Delta-coded models (docs/PROTOCOL.md §15): the arithmetic, the message, a golden vector.
 
 A chain of deltas, each encoded to bytes and decoded as an agent would, must rebuild the
 coordinator's broadcast model bit for bit; the server-side error feedback must keep it
@@ -209,7 +209,7 @@ def test_delta_topics_parse_like_model_topics() -> None:
         parse_topic("fedmq/v1/demo/delta/x")
 
 
-# --- the golden delta (docs/PROTOCOL.md §14) ----------------------------------------------
+# --- the golden delta (docs/PROTOCOL.md §15) ----------------------------------------------
 
 #: the golden model of test_golden.py (w = [[1, 2], [3, 4]], b = [0.5, -0.5]) ...
 BASE = {"w": np.array([[1.0, 2.0], [3.0, 4.0]], dtype="<f4"),

@@ -128,7 +128,7 @@ def run_reference(
     is the old one plus the weighted mean of what was decoded, as the
     coordinator computes it. ``round_s`` covers training, averaging and testing.
 
-    Agents train from the broadcast model (docs/PROTOCOL.md §14): the global model
+    Agents train from the broadcast model (docs/PROTOCOL.md §15): the global model
     narrowed to ``downlink`` (``fp32`` or ``fp16``), or, with ``downlink_delta``, the
     chain of versions :func:`protocol.broadcast.encode_step` makes towards the global
     model with the coordinator's rng; their deltas are against it, and the global

@@ -44,9 +44,7 @@ from edge_agent.agent import (
     AgentCore,
     AgentEvent,
     Connected,
-    DeltaArrived,
     KeepModel,
-    ModelArrived,
     ModelRejected,
     RunFinished,
     SaveResidual,
@@ -221,16 +219,14 @@ class Swarm:
             return
         self._set_state(member, MemberState.ONLINE)
         member.backoff_s = RECONNECT_MIN_S
-        client.subscribe([(topic, 1) for topic in member.core.subscriptions])
+        client.subscribe(member.core.subscriptions)
         self._inbox.append((member, Connected()))
 
     def _on_disconnect(self, _c: mqtt.Client, member: Member, _f: Any, rc: Any, _p: Any) -> None:
         self._inbox.append((member, _Lost()))
 
     def _on_message(self, _c: mqtt.Client, member: Member, message: mqtt.MQTTMessage) -> None:
-        payload = bytes(message.payload)
-        delta = message.topic.startswith(member.core.topics.delta)  # delta, delta/chunk/{i}
-        self._inbox.append((member, DeltaArrived(payload) if delta else ModelArrived(payload)))
+        self._inbox.append((member, member.core.arrived(message.topic, bytes(message.payload))))
 
     # --- the loop --------------------------------------------------------------------------
 

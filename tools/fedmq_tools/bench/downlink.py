@@ -126,7 +126,7 @@ class _Loopback:
                 self._agent(*self.to_agents.popleft())
 
     def _connect(self, agent: str) -> None:
-        self._subscribe(agent, self.cores[agent].subscriptions)
+        self._subscribe(agent, tuple(t for t, _ in self.cores[agent].subscriptions))
         self.to_agents.appendleft((agent, "", Connected()))
 
     def _subscribe(self, agent: str, filters: tuple[str, ...]) -> None:
