@@ -118,7 +118,6 @@ class CohortPolicy:
             cohort=cohort,
             quorum=quorum,
             aggregator=aggregator(number, len(cohort)),
-            model_payload=b"",
             cohort_target=target,
             pool=set(eligible),
         )

@@ -34,6 +34,7 @@ from coordinator.events import (
     RoundClosed,
     RoundOpened,
     SaveCheckpoint,
+    SecAggArrived,
     Stop,
     StopRequested,
     Tick,
@@ -114,7 +115,8 @@ class CoordinatorNode:
             return
         self._connected_at = time.monotonic()
         topics = self.rounds.topics
-        client.subscribe([(topics.all_updates, 1), (topics.all_presence, 1)])
+        secagg = [(topics.all_secagg_up, 1)] if self.rounds.config.secagg is not None else []
+        client.subscribe([(topics.all_updates, 1), (topics.all_presence, 1), *secagg])
         self._put(BrokerConnected())
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason_code: Any, _p: Any) -> None:
@@ -175,6 +177,8 @@ class CoordinatorNode:
             return None
         if kind is TopicKind.UPDATE:
             return UpdateArrived(agent, item.payload)
+        if kind is TopicKind.SECAGG:
+            return SecAggArrived(agent, item.payload)
         return PresenceArrived(agent, item.payload)
 
     def _feed(self, event: Event) -> None:

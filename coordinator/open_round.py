@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 from coordinator.aggregate import Aggregator
 from coordinator.optimisers import OptState
-from protocol import ClosedBy, RoundMetrics, Update, Weights
+from coordinator.secagg import SecAggDone
+from protocol import ClosedBy, Publish, RoundMetrics, Update, Weights
 
 #: the agents' reported metrics a round averages (docs/PROTOCOL.md, update ``metrics``)
 TRAIN_METRICS = ("loss", "accuracy")
@@ -37,13 +38,16 @@ class OpenRound:
     cohort: frozenset[str]
     quorum: int
     aggregator: Aggregator
-    #: the announcement as encoded (before signing and chunking), re-published on reconnect
-    model_payload: bytes
+    #: the announcement as published (signed, chunked; model then delta), again on reconnect
+    publishes: tuple[Publish, ...] = ()
     accepted: set[str] = field(default_factory=set)
     declined: set[str] = field(default_factory=set)
     rejected: Counter[str] = field(default_factory=Counter)
     bytes_up: int = 0
     bytes_down: int = 0
+    raw_bytes_down: int = 0
+    #: (announcement, agent) pairs counted in the bytes down
+    addressed: int = 0
     samples: int = 0
     #: per reported training metric (``loss``, ``accuracy``): the sample-weighted sum and
     #: the samples of the updates that reported it, so a silent agent counts as absent, not 0
@@ -57,6 +61,8 @@ class OpenRound:
     cohort_target: int = 0
     #: every eligible agent online at one of the round's draws: q = cohort / pool for DP
     pool: set[str] = field(default_factory=set)
+    #: SecAgg rounds: who dropped out of the summed session, by phase
+    secagg_dropped: dict[str, set[str]] | None = None
 
     @property
     def answered(self) -> set[str]:
@@ -81,6 +87,12 @@ class OpenRound:
         """The sample-weighted mean of ``name`` over the updates that reported it."""
         weight = self.metric_samples[name]
         return _finite(self.metric_sums[name] / weight) if weight else None
+
+    def tally_secagg(self, done: SecAggDone) -> None:
+        """The sum of the attempt's SecAgg session: its survivors are the accepted, their
+        total weight the samples, and who dropped out of it where is recorded."""
+        self.accepted, self.samples = set(done.survivors), done.result.samples
+        self.secagg_dropped = {phase.value: set(agents) for phase, agents in done.dropped.items()}
 
     def metrics(
         self,
@@ -110,8 +122,13 @@ class OpenRound:
             raw_bytes_up=raw_update_bytes * len(self.accepted),
             accuracy=_finite(evaluation.get("accuracy")),
             loss=_finite(evaluation.get("loss")),
+            # only over updates reporting it: SecAgg rounds report no metrics in clear
             train_loss=self._train_mean("loss"),
             train_accuracy=self._train_mean("accuracy"),
             at=at,
             epsilon=epsilon,
+            raw_bytes_down=self.raw_bytes_down,
+            addressed=self.addressed,
+            secagg=None if self.secagg_dropped is None else {
+                phase: tuple(sorted(agents)) for phase, agents in self.secagg_dropped.items()},
         )

@@ -95,8 +95,10 @@ def unsupported_in_buffered(config: RoundConfig, buffer: BufferConfig) -> Buffer
             ("DP-FedAvg (--dp-noise)", config.dp_noise is not None),
             (f"the {config.aggregator} aggregator", config.aggregator != "fedavg"),
             ("--clip-norm", config.clip_norm is not None),
+            ("secure aggregation (--secagg)", config.secagg is not None),
             ("sampling (--sample-fraction/--sample-count; use --concurrency)",
              config.sample_fraction is not None or config.sample_count is not None),
+            ("delta-coded models (--downlink-delta)", config.downlink_delta is not None),
         )
         if asked
     ]

@@ -13,127 +13,64 @@ coordinator counts each (job, round, agent) once.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any
 
 import numpy as np
 from typing_extensions import assert_never
 
+from edge_agent.downlink import (
+    MODEL_CHUNK_TTL_S,
+    Downlink,
+    HeldModel,
+    KeepModel,
+    Subscribe,
+    Unsubscribe,
+)
+from edge_agent.events import (
+    AgentAction,
+    AgentEvent,
+    Connected,
+    DeltaArrived,
+    MessagesLost,
+    ModelArrived,
+    ModelRejected,
+    RoundKey,
+    RunFinished,
+    SaveResidual,
+    SecAggArrived,
+    ShutdownRequested,
+    Train,
+    TrainingDone,
+    TrainingFailed,
+    UpdateSent,
+)
 from edge_agent.feedback import ErrorFeedback, Residual
-from edge_agent.intake import ModelIntake
+from edge_agent.presence import Announcer
+from edge_agent.secure_round import SecAggSeat
 from edge_agent.trainer import TrainResult
 from protocol import (
     ModelAnnouncement,
-    Presence,
     Publish,
-    RejectReason,
     Topics,
     Update,
     Weights,
     WireError,
     check_id,
-    encode_presence,
     encode_update,
 )
 from protocol.chunks import split
+from protocol.secagg.shamir import RandomBytes
 from protocol.signing import Purpose, SigningKey, VerifyKey, seal
 
-#: what this implementation announces as its presence ``kind`` (docs/PROTOCOL.md §4.3)
-KIND = "python"
-
-#: Identifies what an update answers: (run, round, model_id).
-RoundKey = tuple[str, int, str]
-
-# --- events (in) ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Connected:
-    """The MQTT session is (re)established; the retained model will follow."""
-
-
-@dataclass(frozen=True, slots=True)
-class ModelArrived:
-    """Raw bytes on ``.../model``."""
-
-    payload: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class TrainingDone:
-    """The trainer finished the round named by ``key``."""
-
-    key: RoundKey
-    result: TrainResult
-    train_s: float
-
-
-@dataclass(frozen=True, slots=True)
-class TrainingFailed:
-    """The trainer could not (or was not allowed to) train ``key``; the agent declines."""
-
-    key: RoundKey
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class MessagesLost:
-    """The adapter dropped inbound messages (its queue was full): a round may have been missed."""
-
-
-@dataclass(frozen=True, slots=True)
-class ShutdownRequested:
-    """The agent is stopping cleanly."""
-
-
-AgentEvent: TypeAlias = (
-    Connected | ModelArrived | MessagesLost | TrainingDone | TrainingFailed | ShutdownRequested
-)
-
-# --- actions (out) ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Train:
-    """Train on ``model``'s weights and plan, then feed back TrainingDone or TrainingFailed."""
-
-    key: RoundKey
-    model: ModelAnnouncement
-
-
-@dataclass(frozen=True, slots=True)
-class ModelRejected:
-    """A model announcement was refused; the adapter logs it."""
-
-    reason: RejectReason
-    detail: str
-
-
-@dataclass(frozen=True, slots=True)
-class UpdateSent:
-    """An update (or decline) for ``key`` was handed to MQTT; ``resent`` if from the cache."""
-
-    key: RoundKey
-    size: int
-    resent: bool
-
-
-@dataclass(frozen=True, slots=True)
-class RunFinished:
-    """The coordinator published the final model; ``model`` is the device's to keep."""
-
-    model: ModelAnnouncement
-
-
-@dataclass(frozen=True, slots=True)
-class SaveResidual:
-    """The error-feedback residual changed; the adapter persists it (``None``: delete it)."""
-
-    state: Residual | None
-
-
-AgentAction: TypeAlias = Publish | Train | ModelRejected | UpdateSent | RunFinished | SaveResidual
-
+# the core's events and actions live in edge_agent.events; importers may use either module
+__all__ = [
+    "AgentAction", "AgentCore", "AgentEvent", "Connected", "DeltaArrived", "KeepModel",
+    "MODEL_CHUNK_TTL_S", "MessagesLost", "ModelArrived", "ModelRejected", "RoundKey", "RunFinished",
+    "SaveResidual", "SecAggArrived", "ShutdownRequested", "Subscribe", "Train", "TrainingDone",
+    "TrainingFailed", "Unsubscribe", "UpdateSent",
+]
 
 @dataclass(slots=True)
 class _Answer:
@@ -158,18 +95,20 @@ class AgentCore:
         feedback: ErrorFeedback | None = None,
         signing_key: SigningKey | None = None,
         coordinator_key: VerifyKey | None = None,
+        random_bytes: RandomBytes = os.urandom,
+        held: HeldModel | None = None,
         session: str = "s0",
     ) -> None:
-        """``feedback`` carries a residual loaded from the device's state dir, if any.
+        """``feedback`` carries a residual loaded from the device's state dir, if any, and
+        ``held`` the global model kept there (deltas then apply to it).
 
-        ``signing_key`` signs every update and every presence (the last will too), the
-        presence for ``session``: an id the adapter draws afresh for each agent process,
-        so that the coordinator can tell a late will of an earlier process from this
-        one's. With ``coordinator_key`` set, a model that is unsigned or not signed by it
-        is refused (docs/SECURITY.md).
+        ``signing_key`` signs every update and every presence, for ``session`` (one per
+        agent process: :mod:`edge_agent.presence`); with ``coordinator_key`` set, a model
+        that is unsigned or not signed by it is refused (docs/SECURITY.md).
+        ``random_bytes`` makes SecAgg's keys and seeds (seeded in tests).
         """
         self._signing_key = signing_key
-        self._session = check_id(session, "session")
+        self._coordinator_key = coordinator_key
         self.job = check_id(job, "job")
         self.agent = check_id(agent, "agent")
         self._feedback = feedback if feedback is not None else ErrorFeedback()
@@ -177,9 +116,8 @@ class AgentCore:
         # across agents, and the same numbers if the round is ever encoded again.
         self._rng_key = int.from_bytes(hashlib.sha256(self.agent.encode()).digest()[:8], "big")
         self.topics = Topics(job)
-        self._samples = samples
-        self._trainer = trainer
-        self._device = device
+        self._announcer = Announcer(self.topics, self.agent, samples=samples, trainer=trainer,
+                                    device=device, signing_key=signing_key, session=session)
         self._latest: ModelAnnouncement | None = None
         self._training: RoundKey | None = None
         self._trained_on: ModelAnnouncement | None = None  # the model being trained from
@@ -187,13 +125,21 @@ class AgentCore:
         #: runs this agent has trained for: only their final model ends its work
         self._runs_joined: set[str] = set()
         self._resend_armed = False
-        self._intake = ModelIntake(self.job, coordinator_key)
+        self._finished: RoundKey | None = None
+        self._downlink = Downlink(job, coordinator_key, held)
         self.models_rejected = 0
+        self._seat = SecAggSeat(job, agent, random_bytes=random_bytes, rounding=self._rng,
+                                signing_key=signing_key, coordinator_key=coordinator_key)
 
     @property
     def latest_model(self) -> ModelAnnouncement | None:
         """The newest valid global model this device holds (for local inference)."""
         return self._latest
+
+    @property
+    def held(self) -> HeldModel | None:
+        """The version of the broadcast model deltas apply to (what :class:`KeepModel` saved)."""
+        return self._downlink.held
 
     @property
     def residual(self) -> Residual | None:
@@ -209,6 +155,28 @@ class AgentCore:
     def busy(self) -> bool:
         return self._training is not None
 
+    @property
+    def subscriptions(self) -> list[tuple[str, int]]:
+        """What the adapter subscribes to (QoS 1) on (re)connecting: the deltas, the whole
+        model while it is needed (docs/PROTOCOL.md §15.5), this agent's SecAgg topics. Read
+        by the adapter's connect callback: attribute reads of immutable values, safe from
+        paho's thread."""
+        t = self.topics
+        own = (t.secagg_down, t.secagg_down_to(self.agent))
+        return [(topic, 1) for topic in (*self._downlink.subscriptions, *own)]
+
+    @property
+    def unwanted(self) -> tuple[str, ...]:
+        """What to unsubscribe from on reconnecting (a persistent session keeps filters)."""
+        return self._downlink.unwanted
+
+    def arrived(self, topic: str, payload: bytes) -> AgentEvent:
+        """The event for a message on one of :attr:`subscriptions`."""
+        t = self.topics
+        if topic.startswith(t.secagg_down):
+            return SecAggArrived(payload)
+        return DeltaArrived(payload) if topic.startswith(t.delta) else ModelArrived(payload)
+
     def will(self) -> Publish:
         """The last will the adapter registers: presence ``offline``, retained."""
         return self._presence(online=False, at=0.0)
@@ -221,13 +189,20 @@ class AgentCore:
         match event:
             case Connected():
                 self._resend_armed = self._answer is not None
-                self._intake.resync()
+                self._downlink.resync()
                 return [self._presence(online=True, at=wall)]
             case MessagesLost():
-                self._intake.resync()
+                self._downlink.resync()
                 return []
             case ModelArrived(payload=payload):
-                return self._on_model(payload, now, wall)
+                return self._on_model(payload, now, wall, delta=False)
+            case DeltaArrived(payload=payload):
+                return self._on_model(payload, now, wall, delta=True)
+            case SecAggArrived(payload=payload):
+                try:
+                    return list(self._seat.receive(payload))
+                except WireError as exc:
+                    return [ModelRejected(exc.reason, f"secagg: {exc.detail}")]
             case TrainingDone(key=key, result=result, train_s=train_s):
                 return self._on_trained(key, result, train_s)
             case TrainingFailed(key=key, reason=reason):
@@ -237,32 +212,33 @@ class AgentCore:
             case _:
                 assert_never(event)
 
-    def _on_model(self, payload: bytes, now: float, wall: float) -> list[AgentAction]:
-        try:
-            model = self._intake.take(payload, now, self._latest)
-        except WireError as exc:
+    def _on_model(
+        self, payload: bytes, now: float, wall: float, *, delta: bool
+    ) -> list[AgentAction]:
+        got = self._downlink.receive(payload, now, delta=delta)
+        actions: list[AgentAction] = list(got.actions)
+        if got.refused is not None:
             self.models_rejected += 1
-            return [ModelRejected(exc.reason, exc.detail)]
-        if model is None:
-            return []  # a chunk of a model still incomplete
-        latest = self._latest
-        older = latest is not None and latest.run == model.run and model.round < latest.round
-        # A final model is never stale: it carries the last *completed* round, which is
-        # below the open round when a run fails or is stopped mid-round.
-        if older and not model.done:
-            return []  # an older round delivered late; the newer one stands
-        self._latest = model
-        self._intake.taken()
-        if self.agent in model.roll_call:  # the coordinator does not count us: say we're here
-            return [self._presence(online=True, at=wall), *self._on_latest(model)]
-        return self._on_latest(model)
+            actions.insert(0, ModelRejected(got.refused.reason, got.refused.detail))
+        then = [] if got.model is None else self._on_announced(got.model)
+        if got.model is not None and self.agent in got.model.roll_call:
+            # the coordinator does not count us: say we are here before anything else
+            then.insert(0, self._presence(online=True, at=wall))
+        # Train and RunFinished carry the model the adapter keeps; else say it outright.
+        if got.kept is not None and not any(isinstance(a, Train | RunFinished) for a in then):
+            actions.append(KeepModel(got.kept))
+        return [*actions, *then]
 
-    def _on_latest(self, model: ModelAnnouncement) -> list[AgentAction]:
-        """What the newest model asks of this agent: keep it, train, or re-send an answer."""
+    def _on_announced(self, model: ModelAnnouncement) -> list[AgentAction]:
+        self._latest = model
         if model.done:
             # A retained final model of some earlier run ends nothing for a newcomer:
-            # keep it as the device's model and wait for the next run.
-            return [RunFinished(model)] if model.run in self._runs_joined else []
+            # keep it as the device's model and wait for the next run. Said once (the
+            # final model also comes as a delta or notice).
+            if model.run not in self._runs_joined or self._finished == self._key(model):
+                return []
+            self._finished = self._key(model)
+            return [RunFinished(model)]
         if model.cohort is not None and self.agent not in model.cohort:
             return []
         key: RoundKey = (model.run, model.round, model.model_id)
@@ -276,6 +252,8 @@ class AgentCore:
                 self._resend_armed = False
                 return self._send(answer, resent=True)
             return []  # the same announcement again (QoS 1 redelivery)
+        if model.secagg is not None:
+            return self._join_secagg(model, key)
         if self._training is not None:
             return []  # the newest model is picked up when the current training ends
         return self._start(key, model)
@@ -298,6 +276,8 @@ class AgentCore:
         delta: Weights = {
             name: result.weights[name] - global_w for name, global_w in model.weights.items()
         }
+        if model.secagg is not None:  # masked, on the secagg topic; no metrics in clear
+            return list(self._seat.trained(self._key(model), delta, result.samples))
         before = self._feedback.state
         try:
             tensors = self._encode(model, delta)
@@ -320,8 +300,21 @@ class AgentCore:
 
     def _encode(self, model: ModelAnnouncement, delta: Weights) -> list[dict[str, Any]]:
         """The delta's entries via error feedback (kept for biased codecs only)."""
-        rng = np.random.default_rng([model.plan.seed, model.round, self._rng_key])
-        return self._feedback.encode(delta, model.codec, scope=model.run, rng=rng)
+        return self._feedback.encode(delta, model.codec, scope=model.run, rng=self._rng(model))
+
+    def _rng(self, model: ModelAnnouncement) -> np.random.Generator:
+        return np.random.default_rng([model.plan.seed, model.round, self._rng_key])
+
+    def _join_secagg(self, model: ModelAnnouncement, key: RoundKey) -> list[AgentAction]:
+        """Advertise keys for the round's session, and train unless the delta is here."""
+        resend, self._resend_armed = self._resend_armed, False
+        try:
+            actions: list[AgentAction] = [*self._seat.join(model, key, resend=resend)]
+        except ImportError:  # a device without `cryptography` cannot take part: it says so
+            return self._decline(model, "secure aggregation needs 'cryptography': fedmq[secure]")
+        if self._training is None and not self._seat.trained_for(key):
+            actions.extend(self._start(key, model))
+        return actions
 
     def _on_failed(self, key: RoundKey, reason: str) -> list[AgentAction]:
         self._training = None
@@ -373,7 +366,8 @@ class AgentCore:
         if model.cohort is not None and self.agent not in model.cohort:
             return []
         key = self._key(model)
-        if self._answer is not None and self._answer.key == key:
+        answered = self._answer is not None and self._answer.key == key
+        if answered or self._seat.trained_for(key):
             return []
         return self._start(key, model)
 
@@ -387,20 +381,7 @@ class AgentCore:
         return (model.run, model.round, model.model_id)
 
     def _presence(self, online: bool, at: float) -> Publish:
-        presence = Presence(
-            agent=self.agent,
-            online=online,
-            samples=self._samples,
-            trainer=self._trainer,
-            device=self._device,
-            at=at,
-            kind=KIND,
-        )
-        payload = encode_presence(presence)
-        if self._signing_key is not None:
-            payload = seal(payload, Purpose.PRESENCE, job=self.job, run=self._session,
-                           signer=self.agent, key=self._signing_key)
-        return Publish(self.topics.presence(self.agent), payload, retain=True)
+        return self._announcer.presence(online, at)
 
 
 def _still_taken(trained_on: ModelAnnouncement, latest: ModelAnnouncement) -> bool:

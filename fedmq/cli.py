@@ -186,8 +186,9 @@ def parser() -> argparse.ArgumentParser:
     _add_task(p, default="digits")
     add_round_flags(p, rounds=10, deadline=30.0)
     add_web_demo_options(p)
-    # the demo shows compressed updates: int8+zstd is lossless in accuracy on digits
-    p.set_defaults(func=cmd_demo, codec="int8+zstd", username=None, password=None,
+    # the demo shows compressed updates and delta-coded models (fedmq.demo.DEMO_CODEC,
+    # DEMO_DOWNLINK_DELTA), or neither under --secagg
+    p.set_defaults(func=cmd_demo, codec=None, username=None, password=None,
                    password_file=None, ca_file=None, mqtt311=False)
 
     p = sub.add_parser("coordinator", help="run a job's coordinator")

@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable
 
 from coordinator import Action, RoundConfig, parse_aggregator
-from coordinator.config import DEFAULT_MAX_UPDATE_BYTES, SAMPLE_POLICIES
+from coordinator.config import DEFAULT_MAX_UPDATE_BYTES, SAMPLE_POLICIES, SecAggPolicy
 from coordinator.optimisers import SERVER_OPT_HELP, parse_server_opt
 from coordinator.staleness import BufferConfig
 from coordinator.strategy import AGGREGATOR_HELP
@@ -29,6 +29,11 @@ def _codec(value: str) -> str:
         return check_codec(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _downlink_delta(value: str) -> str:
+    """A codec spec, or ``off`` (kept, so the demo can tell it from no flag at all)."""
+    return value if value == "off" else _codec(value)
 
 
 def _mu(value: str) -> float:
@@ -90,6 +95,12 @@ def add_round_flags(p: argparse.ArgumentParser, rounds: int, deadline: float) ->
     g.add_argument(
         "--downlink", default="fp32", choices=DOWNLINKS, help="the global model's wire dtype"
     )
+    g.add_argument(
+        "--downlink-delta", type=_downlink_delta, metavar="SPEC",
+        help="send each new global model as a delta from the last with this codec, e.g. "
+             "qsgd:2+zstd:9; the whole model stays retained for newcomers (docs/CODECS.md, "
+             "docs/PROTOCOL.md section 15; 'off' or by default: the whole model every round)",
+    )
     g.add_argument("--aggregator", default="fedavg", type=_aggregator, help=AGGREGATOR_HELP)
     g.add_argument("--clip-norm", type=float, metavar="C",
                    help="scale each update's delta down to L2 norm C before aggregating "
@@ -117,6 +128,35 @@ def add_round_flags(p: argparse.ArgumentParser, rounds: int, deadline: float) ->
                    help="the broker's payload cap, e.g. 128k for AWS IoT Core: larger "
                         "models and updates travel as chunks (default: no cap)")
     _add_strategy(p)
+    _add_secagg(p)
+
+
+def _add_secagg(p: argparse.ArgumentParser) -> None:
+    """Secure aggregation (docs/PROTOCOL.md §14, docs/SECURITY.md)."""
+    g = p.add_argument_group("secure aggregation (docs/SECURITY.md)")
+    g.add_argument("--secagg", action="store_true",
+                   help="SecAgg: the coordinator learns only the sum of the updates; needs "
+                        "--aggregator fedavg, --codec none and no DP")
+    g.add_argument("--secagg-degree", type=int, metavar="K",
+                   help="SecAgg+: each agent masks with K (even) random neighbours, not all")
+    g.add_argument("--secagg-threshold", type=float, default=0.5, metavar="F",
+                   help="more than this fraction of each neighbourhood must answer to unmask "
+                        "(default 0.5: a majority)")
+    g.add_argument("--secagg-clip", type=float, default=1.0, metavar="C",
+                   help="the declared range: every delta coordinate is clipped to [-C, C]")
+    g.add_argument("--secagg-ring-bits", type=int, choices=(32, 64), default=32,
+                   help="the ring 2^bits: 32 keeps masked inputs the size of float32 updates")
+    g.add_argument("--secagg-timeout", type=float, default=10.0, metavar="S",
+                   help="seconds the keys, shares and unmask phases each stay open")
+
+
+def _secagg_policy(args: argparse.Namespace) -> SecAggPolicy | None:
+    if not args.secagg:
+        return None
+    t = args.secagg_timeout
+    return SecAggPolicy(ring_bits=args.secagg_ring_bits, clip=args.secagg_clip,
+                        degree=args.secagg_degree, threshold=args.secagg_threshold,
+                        keys_s=t, shares_s=t, unmask_s=t)
 
 
 def _server_opt(value: str) -> str:
@@ -205,6 +245,7 @@ def round_config(args: argparse.Namespace, job: str, min_agents: int | None = No
         plan=plan,
         codec=args.codec,
         downlink=args.downlink,
+        downlink_delta=None if args.downlink_delta in (None, "off") else args.downlink_delta,
         aggregator=args.aggregator,
         clip_norm=args.clip_norm,
         quorum=args.quorum,
@@ -231,6 +272,7 @@ def round_config(args: argparse.Namespace, job: str, min_agents: int | None = No
         max_samples=args.max_samples,
         max_inbox_bytes=args.max_inbox_bytes,
         max_payload=args.max_payload,
+        secagg=_secagg_policy(args),
     )
 
 

@@ -9,6 +9,7 @@ from protocol.messages import (
     SCHEMA_VERSION,
     ClosedBy,
     ModelAnnouncement,
+    ModelDelta,
     Phase,
     Presence,
     RoundMetrics,
@@ -36,13 +37,21 @@ from protocol.topics import (
     check_id,
     parse_topic,
 )
-from protocol.wire import decode_model, decode_update, encode_model, encode_update
+from protocol.wire import (
+    decode_model,
+    decode_model_delta,
+    decode_update,
+    encode_model,
+    encode_model_delta,
+    encode_update,
+)
 
 __all__ = [
     "CODECS",
     "SCHEMA_VERSION",
     "ClosedBy",
     "ModelAnnouncement",
+    "ModelDelta",
     "Phase",
     "Presence",
     "Publish",
@@ -62,6 +71,7 @@ __all__ = [
     "decode_delta",
     "decode_metrics",
     "decode_model",
+    "decode_model_delta",
     "decode_presence",
     "decode_status",
     "decode_update",
@@ -69,6 +79,7 @@ __all__ = [
     "encode_delta",
     "encode_metrics",
     "encode_model",
+    "encode_model_delta",
     "encode_presence",
     "encode_status",
     "encode_update",

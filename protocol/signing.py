@@ -3,8 +3,8 @@
 A signed model or update is the original encoded message, untouched, wrapped
 in a small msgpack map (docs/PROTOCOL.md, "Signed messages")::
 
-    {"v": 1, "type": "signed", "purpose": "model" | "update" | "presence", "job": id,
-     "run": id, "signer": id, "body": bin (the encoded message), "sig": bin (64 bytes)}
+    {"v": 1, "type": "signed", "purpose": "model" | "delta" | "update" | "presence" | ...,
+     "job": id, "run": id, "signer": id, "body": bin (the encoded message), "sig": bin (64 bytes)}
 
     sig = Ed25519(signer's key, "fedmq/v1 signed" 0x00 purpose 0x00 job 0x00 run
                   0x00 signer 0x00 SHA-256(body))
@@ -15,9 +15,7 @@ Rules of this module:
    chunked message reassembles to its envelope.
 2. The purpose is signed, so a model signature never passes as an update's
    (and back); job, run and signer are signed, so an update cannot be replayed
-   into another job or run, or passed off as another agent's. A presence is
-   signed with the agent's update key and its ``run`` slot carries the agent's
-   session id (the agent knows no run when it sets its last will).
+   into another job or run, or passed off as another agent's.
 3. Pure: no clock, no files. Keys are values (PEM bytes in, key objects out).
    ``cryptography`` is imported only where a key is made or used, so
    ``protocol`` and an agent running unsigned import without it.
@@ -62,8 +60,13 @@ class Purpose(str, enum.Enum):
     MODEL = "model"
     #: an update or decline, signed by the agent that sends it
     UPDATE = "update"
+    #: a model delta or version notice (docs/PROTOCOL.md §15), signed by the coordinator
+    DELTA = "delta"
+    #: a secure-aggregation message (docs/PROTOCOL.md §14), signed by its sender: the agent
+    #: on ``secagg/up/{agent}``, the coordinator on ``secagg/down[/{agent}]``
+    SECAGG = "secagg"
     #: an agent's presence (and its last will), signed with its update key; ``run`` is
-    #: the agent's session id
+    #: the agent's session id (docs/PROTOCOL.md §16.1)
     PRESENCE = "presence"
 
 
@@ -274,8 +277,18 @@ def _verified(envelope: Signed, key: VerifyKey) -> bytes:
     return envelope.body
 
 
-def open_model(payload: bytes, *, job: str, key: VerifyKey | None, max_body_bytes: int) -> bytes:
-    """The model bytes inside ``payload``, checked against the coordinator's ``key``.
+def open_model(
+    payload: bytes,
+    *,
+    job: str,
+    key: VerifyKey | None,
+    max_body_bytes: int,
+    purpose: Purpose = Purpose.MODEL,
+) -> bytes:
+    """The model (or, with ``purpose`` DELTA, model delta) bytes inside ``payload``, checked
+    against the coordinator's ``key``.
+
+    ``purpose`` SECAGG opens the coordinator's SecAgg messages the same way.
 
     With ``key`` None (an agent running unsigned) an envelope is unwrapped
     unverified and a bare model passes through.
@@ -286,13 +299,13 @@ def open_model(payload: bytes, *, job: str, key: VerifyKey | None, max_body_byte
     """
     if not is_signed(payload):
         if key is not None:
-            raise WireError(RejectReason.UNSIGNED, "model is not signed")
+            raise WireError(RejectReason.UNSIGNED, f"{purpose.value} is not signed")
         return payload
-    envelope = _expect(decode_signed(payload, max_body_bytes), Purpose.MODEL)
+    envelope = _expect(decode_signed(payload, max_body_bytes), purpose)
     if key is None:
         return envelope.body
     if envelope.job != job:
-        raise WireError(RejectReason.WRONG_JOB, f"model signed for job {envelope.job!r}")
+        raise WireError(RejectReason.WRONG_JOB, f"{purpose.value} signed for job {envelope.job!r}")
     return _verified(envelope, key)
 
 
@@ -304,8 +317,11 @@ def open_update(
     agent: str,
     keys: Mapping[str, VerifyKey] | None,
     max_body_bytes: int,
+    purpose: Purpose = Purpose.UPDATE,
 ) -> bytes:
     """The update bytes inside ``payload``, sent on ``agent``'s topic, checked against ``keys``.
+
+    ``purpose`` SECAGG opens an agent's SecAgg messages the same way.
 
     With ``keys`` None (a coordinator running unsigned) an envelope is
     unwrapped unverified and a bare update passes through.
@@ -317,7 +333,7 @@ def open_update(
             BAD_SIGNATURE; MALFORMED, BAD_VERSION or TOO_LARGE for a bad envelope.
     """
     envelope = _from_agent(
-        payload, Purpose.UPDATE, job=job, agent=agent, keys=keys, max_body_bytes=max_body_bytes
+        payload, purpose, job=job, agent=agent, keys=keys, max_body_bytes=max_body_bytes
     )
     if envelope is None:
         return payload
@@ -364,8 +380,7 @@ def _from_agent(
         return None
     envelope = _expect(decode_signed(payload, max_body_bytes), purpose)
     if keys is not None and envelope.job != job:
-        detail = f"{purpose.value} signed for job {envelope.job!r}"
-        raise WireError(RejectReason.WRONG_JOB, detail)
+        raise WireError(RejectReason.WRONG_JOB, f"{purpose.value} signed for job {envelope.job!r}")
     if keys is not None and envelope.signer != agent:
         raise WireError(RejectReason.AGENT_MISMATCH, f"signed by {envelope.signer!r}")
     return envelope

@@ -25,6 +25,9 @@ class TopicKind(str, enum.Enum):
 
     #: the current round's global model (retained, coordinator)
     MODEL = "model"
+    #: the current version of the broadcast model as a delta from the previous one, or a
+    #: notice that it travels whole only (retained, coordinator; docs/PROTOCOL.md §15)
+    DELTA = "delta"
     #: one agent's update (agent)
     UPDATE = "update"
     #: the coordinator's live state (retained, coordinator)
@@ -33,9 +36,14 @@ class TopicKind(str, enum.Enum):
     METRICS = "metrics"
     #: one agent's presence (retained, agent and its last will)
     AGENTS = "agents"
+    #: secure aggregation: ``secagg/up/{agent}`` (agent) and ``secagg/down[/{agent}]``
+    #: (retained, coordinator); docs/PROTOCOL.md §14
+    SECAGG = "secagg"
 
 
 _PER_AGENT = {TopicKind.UPDATE, TopicKind.AGENTS}
+#: kinds whose payloads may be retained as ``{kind}/chunk/{i}``
+_CHUNKED = {TopicKind.MODEL, TopicKind.DELTA}
 
 
 def check_id(value: str, what: str = "id") -> str:
@@ -58,8 +66,11 @@ class TopicRef:
     job: str
     kind: TopicKind
     agent: str | None = None
-    #: for ``model/chunk/{i}``: the chunk's index (docs/PROTOCOL.md, "Chunked transfer")
+    #: for ``model/chunk/{i}`` and ``delta/chunk/{i}``: the chunk's index (docs/PROTOCOL.md,
+    #: "Chunked transfer")
     chunk: int | None = None
+    #: for ``secagg``: ``"up"`` (agent to coordinator) or ``"down"`` (coordinator to agents)
+    direction: str | None = None
 
 
 class Topics:
@@ -83,8 +94,27 @@ class Topics:
 
     @property
     def agent_subscriptions(self) -> list[tuple[str, int]]:
-        """What an agent subscribes to (QoS 1): the model, whole or in chunks."""
+        """What an agent that takes no deltas subscribes to (QoS 1): the model, whole or
+        in chunks."""
         return [(self.model, 1), (self.all_model_chunks, 1)]
+
+    @property
+    def delta(self) -> str:
+        return f"{self.base}/delta"
+
+    def delta_chunk(self, index: int) -> str:
+        """Where chunk ``index`` of a chunked delta is retained."""
+        return f"{self.base}/delta/chunk/{index}"
+
+    @property
+    def model_family(self) -> tuple[str, ...]:
+        """The topic filters that carry the whole model (an agent's fallback)."""
+        return (self.model, self.all_model_chunks)
+
+    @property
+    def delta_family(self) -> tuple[str, ...]:
+        """The topic filters that carry deltas and version notices."""
+        return (self.delta, f"{self.base}/delta/chunk/+")
 
     @property
     def status(self) -> str:
@@ -107,6 +137,23 @@ class Topics:
     @property
     def all_presence(self) -> str:
         return f"{self.base}/agents/+"
+
+    def secagg_up(self, agent: str) -> str:
+        """Where ``agent`` sends its SecAgg messages."""
+        return f"{self.base}/secagg/up/{check_id(agent, 'agent')}"
+
+    @property
+    def all_secagg_up(self) -> str:
+        return f"{self.base}/secagg/up/+"
+
+    @property
+    def secagg_down(self) -> str:
+        """The SecAgg messages for every participant (roster, survivors), retained."""
+        return f"{self.base}/secagg/down"
+
+    def secagg_down_to(self, agent: str) -> str:
+        """The SecAgg messages for one agent (its relay of shares), retained."""
+        return f"{self.base}/secagg/down/{check_id(agent, 'agent')}"
 
     @property
     def everything(self) -> str:
@@ -135,7 +182,9 @@ def parse_topic(topic: str) -> TopicRef:
             return TopicRef(job, kind, check_id(rest[0], "agent"))
         except ValueError as exc:
             raise WireError(RejectReason.MALFORMED, str(exc)) from None
-    if kind is TopicKind.MODEL and len(rest) == 2 and rest[0] == "chunk":
+    if kind is TopicKind.SECAGG:
+        return _secagg_topic(job, rest, topic)
+    if kind in _CHUNKED and len(rest) == 2 and rest[0] == "chunk":
         if _CHUNK_INDEX.fullmatch(rest[1]) is None:
             raise WireError(RejectReason.MALFORMED, f"bad chunk index in {topic!r}")
         return TopicRef(job, kind, chunk=int(rest[1]))
@@ -144,20 +193,40 @@ def parse_topic(topic: str) -> TopicRef:
     return TopicRef(job, kind)
 
 
+def _secagg_topic(job: str, rest: list[str], topic: str) -> TopicRef:
+    """``secagg/up/{agent}``, ``secagg/down`` or ``secagg/down/{agent}``."""
+    direction, agent = (rest[0], rest[1:]) if rest else ("", [])
+    shape_ok = (direction == "up" and len(agent) == 1) or (direction == "down" and len(agent) < 2)
+    if not shape_ok:
+        raise WireError(RejectReason.MALFORMED, f"bad secagg topic {topic!r}")
+    try:
+        who = check_id(agent[0], "agent") if agent else None
+    except ValueError as exc:
+        raise WireError(RejectReason.MALFORMED, str(exc)) from None
+    return TopicRef(job, TopicKind.SECAGG, who, direction=direction)
+
+
 def agent_topic_level(topic: str, job: str) -> tuple[TopicKind, str]:
-    """The kind (``update`` or ``agents``) of one of ``job``'s per-agent topics, and its
-    last level as it stands: what the subscriptions ``update/+`` and ``agents/+`` deliver.
-    The level is not checked here: whoever validates the message checks it
-    (:func:`check_agent_level`), so a bad id is refused and counted like a bad payload.
+    """The kind (``update``, ``agents`` or ``secagg``) of one of ``job``'s topics an agent
+    publishes on, and its last level as it stands: what the subscriptions ``update/+``,
+    ``agents/+`` and ``secagg/up/+`` deliver. The level is not checked here: whoever
+    validates the message checks it (:func:`check_agent_level`), so a bad id is refused
+    and counted like a bad payload.
 
     Raises:
         WireError: MALFORMED for a topic of another shape, prefix or job.
     """
     parts = topic.split("/")
-    kind = parts[3] if len(parts) == 5 else None
-    if parts[:3] != [*PREFIX.split("/"), job] or kind not in ("update", "agents"):
+    shape = tuple(parts[3:-1])
+    if parts[:3] != [*PREFIX.split("/"), job] or shape not in _AGENT_SHAPES:
         raise WireError(RejectReason.MALFORMED, f"not an agent topic of job {job}: {topic[:200]!r}")
-    return TopicKind(kind), parts[4]
+    return _AGENT_SHAPES[shape], parts[-1]
+
+
+#: the levels between the job and the agent of the topics agents publish on
+_AGENT_SHAPES = {
+    ("update",): TopicKind.UPDATE, ("agents",): TopicKind.AGENTS, ("secagg", "up"): TopicKind.SECAGG
+}
 
 
 def check_agent_level(level: str) -> str:

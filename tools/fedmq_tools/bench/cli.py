@@ -36,11 +36,14 @@ def _finish(bench: str, begun: dict[str, Any], doc: dict[str, Any], out: Path, t
 
 
 def cmd_w1(args: argparse.Namespace) -> int:
+    from coordinator.config import SecAggPolicy
     from fedmq_tools.bench.w1 import W1Options, report, run_w1
 
     opts = W1Options(
         variant=args.variant,
         codec=args.codec,
+        downlink_delta=args.downlink_delta,
+        downlink=args.downlink,
         task=args.task,
         agents=args.agents,
         rounds=args.rounds,
@@ -52,12 +55,43 @@ def cmd_w1(args: argparse.Namespace) -> int:
         centralised=not args.no_centralised,
         ref_threads=args.ref_threads,
         repeat=args.repeat,
+        secagg=SecAggPolicy(unmask_s=args.secagg_timeout) if args.secagg else None,
+        drop_after_mask=args.secagg_drop,
     )
     begun = begin()
     doc = run_w1(opts)
     name = "w1" if args.variant == "iid" else "w1-noniid"
-    out = args.out or RESULTS_DIR / f"{name}-{args.codec.replace(':', '_')}.json"
+    tag = "secagg" if args.secagg else args.codec
+    tag += f"-down-{args.downlink_delta}" if args.downlink_delta else ""
+    tag += "-fp16" if args.downlink == "fp16" else ""
+    out = args.out or RESULTS_DIR / f"{name}-{tag}.json".replace(":", "_")
     return _finish("w1", begun, doc, out, report(doc))
+
+
+def cmd_downlink(args: argparse.Namespace) -> int:
+    from fedmq_tools.bench.downlink import DownlinkOptions, report, run_downlink
+
+    opts = DownlinkOptions(
+        task=args.task, agents=args.agents, partition=args.partition, rounds=args.rounds,
+        codec=args.codec, deltas=tuple(args.downlink_delta or ("qsgd:2+zstd:9",)),
+        late=args.late, data_dir=args.data, threads=args.threads,
+    )
+    begun = begin()
+    doc = run_downlink(opts)
+    out = args.out or RESULTS_DIR / f"downlink-{args.task}.json"
+    return _finish("downlink", begun, doc, out, report(doc))
+
+
+def cmd_secagg(args: argparse.Namespace) -> int:
+    from fedmq_tools.bench.secagg import SecAggBenchOptions, run_secagg_bench
+
+    opts = SecAggBenchOptions(counts=tuple(args.counts), processes=args.processes,
+                              rounds=args.rounds, task=args.task, data_dir=args.data,
+                              degree=args.degree)
+    begun = begin()
+    doc = run_secagg_bench(opts)
+    suffix = f"-k{args.degree}" if args.degree else ""
+    return _finish("secagg", begun, doc, args.out or RESULTS_DIR / f"secagg{suffix}.json", "")
 
 
 def cmd_personal(args: argparse.Namespace) -> int:
@@ -227,11 +261,13 @@ def register(sub: Any) -> None:
     bench = sub.add_parser("bench", help="benchmarks: print figures, write them as JSON")
     which = bench.add_subparsers(dest="bench", required=True)
     _add_w1(which)
+    _add_downlink(which)
     _add_strategies(which)
     _add_personal(which)
     _add_hetero(which)
     _add_ingest(which)
     _add_scale(which)
+    _add_secagg(which)
     _add_footprint(which)
     _add_device(which)
     _add_limits(which)
@@ -242,6 +278,10 @@ def _add_w1(which: Any) -> None:
     p = which.add_parser("w1", help="Workload W1 over a real Mosquitto vs the in-process reference")
     p.add_argument("--variant", choices=("iid", "noniid"), default="iid")
     p.add_argument("--codec", default="none", help="update codec spec (default: none)")
+    p.add_argument("--downlink-delta", metavar="SPEC",
+                   help="send models as deltas with this codec (default: whole models)")
+    p.add_argument("--downlink", choices=("fp32", "fp16"), default="fp32",
+                   help="the broadcast model's dtype (the whole model's, too)")
     p.add_argument("--task", default="mnist-2nn")
     p.add_argument("--agents", type=int, default=20, help="agent processes (W1: 20)")
     p.add_argument("--rounds", type=int, default=20)
@@ -253,8 +293,32 @@ def _add_w1(which: Any) -> None:
     p.add_argument("--repeat", type=int, default=1, help="fedmq and reference runs each")
     p.add_argument("--no-reference", action="store_true", help="skip the in-process reference")
     p.add_argument("--no-centralised", action="store_true", help="skip the centralised baseline")
+    p.add_argument("--secagg", action="store_true", help="every round through SecAgg")
+    p.add_argument("--secagg-drop", type=float, default=0.0, metavar="F",
+                   help="with --secagg: in even rounds, fraction F of the agents drop after "
+                        "masking (their unmask answers are lost)")
+    p.add_argument("--secagg-timeout", type=float, default=10.0, metavar="S",
+                   help="with --secagg: seconds the unmask phase waits for the dropped")
     _add_out(p)
     p.set_defaults(func=cmd_w1)
+
+
+def _add_downlink(which: Any) -> None:
+    p = which.add_parser(
+        "downlink", help="delta-coded models vs whole models, in process (bytes per agent)"
+    )
+    p.add_argument("--task", default="mnist-cnn")
+    p.add_argument("--agents", type=int, default=50)
+    p.add_argument("--partition", default="dirichlet:0.3")
+    p.add_argument("--rounds", type=int, default=20)
+    p.add_argument("--codec", default="int8+zstd", help="update codec of every row")
+    p.add_argument("--downlink-delta", action="append", metavar="SPEC",
+                   help="repeatable: a row with this delta codec (default: qsgd:2+zstd:9)")
+    p.add_argument("--late", type=int, default=0, help="agents that join at round 2")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--data", type=Path, help="MNIST directory (default: ../shared/data/mnist)")
+    _add_out(p)
+    p.set_defaults(func=cmd_downlink)
 
 
 def _add_personal(which: Any) -> None:
@@ -360,6 +424,18 @@ def _add_scale(which: Any) -> None:
                    help="repeatable: a line appended to the private Mosquitto's config")
     _add_out(p)
     p.set_defaults(func=cmd_scale)
+
+
+def _add_secagg(which: Any) -> None:
+    p = which.add_parser("secagg", help="bytes and time per round: SecAgg against plain FedAvg")
+    p.add_argument("--counts", type=_counts, default=[20, 200], help="fleet sizes (default 20,200)")
+    p.add_argument("--processes", type=int, default=4, help="swarm processes per fleet")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--task", default="mnist-logreg", help="a task with a 'linear' model")
+    p.add_argument("--degree", type=int, help="SecAgg+ degree K (default: the complete graph)")
+    p.add_argument("--data", type=Path, help="MNIST directory (default: ../shared/data/mnist)")
+    _add_out(p)
+    p.set_defaults(func=cmd_secagg)
 
 
 def _add_footprint(which: Any) -> None:
