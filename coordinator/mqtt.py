@@ -21,6 +21,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from typing_extensions import assert_never
 
+from coordinator.buffered import BufferedRounds
 from coordinator.checkpoint import save_checkpoint
 from coordinator.events import (
     Action,
@@ -33,6 +34,7 @@ from coordinator.events import (
     RoundClosed,
     RoundOpened,
     SaveCheckpoint,
+    SecAggArrived,
     Stop,
     StopRequested,
     Tick,
@@ -64,11 +66,11 @@ class _Refused:
 
 
 class CoordinatorNode:
-    """Runs a :class:`Rounds` machine against a broker until the run ends."""
+    """Runs a :class:`Rounds` (or buffered) machine against a broker until the run ends."""
 
     def __init__(
         self,
-        rounds: Rounds,
+        rounds: Rounds | BufferedRounds,
         broker: BrokerURL,
         session: Session,
         *,
@@ -102,7 +104,8 @@ class CoordinatorNode:
                 self._put(_Refused(why))
             return
         topics = self.rounds.topics
-        client.subscribe([(topics.all_updates, 1), (topics.all_presence, 1)])
+        secagg = [(topics.all_secagg_up, 1)] if self.rounds.config.secagg is not None else []
+        client.subscribe([(topics.all_updates, 1), (topics.all_presence, 1), *secagg])
         self._put(BrokerConnected())
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason_code: Any, _p: Any) -> None:
@@ -161,6 +164,8 @@ class CoordinatorNode:
             return UpdateArrived(ref.agent, item.payload)
         if ref.kind is TopicKind.AGENTS and ref.agent is not None:
             return PresenceArrived(ref.agent, item.payload)
+        if ref.kind is TopicKind.SECAGG and ref.direction == "up" and ref.agent is not None:
+            return SecAggArrived(ref.agent, item.payload)
         return None
 
     def _feed(self, event: Event) -> None:

@@ -40,6 +40,7 @@ from coordinator.events import (
     RoundClosed,
     RoundOpened,
     SaveCheckpoint,
+    SecAggArrived,
     Stop,
     StopRequested,
     Tick,
@@ -50,6 +51,7 @@ from coordinator.global_model import GlobalModel
 from coordinator.open_round import OpenRound
 from coordinator.outbox import Outbox
 from coordinator.phases import Trigger, next_phase
+from coordinator.secure_round import SecAggStage, SecAggStep
 from coordinator.stopping import stop_reason
 from coordinator.validation import Intake, RunView
 from protocol import (
@@ -93,6 +95,7 @@ class Rounds:
         self._model_id = self._outbox.model_id(self._model.weights)
         shapes = {name: tuple(a.shape) for name, a in weights.items()}
         self._intake = Intake(config, shapes)
+        self._secagg = SecAggStage(config, shapes) if config.secagg is not None else None
         self._raw_update_bytes = raw_size(shapes)
         if self._completed >= config.rounds:
             self._phase = Phase.DONE
@@ -139,9 +142,9 @@ class Rounds:
 
     def next_deadline(self) -> float | None:
         """When the adapter must send a :class:`Tick`, or None if nothing is timed."""
-        if self._phase is Phase.TRAINING and self._round is not None:
-            return self._round.deadline
-        return None
+        if self._phase is not Phase.TRAINING or self._round is None:
+            return None
+        return self._secagg.next_deadline() if self._secagg else self._round.deadline
 
     # --- the one entry point ----------------------------------------------------------
 
@@ -154,6 +157,10 @@ class Rounds:
                 return self._on_presence(agent, payload, now)
             case UpdateArrived(agent=agent, payload=payload):
                 return self._on_update(agent, payload, now)
+            case SecAggArrived(agent=agent, payload=payload) if self._secagg is not None:
+                return self._on_secagg(self._secagg.receive(agent, payload, now), now)
+            case SecAggArrived(agent=agent):
+                return [self._reject(agent, None, RejectReason.NO_ROUND, "run without secagg")]
             case Tick():
                 return self._on_tick(now)
             case Evaluated(round_no=round_no, metrics=metrics):
@@ -172,6 +179,7 @@ class Rounds:
             actions.append(self._outbox.metrics(self._history[-1]))
         if self._round is not None and not self.finished:
             actions.extend(self._outbox.model_publishes(self._round.model_payload, run=self._run))
+            actions.extend(self._secagg.retained.values() if self._secagg else ())
         elif self.finished:  # DONE or FAILED: both ended by publishing the final model
             actions.extend(self._final_model(now))
         actions.append(self._status(now))
@@ -187,6 +195,8 @@ class Rounds:
         eligible = self._cohorts.eligible(self.agents_online, self._roster.presences)
         if self._phase is Phase.WAITING and len(eligible) >= self.config.min_agents:
             return self._open_round(now)
+        if self._secagg and self._phase is Phase.TRAINING and agent not in self._roster.online:
+            return [self._status(now), *self._on_secagg(self._secagg.drop(agent, now), now)]
         return [self._status(now)]
 
     def _on_update(self, agent: str, payload: bytes, now: float) -> list[Action]:
@@ -195,24 +205,21 @@ class Rounds:
         round_no = rs.number if rs is not None else None
         if accepting is not None:
             accepting.bytes_up += len(payload)
-        view = RunView(
-            run=self._run,
-            completed=self._completed,
-            current=round_no if not self.finished else None,
-            accepting=accepting,
-            model_id=self._model_id,
-            online=self._roster.online,
-        )
+        view = RunView(run=self._run, completed=self._completed,
+                       current=round_no if not self.finished else None, accepting=accepting,
+                       model_id=self._model_id, online=self._roster.online)
         try:
             taken = self._intake.take(view, agent, payload, now)
         except WireError as exc:
             return [self._reject(agent, round_no, exc.reason, exc.detail)]
         if taken is None:
             return []  # a chunk of an update still incomplete
-        assert accepting is not None  # admit_update refuses every update without one
+        assert accepting is not None  # check_round refuses every update without one
         update, delta = taken
         if delta is None:
             accepting.declined.add(agent)
+            if self._secagg is not None:
+                return [self._status(now), *self._on_secagg(self._secagg.drop(agent, now), now)]
             return [self._status(now), *self._maybe_close(now)]
         accepting.aggregator.add(delta, update.samples)
         accepting.tally(update)
@@ -223,15 +230,28 @@ class Rounds:
 
     def _on_tick(self, now: float) -> list[Action]:
         rs = self._round
+        if self._secagg is not None and self._phase is Phase.TRAINING:
+            return self._on_secagg(self._secagg.tick(now), now)
         if self._phase is not Phase.TRAINING or rs is None or now < rs.deadline:
             return []
         if len(rs.accepted) >= self.config.min_replies:
             return self._close(ClosedBy.DEADLINE, now)
-        short = (
-            f"round {rs.number}: {len(rs.accepted)} of min_replies={self.config.min_replies} "
-            f"updates by the deadline"
-        )
-        return self._short_round(short, now)
+        return self._short_round(f"round {rs.number}: {len(rs.accepted)} of min_replies="
+                                 f"{self.config.min_replies} updates by the deadline", now)
+
+    def _on_secagg(self, step: SecAggStep, now: float) -> list[Action]:
+        rs = self._round  # publish and count what the step says, then maybe close the round
+        actions: list[Action] = [*step.publishes, *(self._reject(
+            r.agent, rs.number if rs else None, r.reason, r.detail) for r in step.rejected)]
+        if rs is None or self._phase is not Phase.TRAINING:
+            return actions
+        rs.bytes_up, rs.bytes_down = rs.bytes_up + step.bytes_up, rs.bytes_down + step.bytes_down
+        if step.failed is not None:
+            return actions + self._short_round(f"round {rs.number}: {step.failed}", now)
+        if step.done is not None:
+            rs.tally_secagg(step.done)
+            return actions + self._close(step.done.closed_by, now, step.done.result.delta)
+        return actions + ([self._status(now)] if step.progressed or step.rejected else [])
 
     def _on_evaluated(self, round_no: int, metrics: dict[str, float], now: float) -> list[Action]:
         rs = self._round
@@ -248,9 +268,12 @@ class Rounds:
 
     def _announce(self, rs: OpenRound, now: float) -> list[Action]:
         """Encode ``rs``'s announcement, count its bytes down, and report it."""
+        stage = self._secagg
+        secagg = stage.open(self._run, rs, self._roster.presences, now) if stage else None
         rs.model_payload = self._outbox.announcement(
             run=self._run, round_no=rs.number, attempt=rs.attempt, deadline_s=rs.deadline_s,
             cohort=rs.cohort, weights=self._model.weights, model_id=self._model_id, now=now,
+            secagg=secagg,
         )
         publishes = self._outbox.model_publishes(rs.model_payload, run=self._run)
         rs.bytes_down += sum(len(p.payload) for p in publishes) * len(rs.cohort - rs.accepted)
@@ -265,17 +288,10 @@ class Rounds:
         cohort = self._cohorts.draw(eligible, target, self._roster.presences, number, 0)
         quorum = cfg.quorum if cfg.quorum is not None else max(len(cohort), cfg.min_replies)
         self._round = OpenRound(
-            number=number,
-            attempt=0,
-            opened_at=now,
-            deadline=now + cfg.deadline_s,
-            deadline_s=cfg.deadline_s,
-            cohort=cohort,
-            quorum=quorum,
-            aggregator=self._model.aggregator(number, len(cohort)),
-            model_payload=b"",
-            cohort_target=target,
-            pool=set(eligible),
+            number=number, attempt=0, opened_at=now, deadline=now + cfg.deadline_s,
+            deadline_s=cfg.deadline_s, cohort=cohort, quorum=quorum,
+            aggregator=self._model.aggregator(number, len(cohort)), model_payload=b"",
+            cohort_target=target, pool=set(eligible),
         )
         self._fire(Trigger.OPEN if self._phase is Phase.WAITING else Trigger.NEXT)
         return self._announce(self._round, now)
@@ -311,11 +327,12 @@ class Rounds:
         tries = f" after {rs.attempt} retries" if rs.attempt else ""
         return self._end(Trigger.FAIL, f"{why}{tries}; stopping", now)
 
-    def _close(self, closed_by: ClosedBy, now: float) -> list[Action]:
-        rs = self._round
+    def _close(self, closed_by: ClosedBy, now: float, mean: Weights | None = None) -> list[Action]:
+        rs = self._round  # ``mean``: SecAgg's mean delta, in place of the aggregator's
         assert rs is not None
         try:
-            rs.new_weights, rs.new_opt_state = self._model.step(rs.aggregator.result().delta)
+            delta = mean if mean is not None else rs.aggregator.result().delta
+            rs.new_weights, rs.new_opt_state = self._model.step(delta)
         except AggregationError as exc:
             if closed_by is not ClosedBy.DEADLINE:
                 return []  # keep gathering: more updates may come before the deadline
@@ -334,21 +351,14 @@ class Rounds:
         self._model_id = self._outbox.model_id(rs.new_weights)
         self._completed = rs.number
         metrics = rs.metrics(
-            job=self.config.job,
-            run=self._run,
-            evaluation=evaluation,
-            raw_update_bytes=self._raw_update_bytes,
-            duration_s=now - rs.opened_at,
-            at=self._outbox.wall(now),
-            epsilon=self._model.record_privacy(rs.sampling_rate),
+            job=self.config.job, run=self._run, evaluation=evaluation,
+            raw_update_bytes=self._raw_update_bytes, duration_s=now - rs.opened_at,
+            at=self._outbox.wall(now), epsilon=self._model.record_privacy(rs.sampling_rate),
         )
         self._history.append(metrics)
         # Checkpoint first: a round whose metrics anyone has seen survives a crash.
-        actions: list[Action] = [
-            SaveCheckpoint(self.checkpoint()),
-            self._outbox.metrics(metrics),
-            RoundClosed(metrics),
-        ]
+        actions: list[Action] = [SaveCheckpoint(self.checkpoint()),
+                                 self._outbox.metrics(metrics), RoundClosed(metrics)]
         why = stop_reason(self.config, self._history)
         if why is not None:
             return actions + self._end(Trigger.FINISH, why, now)
@@ -363,12 +373,8 @@ class Rounds:
 
     def checkpoint(self) -> Checkpoint:
         """The state to resume from: the model after the last completed round."""
-        return self._model.checkpoint(
-            run=self._run,
-            completed=self._completed,
-            history=tuple(self._history),
-            rejected=self._rejected_total,
-        )
+        return self._model.checkpoint(run=self._run, completed=self._completed,
+                                      history=tuple(self._history), rejected=self._rejected_total)
 
     def _final_model(self, now: float) -> list[Action]:
         return list(self._outbox.final_model(
@@ -378,19 +384,13 @@ class Rounds:
 
     def _status(self, now: float) -> Publish:
         return self._outbox.status(
-            run=self._run,
-            phase=self._phase,
-            last_round=self._round,
-            completed=self._completed,
-            agents_online=len(self._roster.online),
-            rejected=self._rejected_total,
-            message=self._message,
-            now=now,
+            run=self._run, phase=self._phase, last_round=self._round, completed=self._completed,
+            agents_online=len(self._roster.online), rejected=self._rejected_total,
+            message=self._message, now=now,
         )
 
-    def _reject(
-        self, agent: str | None, round_no: int | None, reason: RejectReason, detail: str
-    ) -> MessageRejected:
+    def _reject(self, agent: str | None, round_no: int | None, reason: RejectReason, detail: str
+                ) -> MessageRejected:
         self._rejected_total[reason.value] += 1
         if self._round is not None and self._phase is Phase.TRAINING:
             self._round.rejected[reason.value] += 1

@@ -30,7 +30,6 @@ from edge_agent.agent import (
     AgentCore,
     AgentEvent,
     Connected,
-    ModelArrived,
     ModelRejected,
     RoundKey,
     RunFinished,
@@ -93,6 +92,7 @@ class AgentNode:
         device_model_path: Path | None = None,
         state: StateDir | None = None,
         policy: ResourcePolicy | None = None,
+        train_delay_s: float = 0.0,
     ) -> None:
         """``residual_path``: where the error-feedback residual persists (None: memory only);
         ``device``: the trainer that keeps this device's own model (personal layers,
@@ -120,6 +120,10 @@ class AgentNode:
         self.rounds_trained = 0
         self.refused: str | None = None
         self.finished = threading.Event()
+        #: an artificial delay after each training: the experiment of a slow device
+        #: (docs/STRATEGIES.md, "Heterogeneous fleets"); cut short by stop()
+        self._train_delay_s = train_delay_s
+        self._halt = threading.Event()
         self._client = make_client(broker, session, will=core.will())
         self._client.on_connect = self._on_connect
         self._client.on_message = self._on_message
@@ -134,11 +138,11 @@ class AgentNode:
             if why is not None:
                 self._put(_Refused(why))
             return
-        client.subscribe(self.core.topics.agent_subscriptions)
+        client.subscribe(self.core.subscriptions)
         self._put(Connected())
 
     def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
-        self._put(ModelArrived(bytes(message.payload)))
+        self._put(self.core.arrived(message.topic, bytes(message.payload)))
 
     def _put(self, item: AgentEvent | _Refused | _Quit) -> None:
         self._inbox.offer(item)
@@ -152,6 +156,7 @@ class AgentNode:
 
     def stop(self) -> None:
         """Ask the agent to go offline and return from :meth:`run`; safe from any thread."""
+        self._halt.set()
         self._put(_Quit())
 
     def run(self) -> None:
@@ -291,6 +296,8 @@ class AgentNode:
         peak = peak_rss()
         if before is not None and peak is not None:  # one agent per process, as on a device
             self._learned_need = max(0, peak - before)
+        if self._train_delay_s > 0:
+            self._halt.wait(self._train_delay_s)
         return TrainingDone(key, result, took)
 
     def predict(self, x: npt.NDArray[Any]) -> npt.NDArray[np.float32]:

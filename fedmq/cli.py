@@ -6,6 +6,7 @@ fedmq agent         run one agent (one device) against a broker
 fedmq agents        host several agents in one process (each its own MQTT connection)
 fedmq monitor       watch jobs live from their topics alone
 fedmq report        plots and a markdown summary of a finished run's directory
+fedmq web           serve the live dashboard and the browser agent page
 
 With fedmq-tools installed (``pip install -e tools/``, developers only), found by entry point:
 fedmq swarm         many simulated agents (numpy trainer), one thread per process
@@ -41,7 +42,15 @@ from fedmq.bundle import expand_bundle, load_agent_keys, load_signing_key
 from fedmq.launch import AgentSettings, build_agent, build_coordinator
 from fedmq.progress import RunRecorder
 from fedmq.provision import register as register_provision
-from fedmq.round_flags import add_round_flags, observers, round_config
+from fedmq.round_flags import (
+    add_mode_flags,
+    add_round_flags,
+    buffer_config,
+    observers,
+    round_config,
+)
+from fedmq.web.cli import add_demo_options as add_web_demo_options
+from fedmq.web.cli import register as register_web
 from protocol import Phase
 from transport.connection import BrokerURL
 
@@ -64,6 +73,7 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
             run_dir=run_dir,
             resume=args.resume,
             on_action=observers(args, recorder),
+            buffer=buffer_config(args),
         )
     except CheckpointError as exc:
         print(f"fedmq coordinator: {exc}", file=sys.stderr)
@@ -170,8 +180,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", help="serve Prometheus metrics on [HOST:]PORT")
     _add_task(p, default="digits")
     add_round_flags(p, rounds=10, deadline=30.0)
-    # the demo shows compressed updates: int8+zstd is lossless in accuracy on digits
-    p.set_defaults(func=cmd_demo, codec="int8+zstd", username=None, password=None,
+    add_web_demo_options(p)
+    # the demo shows compressed updates (fedmq.demo.DEMO_CODEC), or none under --secagg
+    p.set_defaults(func=cmd_demo, codec=None, username=None, password=None,
                    password_file=None, ca_file=None, mqtt311=False)
 
     p = sub.add_parser("coordinator", help="run a job's coordinator")
@@ -183,6 +194,7 @@ def parser() -> argparse.ArgumentParser:
     _add_security(p, "coordinator")
     _add_task(p)
     add_round_flags(p, rounds=10, deadline=60.0)
+    add_mode_flags(p)
     p.set_defaults(func=cmd_coordinator)
 
     add_agent_arguments(sub.add_parser("agent", help="run one agent"))
@@ -200,6 +212,7 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_agents)
     _add_watch_commands(sub)
     register_provision(sub)
+    register_web(sub)
     for plugin in entry_points(group=PLUGIN_GROUP):
         plugin.load()(sub)
     return top

@@ -12,8 +12,10 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fedmq.broker import BrokerError, LocalBroker
 from fedmq.launch import Connection, build_coordinator
@@ -21,11 +23,18 @@ from fedmq.progress import RunRecorder, human_bytes
 from fedmq.round_flags import observers, round_config
 from protocol import Phase
 
+if TYPE_CHECKING:
+    from fedmq.web.demo import WebDemo
+
+#: the demo's update codec: int8+zstd is lossless in accuracy on digits (none under --secagg)
+DEMO_CODEC = "int8+zstd"
 #: how long the agents get to go offline after the final model
 AGENTS_EXIT_TIMEOUT_S = 30.0
 
 
-def agents_command(args: argparse.Namespace, broker_url: str) -> list[str]:
+def agents_command(
+    args: argparse.Namespace, broker_url: str, total: int | None = None
+) -> list[str]:
     cmd = [
         sys.executable,
         "-m",
@@ -39,6 +48,8 @@ def agents_command(args: argparse.Namespace, broker_url: str) -> list[str]:
         args.task,
         "--count",
         str(args.agents),
+        "--of",
+        str(total or args.agents),
         "--threads",
         str(args.threads),
         "--data-seed",
@@ -57,46 +68,47 @@ def run_demo(args: argparse.Namespace) -> int:
     from fedmq.agent_cli import data_config as _data
     from fedmq.agent_cli import stop_on_signals as _stop_on_signals
 
+    web = _web_demo(args)
+    browsers = web.browser_agents if web is not None else 0
     with ExitStack() as stack:
         if args.broker:
             broker_url, where = args.broker, args.broker
         else:
             try:
-                broker = stack.enter_context(LocalBroker())
+                broker = stack.enter_context(LocalBroker(**web.broker_options() if web else {}))
             except BrokerError as exc:
                 print(f"fedmq demo: {exc}", file=sys.stderr)
                 return 2
             broker_url, where = broker.url, f"{broker.url} (private mosquitto, pid {broker.pid})"
+            if web is not None:  # closed before the broker stops
+                stack.callback(web.close)
         run_dir = args.run_dir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
         run_dir.mkdir(parents=True, exist_ok=True)
-        config = round_config(args, args.job, min_agents=args.agents)
+        # SecAgg sends masked fixed-point vectors, never a codec's
+        args.codec = args.codec or ("none" if args.secagg else DEMO_CODEC)
+        config = round_config(args, args.job, min_agents=args.agents + browsers)
         print(
             f"fedmq demo: {args.agents} agents, task {args.task}, {config.rounds} rounds, "
             f"broker {where}"
         )
-        print(UNSIGNED_NOTICE)
+        print(UNSIGNED_NOTICE + ("" if config.secagg is None else "\nsecagg: the coordinator "
+                                 "sees only the sum of the updates (docs/SECURITY.md)"))
         print(
             f"watch it: fedmq monitor --broker {broker_url} --job {args.job}   or   "
             f"mosquitto_sub -p {broker_url.rsplit(':', 1)[-1]} -v -t 'fedmq/v1/#'"
         )
         recorder = RunRecorder(config.rounds, jsonl=run_dir / "metrics.jsonl")
         conn: Connection = _connection(args, broker_url)
-        node = build_coordinator(
-            config, conn, data=_data(args), run_dir=run_dir, on_action=observers(args, recorder)
-        )
+        observe = observers(args, recorder)
+        if web is not None:
+            observe = web.observing(observe)
+        node = build_coordinator(config, conn, data=_data(args), run_dir=run_dir, on_action=observe)
         _stop_on_signals(node.stop)
-        agents_log = (run_dir / "agents.log").open("wb")
-        agents = subprocess.Popen(
-            agents_command(args, broker_url), stdout=agents_log, stderr=subprocess.STDOUT
-        )
+        if web is not None:
+            web.start(broker, args.agents, _data(args), run_dir, stop=node.stop)
+        agents = _start_agents(agents_command(args, broker_url, args.agents + browsers),
+                               run_dir / "agents.log", node.stop)
         stack.callback(_reap, agents)
-
-        def watch_agents() -> None:
-            code = agents.wait()
-            if code != 0:
-                node.stop(f"the agents process exited with code {code}; see {agents_log.name}")
-
-        threading.Thread(target=watch_agents, daemon=True).start()
         try:
             phase = node.run()
         finally:
@@ -104,6 +116,7 @@ def run_demo(args: argparse.Namespace) -> int:
         summary = recorder.summary(
             node.rounds, job=args.job, run=node.rounds.run, task=args.task, agents=args.agents
         )
+        summary.update(web.summary() if web is not None else {})
         _print_summary(summary, node.rounds.message)
         summary_json = json.dumps(summary, indent=2) + "\n"
         (run_dir / "summary.json").write_text(summary_json)
@@ -114,6 +127,31 @@ def run_demo(args: argparse.Namespace) -> int:
             print(f"  plots          fedmq report {args.run_dir}")
         return 0 if phase is Phase.DONE else 1
     return 1
+
+
+def _web_demo(args: argparse.Namespace) -> WebDemo | None:
+    """The demo's browser side (``--web``, ``--browser-agents``), or None."""
+    if not (args.web or args.browser_agents):
+        return None
+    from fedmq.web.demo import WebDemo
+
+    return WebDemo(args)
+
+
+def _start_agents(
+    cmd: list[str], log: Path, stop: Callable[[str], object]
+) -> subprocess.Popen[bytes]:
+    """The agents' process; the run stops if it fails."""
+    agents_log = log.open("wb")
+    agents = subprocess.Popen(cmd, stdout=agents_log, stderr=subprocess.STDOUT)
+
+    def watch_agents() -> None:
+        code = agents.wait()
+        if code != 0:
+            stop(f"the agents process exited with code {code}; see {agents_log.name}")
+
+    threading.Thread(target=watch_agents, daemon=True).start()
+    return agents
 
 
 def _reap(proc: subprocess.Popen[bytes]) -> None:
@@ -140,3 +178,6 @@ def _print_summary(s: dict[str, object], message: str) -> None:
     else:
         vs_raw = " (raw float32: --codec none)"
     print(f"  payload bytes  up {human_bytes(up)}{vs_raw}, down {human_bytes(down)}")
+    kinds = s.get("updates_by_kind")
+    if isinstance(kinds, dict):
+        print("  by kind        " + ", ".join(f"{kind} {n}" for kind, n in kinds.items()))

@@ -50,6 +50,8 @@ class Deployment:
     #: broker names or addresses clients use; the first goes into the bundles' broker URL
     hosts: tuple[str, ...] = ("localhost",)
     port: int = 8883
+    #: the broker's secure WebSockets (wss) port, for browsers (docs/WEB.md)
+    ws_port: int = 8884
     #: the broker's listen address ("" = every interface)
     bind: str = ""
     #: where the broker/ files will live on the broker machine (default: DIR/broker here)
@@ -67,8 +69,10 @@ class Deployment:
         reserved = {COORDINATOR_USER, MONITOR_USER} & set(self.agents)
         if reserved:
             raise ValueError(f"{sorted(reserved)} name fedmq's own broker users, not agents")
-        if not self.hosts or not 0 < self.port < 65536:
-            raise ValueError("need at least one --host and a port in 1..65535")
+        if not self.hosts or not 0 < self.port < 65536 or not 0 < self.ws_port < 65536:
+            raise ValueError("need at least one --host and ports in 1..65535")
+        if self.ws_port == self.port:
+            raise ValueError("the TLS port and the WebSockets port must differ")
 
     @property
     def broker_url(self) -> str:
@@ -102,6 +106,7 @@ def provision(d: Deployment, out: Path, now: dt.datetime | None = None) -> Path:
     substitutions = {
         "BROKER_DIR": str(broker_dir),
         "PORT": str(d.port),
+        "WS_PORT": str(d.ws_port),
         "BIND": f" {d.bind}" if d.bind else "",
         "JOB": d.job,
         "COORDINATOR": COORDINATOR_USER,
@@ -212,6 +217,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="the broker's name or address as clients reach it (repeatable; "
                         "default localhost); the first goes into the bundles")
     p.add_argument("--port", type=int, default=8883, help="the broker's TLS port")
+    p.add_argument("--ws-port", type=int, default=8884,
+                   help="the broker's secure WebSockets port, for browsers (docs/WEB.md)")
     p.add_argument("--bind", default="", help="the broker's listen address (default: all)")
     p.add_argument("--broker-dir", type=Path,
                    help="where the broker/ files will be installed on the broker machine "
@@ -228,6 +235,7 @@ def cmd_provision(args: argparse.Namespace) -> int:
         agents=tuple(f"{args.id_prefix}{i}" for i in range(args.agents)),
         hosts=tuple(args.hosts or ("localhost",)),
         port=args.port,
+        ws_port=args.ws_port,
         bind=args.bind,
         broker_dir=args.broker_dir,
         task=args.task,

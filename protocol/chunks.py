@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,7 @@ MIN_MAX_PAYLOAD = 1024
 MAX_CHUNKS = 65_536
 #: completed sets remembered so that late duplicates of their chunks are ignored
 REMEMBER_COMPLETED = 256
+_DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
 def _digest(payload: bytes) -> str:
@@ -127,12 +129,13 @@ def decode_frame(payload: bytes, max_size: int) -> Chunk | Manifest:
         obj = msgpack.unpackb(payload, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises several unrelated types for bad input
         raise WireError(RejectReason.MALFORMED, f"chunk: not msgpack ({exc})") from None
-    if not isinstance(obj, dict) or obj.get("v") != SCHEMA_VERSION:
+    version = obj.get("v") if isinstance(obj, dict) else None
+    if _count(version) != SCHEMA_VERSION:
         raise WireError(RejectReason.MALFORMED, "chunk: not a version 1 map")
     kind, digest = obj.get("type"), obj.get("digest")
     count, size = _count(obj.get("count")), _count(obj.get("size"))
-    if not isinstance(digest, str) or len(digest) != 64:
-        raise WireError(RejectReason.MALFORMED, "chunk: digest must be 64 hex chars")
+    if not isinstance(digest, str) or _DIGEST.fullmatch(digest) is None:
+        raise WireError(RejectReason.MALFORMED, "chunk: digest must be 64 lowercase hex digits")
     if count is None or not 1 <= count <= MAX_CHUNKS:
         raise WireError(RejectReason.MALFORMED, f"chunk: count {obj.get('count')!r}")
     if size is None or size < count:

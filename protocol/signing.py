@@ -59,6 +59,9 @@ class Purpose(str, enum.Enum):
     MODEL = "model"
     #: an update or decline, signed by the agent that sends it
     UPDATE = "update"
+    #: a secure-aggregation message (docs/PROTOCOL.md §14), signed by its sender: the agent
+    #: on ``secagg/up/{agent}``, the coordinator on ``secagg/down[/{agent}]``
+    SECAGG = "secagg"
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,8 +271,17 @@ def _verified(envelope: Signed, key: VerifyKey) -> bytes:
     return envelope.body
 
 
-def open_model(payload: bytes, *, job: str, key: VerifyKey | None, max_body_bytes: int) -> bytes:
+def open_model(
+    payload: bytes,
+    *,
+    job: str,
+    key: VerifyKey | None,
+    max_body_bytes: int,
+    purpose: Purpose = Purpose.MODEL,
+) -> bytes:
     """The model bytes inside ``payload``, checked against the coordinator's ``key``.
+
+    ``purpose`` SECAGG opens the coordinator's SecAgg messages the same way.
 
     With ``key`` None (an agent running unsigned) an envelope is unwrapped
     unverified and a bare model passes through.
@@ -280,13 +292,13 @@ def open_model(payload: bytes, *, job: str, key: VerifyKey | None, max_body_byte
     """
     if not is_signed(payload):
         if key is not None:
-            raise WireError(RejectReason.UNSIGNED, "model is not signed")
+            raise WireError(RejectReason.UNSIGNED, f"{purpose.value} is not signed")
         return payload
-    envelope = _expect(decode_signed(payload, max_body_bytes), Purpose.MODEL)
+    envelope = _expect(decode_signed(payload, max_body_bytes), purpose)
     if key is None:
         return envelope.body
     if envelope.job != job:
-        raise WireError(RejectReason.WRONG_JOB, f"model signed for job {envelope.job!r}")
+        raise WireError(RejectReason.WRONG_JOB, f"{purpose.value} signed for job {envelope.job!r}")
     return _verified(envelope, key)
 
 
@@ -298,8 +310,11 @@ def open_update(
     agent: str,
     keys: Mapping[str, VerifyKey] | None,
     max_body_bytes: int,
+    purpose: Purpose = Purpose.UPDATE,
 ) -> bytes:
     """The update bytes inside ``payload``, sent on ``agent``'s topic, checked against ``keys``.
+
+    ``purpose`` SECAGG opens an agent's SecAgg messages the same way.
 
     With ``keys`` None (a coordinator running unsigned) an envelope is
     unwrapped unverified and a bare update passes through.
@@ -312,13 +327,13 @@ def open_update(
     """
     if not is_signed(payload):
         if keys is not None:
-            raise WireError(RejectReason.UNSIGNED, "update is not signed")
+            raise WireError(RejectReason.UNSIGNED, f"{purpose.value} is not signed")
         return payload
-    envelope = _expect(decode_signed(payload, max_body_bytes), Purpose.UPDATE)
+    envelope = _expect(decode_signed(payload, max_body_bytes), purpose)
     if keys is None:
         return envelope.body
     if envelope.job != job:
-        raise WireError(RejectReason.WRONG_JOB, f"update signed for job {envelope.job!r}")
+        raise WireError(RejectReason.WRONG_JOB, f"{purpose.value} signed for job {envelope.job!r}")
     if envelope.signer != agent:
         raise WireError(RejectReason.AGENT_MISMATCH, f"signed by {envelope.signer!r}")
     if envelope.run != run:

@@ -126,10 +126,12 @@ def test_the_acl_lets_each_agent_write_only_its_own_topics(fleet: Path):
     assert not any("write" in line or "update" in line for line in blocks["monitor"])
     for agent in AGENTS:
         writes = sorted(line.split()[2] for line in blocks[agent] if " write " in line)
-        assert writes == [f"fedmq/v1/farm/agents/{agent}", f"fedmq/v1/farm/update/{agent}"]
+        assert writes == [f"fedmq/v1/farm/agents/{agent}", f"fedmq/v1/farm/secagg/up/{agent}",
+                          f"fedmq/v1/farm/update/{agent}"]
         reads = {line.split()[2] for line in blocks[agent] if " read " in line}
         assert reads == {"fedmq/v1/farm/model", "fedmq/v1/farm/model/chunk/+",
-                         "fedmq/v1/farm/status", "fedmq/v1/farm/metrics"}
+                         "fedmq/v1/farm/status", "fedmq/v1/farm/metrics",
+                         "fedmq/v1/farm/secagg/down", f"fedmq/v1/farm/secagg/down/{agent}"}
 
 
 def test_the_broker_config_is_the_secure_profile(fleet: Path):
@@ -138,8 +140,14 @@ def test_the_broker_config_is_the_secure_profile(fleet: Path):
                 if line.strip() and not line.startswith("#")]
     values = {key: value for key, value in settings}
     assert values["allow_anonymous"] == "false"
-    assert values["listener"] == "18883"
-    assert [k for k, _ in settings].count("listener") == 1  # TLS only, no plain listener
+    # TLS only, no plain listener: MQTT over TLS, and wss for browsers (docs/WEB.md)
+    listeners = [i for i, (k, _) in enumerate(settings) if k == "listener"]
+    assert [settings[i][1] for i in listeners] == ["18883", "8884"]
+    assert settings[listeners[1] + 1] == ["protocol", "websockets"]
+    for start, end in zip(listeners, [*listeners[1:], len(settings)], strict=True):
+        block = dict(settings[start:end])
+        assert {"cafile", "certfile", "keyfile"} <= block.keys()
+        assert block["tls_version"] == "tlsv1.2"
     for key in ("password_file", "acl_file", "cafile", "certfile", "keyfile"):
         assert Path(values[key]).is_file() and Path(values[key]).parent == fleet / "broker"
     assert "${" not in conf

@@ -76,7 +76,12 @@ def unwrap(entries: Sequence[Mapping[str, Any]], max_size: int) -> list[Mapping[
     except ValueError as exc:
         raise WireError(RejectReason.BAD_CODEC, str(exc)) from None
     try:
-        declared = zstd.get_frame_info(blob).decompressed_size
+        frame = zstd.get_frame_info(blob)
+        # neither is written; both sides refuse them (the checksum flag: bit 2 of the
+        # frame header descriptor, the byte after the 4-byte magic number)
+        if frame.dictionary_id or (len(blob) > 4 and blob[4] & 0x04):
+            raise WireError(RejectReason.MALFORMED, "zstd: frames with a checksum or dictionary")
+        declared = frame.decompressed_size
         if declared != size:  # None: unknown size, which we refuse
             raise WireError(RejectReason.MALFORMED, f"zstd: frame declares {declared} != {size}")
         inflater = zstd.ZstdDecompressor()

@@ -265,6 +265,7 @@ WRONG = {
         "samples": [-1, True, 1.5, 2**40 + 1, "64"],
         "device": [5, "x" * 65, ["esp32"]],
         "trainer": [["t"], 5, "x" * 65],
+        "kind": [["python"], 5, True, "x" * 65],
         "at": ["now", True, -1],
     },
     "status": {

@@ -109,6 +109,7 @@ presences = st.builds(
     device=st.none() | short_text,
     trainer=st.none() | short_text,
     at=stamps,
+    kind=st.none() | st.sampled_from(["python", "browser"]) | short_text,
 )
 rejected = st.dictionaries(st.text(max_size=20), counts, max_size=8)
 statuses = st.builds(

@@ -36,6 +36,7 @@ def _finish(bench: str, begun: dict[str, Any], doc: dict[str, Any], out: Path, t
 
 
 def cmd_w1(args: argparse.Namespace) -> int:
+    from coordinator.config import SecAggPolicy
     from fedmq_tools.bench.w1 import W1Options, report, run_w1
 
     opts = W1Options(
@@ -52,12 +53,27 @@ def cmd_w1(args: argparse.Namespace) -> int:
         centralised=not args.no_centralised,
         ref_threads=args.ref_threads,
         repeat=args.repeat,
+        secagg=SecAggPolicy(unmask_s=args.secagg_timeout) if args.secagg else None,
+        drop_after_mask=args.secagg_drop,
     )
     begun = begin()
     doc = run_w1(opts)
     name = "w1" if args.variant == "iid" else "w1-noniid"
-    out = args.out or RESULTS_DIR / f"{name}-{args.codec.replace(':', '_')}.json"
+    tag = "secagg" if args.secagg else args.codec.replace(":", "_")
+    out = args.out or RESULTS_DIR / f"{name}-{tag}.json"
     return _finish("w1", begun, doc, out, report(doc))
+
+
+def cmd_secagg(args: argparse.Namespace) -> int:
+    from fedmq_tools.bench.secagg import SecAggBenchOptions, run_secagg_bench
+
+    opts = SecAggBenchOptions(counts=tuple(args.counts), processes=args.processes,
+                              rounds=args.rounds, task=args.task, data_dir=args.data,
+                              degree=args.degree)
+    begun = begin()
+    doc = run_secagg_bench(opts)
+    suffix = f"-k{args.degree}" if args.degree else ""
+    return _finish("secagg", begun, doc, args.out or RESULTS_DIR / f"secagg{suffix}.json", "")
 
 
 def cmd_personal(args: argparse.Namespace) -> int:
@@ -229,8 +245,10 @@ def register(sub: Any) -> None:
     _add_w1(which)
     _add_strategies(which)
     _add_personal(which)
+    _add_hetero(which)
     _add_ingest(which)
     _add_scale(which)
+    _add_secagg(which)
     _add_footprint(which)
     _add_device(which)
     _add_limits(which)
@@ -252,6 +270,12 @@ def _add_w1(which: Any) -> None:
     p.add_argument("--repeat", type=int, default=1, help="fedmq and reference runs each")
     p.add_argument("--no-reference", action="store_true", help="skip the in-process reference")
     p.add_argument("--no-centralised", action="store_true", help="skip the centralised baseline")
+    p.add_argument("--secagg", action="store_true", help="every round through SecAgg")
+    p.add_argument("--secagg-drop", type=float, default=0.0, metavar="F",
+                   help="with --secagg: in even rounds, fraction F of the agents drop after "
+                        "masking (their unmask answers are lost)")
+    p.add_argument("--secagg-timeout", type=float, default=10.0, metavar="S",
+                   help="with --secagg: seconds the unmask phase waits for the dropped")
     _add_out(p)
     p.set_defaults(func=cmd_w1)
 
@@ -268,6 +292,33 @@ def _add_personal(which: Any) -> None:
     p.add_argument("--data", type=Path, help="MNIST directory (default: ../shared/data/mnist)")
     _add_out(p)
     p.set_defaults(func=cmd_personal)
+
+
+def cmd_hetero(args: argparse.Namespace) -> int:
+    from fedmq_tools.bench.hetero import HeteroOptions, report, run_hetero
+
+    opts = HeteroOptions(agents=args.agents, task=args.task, target=args.target,
+                         base_delay_s=args.base_delay, buffer_k=args.buffer_k,
+                         max_staleness=args.max_staleness, timeout_s=args.timeout)
+    begun = begin()
+    doc = run_hetero(opts)
+    return _finish("hetero", begun, doc, args.out or RESULTS_DIR / "hetero.json", report(doc))
+
+
+def _add_hetero(which: Any) -> None:
+    p = which.add_parser(
+        "hetero", help="uneven fleet (1x/3x/10x): time to target, sync FedAvg vs FedBuff"
+    )
+    p.add_argument("--agents", type=int, default=9)
+    p.add_argument("--task", default="digits")
+    p.add_argument("--target", type=float, default=0.85, help="target test accuracy")
+    p.add_argument("--base-delay", type=float, default=0.2,
+                   help="seconds; a class-c agent waits (c - 1) x this after each training")
+    p.add_argument("--buffer-k", type=int, default=3)
+    p.add_argument("--max-staleness", type=int, default=5)
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds per run")
+    _add_out(p)
+    p.set_defaults(func=cmd_hetero)
 
 
 def _number_or_none(value: str) -> float | None:
@@ -332,6 +383,18 @@ def _add_scale(which: Any) -> None:
                    help="repeatable: a line appended to the private Mosquitto's config")
     _add_out(p)
     p.set_defaults(func=cmd_scale)
+
+
+def _add_secagg(which: Any) -> None:
+    p = which.add_parser("secagg", help="bytes and time per round: SecAgg against plain FedAvg")
+    p.add_argument("--counts", type=_counts, default=[20, 200], help="fleet sizes (default 20,200)")
+    p.add_argument("--processes", type=int, default=4, help="swarm processes per fleet")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--task", default="mnist-logreg", help="a task with a 'linear' model")
+    p.add_argument("--degree", type=int, help="SecAgg+ degree K (default: the complete graph)")
+    p.add_argument("--data", type=Path, help="MNIST directory (default: ../shared/data/mnist)")
+    _add_out(p)
+    p.set_defaults(func=cmd_secagg)
 
 
 def _add_footprint(which: Any) -> None:
