@@ -66,6 +66,9 @@ class RoundConfig:
     codec: str = "none"
     #: the global model's wire dtype; the coordinator's own copy stays float32
     downlink: Downlink = "fp32"
+    #: send each new global model as a delta from the last with this update codec
+    #: (docs/PROTOCOL.md §15), e.g. qsgd:2+zstd:9; None: the whole model every round
+    downlink_delta: str | None = None
     #: an aggregator spec (coordinator/strategy.py), e.g. fedavg, median, trimmed:0.2, krum:2
     aggregator: str = "fedavg"
     #: if set, each update's delta is scaled down to this L2 norm before aggregation
@@ -131,6 +134,8 @@ class RoundConfig:
         object.__setattr__(self, "server_opt_spec", parse_server_opt(self.server_opt))
         check_id(self.job, "job")
         check_codec(self.codec)
+        if self.downlink_delta is not None:
+            check_codec(self.downlink_delta)
         if self.downlink not in DOWNLINKS:
             raise ValueError(f"downlink must be one of {DOWNLINKS}, got {self.downlink!r}")
         self._check_aggregator()

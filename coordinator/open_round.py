@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from coordinator.aggregate import Aggregator
 from coordinator.optimisers import OptState
 from coordinator.secagg import SecAggDone
-from protocol import ClosedBy, RoundMetrics, Update, Weights
+from protocol import ClosedBy, Publish, RoundMetrics, Update, Weights
 
 
 def _finite(value: float | None) -> float | None:
@@ -35,13 +35,16 @@ class OpenRound:
     cohort: frozenset[str]
     quorum: int
     aggregator: Aggregator
-    #: the announcement as encoded (before signing and chunking), re-published on reconnect
-    model_payload: bytes
+    #: the announcement as published (signed, chunked; model then delta), again on reconnect
+    publishes: tuple[Publish, ...] = ()
     accepted: set[str] = field(default_factory=set)
     declined: set[str] = field(default_factory=set)
     rejected: Counter[str] = field(default_factory=Counter)
     bytes_up: int = 0
     bytes_down: int = 0
+    raw_bytes_down: int = 0
+    #: (announcement, agent) pairs counted in the bytes down
+    addressed: int = 0
     samples: int = 0
     loss_sum: float = 0.0
     accuracy_sum: float = 0.0
@@ -118,6 +121,8 @@ class OpenRound:
             ),
             at=at,
             epsilon=epsilon,
+            raw_bytes_down=self.raw_bytes_down,
+            addressed=self.addressed,
             secagg=None if self.secagg_dropped is None else {
                 phase: tuple(sorted(agents)) for phase, agents in self.secagg_dropped.items()},
         )

@@ -26,6 +26,7 @@ from collections import Counter
 from typing_extensions import assert_never
 
 from coordinator.aggregate import AggregationError
+from coordinator.broadcast import Broadcast
 from coordinator.checkpoint import Checkpoint
 from coordinator.cohort import CohortPolicy, Roster
 from coordinator.config import RoundConfig
@@ -69,15 +70,8 @@ from protocol import (
 class Rounds:
     """Drives one federated run. Feed it events with :meth:`handle`."""
 
-    def __init__(
-        self,
-        config: RoundConfig,
-        weights: Weights,
-        *,
-        run: str,
-        wall_offset: float = 0.0,
-        resume: Checkpoint | None = None,
-    ) -> None:
+    def __init__(self, config: RoundConfig, weights: Weights, *, run: str,
+                 wall_offset: float = 0.0, resume: Checkpoint | None = None) -> None:
         """``wall_offset`` turns monotonic ``now`` into Unix time for the wire."""
         self.config = config
         self._outbox = Outbox(config, wall_offset=wall_offset)
@@ -89,10 +83,10 @@ class Rounds:
         self._completed = resume.round if resume else 0
         self._history: list[RoundMetrics] = list(resume.history) if resume else []
         self._rejected_total: Counter[str] = Counter(resume.rejected if resume else {})
-        self._phase = Phase.WAITING
-        self._message = ""
+        self._phase, self._message = Phase.WAITING, ""
         self._round: OpenRound | None = None
-        self._model_id = self._outbox.model_id(self._model.weights)
+        previous = resume.broadcast if resume else None  # the version agents hold (§15)
+        self._broadcast = Broadcast(config, self._model.weights, previous)
         shapes = {name: tuple(a.shape) for name, a in weights.items()}
         self._intake = Intake(config, shapes)
         self._secagg = SecAggStage(config, shapes) if config.secagg is not None else None
@@ -178,7 +172,7 @@ class Rounds:
         if self._history:
             actions.append(self._outbox.metrics(self._history[-1]))
         if self._round is not None and not self.finished:
-            actions.extend(self._outbox.model_publishes(self._round.model_payload, run=self._run))
+            actions.extend(self._round.publishes)
             actions.extend(self._secagg.retained.values() if self._secagg else ())
         elif self.finished:  # DONE or FAILED: both ended by publishing the final model
             actions.extend(self._final_model(now))
@@ -207,7 +201,7 @@ class Rounds:
             accepting.bytes_up += len(payload)
         view = RunView(run=self._run, completed=self._completed,
                        current=round_no if not self.finished else None, accepting=accepting,
-                       model_id=self._model_id, online=self._roster.online)
+                       model_id=self._broadcast.version.model_id, online=self._roster.online)
         try:
             taken = self._intake.take(view, agent, payload, now)
         except WireError as exc:
@@ -216,6 +210,7 @@ class Rounds:
             return []  # a chunk of an update still incomplete
         assert accepting is not None  # check_round refuses every update without one
         update, delta = taken
+        self._broadcast.answered(agent, update.model_id)
         if delta is None:
             accepting.declined.add(agent)
             if self._secagg is not None:
@@ -270,15 +265,17 @@ class Rounds:
         """Encode ``rs``'s announcement, count its bytes down, and report it."""
         stage = self._secagg
         secagg = stage.open(self._run, rs, self._roster.presences, now) if stage else None
-        rs.model_payload = self._outbox.announcement(
+        sent = self._outbox.announcement(
             run=self._run, round_no=rs.number, attempt=rs.attempt, deadline_s=rs.deadline_s,
-            cohort=rs.cohort, weights=self._model.weights, model_id=self._model_id, now=now,
-            secagg=secagg,
+            cohort=rs.cohort, version=self._broadcast.version, now=now, secagg=secagg,
         )
-        publishes = self._outbox.model_publishes(rs.model_payload, run=self._run)
-        rs.bytes_down += sum(len(p.payload) for p in publishes) * len(rs.cohort - rs.accepted)
+        rs.publishes, addressed = sent.publishes, rs.cohort - rs.accepted
+        rs.bytes_down += self._broadcast.bytes_down(
+            addressed, sent.whole_bytes, sent.delta_bytes, self._roster.presences)
+        rs.raw_bytes_down += self._raw_update_bytes * len(addressed)
+        rs.addressed += len(addressed)
         opened = RoundOpened(rs.number, rs.attempt, len(rs.cohort), rs.quorum, rs.deadline_s)
-        return [*publishes, opened, self._status(now)]
+        return [*sent.publishes, opened, self._status(now)]
 
     def _open_round(self, now: float) -> list[Action]:
         cfg = self.config
@@ -290,7 +287,7 @@ class Rounds:
         self._round = OpenRound(
             number=number, attempt=0, opened_at=now, deadline=now + cfg.deadline_s,
             deadline_s=cfg.deadline_s, cohort=cohort, quorum=quorum,
-            aggregator=self._model.aggregator(number, len(cohort)), model_payload=b"",
+            aggregator=self._model.aggregator(number, len(cohort)),
             cohort_target=target, pool=set(eligible),
         )
         self._fire(Trigger.OPEN if self._phase is Phase.WAITING else Trigger.NEXT)
@@ -348,7 +345,7 @@ class Rounds:
         rs = self._round
         assert rs is not None and rs.new_weights is not None and rs.new_opt_state is not None
         self._model.commit(rs.new_weights, rs.new_opt_state)
-        self._model_id = self._outbox.model_id(rs.new_weights)
+        self._broadcast.advance(rs.new_weights, rs.number)
         self._completed = rs.number
         metrics = rs.metrics(
             job=self.config.job, run=self._run, evaluation=evaluation,
@@ -374,13 +371,14 @@ class Rounds:
     def checkpoint(self) -> Checkpoint:
         """The state to resume from: the model after the last completed round."""
         return self._model.checkpoint(run=self._run, completed=self._completed,
-                                      history=tuple(self._history), rejected=self._rejected_total)
+                                      history=tuple(self._history), rejected=self._rejected_total,
+                                      broadcast=self._broadcast.state())
 
     def _final_model(self, now: float) -> list[Action]:
-        return list(self._outbox.final_model(
-            run=self._run, completed=self._completed, weights=self._model.weights,
-            model_id=self._model_id, now=now,
-        ))
+        final = self._outbox.final_model(
+            run=self._run, completed=self._completed, version=self._broadcast.version, now=now
+        )
+        return list(final.publishes)
 
     def _status(self, now: float) -> Publish:
         return self._outbox.status(

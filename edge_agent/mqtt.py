@@ -30,17 +30,21 @@ from edge_agent.agent import (
     AgentCore,
     AgentEvent,
     Connected,
+    KeepModel,
     ModelRejected,
     RoundKey,
     RunFinished,
     SaveResidual,
     ShutdownRequested,
+    Subscribe,
     Train,
     TrainingDone,
     TrainingFailed,
+    Unsubscribe,
     UpdateSent,
 )
 from edge_agent.device_model import save_device_model
+from edge_agent.downlink import HeldModel
 from edge_agent.feedback import save_residual
 from edge_agent.personal import DeviceTrainer
 from edge_agent.policy import (
@@ -52,7 +56,7 @@ from edge_agent.policy import (
     run_hook,
     veto,
 )
-from edge_agent.state import SavedModel, StateDir
+from edge_agent.state import StateDir
 from edge_agent.trainer import Trainer
 from protocol import ModelAnnouncement, Publish
 from transport.connection import BrokerURL, Session, connect, make_client, refused_for_good
@@ -98,8 +102,9 @@ class AgentNode:
         ``device``: the trainer that keeps this device's own model (personal layers,
         fine-tuning, local inference), None if it keeps none; ``device_model_path``: where
         that model is saved after every round and at the run's end (None: not saved);
-        ``state``: where each round's global model is kept; ``policy``: when this device
-        may train (None: always)."""
+        ``state``: where each version of the global model is kept (the core starts from
+        the one kept there, given to it as ``held``); ``policy``: when this device may
+        train (None: always)."""
         self.core = core
         self._trainer = trainer
         self._broker = broker
@@ -110,8 +115,8 @@ class AgentNode:
         self._device = device
         self._device_model_path = device_model_path
         self._state = state
-        #: the newest global model on this device, kept across restarts in ``state``
-        self.saved_model: SavedModel | None = state.load_model() if state is not None else None
+        held = core.held
+        self._kept = held.identity if held is not None else None  # what the state dir holds
         self._policy = policy or ResourcePolicy()
         #: what the last trained round took beyond its starting RSS (None: none measured)
         self._learned_need: int | None = None
@@ -139,6 +144,8 @@ class AgentNode:
                 self._put(_Refused(why))
             return
         client.subscribe(self.core.subscriptions)
+        if self.core.unwanted:  # a persistent session may still hold the model topics
+            client.unsubscribe(list(self.core.unwanted))
         self._put(Connected())
 
     def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
@@ -146,6 +153,11 @@ class AgentNode:
 
     def _put(self, item: AgentEvent | _Refused | _Quit) -> None:
         self._inbox.offer(item)
+
+    @property
+    def saved_model(self) -> HeldModel | None:
+        """The newest global model on this device (kept across restarts with ``state``)."""
+        return self.core.held
 
     @property
     def dropped(self) -> int:
@@ -216,14 +228,11 @@ class AgentNode:
                 )
                 if not resent:  # after the publish, so saving never delays the reply
                     self._save_device_model()
-            case SaveResidual(state=state) if self._residual_path is not None:
-                try:
-                    save_residual(self._residual_path, state)
-                except OSError as exc:  # keep serving: the residual still lives in memory
-                    log.error("%s: cannot save the residual: %s", self.core.agent, exc)
+            case KeepModel() | SaveResidual() | Subscribe() | Unsubscribe():
+                self._keep_state(action)
             case RunFinished(model=model):
                 log.info("%s: run %s finished at round %d", self.core.agent, model.run, model.round)
-                self._keep(model)
+                self._keep(HeldModel.of(model))
                 if self._device is not None:  # personal layers, fine-tuning
                     try:
                         self._device.adopt(model.weights, model.plan)
@@ -231,13 +240,30 @@ class AgentNode:
                         log.error("%s: cannot adopt the final model: %s", self.core.agent, exc)
                     self._save_device_model()
                 self.finished.set()
+            case _:
+                assert_never(action)
+
+    def _keep_state(self, action: KeepModel | SaveResidual | Subscribe | Unsubscribe) -> None:
+        """Persist what the core asks to outlive a restart; fetch whole models or stop."""
+        match action:
+            case KeepModel(held=held):
+                self._keep(held)
+            case SaveResidual(state=state) if self._residual_path is not None:
+                try:
+                    save_residual(self._residual_path, state)
+                except OSError as exc:  # keep serving: the residual still lives in memory
+                    log.error("%s: cannot save the residual: %s", self.core.agent, exc)
             case SaveResidual():
                 pass  # no residual path: the residual lives in the core's memory only
+            case Subscribe(topics=topics):
+                self._client.subscribe([(topic, 1) for topic in topics])
+            case Unsubscribe(topics=topics):
+                self._client.unsubscribe(list(topics))
             case _:
                 assert_never(action)
 
     def _start_round(self, key: RoundKey, model: ModelAnnouncement) -> None:
-        self._keep(model)
+        self._keep(HeldModel.of(model))
         worker = threading.Thread(
             target=lambda: self._inbox.put(self._train(key, model)),
             name=f"train-{self.core.agent}-{model.round}",
@@ -245,12 +271,12 @@ class AgentNode:
         )
         worker.start()
 
-    def _keep(self, model: ModelAnnouncement) -> None:
-        """Remember ``model`` as the device's newest global model (on disk too, with state)."""
-        self.saved_model = SavedModel(model.job, model.run, model.round, model.weights, model.done)
-        if self._state is not None:
+    def _keep(self, held: HeldModel) -> None:
+        """Keep the device's newest version of the global model on disk, with state."""
+        if self._state is not None and held.identity != self._kept:
+            self._kept = held.identity
             try:
-                self._state.save_model(model)
+                self._state.save_model(self.core.job, held)
             except OSError as exc:  # keep serving: the model still lives in memory
                 log.error("%s: cannot save the global model: %s", self.core.agent, exc)
 

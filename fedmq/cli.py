@@ -181,7 +181,8 @@ def parser() -> argparse.ArgumentParser:
     _add_task(p, default="digits")
     add_round_flags(p, rounds=10, deadline=30.0)
     add_web_demo_options(p)
-    # the demo shows compressed updates (fedmq.demo.DEMO_CODEC), or none under --secagg
+    # the demo shows compressed updates and delta-coded models (fedmq.demo.DEMO_CODEC,
+    # DEMO_DOWNLINK_DELTA), or neither under --secagg
     p.set_defaults(func=cmd_demo, codec=None, username=None, password=None,
                    password_file=None, ca_file=None, mqtt311=False)
 

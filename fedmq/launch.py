@@ -171,6 +171,7 @@ def build_agent(
     feedback = ErrorFeedback()
     saved = None
     state = None
+    held = None
     if settings.state_dir is not None:
         state = StateDir(settings.state_dir, settings.agent_id)  # drops torn temporaries
         residual_path = state.path / RESIDUAL_NAME
@@ -180,6 +181,8 @@ def build_agent(
         except ValueError as exc:
             log.warning("%s: ignoring the saved device model: %s", settings.agent_id, exc)
         feedback = ErrorFeedback(state.load_residual())  # a bad file is set aside, logged
+        kept = state.load_model()  # deltas apply to it after a restart (docs/PROTOCOL.md §15)
+        held = kept.held() if kept is not None and kept.job == settings.job else None
     trainer = DeviceTrainer(model, finetune_epochs=settings.finetune_epochs, saved=saved)
     core = AgentCore(
         settings.job,
@@ -190,6 +193,7 @@ def build_agent(
         feedback=feedback,
         signing_key=settings.signing_key,
         coordinator_key=settings.coordinator_key,
+        held=held,
     )
     session = Session(
         client_id=f"fedmq-{settings.job}-{settings.agent_id}",

@@ -31,6 +31,11 @@ def _codec(value: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _downlink_delta(value: str) -> str:
+    """A codec spec, or ``off`` (kept, so the demo can tell it from no flag at all)."""
+    return value if value == "off" else _codec(value)
+
+
 def _mu(value: str) -> float:
     try:
         mu = float(value)
@@ -89,6 +94,12 @@ def add_round_flags(p: argparse.ArgumentParser, rounds: int, deadline: float) ->
     )
     g.add_argument(
         "--downlink", default="fp32", choices=DOWNLINKS, help="the global model's wire dtype"
+    )
+    g.add_argument(
+        "--downlink-delta", type=_downlink_delta, metavar="SPEC",
+        help="send each new global model as a delta from the last with this codec, e.g. "
+             "qsgd:2+zstd:9; the whole model stays retained for newcomers (docs/CODECS.md, "
+             "docs/PROTOCOL.md section 15; 'off' or by default: the whole model every round)",
     )
     g.add_argument("--aggregator", default="fedavg", type=_aggregator, help=AGGREGATOR_HELP)
     g.add_argument("--clip-norm", type=float, metavar="C",
@@ -228,6 +239,7 @@ def round_config(args: argparse.Namespace, job: str, min_agents: int | None = No
         plan=plan,
         codec=args.codec,
         downlink=args.downlink,
+        downlink_delta=None if args.downlink_delta in (None, "off") else args.downlink_delta,
         aggregator=args.aggregator,
         clip_norm=args.clip_norm,
         quorum=args.quorum,

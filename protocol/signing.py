@@ -3,7 +3,7 @@
 A signed model or update is the original encoded message, untouched, wrapped
 in a small msgpack map (docs/PROTOCOL.md, "Signed messages")::
 
-    {"v": 1, "type": "signed", "purpose": "model" | "update", "job": id, "run": id,
+    {"v": 1, "type": "signed", "purpose": "model" | "delta" | "update", "job": id, "run": id,
      "signer": id, "body": bin (the encoded message), "sig": bin (64 bytes)}
 
     sig = Ed25519(signer's key, "fedmq/v1 signed" 0x00 purpose 0x00 job 0x00 run
@@ -59,6 +59,8 @@ class Purpose(str, enum.Enum):
     MODEL = "model"
     #: an update or decline, signed by the agent that sends it
     UPDATE = "update"
+    #: a model delta or version notice (docs/PROTOCOL.md §15), signed by the coordinator
+    DELTA = "delta"
     #: a secure-aggregation message (docs/PROTOCOL.md §14), signed by its sender: the agent
     #: on ``secagg/up/{agent}``, the coordinator on ``secagg/down[/{agent}]``
     SECAGG = "secagg"
@@ -279,7 +281,8 @@ def open_model(
     max_body_bytes: int,
     purpose: Purpose = Purpose.MODEL,
 ) -> bytes:
-    """The model bytes inside ``payload``, checked against the coordinator's ``key``.
+    """The model (or, with ``purpose`` DELTA, model delta) bytes inside ``payload``, checked
+    against the coordinator's ``key``.
 
     ``purpose`` SECAGG opens the coordinator's SecAgg messages the same way.
 

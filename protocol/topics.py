@@ -25,6 +25,9 @@ class TopicKind(str, enum.Enum):
 
     #: the current round's global model (retained, coordinator)
     MODEL = "model"
+    #: the current version of the broadcast model as a delta from the previous one, or a
+    #: notice that it travels whole only (retained, coordinator; docs/PROTOCOL.md §15)
+    DELTA = "delta"
     #: one agent's update (agent)
     UPDATE = "update"
     #: the coordinator's live state (retained, coordinator)
@@ -39,6 +42,8 @@ class TopicKind(str, enum.Enum):
 
 
 _PER_AGENT = {TopicKind.UPDATE, TopicKind.AGENTS}
+#: kinds whose payloads may be retained as ``{kind}/chunk/{i}``
+_CHUNKED = {TopicKind.MODEL, TopicKind.DELTA}
 
 
 def check_id(value: str, what: str = "id") -> str:
@@ -61,7 +66,8 @@ class TopicRef:
     job: str
     kind: TopicKind
     agent: str | None = None
-    #: for ``model/chunk/{i}``: the chunk's index (docs/PROTOCOL.md, "Chunked transfer")
+    #: for ``model/chunk/{i}`` and ``delta/chunk/{i}``: the chunk's index (docs/PROTOCOL.md,
+    #: "Chunked transfer")
     chunk: int | None = None
     #: for ``secagg``: ``"up"`` (agent to coordinator) or ``"down"`` (coordinator to agents)
     direction: str | None = None
@@ -88,8 +94,27 @@ class Topics:
 
     @property
     def agent_subscriptions(self) -> list[tuple[str, int]]:
-        """What an agent subscribes to (QoS 1): the model, whole or in chunks."""
+        """What an agent that takes no deltas subscribes to (QoS 1): the model, whole or
+        in chunks."""
         return [(self.model, 1), (self.all_model_chunks, 1)]
+
+    @property
+    def delta(self) -> str:
+        return f"{self.base}/delta"
+
+    def delta_chunk(self, index: int) -> str:
+        """Where chunk ``index`` of a chunked delta is retained."""
+        return f"{self.base}/delta/chunk/{index}"
+
+    @property
+    def model_family(self) -> tuple[str, ...]:
+        """The topic filters that carry the whole model (an agent's fallback)."""
+        return (self.model, self.all_model_chunks)
+
+    @property
+    def delta_family(self) -> tuple[str, ...]:
+        """The topic filters that carry deltas and version notices."""
+        return (self.delta, f"{self.base}/delta/chunk/+")
 
     @property
     def status(self) -> str:
@@ -159,7 +184,7 @@ def parse_topic(topic: str) -> TopicRef:
             raise WireError(RejectReason.MALFORMED, str(exc)) from None
     if kind is TopicKind.SECAGG:
         return _secagg_topic(job, rest, topic)
-    if kind is TopicKind.MODEL and len(rest) == 2 and rest[0] == "chunk":
+    if kind in _CHUNKED and len(rest) == 2 and rest[0] == "chunk":
         if _CHUNK_INDEX.fullmatch(rest[1]) is None:
             raise WireError(RejectReason.MALFORMED, f"bad chunk index in {topic!r}")
         return TopicRef(job, kind, chunk=int(rest[1]))

@@ -22,6 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from vector_deltas import delta_vectors
 from vector_rejects import reject_cases
 
 from protocol import (
@@ -118,8 +119,17 @@ def update_vector(name: str, u: Update) -> dict[str, Any]:
     return {"name": name, "kind": "update", "message": doc, "hex": encode_update(u).hex()}
 
 
+#: fields docs/PROTOCOL.md §15 added to presence and metrics, written only when set: a
+#: vector lists them only when its payload holds them (an older decoder knows none of them)
+WRITTEN_WHEN_SET = {"deltas": False, "raw_bytes_down": None, "addressed": None}
+
+
 def json_vector(name: str, kind: str, message: Any, payload: bytes) -> dict[str, Any]:
-    doc = {f: getattr(message, f) for f in message.__dataclass_fields__}
+    doc = {
+        f: getattr(message, f)
+        for f in message.__dataclass_fields__
+        if f not in WRITTEN_WHEN_SET or getattr(message, f) != WRITTEN_WHEN_SET[f]
+    }
     if doc.get("secagg", 0) is None:  # only SecAgg rounds' metrics have it (PROTOCOL.md §14.8)
         del doc["secagg"]
     doc = {k: v.value if isinstance(v, ClosedBy | Phase) else v for k, v in doc.items()}
@@ -488,6 +498,7 @@ def build() -> dict[str, str]:
         "chunks.json": chunks(),
         "signed.json": signed(),
         "reject.json": {"cases": reject_cases()},
+        "deltas.json": delta_vectors(tensors_doc),
     }
     return {
         name: json.dumps(doc, indent=1, ensure_ascii=False) + "\n" for name, doc in docs.items()
