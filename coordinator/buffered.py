@@ -52,6 +52,7 @@ from coordinator.open_round import OpenRound
 from coordinator.outbox import Outbox
 from coordinator.phases import Trigger
 from coordinator.roster import Roster
+from coordinator.run_views import RunViews
 from coordinator.staleness import BufferConfig, StalenessSum, staleness_weight
 from coordinator.stopping import stop_reason
 from coordinator.validation import Intake, check_codec
@@ -75,7 +76,7 @@ _TRANSITIONS: dict[tuple[Phase, Trigger], Phase] = {
 }
 
 
-class BufferedRounds:
+class BufferedRounds(RunViews):
     """Drives one FedBuff run. Feed it events with :meth:`handle`; same adapter as Rounds."""
 
     def __init__(
@@ -114,26 +115,6 @@ class BufferedRounds:
     # --- read-only views -----------------------------------------------------------
 
     @property
-    def phase(self) -> Phase:
-        return self._phase
-
-    @property
-    def finished(self) -> bool:
-        return self._phase in (Phase.DONE, Phase.FAILED)
-
-    @property
-    def message(self) -> str:
-        return self._message
-
-    @property
-    def run(self) -> str:
-        return self._run
-
-    @property
-    def weights(self) -> Weights:
-        return self._model.weights
-
-    @property
     def version(self) -> int:
         """The newest model version (1 before the first server step)."""
         return self._steps + 1
@@ -141,14 +122,6 @@ class BufferedRounds:
     @property
     def completed_rounds(self) -> int:
         return self._steps
-
-    @property
-    def history(self) -> tuple[RoundMetrics, ...]:
-        return tuple(self._history)
-
-    @property
-    def rejected_total(self) -> dict[str, int]:
-        return dict(self._rejected_total)
 
     @property
     def buffer_fill(self) -> int:

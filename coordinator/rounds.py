@@ -53,6 +53,7 @@ from coordinator.open_round import OpenRound
 from coordinator.outbox import Outbox
 from coordinator.phases import Trigger, next_phase
 from coordinator.roster import Roster
+from coordinator.run_views import RunViews
 from coordinator.secure_round import SecAggStage, SecAggStep
 from coordinator.stopping import stop_reason
 from coordinator.validation import Intake, RunView
@@ -68,7 +69,7 @@ from protocol import (
 )
 
 
-class Rounds:
+class Rounds(RunViews):
     """Drives one federated run. Feed it events with :meth:`handle`."""
 
     def __init__(self, config: RoundConfig, weights: Weights, *, run: str,
@@ -99,41 +100,8 @@ class Rounds:
     # --- read-only views -----------------------------------------------------------
 
     @property
-    def phase(self) -> Phase:
-        return self._phase
-
-    @property
-    def finished(self) -> bool:
-        return self._phase in (Phase.DONE, Phase.FAILED)
-
-    @property
-    def message(self) -> str:
-        return self._message
-
-    @property
-    def run(self) -> str:
-        return self._run
-
-    @property
-    def weights(self) -> Weights:
-        """The current global model (after the last completed round)."""
-        return self._model.weights
-
-    @property
     def completed_rounds(self) -> int:
         return self._completed
-
-    @property
-    def history(self) -> tuple[RoundMetrics, ...]:
-        return tuple(self._history)
-
-    @property
-    def rejected_total(self) -> dict[str, int]:
-        return dict(self._rejected_total)
-
-    @property
-    def agents_online(self) -> frozenset[str]:
-        return frozenset(self._roster.online)
 
     def next_deadline(self) -> float | None:
         """When the adapter must send a :class:`Tick`, or None if nothing is timed."""
