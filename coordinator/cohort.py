@@ -1,4 +1,4 @@
-"""The cohort: which of the agents online a round asks to train.
+"""The cohort: which of the agents online a round asks to train, and the round it opens.
 
 References:
     McMahan et al., "Communication-Efficient Learning of Deep Networks from
@@ -7,60 +7,46 @@ References:
 
 Invariants: candidates are only agents the round machine knows to be online
 (and eligible: provisioned, of an allowed device class), so an offline agent is
-never asked; the draw is the rule of :mod:`protocol.cohort` (a seeded hash of
-run, round and agent), a function of the candidates, the size, the policy and
-the seed alone, so a seed reproduces every cohort of a run, resumed or not, and
-the announcement carries the rule, not the names: its size does not grow with
-the fleet.
+never asked; the draw is a function of the candidate set, the size, the policy
+and the seed words alone (candidates are sorted first), so a seed reproduces
+every cohort of a run, resumed or not.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from fractions import Fraction
 
+import numpy as np
+
+from coordinator.aggregate import Aggregator
 from coordinator.config import RoundConfig
 from coordinator.open_round import OpenRound
-from protocol import CohortRule, Presence, RejectReason, WireError, decode_presence
-from protocol.cohort import draw, everyone
+from protocol import Presence
 
 
-class Roster:
-    """Who is online: each agent's last presence, and the ids whose presence says online.
+def select_cohort(
+    candidates: Mapping[str, int | None], size: int, policy: str, rng: np.random.Generator
+) -> frozenset[str]:
+    """``size`` distinct agents drawn from ``candidates`` (id -> advertised sample count).
 
-    The status after every accepted update counts the agents online, so the count is
-    kept in step with the presences rather than computed (it must not cost O(agents)).
+    ``uniform`` gives every candidate the same chance; ``by-samples`` draws in
+    proportion to the advertised sample count (an agent that advertises none, or
+    zero, weighs 1), so data-rich devices are asked more often. Asking for at
+    least as many as there are returns them all.
     """
-
-    def __init__(self) -> None:
-        self.presences: dict[str, Presence] = {}
-        self.online: set[str] = set()
-
-    def apply(self, agent: str, payload: bytes) -> None:
-        """Take ``agent``'s presence message; an empty payload is a cleared retained one.
-
-        Raises:
-            WireError: for a presence that does not decode or names another agent.
-        """
-        if not payload:
-            self.presences.pop(agent, None)
-            self.online.discard(agent)
-            return
-        presence = decode_presence(payload)
-        if presence.agent != agent:
-            raise WireError(RejectReason.AGENT_MISMATCH, f"presence names {presence.agent!r}")
-        self.presences[agent] = presence
-        if presence.online:
-            self.online.add(agent)
-        else:
-            self.online.discard(agent)
-
-    def alive(self, agent: str) -> None:
-        """Proof of life: an accepted update. After a broker restart an agent's last will
-        (offline) can come before its re-sent update and its new presence; it must stay
-        in the next cohort."""
-        self.online.add(agent)
+    ids = sorted(candidates)
+    if size >= len(ids):
+        return frozenset(ids)
+    if size <= 0:
+        return frozenset()
+    if policy == "by-samples":
+        weights = np.array([max(candidates[a] or 0, 1) for a in ids], np.float64)
+        chosen = rng.choice(len(ids), size=size, replace=False, p=weights / weights.sum())
+    else:
+        chosen = rng.choice(len(ids), size=size, replace=False)
+    return frozenset(ids[int(i)] for i in chosen)
 
 
 class CohortPolicy:
@@ -98,34 +84,66 @@ class CohortPolicy:
         candidates: frozenset[str],
         size: int,
         presences: Mapping[str, Presence],
-        *,
-        run: str,
         round_no: int,
-        keep: frozenset[str] = frozenset(),
-    ) -> tuple[frozenset[str], CohortRule | None]:
-        """``keep`` and ``size`` more of ``candidates``, and the rule announcing them (None
-        when a round asks every agent online)."""
+        attempt: int,
+    ) -> frozenset[str]:
+        """``size`` of ``candidates``, drawn with the run's seed for this round and attempt."""
         cfg = self._config
-        if not cfg.names_cohort:
-            return keep | candidates, None
-        devices = tuple(sorted(cfg.device_classes)) if cfg.device_classes is not None else None
-        if cfg.sample_fraction is None and cfg.sample_count is None:
-            return keep | candidates, everyone(devices)  # a device-class filter alone
+        rng = np.random.default_rng([cfg.sample_seed, round_no, attempt])
         offered = {a: p.samples if (p := presences.get(a)) else None for a in candidates}
-        return draw(offered, size, seed=cfg.sample_seed, run=run, round_no=round_no,
-                    by_samples=cfg.sample_policy == "by-samples", keep=keep, devices=devices)
+        return select_cohort(offered, size, cfg.sample_policy, rng)
+
+    def open(
+        self,
+        number: int,
+        eligible: frozenset[str],
+        presences: Mapping[str, Presence],
+        now: float,
+        *,
+        aggregator: Callable[[int, int], Aggregator],
+    ) -> OpenRound:
+        """Round ``number`` as it opens: its cohort drawn from ``eligible``, its quorum (the
+        configured one, else every agent asked), its deadline, and a fresh
+        ``aggregator(round, cohort size)``."""
+        cfg = self._config
+        target = self.size(len(eligible))
+        cohort = self.draw(eligible, target, presences, number, 0)
+        quorum = cfg.quorum if cfg.quorum is not None else max(len(cohort), cfg.min_replies)
+        return OpenRound(
+            number=number,
+            attempt=0,
+            opened_at=now,
+            deadline=now + cfg.deadline_s,
+            deadline_s=cfg.deadline_s,
+            cohort=cohort,
+            quorum=quorum,
+            aggregator=aggregator(number, len(cohort)),
+            cohort_target=target,
+            pool=set(eligible),
+        )
+
+    def retry(
+        self, rs: OpenRound, eligible: frozenset[str], presences: Mapping[str, Presence],
+        now: float,
+    ) -> None:
+        """Re-open ``rs`` for its next attempt: a deadline ``retry_backoff`` times longer,
+        and its cohort topped up from ``eligible``."""
+        cfg = self._config
+        rs.attempt += 1
+        rs.deadline_s = cfg.deadline_s * cfg.retry_backoff**rs.attempt
+        rs.deadline = now + rs.deadline_s
+        rs.pool |= eligible
+        rs.cohort = self.top_up(rs, eligible, presences)
 
     def top_up(
-        self, rs: OpenRound, online: frozenset[str], presences: Mapping[str, Presence], run: str
-    ) -> None:
-        """Set a retried round's cohort (and its rule): with a drawn cohort, topped up to its
-        size with eligible agents not asked yet, in place of those that declined or went
-        offline (silent ones still online may yet answer); otherwise every eligible agent
-        online. The eligible agents join the round's pool (DP's sampling rate)."""
-        eligible = self.eligible(online, presences)
-        rs.pool |= eligible
+        self, rs: OpenRound, eligible: frozenset[str], presences: Mapping[str, Presence]
+    ) -> frozenset[str]:
+        """A retried round's cohort: with a drawn cohort, topped up to its size with agents
+        not asked yet, in place of those that declined or went offline (silent ones still
+        online may yet answer); otherwise every eligible agent online."""
+        if not self._config.names_cohort:
+            return rs.cohort | eligible
         waiting = (rs.cohort - rs.answered) & eligible
         short = rs.cohort_target - len(rs.accepted) - len(waiting)
-        rs.cohort, rs.cohort_rule = self.draw(
-            eligible - rs.cohort, short, presences, run=run, round_no=rs.number, keep=rs.cohort
-        )
+        newcomers = self.draw(eligible - rs.cohort, short, presences, rs.number, rs.attempt)
+        return rs.cohort | newcomers

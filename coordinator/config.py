@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -11,12 +12,50 @@ from coordinator.strategy import AggregatorSpec, parse_aggregator
 from protocol import TrainPlan, check_codec, check_id
 from protocol.chunks import MIN_MAX_PAYLOAD
 from protocol.compress import DOWNLINKS
-from protocol.signing import SigningKey, VerifyKey
+from protocol.fields import MAX_JSON_BYTES
+from protocol.secagg.fixedpoint import RingSpec
+from protocol.secagg.graph import effective_degree
+from protocol.signing import ENVELOPE_OVERHEAD, SigningKey, VerifyKey
 
 ShortRoundPolicy = Literal["retry", "stop"]
 Downlink = Literal["fp32", "fp16"]
 SamplePolicy = Literal["uniform", "by-samples"]
 SAMPLE_POLICIES = ("uniform", "by-samples")
+#: the largest update (as sent) a coordinator accepts unless told otherwise
+DEFAULT_MAX_UPDATE_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class SecAggPolicy:
+    """How the coordinator runs every SecAgg session (``--secagg-*``)."""
+
+    #: the ring Z_(2^ring_bits): 32 keeps a masked input the size of a float32 update
+    ring_bits: int = 32
+    #: every delta coordinate is clipped to [-clip, clip] (the declared range)
+    clip: float = 1.0
+    #: an agent's weight is capped here when the cohort's presence gives no sample counts
+    weight_max: int = 65_536
+    #: SecAgg+ graph degree k (even); None: the complete graph (SecAgg)
+    degree: int | None = None
+    #: t = floor(threshold * (k + 1)) + 1 shares of the k + 1 recover a secret
+    threshold: float = 0.5
+    keys_s: float = 10.0
+    shares_s: float = 10.0
+    unmask_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.degree is not None:
+            effective_degree(self.degree + 2, self.degree)  # even and >= 2
+        if not 0 <= self.threshold < 1:
+            raise ValueError(f"secagg threshold must be in [0, 1), got {self.threshold}")
+        if min(self.keys_s, self.shares_s, self.unmask_s) <= 0:
+            raise ValueError("secagg phase timeouts must be > 0")
+        RingSpec(self.ring_bits, 0, self.clip, 1, 1)  # a ring size fedmq offers, a sane clip
+
+    def shares_needed(self, degree: int) -> int:
+        """t of the k + 1 shares: more than ``threshold`` of the neighbourhood, at least 2."""
+        return min(degree + 1, max(2, math.floor(self.threshold * (degree + 1)) + 1))
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +69,9 @@ class RoundConfig:
     codec: str = "none"
     #: the global model's wire dtype; the coordinator's own copy stays float32
     downlink: Downlink = "fp32"
+    #: send each new global model as a delta from the last with this update codec
+    #: (docs/PROTOCOL.md §15), e.g. qsgd:2+zstd:9; None: the whole model every round
+    downlink_delta: str | None = None
     #: an aggregator spec (coordinator/strategy.py), e.g. fedavg, median, trimmed:0.2, krum:2
     aggregator: str = "fedavg"
     #: if set, each update's delta is scaled down to this L2 norm before aggregation
@@ -60,7 +102,7 @@ class RoundConfig:
     sample_policy: SamplePolicy = "uniform"
     #: only agents whose presence names one of these device classes take part (None: any)
     device_classes: frozenset[str] | None = None
-    #: cohorts are drawn by a hash of (sample_seed, run, round, agent) (protocol/cohort.py)
+    #: cohorts are drawn with numpy.random.default_rng([sample_seed, round, attempt])
     sample_seed: int = 0
     #: DP-FedAvg (coordinator/privacy.py): the noise multiplier z (None: no DP) ...
     dp_noise: float | None = None
@@ -70,13 +112,19 @@ class RoundConfig:
     #: the noise is drawn with numpy.random.default_rng([dp_seed, round]): keep it secret
     dp_seed: int = 0
     evaluate: bool = True
-    #: the status goes out on every phase change, and otherwise at most this often
-    status_interval_s: float = 0.5
-    max_update_bytes: int = 64 * 1024 * 1024
+    max_update_bytes: int = DEFAULT_MAX_UPDATE_BYTES
+    #: an update claiming more samples is refused: without keys anyone can send one, and
+    #: its FedAvg weight would swamp every honest update (docs/SECURITY.md)
+    max_samples: int = 1_000_000
     #: the broker's payload cap; larger models and updates travel as chunks (0: no cap)
     max_payload: int = 0
     #: memory for partially received chunked updates, all agents together
     max_reassembly_bytes: int = 256 * 1024 * 1024
+    #: messages received but not yet validated, all together: what arrives beyond it is
+    #: dropped (and counted) by the adapter, so a flood cannot exhaust the coordinator
+    max_inbox_bytes: int = 256 * 1024 * 1024
+    #: the status goes out on every phase change, and otherwise at most this often
+    status_interval_s: float = 0.5
     #: if set, only these agent ids may take part (for provisioned fleets)
     allowed_agents: frozenset[str] | None = None
     #: signs every model announcement (docs/SECURITY.md); None: models go out unsigned
@@ -85,6 +133,8 @@ class RoundConfig:
     #: topic's agent with its key, and only these agents take part (``allowed_agents``
     #: defaults to them). None: updates are not verified.
     agent_keys: Mapping[str, VerifyKey] | None = None
+    #: secure aggregation (docs/PROTOCOL.md §14): the coordinator learns only the sum
+    secagg: SecAggPolicy | None = None
     #: ``aggregator`` and ``server_opt`` parsed once, here, so nothing parses them again
     aggregator_spec: AggregatorSpec = field(init=False, repr=False, compare=False)
     server_opt_spec: ServerOptSpec = field(init=False, repr=False, compare=False)
@@ -95,6 +145,8 @@ class RoundConfig:
         object.__setattr__(self, "server_opt_spec", parse_server_opt(self.server_opt))
         check_id(self.job, "job")
         check_codec(self.codec)
+        if self.downlink_delta is not None:
+            check_codec(self.downlink_delta)
         if self.downlink not in DOWNLINKS:
             raise ValueError(f"downlink must be one of {DOWNLINKS}, got {self.downlink!r}")
         self._check_aggregator()
@@ -115,14 +167,39 @@ class RoundConfig:
             raise ValueError("min_agents must be >= 1")
         if self.on_short_round not in ("retry", "stop"):
             raise ValueError("on_short_round must be 'retry' or 'stop'")
-        if self.max_payload and self.max_payload < MIN_MAX_PAYLOAD:
-            raise ValueError(f"max_payload must be 0 (no cap) or >= {MIN_MAX_PAYLOAD} bytes")
-        if not 0 <= self.status_interval_s < float("inf"):
-            raise ValueError(f"status_interval_s must be >= 0, got {self.status_interval_s}")
+        self._check_limits()
         if self.max_retries < 0 or self.retry_backoff < 1.0:
             raise ValueError("max_retries must be >= 0 and retry_backoff >= 1")
         if self.agent_keys is not None:
             self._check_agent_keys(self.agent_keys)
+        self._check_secagg()
+
+    def _check_secagg(self) -> None:
+        """Refuse what needs to see individual updates: SecAgg only ever shows their sum."""
+        if self.secagg is None:
+            return
+        why = "--secagg shows the coordinator only the sum of the updates, so"
+        if self.aggregator != "fedavg" or self.clip_norm is not None:
+            raise ValueError(f"{why} robust aggregators and server-side clipping, which need "
+                             f"each update, cannot run with it (got --aggregator "
+                             f"{self.aggregator}); bound updates with --secagg-clip instead")
+        if self.codec != "none":
+            raise ValueError(f"{why} update codecs ({self.codec}: top-k, quantisers) do not "
+                             "apply: agents send masked fixed-point vectors; use --codec none")
+        if self.dp_noise is not None:
+            raise ValueError(f"{why} DP-FedAvg's per-update clipping and server-side noise "
+                             "cannot be applied; run DP without --secagg")
+
+    def _check_limits(self) -> None:
+        if self.max_payload and self.max_payload < MIN_MAX_PAYLOAD:
+            raise ValueError(f"max_payload must be 0 (no cap) or >= {MIN_MAX_PAYLOAD} bytes")
+        if not 0 <= self.status_interval_s < float("inf"):
+            raise ValueError(f"status_interval_s must be >= 0, got {self.status_interval_s}")
+        if self.max_inbox_bytes < self.max_message_bytes:
+            raise ValueError(f"max_inbox_bytes ({self.max_inbox_bytes}) cannot hold one message "
+                             f"of {self.max_message_bytes} bytes")
+        if not 1 <= self.max_samples <= 2**40:
+            raise ValueError(f"max_samples must be in 1..2**40, got {self.max_samples}")
 
     def _check_aggregator(self) -> None:
         need = self.aggregator_spec.min_updates
@@ -133,6 +210,14 @@ class RoundConfig:
             )
         if self.clip_norm is not None and not 0 < self.clip_norm < float("inf"):
             raise ValueError(f"clip_norm must be a positive number, got {self.clip_norm}")
+
+    @property
+    def max_message_bytes(self) -> int:
+        """The largest payload the coordinator takes on one topic: a whole update (its
+        signed envelope included), or one chunk frame when updates travel in chunks; never
+        less than a (signed) presence may be. Larger ones are refused unread."""
+        one = min(self.max_update_bytes, self.max_payload or self.max_update_bytes)
+        return max(one, MAX_JSON_BYTES + ENVELOPE_OVERHEAD)
 
     @property
     def names_cohort(self) -> bool:
@@ -160,10 +245,8 @@ class RoundConfig:
         if self.sample_policy not in SAMPLE_POLICIES:
             raise ValueError(f"sample policy must be one of {SAMPLE_POLICIES}")
         devices = self.device_classes
-        if devices is not None and not (
-            0 < len(devices) <= 64 and all(0 < len(d) <= 64 for d in devices)
-        ):
-            raise ValueError("device classes: 1 to 64 non-empty names of <= 64 chars")
+        if devices is not None and not (devices and all(0 < len(d) <= 64 for d in devices)):
+            raise ValueError("device classes must be non-empty names of <= 64 chars")
 
     def _check_patience(self) -> None:
         if self.patience is not None and (self.patience < 1 or not self.evaluate):

@@ -25,7 +25,16 @@ class BrokerConnected:
 
 @dataclass(frozen=True, slots=True)
 class UpdateArrived:
-    """Raw bytes on ``.../update/{agent}``; ``agent`` comes from the topic."""
+    """Raw bytes on ``.../update/{agent}``; ``agent`` is the topic's last level, not yet
+    checked: a level that is no valid id is refused (``malformed``) like the payload."""
+
+    agent: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SecAggArrived:
+    """Raw bytes on ``.../secagg/up/{agent}`` (docs/PROTOCOL.md §14); ``agent`` from the topic."""
 
     agent: str
     payload: bytes
@@ -33,14 +42,14 @@ class UpdateArrived:
 
 @dataclass(frozen=True, slots=True)
 class PresenceArrived:
-    """Raw bytes on ``.../agents/{agent}``; an empty payload clears a retained presence.
-
-    ``retained``: the broker replayed it from its store on subscribing, rather than
-    forwarding it as an agent (or its last will) published it.
-    """
+    """Raw bytes on ``.../agents/{agent}`` (``agent`` as in :class:`UpdateArrived`); an empty
+    payload clears a retained presence."""
 
     agent: str
     payload: bytes
+    #: the broker replayed it from its store on subscribing, rather than forwarding it as
+    #: the agent (or its last will) published it: possibly stale, and not every broker
+    #: replays it to a wildcard, so the machines count live presence only (the roll call)
     retained: bool = False
 
 
@@ -66,7 +75,8 @@ class StopRequested:
 
 
 Event: TypeAlias = (
-    BrokerConnected | UpdateArrived | PresenceArrived | Tick | Evaluated | StopRequested
+    BrokerConnected | UpdateArrived | SecAggArrived | PresenceArrived | Tick | Evaluated
+    | StopRequested
 )
 
 # --- actions (out) ---------------------------------------------------------------

@@ -1,10 +1,11 @@
 """The coordinator's paho adapter: the only coordinator module that touches MQTT or a clock.
 
-The :class:`~transport.link.Link` hands what arrives to a queue bounded in bytes; a
-message is acknowledged to the broker only once the round machine has handled it.
-The thread that calls :meth:`CoordinatorNode.run` owns the round machine: it
-decodes nothing itself, feeds events in, and carries out the actions that come
-back (publish, evaluate, checkpoint) in order.
+The :class:`~transport.link.Link` hands what arrives to a queue bounded in bytes
+(``--max-inbox-bytes``: beyond it the broker waits); a message is acknowledged to
+the broker only once the round machine has handled it. The thread that calls
+:meth:`CoordinatorNode.run` owns the round machine: it decodes nothing itself,
+feeds events in, and carries out the actions that come back (publish, evaluate,
+checkpoint) in order.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from typing_extensions import assert_never
 
+from coordinator.buffered import BufferedRounds
 from coordinator.checkpoint import save_checkpoint
 from coordinator.events import (
     Action,
@@ -31,6 +33,7 @@ from coordinator.events import (
     RoundClosed,
     RoundOpened,
     SaveCheckpoint,
+    SecAggArrived,
     Stop,
     StopRequested,
     Tick,
@@ -38,7 +41,7 @@ from coordinator.events import (
     UpdateArrived,
 )
 from coordinator.rounds import Rounds
-from protocol import Phase, Publish, TopicKind, Weights, WireError, parse_topic
+from protocol import Phase, Publish, TopicKind, Weights, WireError, agent_topic_level
 from transport.connection import BrokerURL, Session
 from transport.inbox import Inbox
 from transport.link import Link, PacketTooLargeError, Received
@@ -47,21 +50,17 @@ log = logging.getLogger("fedmq.coordinator")
 
 Evaluator = Callable[[Weights], dict[str, float]]
 
-#: bytes of received messages the coordinator holds before the broker must wait
-INBOX_BYTES = 256 * 1024 * 1024
-
-
 @dataclass(frozen=True, slots=True)
 class _Refused:
     why: str
 
 
 class CoordinatorNode:
-    """Runs a :class:`Rounds` machine against a broker until the run ends or is stopped."""
+    """Runs a :class:`Rounds` (or buffered) machine against a broker until the run ends."""
 
     def __init__(
         self,
-        rounds: Rounds,
+        rounds: Rounds | BufferedRounds,
         broker: BrokerURL,
         session: Session,
         *,
@@ -69,22 +68,22 @@ class CoordinatorNode:
         checkpoint_path: Path | None = None,
         on_action: Callable[[Action], None] | None = None,
         queue_size: int = 100_000,
-        inbox_bytes: int = INBOX_BYTES,
     ) -> None:
         self.rounds = rounds
         self._evaluator = evaluator
         self._checkpoint_path = checkpoint_path
         self._on_action = on_action
         self._inbox: Inbox[Received | _Refused | Event] = Inbox(
-            queue_size, "coordinator", inbox_bytes
+            queue_size, "coordinator", max_bytes=rounds.config.max_inbox_bytes
         )
         self.bugs = 0
         topics = rounds.topics
+        secagg = [(topics.all_secagg_up, 1)] if rounds.config.secagg is not None else []
         self._link = Link(
             broker,
             session,
             self._inbox,
-            subscriptions=lambda: [(topics.all_updates, 1), (topics.all_presence, 1)],
+            subscriptions=lambda: [(topics.all_updates, 1), (topics.all_presence, 1), *secagg],
             on_connected=lambda: self._put(BrokerConnected()),
             on_refused=lambda why: self._put(_Refused(why)),
         )
@@ -144,16 +143,16 @@ class CoordinatorNode:
         return Tick() if item is None else item
 
     def _to_event(self, item: Received) -> Event | None:
-        try:
-            ref = parse_topic(item.topic)
-        except WireError as exc:
-            log.warning("ignored message on %s: %s", item.topic, exc)
+        try:  # the machine checks the agent level itself, so a bad one is counted
+            kind, agent = agent_topic_level(item.topic, self.rounds.config.job)
+        except WireError as exc:  # not from our subscriptions: a broker's mistake
+            log.warning("ignored message on %s: %s", item.topic[:200], exc)
             return None
-        if ref.kind is TopicKind.UPDATE and ref.agent is not None:
-            return UpdateArrived(ref.agent, item.payload)
-        if ref.kind is TopicKind.AGENTS and ref.agent is not None:
-            return PresenceArrived(ref.agent, item.payload, item.retained)
-        return None
+        if kind is TopicKind.UPDATE:
+            return UpdateArrived(agent, item.payload)
+        if kind is TopicKind.SECAGG:
+            return SecAggArrived(agent, item.payload)
+        return PresenceArrived(agent, item.payload, item.retained)
 
     def _feed(self, event: Event) -> None:
         pending: deque[Action] = deque(self.rounds.handle(event, time.monotonic()))

@@ -12,7 +12,11 @@ from dataclasses import dataclass, field
 
 from coordinator.aggregate import Aggregator
 from coordinator.optimisers import OptState
-from protocol import ClosedBy, CohortRule, RoundMetrics, Update, Weights
+from coordinator.secagg import SecAggDone
+from protocol import ClosedBy, Publish, RoundMetrics, Update, Weights
+
+#: the agents' reported metrics a round averages (docs/PROTOCOL.md, update ``metrics``)
+TRAIN_METRICS = ("loss", "accuracy")
 
 
 def _finite(value: float | None) -> float | None:
@@ -34,17 +38,21 @@ class OpenRound:
     cohort: frozenset[str]
     quorum: int
     aggregator: Aggregator
-    #: the announcement as encoded (before signing and chunking), re-published on reconnect
-    model_payload: bytes
+    #: the announcement as published (signed, chunked; model then delta), again on reconnect
+    publishes: tuple[Publish, ...] = ()
     accepted: set[str] = field(default_factory=set)
     declined: set[str] = field(default_factory=set)
     rejected: Counter[str] = field(default_factory=Counter)
     bytes_up: int = 0
     bytes_down: int = 0
+    raw_bytes_down: int = 0
+    #: (announcement, agent) pairs counted in the bytes down
+    addressed: int = 0
     samples: int = 0
-    loss_sum: float = 0.0
-    accuracy_sum: float = 0.0
-    accuracy_samples: int = 0
+    #: per reported training metric (``loss``, ``accuracy``): the sample-weighted sum and
+    #: the samples of the updates that reported it, so a silent agent counts as absent, not 0
+    metric_sums: dict[str, float] = field(default_factory=dict)
+    metric_samples: Counter[str] = field(default_factory=Counter)
     closed_by: ClosedBy | None = None
     new_weights: Weights | None = None
     #: the server optimiser's state once this round's model is committed
@@ -53,8 +61,8 @@ class OpenRound:
     cohort_target: int = 0
     #: every eligible agent online at one of the round's draws: q = cohort / pool for DP
     pool: set[str] = field(default_factory=set)
-    #: how the announcement names ``cohort`` (None: every agent online is asked)
-    cohort_rule: CohortRule | None = None
+    #: SecAgg rounds: who dropped out of the summed session, by phase
+    secagg_dropped: dict[str, set[str]] | None = None
 
     @property
     def answered(self) -> set[str]:
@@ -69,11 +77,22 @@ class OpenRound:
         """Count an accepted update's samples and reported training metrics."""
         self.accepted.add(update.agent)
         self.samples += update.samples
-        if "loss" in update.metrics:
-            self.loss_sum += update.metrics["loss"] * update.samples
-        if "accuracy" in update.metrics:
-            self.accuracy_sum += update.metrics["accuracy"] * update.samples
-            self.accuracy_samples += update.samples
+        for name in TRAIN_METRICS:
+            if name in update.metrics:
+                value = update.metrics[name] * update.samples
+                self.metric_sums[name] = self.metric_sums.get(name, 0.0) + value
+                self.metric_samples[name] += update.samples
+
+    def _train_mean(self, name: str) -> float | None:
+        """The sample-weighted mean of ``name`` over the updates that reported it."""
+        weight = self.metric_samples[name]
+        return _finite(self.metric_sums[name] / weight) if weight else None
+
+    def tally_secagg(self, done: SecAggDone) -> None:
+        """The sum of the attempt's SecAgg session: its survivors are the accepted, their
+        total weight the samples, and who dropped out of it where is recorded."""
+        self.accepted, self.samples = set(done.survivors), done.result.samples
+        self.secagg_dropped = {phase.value: set(agents) for phase, agents in done.dropped.items()}
 
     def metrics(
         self,
@@ -103,10 +122,13 @@ class OpenRound:
             raw_bytes_up=raw_update_bytes * len(self.accepted),
             accuracy=_finite(evaluation.get("accuracy")),
             loss=_finite(evaluation.get("loss")),
-            train_loss=_finite(self.loss_sum / self.samples if self.samples else None),
-            train_accuracy=_finite(
-                self.accuracy_sum / self.accuracy_samples if self.accuracy_samples else None
-            ),
+            # only over updates reporting it: SecAgg rounds report no metrics in clear
+            train_loss=self._train_mean("loss"),
+            train_accuracy=self._train_mean("accuracy"),
             at=at,
             epsilon=epsilon,
+            raw_bytes_down=self.raw_bytes_down,
+            addressed=self.addressed,
+            secagg=None if self.secagg_dropped is None else {
+                phase: tuple(sorted(agents)) for phase, agents in self.secagg_dropped.items()},
         )

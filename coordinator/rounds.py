@@ -26,8 +26,9 @@ from collections import Counter
 from typing_extensions import assert_never
 
 from coordinator.aggregate import AggregationError
+from coordinator.broadcast import Broadcast
 from coordinator.checkpoint import Checkpoint
-from coordinator.cohort import CohortPolicy, Roster
+from coordinator.cohort import CohortPolicy
 from coordinator.config import RoundConfig
 from coordinator.events import (
     Action,
@@ -40,6 +41,7 @@ from coordinator.events import (
     RoundClosed,
     RoundOpened,
     SaveCheckpoint,
+    SecAggArrived,
     Stop,
     StopRequested,
     Tick,
@@ -50,6 +52,9 @@ from coordinator.global_model import GlobalModel
 from coordinator.open_round import OpenRound
 from coordinator.outbox import Outbox, StatusPacer
 from coordinator.phases import Trigger, next_phase
+from coordinator.roster import Roster
+from coordinator.run_views import RunViews
+from coordinator.secure_round import SecAggStage, SecAggStep
 from coordinator.stopping import stop_reason
 from coordinator.validation import Intake, RunView
 from protocol import (
@@ -64,36 +69,30 @@ from protocol import (
 )
 
 
-class Rounds:
+class Rounds(RunViews):
     """Drives one federated run. Feed it events with :meth:`handle`."""
 
-    def __init__(
-        self,
-        config: RoundConfig,
-        weights: Weights,
-        *,
-        run: str,
-        wall_offset: float = 0.0,
-        resume: Checkpoint | None = None,
-    ) -> None:
+    def __init__(self, config: RoundConfig, weights: Weights, *, run: str,
+                 wall_offset: float = 0.0, resume: Checkpoint | None = None) -> None:
         """``wall_offset`` turns monotonic ``now`` into Unix time for the wire."""
         self.config = config
         self._outbox = Outbox(config, wall_offset=wall_offset)
         self._pacer = StatusPacer(config.status_interval_s)
         self.topics = self._outbox.topics
         self._cohorts = CohortPolicy(config)
-        self._roster = Roster()
+        self._roster = Roster(config)
         self._model = GlobalModel(config, weights, resume)  # checks resume fits the config
         self._run = resume.run if resume else run
         self._completed = resume.round if resume else 0
         self._history: list[RoundMetrics] = list(resume.history) if resume else []
         self._rejected_total: Counter[str] = Counter(resume.rejected if resume else {})
-        self._phase = Phase.WAITING
-        self._message = ""
+        self._phase, self._message = Phase.WAITING, ""
         self._round: OpenRound | None = None
-        self._model_id = self._outbox.model_id(self._model.weights)
+        previous = resume.broadcast if resume else None  # the version agents hold (§15)
+        self._broadcast = Broadcast(config, self._model.weights, previous)
         shapes = {name: tuple(a.shape) for name, a in weights.items()}
         self._intake = Intake(config, shapes)
+        self._secagg = SecAggStage(config, shapes) if config.secagg is not None else None
         self._raw_update_bytes = raw_size(shapes)
         if self._completed >= config.rounds:
             self._phase = Phase.DONE
@@ -102,53 +101,15 @@ class Rounds:
     # --- read-only views -----------------------------------------------------------
 
     @property
-    def phase(self) -> Phase:
-        return self._phase
-
-    @property
-    def finished(self) -> bool:
-        """This coordinator's work is over: the run ended, or the operator stopped it."""
-        return self._phase in (Phase.DONE, Phase.FAILED, Phase.STOPPED)
-
-    @property
-    def ended(self) -> bool:
-        """The run itself is over (done or failed): nothing can resume it."""
-        return self._phase in (Phase.DONE, Phase.FAILED)
-
-    @property
-    def message(self) -> str:
-        return self._message
-
-    @property
-    def run(self) -> str:
-        return self._run
-
-    @property
-    def weights(self) -> Weights:
-        """The current global model (after the last completed round)."""
-        return self._model.weights
-
-    @property
     def completed_rounds(self) -> int:
         return self._completed
-
-    @property
-    def history(self) -> tuple[RoundMetrics, ...]:
-        return tuple(self._history)
-
-    @property
-    def rejected_total(self) -> dict[str, int]:
-        return dict(self._rejected_total)
-
-    @property
-    def agents_online(self) -> frozenset[str]:
-        return frozenset(self._roster.online)
 
     def next_deadline(self) -> float | None:
         """When the adapter must send a :class:`Tick`, or None if nothing is timed."""
         due = [self._pacer.due] if self._pacer.due is not None else []
         if self._phase is Phase.TRAINING and self._round is not None:
-            due.append(self._round.deadline)
+            timed = self._secagg.next_deadline() if self._secagg else self._round.deadline
+            due += [timed] if timed is not None else []
         return min(due, default=None)
 
     # --- the one entry point ----------------------------------------------------------
@@ -162,6 +123,10 @@ class Rounds:
                 return [] if retained else self._on_presence(agent, payload, now)
             case UpdateArrived(agent=agent, payload=payload):
                 return self._on_update(agent, payload, now)
+            case SecAggArrived(agent=agent, payload=payload) if self._secagg is not None:
+                return self._on_secagg(self._secagg.receive(agent, payload, now), now)
+            case SecAggArrived(agent=agent):
+                return [self._reject(agent, None, RejectReason.NO_ROUND, "run without secagg")]
             case Tick():
                 return self._on_tick(now)
             case Evaluated(round_no=round_no, metrics=metrics):
@@ -179,24 +144,24 @@ class Rounds:
         if self._history:
             actions.append(self._outbox.metrics(self._history[-1]))
         if self._round is not None and not self.finished:
-            actions.extend(self._outbox.model_publishes(self._round.model_payload, run=self._run))
+            actions.extend(self._round.publishes)
+            actions.extend(self._secagg.retained.values() if self._secagg else ())
         elif self.ended:  # DONE or FAILED: both ended by publishing the final model
             actions.extend(self._final_model(now))
         actions.append(self._status(now))
         if self.finished:
             return [*actions, Stop(self._phase, self._message)]
-        # Who is online is learnt from live presence only (retained presence is a broker's
-        # memory, possibly stale, and not every broker replays it to a wildcard).
-        return [*actions, self._outbox.rollcall(run=self._run, now=now)]
+        return [*actions, self._outbox.rollcall(run=self._run, now=now)]  # who is online?
 
     def _on_presence(self, agent: str, payload: bytes, now: float) -> list[Action]:
         try:
             self._roster.apply(agent, payload)
         except WireError as exc:
             return [self._reject(agent, None, exc.reason, f"presence: {exc.detail}")]
-        eligible = self._cohorts.eligible(self.agents_online, self._roster.presences)
-        if self._phase is Phase.WAITING and len(eligible) >= self.config.min_agents:
+        if self._phase is Phase.WAITING and len(self._eligible()) >= self.config.min_agents:
             return self._open_round(now)
+        if self._secagg and self._phase is Phase.TRAINING and agent not in self._roster.online:
+            return [self._status(now), *self._on_secagg(self._secagg.drop(agent, now), now)]
         return self._status_soon(now)
 
     def _on_update(self, agent: str, payload: bytes, now: float) -> list[Action]:
@@ -205,25 +170,25 @@ class Rounds:
         round_no = rs.number if rs is not None else None
         if accepting is not None:
             accepting.bytes_up += len(payload)
-        view = RunView(
-            run=self._run,
-            completed=self._completed,
-            current=round_no if not self.finished else None,
-            accepting=accepting,
-            model_id=self._model_id,
-            online=self._roster.online,
-        )
+        view = RunView(run=self._run, completed=self._completed,
+                       current=round_no if not self.finished else None, accepting=accepting,
+                       model_id=self._broadcast.version.model_id, online=self._roster.online)
         try:
             taken = self._intake.take(view, agent, payload, now)
         except WireError as exc:
+            if exc.reason is RejectReason.UNKNOWN_AGENT:
+                self._roster.missing(agent)
             return [self._reject(agent, round_no, exc.reason, exc.detail)]
         if taken is None:
             return []  # a chunk of an update still incomplete
-        assert accepting is not None  # admit_update refuses every update without one
+        assert accepting is not None  # check_round refuses every update without one
         update, delta = taken
+        self._broadcast.answered(agent, update.model_id)
         if delta is None:
             accepting.declined.add(agent)
-            return [*self._maybe_close(now)] or self._status_soon(now)
+            if self._secagg is not None:
+                return [self._status(now), *self._on_secagg(self._secagg.drop(agent, now), now)]
+            return self._maybe_close(now) or self._status_soon(now)
         accepting.aggregator.add(delta, update.samples)
         accepting.tally(update)
         self._roster.alive(agent)
@@ -233,15 +198,28 @@ class Rounds:
 
     def _on_tick(self, now: float) -> list[Action]:
         rs = self._round
+        if self._secagg is not None and self._phase is Phase.TRAINING:
+            return self._on_secagg(self._secagg.tick(now), now)
         if self._phase is not Phase.TRAINING or rs is None or now < rs.deadline:
             return [self._status(now)] if self._pacer.ready(now) else []
         if len(rs.accepted) >= self.config.min_replies:
             return self._close(ClosedBy.DEADLINE, now)
-        short = (
-            f"round {rs.number}: {len(rs.accepted)} of min_replies={self.config.min_replies} "
-            f"updates by the deadline"
-        )
-        return self._short_round(short, now)
+        return self._short_round(f"round {rs.number}: {len(rs.accepted)} of min_replies="
+                                 f"{self.config.min_replies} updates by the deadline", now)
+
+    def _on_secagg(self, step: SecAggStep, now: float) -> list[Action]:
+        rs = self._round  # publish and count what the step says, then maybe close the round
+        actions: list[Action] = [*step.publishes, *(self._reject(
+            r.agent, rs.number if rs else None, r.reason, r.detail) for r in step.rejected)]
+        if rs is None or self._phase is not Phase.TRAINING:
+            return actions
+        rs.bytes_up, rs.bytes_down = rs.bytes_up + step.bytes_up, rs.bytes_down + step.bytes_down
+        if step.failed is not None:
+            return actions + self._short_round(f"round {rs.number}: {step.failed}", now)
+        if step.done is not None:
+            rs.tally_secagg(step.done)
+            return actions + self._close(step.done.closed_by, now, step.done.result.delta)
+        return actions + ([self._status(now)] if step.progressed or step.rejected else [])
 
     def _on_evaluated(self, round_no: int, metrics: dict[str, float], now: float) -> list[Action]:
         rs = self._round
@@ -262,32 +240,31 @@ class Rounds:
 
     def _announce(self, rs: OpenRound, now: float) -> list[Action]:
         """Encode ``rs``'s announcement, count its bytes down, and report it."""
-        rs.model_payload = self._outbox.announcement(
+        stage = self._secagg
+        secagg = stage.open(self._run, rs, self._roster.presences, now) if stage else None
+        sent = self._outbox.announcement(
             run=self._run, round_no=rs.number, attempt=rs.attempt, deadline_s=rs.deadline_s,
-            cohort_rule=rs.cohort_rule, weights=self._model.weights, model_id=self._model_id,
-            now=now,
+            cohort=rs.cohort, version=self._broadcast.version, now=now, secagg=secagg,
+            roll_call=self._roster.take_roll_call(),
         )
-        publishes = self._outbox.model_publishes(rs.model_payload, run=self._run)
-        rs.bytes_down += sum(len(p.payload) for p in publishes) * len(rs.cohort - rs.accepted)
+        rs.publishes, addressed = sent.publishes, rs.cohort - rs.accepted
+        rs.bytes_down += self._broadcast.bytes_down(
+            addressed, sent.whole_bytes, sent.delta_bytes, self._roster.presences)
+        rs.raw_bytes_down += self._raw_update_bytes * len(addressed)
+        rs.addressed += len(addressed)
         opened = RoundOpened(rs.number, rs.attempt, len(rs.cohort), rs.quorum, rs.deadline_s)
-        return [*publishes, opened, self._status(now)]
+        return [*sent.publishes, opened, self._status(now)]
 
     def _open_round(self, now: float) -> list[Action]:
-        cfg = self.config
-        eligible = self._cohorts.eligible(self.agents_online, self._roster.presences)
-        number = self._completed + 1
-        target = self._cohorts.size(len(eligible))
-        cohort, rule = self._cohorts.draw(eligible, target, self._roster.presences,
-                                          run=self._run, round_no=number)
-        quorum = cfg.quorum if cfg.quorum is not None else max(len(cohort), cfg.min_replies)
-        self._round = OpenRound(
-            number=number, attempt=0, opened_at=now, deadline=now + cfg.deadline_s,
-            deadline_s=cfg.deadline_s, cohort=cohort, quorum=quorum,
-            aggregator=self._model.aggregator(number, len(cohort)), model_payload=b"",
-            cohort_target=target, pool=set(eligible), cohort_rule=rule,
+        self._round = self._cohorts.open(
+            self._completed + 1, self._eligible(), self._roster.presences, now,
+            aggregator=self._model.aggregator,
         )
         self._fire(Trigger.OPEN if self._phase is Phase.WAITING else Trigger.NEXT)
         return self._announce(self._round, now)
+
+    def _eligible(self) -> frozenset[str]:
+        return self._cohorts.eligible(self.agents_online, self._roster.presences)
 
     def _maybe_close(self, now: float) -> list[Action]:
         rs = self._round
@@ -304,20 +281,18 @@ class Rounds:
         assert rs is not None
         if self.config.on_short_round == "retry" and rs.attempt < self.config.max_retries:
             self._message = f"{why}; retry {rs.attempt + 1} of {self.config.max_retries}"
-            rs.attempt += 1
-            rs.deadline_s = self.config.deadline_s * self.config.retry_backoff**rs.attempt
-            rs.deadline = now + rs.deadline_s
-            self._cohorts.top_up(rs, self.agents_online, self._roster.presences, self._run)
+            self._cohorts.retry(rs, self._eligible(), self._roster.presences, now)
             self._fire(Trigger.RETRY)
             return self._announce(rs, now)
         tries = f" after {rs.attempt} retries" if rs.attempt else ""
         return self._end(Trigger.FAIL, f"{why}{tries}; stopping", now)
 
-    def _close(self, closed_by: ClosedBy, now: float) -> list[Action]:
-        rs = self._round
+    def _close(self, closed_by: ClosedBy, now: float, mean: Weights | None = None) -> list[Action]:
+        rs = self._round  # ``mean``: SecAgg's mean delta, in place of the aggregator's
         assert rs is not None
         try:
-            rs.new_weights, rs.new_opt_state = self._model.step(rs.aggregator.result().delta)
+            delta = mean if mean is not None else rs.aggregator.result().delta
+            rs.new_weights, rs.new_opt_state = self._model.step(delta)
         except AggregationError as exc:
             if closed_by is not ClosedBy.DEADLINE:
                 return []  # keep gathering: more updates may come before the deadline
@@ -333,24 +308,17 @@ class Rounds:
         rs = self._round
         assert rs is not None and rs.new_weights is not None and rs.new_opt_state is not None
         self._model.commit(rs.new_weights, rs.new_opt_state)
-        self._model_id = self._outbox.model_id(rs.new_weights)
+        self._broadcast.advance(rs.new_weights, rs.number)
         self._completed = rs.number
         metrics = rs.metrics(
-            job=self.config.job,
-            run=self._run,
-            evaluation=evaluation,
-            raw_update_bytes=self._raw_update_bytes,
-            duration_s=now - rs.opened_at,
-            at=self._outbox.wall(now),
-            epsilon=self._model.record_privacy(rs.sampling_rate),
+            job=self.config.job, run=self._run, evaluation=evaluation,
+            raw_update_bytes=self._raw_update_bytes, duration_s=now - rs.opened_at,
+            at=self._outbox.wall(now), epsilon=self._model.record_privacy(rs.sampling_rate),
         )
         self._history.append(metrics)
         # Checkpoint first: a round whose metrics anyone has seen survives a crash.
-        actions: list[Action] = [
-            SaveCheckpoint(self.checkpoint()),
-            self._outbox.metrics(metrics),
-            RoundClosed(metrics),
-        ]
+        actions: list[Action] = [SaveCheckpoint(self.checkpoint()),
+                                 self._outbox.metrics(metrics), RoundClosed(metrics)]
         why = stop_reason(self.config, self._history)
         if why is not None:
             return actions + self._end(Trigger.FINISH, why, now)
@@ -366,13 +334,14 @@ class Rounds:
     def checkpoint(self) -> Checkpoint:
         """The state to resume from: the model after the last completed round."""
         return self._model.checkpoint(run=self._run, completed=self._completed,
-                                      history=tuple(self._history), rejected=self._rejected_total)
+                                      history=tuple(self._history), rejected=self._rejected_total,
+                                      broadcast=self._broadcast.state())
 
     def _final_model(self, now: float) -> list[Action]:
-        return list(self._outbox.final_model(
-            run=self._run, completed=self._completed, weights=self._model.weights,
-            model_id=self._model_id, now=now,
-        ))
+        final = self._outbox.final_model(
+            run=self._run, completed=self._completed, version=self._broadcast.version, now=now
+        )
+        return list(final.publishes)
 
     def _status_soon(self, now: float) -> list[Action]:
         """The status after a change that is not a phase change, at most every
@@ -387,9 +356,8 @@ class Rounds:
             message=self._message, now=now,
         )
 
-    def _reject(
-        self, agent: str | None, round_no: int | None, reason: RejectReason, detail: str
-    ) -> MessageRejected:
+    def _reject(self, agent: str | None, round_no: int | None, reason: RejectReason, detail: str
+                ) -> MessageRejected:
         self._rejected_total[reason.value] += 1
         if self._round is not None and self._phase is Phase.TRAINING:
             self._round.rejected[reason.value] += 1

@@ -1,7 +1,8 @@
 """Whether an update may enter the round, and what it brings: the one place these rules live.
 
-:func:`admit_update` makes every check but the tensors' contents; :class:`Intake`
-adds chunk reassembly before it and decoding the delta after it. The round
+:func:`authentic_update` makes every check that does not depend on rounds and
+:func:`check_round` the round rules; :class:`Intake` adds chunk reassembly before
+them and decoding the delta after them. The round
 machine feeds every update through an :class:`Intake`, and so does anything else
 that must accept exactly what the coordinator accepts. Pure; every refusal is a
 :class:`~protocol.WireError` with its reason.
@@ -9,12 +10,20 @@ that must accept exactly what the coordinator accepts. Pure; every refusal is a
 
 from __future__ import annotations
 
-from collections.abc import Set
+from collections.abc import Callable, Set
 from dataclasses import dataclass
 
 from coordinator.config import RoundConfig
 from coordinator.open_round import OpenRound
-from protocol import RejectReason, Update, Weights, WireError, decode_delta, decode_update
+from protocol import (
+    RejectReason,
+    Update,
+    Weights,
+    WireError,
+    check_agent_level,
+    decode_delta,
+    decode_update,
+)
 from protocol.chunks import Reassembler, is_chunk_frame
 from protocol.compress import Shapes
 from protocol.signing import open_update
@@ -36,8 +45,9 @@ class RunView:
     online: Set[str]
 
 
-def admit_update(config: RoundConfig, view: RunView, agent: str, payload: bytes) -> Update:
-    """The update ``agent`` published as ``payload``, if the round may take it.
+def authentic_update(config: RoundConfig, run: str, agent: str, payload: bytes) -> Update:
+    """``payload`` decoded, if it is within size, signed as required, and ``agent``'s for
+    this job: every check that does not depend on rounds (shared with the buffered mode).
 
     Raises:
         WireError: with the reason the update is refused.
@@ -50,7 +60,7 @@ def admit_update(config: RoundConfig, view: RunView, agent: str, payload: bytes)
     body = open_update(
         payload,
         job=config.job,
-        run=view.run,
+        run=run,
         agent=agent,
         keys=config.agent_keys,
         max_body_bytes=config.max_update_bytes,
@@ -60,8 +70,26 @@ def admit_update(config: RoundConfig, view: RunView, agent: str, payload: bytes)
         raise WireError(RejectReason.AGENT_MISMATCH, f"payload names {update.agent!r}")
     if update.job != config.job:
         raise WireError(RejectReason.WRONG_JOB, f"update for job {update.job!r}")
+    if update.samples > config.max_samples:
+        detail = f"{update.samples} samples > max_samples {config.max_samples}"
+        raise WireError(RejectReason.TOO_LARGE, detail)
     if config.allowed_agents is not None and agent not in config.allowed_agents:
         raise WireError(RejectReason.UNKNOWN_AGENT, f"{agent!r} is not provisioned")
+    return update
+
+
+def check_codec(config: RoundConfig, update: Update) -> None:
+    """Refuse a delta encoded with another codec than the job's.
+
+    Raises:
+        WireError: BAD_CODEC.
+    """
+    if update.declined is None and update.codec != config.codec:
+        detail = f"codec {update.codec!r}, the round uses {config.codec!r}"
+        raise WireError(RejectReason.BAD_CODEC, detail)
+
+
+def check_round(config: RoundConfig, view: RunView, agent: str, update: Update) -> None:
     rs = view.accepting
     if rs is None:
         if update.round <= view.completed or update.round == view.current:
@@ -76,21 +104,20 @@ def admit_update(config: RoundConfig, view: RunView, agent: str, payload: bytes)
     if update.model_id != view.model_id:
         raise WireError(RejectReason.BASE_MISMATCH, f"trained from {update.model_id[:12]}")
     _check_asked(config, view, agent, rs)
-    if update.declined is None and update.codec != config.codec:
-        detail = f"codec {update.codec!r}, the round uses {config.codec!r}"
-        raise WireError(RejectReason.BAD_CODEC, detail)
-    return update
+    check_codec(config, update)
 
 
 def _check_asked(config: RoundConfig, view: RunView, agent: str, rs: OpenRound) -> None:
     """Refuse an agent the round did not ask: never seen online, or not in its cohort.
+    With agent keys the update's verified signature already proves who sent it, so a
+    provisioned agent is a member whatever its presence says (docs/SECURITY.md).
 
     Raises:
         WireError: UNKNOWN_AGENT or NOT_IN_COHORT.
     """
     if agent in rs.cohort:
         return
-    if agent not in view.online:
+    if agent not in view.online and config.agent_keys is None:
         raise WireError(RejectReason.UNKNOWN_AGENT, f"{agent!r} never announced presence")
     if config.names_cohort:
         raise WireError(RejectReason.NOT_IN_COHORT, f"{agent!r} was not asked in {rs.number}")
@@ -117,6 +144,21 @@ class Intake:
         Raises:
             WireError: with the reason the update (or the chunk) is refused.
         """
+        return self.take_checked(
+            view.run, agent, payload, now,
+            lambda update: check_round(self._config, view, agent, update),
+        )
+
+    def take_checked(
+        self, run: str, agent: str, payload: bytes, now: float, check: Callable[[Update], None]
+    ) -> tuple[Update, Weights | None] | None:
+        """As :meth:`take`, with ``check`` (raising :class:`~protocol.WireError`) in place of
+        the round rules, after every rule that does not depend on rounds.
+
+        Raises:
+            WireError: with the reason the update (or the chunk) is refused.
+        """
+        check_agent_level(agent)
         if is_chunk_frame(payload):
             try:
                 whole = self._chunks.add(agent, payload, now)
@@ -125,7 +167,8 @@ class Intake:
             if whole is None:
                 return None
             payload = whole
-        update = admit_update(self._config, view, agent, payload)
+        update = authentic_update(self._config, run, agent, payload)
+        check(update)
         if update.declined is not None:
             return update, None
         return update, decode_delta(update.tensors, update.codec, self._shapes)

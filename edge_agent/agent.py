@@ -13,53 +13,65 @@ coordinator counts each (job, round, agent) once.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from typing_extensions import assert_never
 
+from edge_agent.downlink import (
+    MODEL_CHUNK_TTL_S,
+    Downlink,
+    HeldModel,
+    KeepModel,
+    Subscribe,
+    Unsubscribe,
+)
 from edge_agent.events import (
     AgentAction,
     AgentEvent,
     Connected,
+    DeltaArrived,
+    MessagesLost,
     ModelArrived,
     ModelRejected,
     RollCalled,
     RoundKey,
     RunFinished,
     SaveResidual,
+    SecAggArrived,
     ShutdownRequested,
-    Subscribe,
     Train,
     TrainingDone,
     TrainingFailed,
     UpdateSent,
 )
 from edge_agent.feedback import ErrorFeedback, Residual
+from edge_agent.presence import Announcer
+from edge_agent.secure_round import SecAggSeat
 from edge_agent.trainer import TrainResult
 from protocol import (
     ModelAnnouncement,
-    Presence,
     Publish,
-    RejectReason,
     Topics,
     Update,
     Weights,
     WireError,
     check_id,
-    decode_model,
-    decode_rollcall,
-    encode_presence,
     encode_update,
 )
-from protocol.chunks import Reassembler, chunk_count, is_chunk_frame, split
-from protocol.cohort import names
-from protocol.fields import DEFAULT_MAX_BYTES
-from protocol.signing import Purpose, SigningKey, VerifyKey, open_model, seal
+from protocol.chunks import split
+from protocol.secagg.shamir import RandomBytes
+from protocol.signing import Purpose, SigningKey, VerifyKey, seal
 
-#: incomplete chunked models older than this are dropped (a round's model is re-sent anyway)
-MODEL_CHUNK_TTL_S = 600.0
+# the core's events and actions live in edge_agent.events; importers may use either module
+__all__ = [
+    "AgentAction", "AgentCore", "AgentEvent", "Connected", "DeltaArrived", "KeepModel",
+    "MODEL_CHUNK_TTL_S", "MessagesLost", "ModelArrived", "ModelRejected", "RoundKey", "RunFinished",
+    "SaveResidual", "SecAggArrived", "ShutdownRequested", "Subscribe", "Train", "TrainingDone",
+    "TrainingFailed", "Unsubscribe", "UpdateSent",
+]
 
 @dataclass(slots=True)
 class _Answer:
@@ -84,11 +96,17 @@ class AgentCore:
         feedback: ErrorFeedback | None = None,
         signing_key: SigningKey | None = None,
         coordinator_key: VerifyKey | None = None,
+        random_bytes: RandomBytes = os.urandom,
+        held: HeldModel | None = None,
+        session: str = "s0",
     ) -> None:
-        """``feedback`` carries a residual loaded from the device's state dir, if any.
+        """``feedback`` carries a residual loaded from the device's state dir, if any, and
+        ``held`` the global model kept there (deltas then apply to it).
 
-        ``signing_key`` signs every update; with ``coordinator_key`` set, a model
+        ``signing_key`` signs every update and every presence, for ``session`` (one per
+        agent process: :mod:`edge_agent.presence`); with ``coordinator_key`` set, a model
         that is unsigned or not signed by it is refused (docs/SECURITY.md).
+        ``random_bytes`` makes SecAgg's keys and seeds (seeded in tests).
         """
         self._signing_key = signing_key
         self._coordinator_key = coordinator_key
@@ -99,26 +117,30 @@ class AgentCore:
         # across agents, and the same numbers if the round is ever encoded again.
         self._rng_key = int.from_bytes(hashlib.sha256(self.agent.encode()).digest()[:8], "big")
         self.topics = Topics(job)
-        self._samples = samples
-        self._trainer = trainer
-        self._device = device
+        self._announcer = Announcer(self.topics, self.agent, samples=samples, trainer=trainer,
+                                    device=device, signing_key=signing_key, session=session)
         self._latest: ModelAnnouncement | None = None
         self._training: RoundKey | None = None
+        self._trained_on: ModelAnnouncement | None = None  # the model being trained from
         self._answer: _Answer | None = None
         #: runs this agent has trained for: only their final model ends its work
         self._runs_joined: set[str] = set()
         self._resend_armed = False
-        self._chunks = Reassembler(
-            2 * DEFAULT_MAX_BYTES, ttl_s=MODEL_CHUNK_TTL_S, max_payload_size=DEFAULT_MAX_BYTES
-        )
-        #: chunk topics 0 .. n-1 subscribed in this MQTT session
-        self._chunk_topics = 0
+        self._finished: RoundKey | None = None
+        self._downlink = Downlink(job, coordinator_key, held)
         self.models_rejected = 0
+        self._seat = SecAggSeat(job, agent, random_bytes=random_bytes, rounding=self._rng,
+                                signing_key=signing_key, coordinator_key=coordinator_key)
 
     @property
     def latest_model(self) -> ModelAnnouncement | None:
         """The newest valid global model this device holds (for local inference)."""
         return self._latest
+
+    @property
+    def held(self) -> HeldModel | None:
+        """The version of the broadcast model deltas apply to (what :class:`KeepModel` saved)."""
+        return self._downlink.held
 
     @property
     def residual(self) -> Residual | None:
@@ -134,6 +156,30 @@ class AgentCore:
     def busy(self) -> bool:
         return self._training is not None
 
+    @property
+    def subscriptions(self) -> list[tuple[str, int]]:
+        """What the adapter subscribes to (QoS 1) on (re)connecting: the deltas, the whole
+        model while it is needed (docs/PROTOCOL.md §15.5), this agent's SecAgg topics. Read
+        by the adapter's connect callback: attribute reads of immutable values, safe from
+        paho's thread."""
+        t = self.topics
+        own = (t.secagg_down, t.secagg_down_to(self.agent), t.rollcall)
+        return [(topic, 1) for topic in (*self._downlink.subscriptions, *own)]
+
+    @property
+    def unwanted(self) -> tuple[str, ...]:
+        """What to unsubscribe from on reconnecting (a persistent session keeps filters)."""
+        return self._downlink.unwanted
+
+    def arrived(self, topic: str, payload: bytes) -> AgentEvent:
+        """The event for a message on one of :attr:`subscriptions`."""
+        t = self.topics
+        if topic == t.rollcall:
+            return RollCalled(payload)
+        if topic.startswith(t.secagg_down):
+            return SecAggArrived(payload)
+        return DeltaArrived(payload) if topic.startswith(t.delta) else ModelArrived(payload)
+
     def will(self) -> Publish:
         """The last will the adapter registers: presence ``offline``, retained."""
         return self._presence(online=False, at=0.0)
@@ -146,12 +192,25 @@ class AgentCore:
         match event:
             case Connected():
                 self._resend_armed = self._answer is not None
-                self._chunk_topics = 0  # a new session: the model's frames name them again
+                self._downlink.resync()
                 return [self._presence(online=True, at=wall)]
+            case MessagesLost():
+                self._downlink.resync()
+                return []
             case ModelArrived(payload=payload):
-                return self._on_model(payload, now)
+                return self._on_model(payload, now, wall, delta=False)
+            case DeltaArrived(payload=payload):
+                return self._on_model(payload, now, wall, delta=True)
+            case SecAggArrived(payload=payload):
+                try:
+                    return list(self._seat.receive(payload))
+                except WireError as exc:
+                    return [ModelRejected(exc.reason, f"secagg: {exc.detail}")]
             case RollCalled(payload=payload):
-                return self._on_rollcall(payload, wall)
+                try:
+                    return [self._announcer.answer(payload, wall)]
+                except WireError as exc:
+                    return [ModelRejected(exc.reason, f"roll call: {exc.detail}")]
             case TrainingDone(key=key, result=result, train_s=train_s):
                 return self._on_trained(key, result, train_s)
             case TrainingFailed(key=key, reason=reason):
@@ -161,71 +220,34 @@ class AgentCore:
             case _:
                 assert_never(event)
 
-    def _on_rollcall(self, payload: bytes, wall: float) -> list[AgentAction]:
-        """Answer with our presence, live (not retained: the retained one is already set)."""
-        try:
-            call = decode_rollcall(payload)
-            if call.job != self.job:
-                raise WireError(RejectReason.WRONG_JOB, f"roll call for job {call.job!r}")
-        except WireError as exc:
+    def _on_model(
+        self, payload: bytes, now: float, wall: float, *, delta: bool
+    ) -> list[AgentAction]:
+        got = self._downlink.receive(payload, now, delta=delta)
+        actions: list[AgentAction] = list(got.actions)
+        if got.refused is not None:
             self.models_rejected += 1
-            return [ModelRejected(exc.reason, f"roll call: {exc.detail}")]
-        live = self._presence(online=True, at=wall)
-        return [Publish(live.topic, live.payload, retain=False)]
+            actions.insert(0, ModelRejected(got.refused.reason, got.refused.detail))
+        then = [] if got.model is None else self._on_announced(got.model)
+        if got.model is not None and self.agent in got.model.roll_call:
+            # the coordinator does not count us: say we are here before anything else
+            then.insert(0, self._presence(online=True, at=wall))
+        # Train and RunFinished carry the model the adapter keeps; else say it outright.
+        if got.kept is not None and not any(isinstance(a, Train | RunFinished) for a in then):
+            actions.append(KeepModel(got.kept))
+        return [*actions, *then]
 
-    def _subscribe_chunks(self, frame: bytes) -> list[AgentAction]:
-        """Subscribe to the chunk topics a frame's count names and we lack, exactly: a
-        broker need not replay retained chunks to a wildcard subscription."""
-        count = chunk_count(frame)
-        if count <= self._chunk_topics:
-            return []
-        fresh = tuple(self.topics.model_chunk(i) for i in range(self._chunk_topics, count))
-        self._chunk_topics = count
-        return [Subscribe(fresh)]
-
-    def _on_model(self, payload: bytes, now: float) -> list[AgentAction]:
-        subscribe: list[AgentAction] = []
-        try:
-            if is_chunk_frame(payload):  # a piece of a model sent in chunks (or its manifest)
-                whole = self._chunks.add("model", payload, now)  # checks the frame
-                subscribe = self._subscribe_chunks(payload)
-                if whole is None:
-                    return subscribe
-                payload = whole
-            # Verify the bytes as received, then decode what they vouch for.
-            body = open_model(
-                payload, job=self.job, key=self._coordinator_key, max_body_bytes=DEFAULT_MAX_BYTES
-            )
-            model = decode_model(body)
-            if model.job != self.job:
-                raise WireError(RejectReason.WRONG_JOB, f"model for job {model.job!r}")
-        except WireError as exc:
-            self.models_rejected += 1
-            return [*subscribe, ModelRejected(exc.reason, exc.detail)]
-        return subscribe + self._on_valid_model(model)
-
-    def _asked(self, model: ModelAnnouncement) -> bool:
-        """Whether ``model``'s round asks this agent (its cohort list or rule names it)."""
-        if model.cohort is not None:
-            return self.agent in model.cohort
-        if model.cohort_rule is not None:
-            return names(model.cohort_rule, run=model.run, round_no=model.round,
-                         agent=self.agent, samples=self._samples, device=self._device)
-        return True
-
-    def _on_valid_model(self, model: ModelAnnouncement) -> list[AgentAction]:
-        latest = self._latest
-        older = latest is not None and latest.run == model.run and model.round < latest.round
-        # A final model is never stale: it carries the last *completed* round, which is
-        # below the open round when a run fails or is stopped mid-round.
-        if older and not model.done:
-            return []  # an older round delivered late; the newer one stands
+    def _on_announced(self, model: ModelAnnouncement) -> list[AgentAction]:
         self._latest = model
         if model.done:
             # A retained final model of some earlier run ends nothing for a newcomer:
-            # keep it as the device's model and wait for the next run.
-            return [RunFinished(model)] if model.run in self._runs_joined else []
-        if not self._asked(model):
+            # keep it as the device's model and wait for the next run. Said once (the
+            # final model also comes as a delta or notice).
+            if model.run not in self._runs_joined or self._finished == self._key(model):
+                return []
+            self._finished = self._key(model)
+            return [RunFinished(model)]
+        if model.cohort is not None and self.agent not in model.cohort:
             return []
         key: RoundKey = (model.run, model.round, model.model_id)
         answer = self._answer
@@ -238,19 +260,32 @@ class AgentCore:
                 self._resend_armed = False
                 return self._send(answer, resent=True)
             return []  # the same announcement again (QoS 1 redelivery)
+        if model.secagg is not None:
+            return self._join_secagg(model, key)
         if self._training is not None:
             return []  # the newest model is picked up when the current training ends
         return self._start(key, model)
 
     def _on_trained(self, key: RoundKey, result: TrainResult, train_s: float) -> list[AgentAction]:
         self._training = None
-        model = self._latest
+        model, trained_on = self._latest, self._trained_on
         # A final model can share the key of round 1 (a run stopped before any round closed).
         if model is None or model.done or self._key(model) != key:
+            if model is not None and trained_on is not None and _still_taken(trained_on, model):
+                # Buffered mode: the coordinator still takes work on an older version.
+                return [*self._reply(trained_on, result, train_s), *self._train_latest()]
             return self._train_latest()  # a newer round (or the end) arrived while training
+        return self._reply(model, result, train_s)
+
+    def _reply(
+        self, model: ModelAnnouncement, result: TrainResult, train_s: float
+    ) -> list[AgentAction]:
+        """Publish the update ``result`` makes against ``model``, the version trained from."""
         delta: Weights = {
             name: result.weights[name] - global_w for name, global_w in model.weights.items()
         }
+        if model.secagg is not None:  # masked, on the secagg topic; no metrics in clear
+            return list(self._seat.trained(self._key(model), delta, result.samples))
         before = self._feedback.state
         try:
             tensors = self._encode(model, delta)
@@ -273,8 +308,21 @@ class AgentCore:
 
     def _encode(self, model: ModelAnnouncement, delta: Weights) -> list[dict[str, Any]]:
         """The delta's entries via error feedback (kept for biased codecs only)."""
-        rng = np.random.default_rng([model.plan.seed, model.round, self._rng_key])
-        return self._feedback.encode(delta, model.codec, scope=model.run, rng=rng)
+        return self._feedback.encode(delta, model.codec, scope=model.run, rng=self._rng(model))
+
+    def _rng(self, model: ModelAnnouncement) -> np.random.Generator:
+        return np.random.default_rng([model.plan.seed, model.round, self._rng_key])
+
+    def _join_secagg(self, model: ModelAnnouncement, key: RoundKey) -> list[AgentAction]:
+        """Advertise keys for the round's session, and train unless the delta is here."""
+        resend, self._resend_armed = self._resend_armed, False
+        try:
+            actions: list[AgentAction] = [*self._seat.join(model, key, resend=resend)]
+        except ImportError:  # a device without `cryptography` cannot take part: it says so
+            return self._decline(model, "secure aggregation needs 'cryptography': fedmq[secure]")
+        if self._training is None and not self._seat.trained_for(key):
+            actions.extend(self._start(key, model))
+        return actions
 
     def _on_failed(self, key: RoundKey, reason: str) -> list[AgentAction]:
         self._training = None
@@ -321,15 +369,18 @@ class AgentCore:
 
     def _train_latest(self) -> list[AgentAction]:
         model = self._latest
-        if model is None or model.done or not self._asked(model):
+        if model is None or model.done:
+            return []
+        if model.cohort is not None and self.agent not in model.cohort:
             return []
         key = self._key(model)
-        if self._answer is not None and self._answer.key == key:
+        answered = self._answer is not None and self._answer.key == key
+        if answered or self._seat.trained_for(key):
             return []
         return self._start(key, model)
 
     def _start(self, key: RoundKey, model: ModelAnnouncement) -> list[AgentAction]:
-        self._training = key
+        self._training, self._trained_on = key, model
         self._runs_joined.add(model.run)
         return [Train(key, model)]
 
@@ -338,34 +389,12 @@ class AgentCore:
         return (model.run, model.round, model.model_id)
 
     def _presence(self, online: bool, at: float) -> Publish:
-        presence = Presence(
-            agent=self.agent,
-            online=online,
-            samples=self._samples,
-            trainer=self._trainer,
-            device=self._device,
-            at=at,
-        )
-        return Publish(self.topics.presence(self.agent), encode_presence(presence), retain=True)
+        return self._announcer.presence(online, at)
 
 
-#: the core and its vocabulary (defined in edge_agent.events), importable from here
-__all__ = [
-    "MODEL_CHUNK_TTL_S",
-    "AgentAction",
-    "AgentCore",
-    "AgentEvent",
-    "Connected",
-    "ModelArrived",
-    "ModelRejected",
-    "RollCalled",
-    "RoundKey",
-    "RunFinished",
-    "SaveResidual",
-    "ShutdownRequested",
-    "Subscribe",
-    "Train",
-    "TrainingDone",
-    "TrainingFailed",
-    "UpdateSent",
-]
+def _still_taken(trained_on: ModelAnnouncement, latest: ModelAnnouncement) -> bool:
+    """True if ``latest`` (buffered mode) still takes updates based on ``trained_on``."""
+    lag = latest.round - trained_on.round
+    return (
+        not latest.done and latest.run == trained_on.run and 0 < lag <= latest.max_staleness
+    )

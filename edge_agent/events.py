@@ -1,7 +1,7 @@
 """What the agent core takes in (events) and gives back (actions).
 
 Events are facts the adapter observed; actions are commands it carries out in
-order. Both are immutable, as the coordinator's (:mod:`coordinator.events`).
+order. Both are immutable; ``edge_agent.agent`` turns the one into the other.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TypeAlias
 
+from edge_agent.downlink import KeepModel, Subscribe, Unsubscribe
 from edge_agent.feedback import Residual
 from edge_agent.trainer import TrainResult
 from protocol import ModelAnnouncement, Publish, RejectReason
@@ -26,14 +27,21 @@ class Connected:
 
 @dataclass(frozen=True, slots=True)
 class ModelArrived:
-    """Raw bytes on ``.../model`` or one of its ``model/chunk/{i}`` topics."""
+    """Raw bytes on ``.../model`` or ``.../model/chunk/{i}``."""
 
     payload: bytes
 
 
 @dataclass(frozen=True, slots=True)
-class RollCalled:
-    """Raw bytes on ``.../rollcall``: the coordinator asks who is online."""
+class DeltaArrived:
+    """Raw bytes on ``.../delta`` or ``.../delta/chunk/{i}`` (docs/PROTOCOL.md §15)."""
+
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SecAggArrived:
+    """Raw bytes on ``.../secagg/down`` or ``.../secagg/down/{agent}`` (docs/PROTOCOL.md §14)."""
 
     payload: bytes
 
@@ -56,12 +64,25 @@ class TrainingFailed:
 
 
 @dataclass(frozen=True, slots=True)
+class RollCalled:
+    """Raw bytes on ``.../rollcall``: the coordinator asks who is online."""
+
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class MessagesLost:
+    """The adapter dropped inbound messages (its queue was full): a round may have been missed."""
+
+
+@dataclass(frozen=True, slots=True)
 class ShutdownRequested:
     """The agent is stopping cleanly."""
 
 
 AgentEvent: TypeAlias = (
-    Connected | ModelArrived | RollCalled | TrainingDone | TrainingFailed | ShutdownRequested
+    Connected | ModelArrived | DeltaArrived | SecAggArrived | RollCalled | MessagesLost
+    | TrainingDone | TrainingFailed | ShutdownRequested
 )
 
 # --- actions (out) ------------------------------------------------------------------------
@@ -69,23 +90,17 @@ AgentEvent: TypeAlias = (
 
 @dataclass(frozen=True, slots=True)
 class Train:
-    """Train on ``model``'s weights and plan, then feed back TrainingDone or TrainingFailed."""
+    """Train on ``model``'s weights and plan, then feed back TrainingDone or TrainingFailed.
+
+    ``model`` is the version the device now holds: the adapter persists it."""
 
     key: RoundKey
     model: ModelAnnouncement
 
 
 @dataclass(frozen=True, slots=True)
-class Subscribe:
-    """Subscribe to these topics (QoS 1) now: chunk topics a model's frames name."""
-
-    topics: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
 class ModelRejected:
-    """A message of the coordinator's (a model, a chunk, a roll call) was refused; the
-    adapter logs it."""
+    """A model announcement (or a SecAgg message of the coordinator) was refused; logged."""
 
     reason: RejectReason
     detail: str
@@ -102,7 +117,8 @@ class UpdateSent:
 
 @dataclass(frozen=True, slots=True)
 class RunFinished:
-    """The coordinator published the final model; ``model`` is the device's to keep."""
+    """The coordinator published the final model; ``model`` is the device's to keep
+    (persisted as the held version, as :class:`Train`'s model is)."""
 
     model: ModelAnnouncement
 
@@ -115,5 +131,6 @@ class SaveResidual:
 
 
 AgentAction: TypeAlias = (
-    Publish | Subscribe | Train | ModelRejected | UpdateSent | RunFinished | SaveResidual
+    Publish | Train | ModelRejected | UpdateSent | RunFinished | SaveResidual | KeepModel
+    | Subscribe | Unsubscribe
 )

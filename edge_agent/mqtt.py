@@ -31,9 +31,8 @@ from edge_agent.agent import (
     AgentCore,
     AgentEvent,
     Connected,
-    ModelArrived,
+    KeepModel,
     ModelRejected,
-    RollCalled,
     RoundKey,
     RunFinished,
     SaveResidual,
@@ -42,13 +41,23 @@ from edge_agent.agent import (
     Train,
     TrainingDone,
     TrainingFailed,
+    Unsubscribe,
     UpdateSent,
 )
 from edge_agent.device_model import save_device_model
+from edge_agent.downlink import HeldModel
 from edge_agent.feedback import save_residual
 from edge_agent.personal import DeviceTrainer
-from edge_agent.policy import Memory, ResourcePolicy, read_memory, run_hook, veto
-from edge_agent.state import SavedModel, StateDir
+from edge_agent.policy import (
+    ResourcePolicy,
+    peak_rss,
+    read_memory,
+    reset_peak_rss,
+    round_need,
+    run_hook,
+    veto,
+)
+from edge_agent.state import StateDir
 from edge_agent.trainer import Trainer
 from protocol import ModelAnnouncement, Publish
 from transport.connection import BrokerURL, Session
@@ -89,13 +98,15 @@ class AgentNode:
         device_model_path: Path | None = None,
         state: StateDir | None = None,
         policy: ResourcePolicy | None = None,
+        train_delay_s: float = 0.0,
     ) -> None:
         """``residual_path``: where the error-feedback residual persists (None: memory only);
         ``device``: the trainer that keeps this device's own model (personal layers,
         fine-tuning, local inference), None if it keeps none; ``device_model_path``: where
         that model is saved after every round and at the run's end (None: not saved);
-        ``state``: where each round's global model is kept; ``policy``: when this device
-        may train (None: always)."""
+        ``state``: where each version of the global model is kept (the core starts from
+        the one kept there, given to it as ``held``); ``policy``: when this device may
+        train (None: always)."""
         self.core = core
         self._trainer = trainer
         self._broker = broker
@@ -106,20 +117,26 @@ class AgentNode:
         self._device = device
         self._device_model_path = device_model_path
         self._state = state
-        #: the newest global model on this device, kept across restarts in ``state``
-        self.saved_model: SavedModel | None = state.load_model() if state is not None else None
+        held = core.held
+        self._kept = held.identity if held is not None else None  # what the state dir holds
         self._policy = policy or ResourcePolicy()
+        #: what the last trained round took beyond its starting RSS (None: none measured)
+        self._learned_need: int | None = None
         self._inbox: Inbox[Received | AgentEvent | _Refused | _Quit] = Inbox(
             queue_size, core.agent, INBOX_BYTES
         )
         self.rounds_trained = 0
         self.refused: str | None = None
         self.finished = threading.Event()
+        #: an artificial delay after each training: the experiment of a slow device
+        #: (docs/STRATEGIES.md, "Heterogeneous fleets"); cut short by stop()
+        self._train_delay_s = train_delay_s
+        self._halt = threading.Event()
         self._link = Link(
             broker,
             session,
             self._inbox,
-            subscriptions=lambda: core.topics.agent_subscriptions,
+            subscriptions=lambda: core.subscriptions,
             on_connected=lambda: self._put(Connected()),
             on_refused=lambda why: self._put(_Refused(why)),
             will=core.will(),
@@ -127,6 +144,11 @@ class AgentNode:
 
     def _put(self, item: AgentEvent | _Refused | _Quit) -> None:
         self._inbox.offer(item)
+
+    @property
+    def saved_model(self) -> HeldModel | None:
+        """The newest global model on this device (kept across restarts with ``state``)."""
+        return self.core.held
 
     @property
     def dropped(self) -> int:
@@ -137,6 +159,7 @@ class AgentNode:
 
     def stop(self) -> None:
         """Ask the agent to go offline and return from :meth:`run`; safe from any thread."""
+        self._halt.set()
         self._put(_Quit())
 
     def run(self) -> None:
@@ -166,22 +189,18 @@ class AgentNode:
                     log.error("%s: %s", self.core.agent, item.why)
                     break
                 if isinstance(item, Received):
-                    self._receive(item)
+                    self._feed(self.core.arrived(item.topic, item.payload))
+                    self._link.done(item)
                 else:
+                    if isinstance(item, Connected) and self.core.unwanted:
+                        self._link.unsubscribe(self.core.unwanted)  # a session may hold them
                     self._feed(item)
                 if self._exit_when_done and self.finished.is_set():
                     self._feed(ShutdownRequested())
                     break
         finally:
+            self._halt.set()
             self._link.close()
-
-    def _receive(self, received: Received) -> None:
-        """A message from the broker: the roll call, or the model (whole or a chunk)."""
-        if received.topic == self.core.topics.rollcall:
-            self._feed(RollCalled(received.payload))
-        else:
-            self._feed(ModelArrived(received.payload))
-        self._link.done(received)
 
     def _feed(self, event: AgentEvent) -> None:
         for action in self.core.handle(event, time.monotonic(), wall=time.time()):
@@ -192,9 +211,10 @@ class AgentNode:
     def _carry_out(self, action: AgentAction) -> None:
         match action:
             case Publish(topic=topic, payload=payload, retain=retain):
-                self._publish(topic, payload, retain)
-            case Subscribe(topics=topics):
-                self._link.subscribe([(topic, 1) for topic in topics])
+                try:
+                    self._link.publish(topic, payload, retain)
+                except PacketTooLargeError as exc:  # the coordinator's --max-payload is too large
+                    log.error("%s: not sent: %s", self.core.agent, exc)
             case Train(key=key, model=model):
                 self._start_round(key, model)
             case ModelRejected(reason=reason, detail=detail):
@@ -206,38 +226,42 @@ class AgentNode:
                 )
                 if not resent:  # after the publish, so saving never delays the reply
                     self._save_device_model()
+            case KeepModel() | SaveResidual() | Subscribe() | Unsubscribe():
+                self._keep_state(action)
+            case RunFinished(model=model):
+                log.info("%s: run %s finished at round %d", self.core.agent, model.run, model.round)
+                self._keep(HeldModel.of(model))
+                if self._device is not None:  # personal layers, fine-tuning
+                    try:
+                        self._device.adopt(model.weights, model.plan)
+                    except ValueError as exc:
+                        log.error("%s: cannot adopt the final model: %s", self.core.agent, exc)
+                    self._save_device_model()
+                self.finished.set()
+            case _:
+                assert_never(action)
+
+    def _keep_state(self, action: KeepModel | SaveResidual | Subscribe | Unsubscribe) -> None:
+        """Persist what the core asks to outlive a restart; fetch whole models or stop."""
+        match action:
+            case KeepModel(held=held):
+                self._keep(held)
             case SaveResidual(state=state) if self._residual_path is not None:
                 try:
                     save_residual(self._residual_path, state)
                 except OSError as exc:  # keep serving: the residual still lives in memory
                     log.error("%s: cannot save the residual: %s", self.core.agent, exc)
-            case RunFinished(model=model):
-                self._finish(model)
             case SaveResidual():
                 pass  # no residual path: the residual lives in the core's memory only
+            case Subscribe(topics=topics):
+                self._link.subscribe([(topic, 1) for topic in topics])
+            case Unsubscribe(topics=topics):
+                self._link.unsubscribe(topics)
             case _:
                 assert_never(action)
 
-    def _publish(self, topic: str, payload: bytes, retain: bool) -> None:
-        try:
-            self._link.publish(topic, payload, retain)
-        except PacketTooLargeError as exc:  # the coordinator's --max-payload is too large
-            log.error("%s: not sent: %s", self.core.agent, exc)
-
-    def _finish(self, model: ModelAnnouncement) -> None:
-        """The run's final model: keep it (adopt it as the device model), then we are done."""
-        log.info("%s: run %s finished at round %d", self.core.agent, model.run, model.round)
-        self._keep(model)
-        if self._device is not None:  # personal layers, fine-tuning
-            try:
-                self._device.adopt(model.weights, model.plan)
-            except ValueError as exc:
-                log.error("%s: cannot adopt the final model: %s", self.core.agent, exc)
-            self._save_device_model()
-        self.finished.set()
-
     def _start_round(self, key: RoundKey, model: ModelAnnouncement) -> None:
-        self._keep(model)
+        self._keep(HeldModel.of(model))
         worker = threading.Thread(
             target=lambda: self._inbox.put(self._train(key, model)),
             name=f"train-{self.core.agent}-{model.round}",
@@ -245,12 +269,12 @@ class AgentNode:
         )
         worker.start()
 
-    def _keep(self, model: ModelAnnouncement) -> None:
-        """Remember ``model`` as the device's newest global model (on disk too, with state)."""
-        self.saved_model = SavedModel(model.job, model.run, model.round, model.weights, model.done)
-        if self._state is not None:
+    def _keep(self, held: HeldModel) -> None:
+        """Keep the device's newest version of the global model on disk, with state."""
+        if self._state is not None and held.identity != self._kept:
+            self._kept = held.identity
             try:
-                self._state.save_model(model)
+                self._state.save_model(self.core.job, held)
             except OSError as exc:  # keep serving: the model still lives in memory
                 log.error("%s: cannot save the global model: %s", self.core.agent, exc)
 
@@ -266,8 +290,9 @@ class AgentNode:
         """The resource policy's reason to skip this round, or None (runs the hook)."""
         policy = self._policy
         now = time.localtime()
-        memory = read_memory() if policy.checks_memory else Memory(None, None)
-        reason = veto(policy, now.tm_hour * 60 + now.tm_min, memory)
+        model_bytes = 4 * sum(w.size for w in model.weights.values())  # as float32
+        need = round_need(model_bytes, self._learned_need)
+        reason = veto(policy, now.tm_hour * 60 + now.tm_min, read_memory(), need)
         if reason is None and policy.hook is not None:
             context = {"job": self.core.job, "agent": self.core.agent, "round": str(model.round)}
             reason = run_hook(policy.hook, context, policy.hook_timeout_s)
@@ -279,6 +304,7 @@ class AgentNode:
         if reason is not None:
             log.info("%s: declining round %d: %s", self.core.agent, model.round, reason)
             return TrainingFailed(key, f"vetoed: {reason}")
+        before = read_memory().rss_bytes if reset_peak_rss() else None
         started = time.perf_counter()
         try:
             result = self._trainer.train(model.weights, model.plan, model.round)
@@ -290,7 +316,13 @@ class AgentNode:
                 traceback.format_exc(),
             )
             return TrainingFailed(key, f"training failed: {type(exc).__name__}: {exc}")
-        return TrainingDone(key, result, time.perf_counter() - started)
+        took = time.perf_counter() - started
+        peak = peak_rss()
+        if before is not None and peak is not None:  # one agent per process, as on a device
+            self._learned_need = max(0, peak - before)
+        if self._train_delay_s > 0:
+            self._halt.wait(self._train_delay_s)
+        return TrainingDone(key, result, took)
 
     def predict(self, x: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
         """The device model's outputs for ``x`` (see :meth:`DeviceTrainer.predict`).

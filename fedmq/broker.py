@@ -27,6 +27,7 @@ INSTALL_HINT = (
 )
 
 _LISTENER = re.compile(r"^\s*listener\s+\d+")
+_WEBSOCKETS = re.compile(r"^\s*protocol\s+websockets\s*$")
 
 
 class BrokerError(RuntimeError):
@@ -55,17 +56,44 @@ def free_port() -> int:
         return port
 
 
-def derive_config(template: str, port: int, extra: str = "") -> str:
-    """The template with every ``listener`` moved to ``port`` on loopback, plus ``extra``."""
-    lines = [
-        f"listener {port} 127.0.0.1" if _LISTENER.match(line) else line
-        for line in template.splitlines()
-    ]
-    return "\n".join(lines) + "\n" + extra
+def derive_config(
+    template: str, port: int, extra: str = "", ws_port: int | None = None, ws_extra: str = ""
+) -> str:
+    """The template with its listeners moved, plus ``extra`` at the end.
+
+    A listener block runs from its ``listener`` line to the next blank line. Each
+    MQTT listener moves to ``port`` on loopback. A ``protocol websockets`` block
+    moves to ``ws_port`` (Mosquitto 2.0 binds it to every interface whatever the
+    address) and gets ``ws_extra`` at its end; without ``ws_port`` it is left out.
+    """
+    out: list[str] = []
+    block: list[str] = []
+
+    def flush() -> None:
+        if not block:
+            return
+        if not any(_WEBSOCKETS.match(line) for line in block):
+            out.extend([f"listener {port} 127.0.0.1", *block[1:]])
+        elif ws_port is not None:
+            out.extend([f"listener {ws_port}", *block[1:], *ws_extra.splitlines()])
+        block.clear()
+
+    for line in template.splitlines():
+        if _LISTENER.match(line):
+            flush()
+            block.append(line)
+        elif block and line.strip():
+            block.append(line)
+        else:
+            flush()
+            out.append(line)
+    flush()
+    return "\n".join(out) + "\n" + extra
 
 
 class LocalBroker:
-    """A Mosquitto child process on ``127.0.0.1:port``; use as a context manager."""
+    """A Mosquitto child process on ``127.0.0.1:port`` (and optionally a websockets
+    listener on ``ws_port``); use as a context manager."""
 
     def __init__(
         self,
@@ -73,12 +101,19 @@ class LocalBroker:
         port: int | None = None,
         extra_config: str = "",
         start_timeout_s: float = 10.0,
+        *,
+        websockets: bool = False,
+        ws_extra: str = "",
     ) -> None:
+        """``websockets``: also start the config's websockets listener, on ``ws_port``
+        (every interface), with ``ws_extra`` (its password and ACL files) appended."""
         self.conf = conf or Path(os.environ.get("FEDMQ_MOSQUITTO_CONF", REPO_CONF))
         if not self.conf.is_file():
             raise BrokerError(f"broker config {self.conf} not found")
         self.port = port or free_port()
         self._extra = extra_config
+        self.ws_port = free_port() if websockets else None
+        self._ws_extra = ws_extra
         self._timeout = start_timeout_s
         self._dir = Path(tempfile.mkdtemp(prefix="fedmq-broker-"))
         self.process: subprocess.Popen[bytes] | None = None
@@ -94,7 +129,10 @@ class LocalBroker:
     def start(self) -> LocalBroker:
         binary = find_mosquitto()
         config = self._dir / "mosquitto.conf"
-        config.write_text(derive_config(self.conf.read_text(), self.port, self._extra))
+        text = derive_config(
+            self.conf.read_text(), self.port, self._extra, self.ws_port, self._ws_extra
+        )
+        config.write_text(text)
         log = (self._dir / "mosquitto.log").open("ab")
         self.process = subprocess.Popen(
             [binary, "-c", str(config)], stdout=log, stderr=subprocess.STDOUT, cwd=self._dir
@@ -109,8 +147,11 @@ class LocalBroker:
             if self.process.poll() is not None:
                 raise BrokerError(f"mosquitto exited with {self.process.returncode}: {self.log()}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
+                for port in (self.port, self.ws_port):
+                    if port is not None:
+                        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                            pass
+                return
             except OSError:
                 time.sleep(0.05)  # polling a port that is still being bound
         self.stop()

@@ -6,6 +6,7 @@ fedmq agent         run one agent (one device) against a broker
 fedmq agents        host several agents in one process (each its own MQTT connection)
 fedmq monitor       watch jobs live from their topics alone
 fedmq report        plots and a markdown summary of a finished run's directory
+fedmq web           serve the live dashboard and the browser agent page
 
 With fedmq-tools installed (``pip install -e tools/``, developers only), found by entry point:
 fedmq swarm         many simulated agents (numpy trainer), one thread per process
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -29,6 +29,7 @@ from fedmq.agent_cli import (
     UNSIGNED_NOTICE,
     add_agent_arguments,
     add_device_options,
+    check_cleartext,
     id_prefix,
     job_id,
 )
@@ -41,9 +42,17 @@ from fedmq.agent_cli import password as _password
 from fedmq.agent_cli import stop_on_signals as _stop_on_signals
 from fedmq.bundle import expand_bundle, load_agent_keys, load_signing_key
 from fedmq.launch import AgentSettings, build_agent, build_coordinator
-from fedmq.progress import RunRecorder
+from fedmq.progress import RunRecorder, write_summary
 from fedmq.provision import register as register_provision
-from fedmq.round_flags import add_round_flags, observers, round_config
+from fedmq.round_flags import (
+    add_mode_flags,
+    add_round_flags,
+    buffer_config,
+    observers,
+    round_config,
+)
+from fedmq.web.cli import add_demo_options as add_web_demo_options
+from fedmq.web.cli import register as register_web
 from protocol import Phase
 from transport.connection import BrokerURL
 from transport.link import PacketTooLargeError
@@ -60,14 +69,16 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
     run_dir = args.run_dir or Path("fedmq-runs") / args.job
     run_dir.mkdir(parents=True, exist_ok=True)
     recorder = RunRecorder(config.rounds, jsonl=run_dir / "metrics.jsonl")
+    conn = _connection(args, args.broker)
     try:
         node = build_coordinator(
             config,
-            _connection(args, args.broker),
+            conn,
             data=_data(args),
             run_dir=run_dir,
             resume=args.resume,
             on_action=observers(args, recorder),
+            buffer=buffer_config(args),
         )
     except CheckpointError as exc:
         print(f"fedmq coordinator: {exc}", file=sys.stderr)
@@ -76,7 +87,8 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
     if args.resume:
         done = node.rounds.completed_rounds
         print(f"resuming run {node.rounds.run} after round {done} from {run_dir}")
-    print(f"job {args.job}: waiting for {config.min_agents} agent(s) on {args.broker}")
+    # the parsed URL: it never shows a password (the argument may hold one)
+    print(f"job {args.job}: waiting for {config.min_agents} agent(s) on {conn.broker}")
     try:
         phase = node.run()
     except (ConnectionRefusedError, PacketTooLargeError) as exc:
@@ -85,7 +97,7 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
     finally:
         recorder.close()
     summary = recorder.summary(node.rounds, job=args.job, run=node.rounds.run, task=args.task)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_summary(run_dir / "summary.json", summary)
     print(f"{phase.value}: {node.rounds.message}")
     if phase is Phase.STOPPED:
         print(f"agents keep waiting; continue with: fedmq coordinator ... --run-dir {run_dir} "
@@ -149,6 +161,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     from fedmq.monitor.run import main as monitor_main
 
     url = BrokerURL.parse(args.broker).with_credentials(args.username, _password(args))
+    check_cleartext(url, args.ca_file, insecure=args.insecure)
     return monitor_main(url, job=args.job, as_json=args.json, model=args.model,
                         exit_when_done=args.exit_when_done, mqtt5=not args.mqtt311,
                         ca_file=args.ca_file)
@@ -170,6 +183,8 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="broker + coordinator + agents on this machine")
     p.add_argument("--agents", type=int, default=10)
     p.add_argument("--broker", help="use this broker instead of starting a private Mosquitto")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow a password in a plain mqtt:// --broker URL (cleartext)")
     p.add_argument("--job", default="demo", type=job_id)
     p.add_argument("--mqtt311", action="store_true",
                    help="speak only MQTT 3.1.1 (by default MQTT 5, falling back to 3.1.1)")
@@ -179,8 +194,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", help="serve Prometheus metrics on [HOST:]PORT")
     _add_task(p, default="digits")
     add_round_flags(p, rounds=10, deadline=30.0)
-    # the demo shows compressed updates: int8+zstd is lossless in accuracy on digits
-    p.set_defaults(func=cmd_demo, codec="int8+zstd", username=None, password=None,
+    add_web_demo_options(p)
+    # the demo shows compressed updates and delta-coded models (fedmq.demo.DEMO_CODEC,
+    # DEMO_DOWNLINK_DELTA), or neither under --secagg
+    p.set_defaults(func=cmd_demo, codec=None, username=None, password=None,
                    password_file=None, ca_file=None)
 
     p = sub.add_parser("coordinator", help="run a job's coordinator")
@@ -192,6 +209,7 @@ def parser() -> argparse.ArgumentParser:
     _add_security(p, "coordinator")
     _add_task(p)
     add_round_flags(p, rounds=10, deadline=60.0)
+    add_mode_flags(p)
     p.set_defaults(func=cmd_coordinator)
 
     add_agent_arguments(sub.add_parser("agent", help="run one agent"))
@@ -209,6 +227,7 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_agents)
     _add_watch_commands(sub)
     register_provision(sub)
+    register_web(sub)
     for plugin in entry_points(group=PLUGIN_GROUP):
         plugin.load()(sub)
     return top

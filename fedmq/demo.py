@@ -7,26 +7,38 @@ everything between them and the coordinator crosses a real broker.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fedmq.broker import BrokerError, LocalBroker
 from fedmq.launch import Connection, build_coordinator
-from fedmq.progress import RunRecorder, human_bytes
+from fedmq.progress import RunRecorder, human_bytes, write_summary
 from fedmq.round_flags import observers, round_config
 from protocol import Phase
+from transport.connection import redact
 from transport.link import PacketTooLargeError
 
+if TYPE_CHECKING:
+    from fedmq.web.demo import WebDemo
+
+#: the demo's update codec: int8+zstd is lossless in accuracy on digits (none under --secagg)
+DEMO_CODEC = "int8+zstd"
+#: the demo's delta-coded models: qsgd:2+zstd:9 keeps its accuracy on digits (docs/CODECS.md);
+#: whole models under --secagg, whose rounds were not measured with deltas
+DEMO_DOWNLINK_DELTA = "qsgd:2+zstd:9"
 #: how long the agents get to go offline after the final model
 AGENTS_EXIT_TIMEOUT_S = 30.0
 
 
-def agents_command(args: argparse.Namespace, broker_url: str) -> list[str]:
+def agents_command(
+    args: argparse.Namespace, broker_url: str, total: int | None = None
+) -> list[str]:
     cmd = [
         sys.executable,
         "-m",
@@ -40,6 +52,8 @@ def agents_command(args: argparse.Namespace, broker_url: str) -> list[str]:
         args.task,
         "--count",
         str(args.agents),
+        "--of",
+        str(total or args.agents),
         "--threads",
         str(args.threads),
         "--data-seed",
@@ -60,47 +74,47 @@ def run_demo(args: argparse.Namespace) -> int:
     from fedmq.agent_cli import data_config as _data
     from fedmq.agent_cli import stop_on_signals as _stop_on_signals
 
+    web = _web_demo(args)
+    browsers = web.browser_agents if web is not None else 0
     with ExitStack() as stack:
         if args.broker:
-            broker_url, where = args.broker, args.broker
+            broker_url, where = args.broker, redact(args.broker)
         else:
             try:
-                broker = stack.enter_context(LocalBroker())
+                broker = stack.enter_context(LocalBroker(**web.broker_options() if web else {}))
             except BrokerError as exc:
                 print(f"fedmq demo: {exc}", file=sys.stderr)
                 return 2
             broker_url, where = broker.url, f"{broker.url} (private mosquitto, pid {broker.pid})"
+            if web is not None:  # closed before the broker stops
+                stack.callback(web.close)
         run_dir = args.run_dir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
         run_dir.mkdir(parents=True, exist_ok=True)
-        config = round_config(args, args.job, min_agents=args.agents)
+        _default_codecs(args)
+        config = round_config(args, args.job, min_agents=args.agents + browsers)
         print(
             f"fedmq demo: {args.agents} agents, task {args.task}, {config.rounds} rounds, "
             f"broker {where}"
         )
-        print(UNSIGNED_NOTICE)
+        print(UNSIGNED_NOTICE + ("" if config.secagg is None else "\nsecagg: the coordinator "
+                                 "sees only the sum of the updates (docs/SECURITY.md)"))
         print(
-            f"watch it: fedmq monitor --broker {broker_url} --job {args.job}   or   "
+            f"watch it: fedmq monitor --broker {redact(broker_url)} --job {args.job}   or   "
             f"mosquitto_sub -p {broker_url.rsplit(':', 1)[-1]} -v -t 'fedmq/v1/#'"
         )
         recorder = RunRecorder(config.rounds, jsonl=run_dir / "metrics.jsonl")
         conn: Connection = _connection(args, broker_url)
-        node = build_coordinator(
-            config, conn, data=_data(args), run_dir=run_dir, on_action=observers(args, recorder)
-        )
+        observe = observers(args, recorder)
+        if web is not None:
+            observe = web.observing(observe)
+        node = build_coordinator(config, conn, data=_data(args), run_dir=run_dir, on_action=observe)
         _stop_on_signals(node.stop)
-        agents_log = (run_dir / "agents.log").open("wb")
-        agents = subprocess.Popen(
-            agents_command(args, broker_url), stdout=agents_log, stderr=subprocess.STDOUT
-        )
+        if web is not None:
+            web.start(broker, args.agents, _data(args), run_dir, stop=node.stop)
         # Only the end of the run lets agents exit by themselves; after a stop they would wait.
-        stack.callback(lambda: _reap(agents, at_once=not node.rounds.ended))
-
-        def watch_agents() -> None:
-            code = agents.wait()
-            if code != 0:
-                node.stop(f"the agents process exited with code {code}; see {agents_log.name}")
-
-        threading.Thread(target=watch_agents, daemon=True).start()
+        stack.callback(_reap, _start_agents(
+            agents_command(args, broker_url, args.agents + browsers), run_dir / "agents.log",
+            node.stop), lambda: not node.rounds.ended)
         try:
             phase = node.run()
         except (ConnectionRefusedError, PacketTooLargeError) as exc:
@@ -111,28 +125,54 @@ def run_demo(args: argparse.Namespace) -> int:
         summary = recorder.summary(
             node.rounds, job=args.job, run=node.rounds.run, task=args.task, agents=args.agents
         )
-        _write_summary(args, run_dir, summary, node.rounds.message)
+        summary.update(web.summary() if web is not None else {})
+        _print_summary(summary, node.rounds.message)
+        write_summary(run_dir / "summary.json", summary)
+        if args.summary:
+            write_summary(args.summary, summary)
+            print(f"  summary        {args.summary}")
+        if args.run_dir:
+            print(f"  plots          fedmq report {args.run_dir}")
         return 0 if phase is Phase.DONE else 1
     return 1
 
 
-def _write_summary(
-    args: argparse.Namespace, run_dir: Path, summary: dict[str, object], message: str
-) -> None:
-    _print_summary(summary, message)
-    summary_json = json.dumps(summary, indent=2) + "\n"
-    (run_dir / "summary.json").write_text(summary_json)
-    if args.summary:
-        args.summary.write_text(summary_json)
-        print(f"  summary        {args.summary}")
-    if args.run_dir:
-        print(f"  plots          fedmq report {args.run_dir}")
+def _web_demo(args: argparse.Namespace) -> WebDemo | None:
+    """The demo's browser side (``--web``, ``--browser-agents``), or None."""
+    if not (args.web or args.browser_agents):
+        return None
+    from fedmq.web.demo import WebDemo
+
+    return WebDemo(args)
 
 
-def _reap(proc: subprocess.Popen[bytes], at_once: bool) -> None:
-    """Let the agents exit after the final model (or, ``at_once``, stop them now)."""
+def _start_agents(
+    cmd: list[str], log: Path, stop: Callable[[str], object]
+) -> subprocess.Popen[bytes]:
+    """The agents' process; the run stops if it fails."""
+    agents_log = log.open("wb")
+    agents = subprocess.Popen(cmd, stdout=agents_log, stderr=subprocess.STDOUT)
+
+    def watch_agents() -> None:
+        code = agents.wait()
+        if code != 0:
+            stop(f"the agents process exited with code {code}; see {agents_log.name}")
+
+    threading.Thread(target=watch_agents, daemon=True).start()
+    return agents
+
+
+def _default_codecs(args: argparse.Namespace) -> None:
+    """The demo's codecs both ways unless given; SecAgg sends masked fixed-point vectors,
+    never a codec's, and its rounds take whole models."""
+    args.codec = args.codec or ("none" if args.secagg else DEMO_CODEC)
+    args.downlink_delta = args.downlink_delta or (None if args.secagg else DEMO_DOWNLINK_DELTA)
+
+
+def _reap(proc: subprocess.Popen[bytes], at_once: Callable[[], bool]) -> None:
+    """Let the agents exit after the final model (or, ``at_once()``, stop them now)."""
     try:
-        proc.wait(timeout=0 if at_once else AGENTS_EXIT_TIMEOUT_S)
+        proc.wait(timeout=0 if at_once() else AGENTS_EXIT_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         proc.terminate()
         proc.wait(timeout=10)
@@ -146,11 +186,18 @@ def _print_summary(s: dict[str, object], message: str) -> None:
     print(f"  updates        {s['updates_accepted']} accepted, {s['updates_rejected']} rejected")
     up, down = s["bytes_up"], s["bytes_down"]
     assert isinstance(up, int) and isinstance(down, int)
-    ratio = s.get("compression_ratio_up")
+    print(f"  payload bytes  up {human_bytes(up)}{_vs_raw(s.get('compression_ratio_up'))}, "
+          f"down {human_bytes(down)}{_vs_raw(s.get('compression_ratio_down'))}")
+    both, per_agent = s.get("compression_ratio_both"), s.get("bytes_down_per_agent_round")
+    if isinstance(both, float) and isinstance(per_agent, int):
+        print(f"  both ways      {both:.1f}x smaller than raw float32; "
+              f"{human_bytes(per_agent)} down per agent per round")
+    kinds = s.get("updates_by_kind")
+    if isinstance(kinds, dict):
+        print("  by kind        " + ", ".join(f"{kind} {n}" for kind, n in kinds.items()))
+
+
+def _vs_raw(ratio: object) -> str:
     if not isinstance(ratio, float):
-        vs_raw = ""
-    elif ratio > 1.05:
-        vs_raw = f" ({ratio:.1f}x smaller than raw float32)"
-    else:
-        vs_raw = " (raw float32: --codec none)"
-    print(f"  payload bytes  up {human_bytes(up)}{vs_raw}, down {human_bytes(down)}")
+        return ""
+    return f" ({ratio:.1f}x smaller than raw float32)" if ratio > 1.05 else " (raw float32)"

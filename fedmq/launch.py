@@ -27,11 +27,12 @@ from edge_agent.state import DEVICE_MODEL_NAME, RESIDUAL_NAME, StateDir
 from fedmq.tasks import DataConfig, Task, agent_data, get_task, test_data
 from protocol import Weights
 from protocol.signing import SigningKey, VerifyKey
-from transport.connection import BrokerURL, Session
+from transport.connection import BrokerURL, Session, packet_bound
 
 if TYPE_CHECKING:
-    from coordinator import Action, RoundConfig
+    from coordinator import Action, RoundConfig, Rounds
     from coordinator.mqtt import CoordinatorNode, Evaluator
+    from coordinator.staleness import BufferConfig
 
 CHECKPOINT_NAME = "checkpoint.msgpack"
 
@@ -73,6 +74,8 @@ class AgentSettings:
     trainer: str = "torch"
     #: when this device may train (None: always)
     policy: ResourcePolicy | None = None
+    #: seconds of artificial delay after each training: a simulated slow device
+    train_delay_s: float = 0.0
 
 
 def new_run_id() -> str:
@@ -102,13 +105,17 @@ def build_coordinator(
     resume: bool = False,
     model_seed: int = 0,
     on_action: Callable[[Action], None] | None = None,
+    buffer: BufferConfig | None = None,
 ) -> CoordinatorNode:
-    """A coordinator for ``config.task``; ``resume`` continues from ``run_dir``'s checkpoint.
+    """A coordinator for ``config.task``; ``resume`` continues from ``run_dir``'s checkpoint;
+    ``buffer`` makes it a buffered asynchronous (FedBuff) one.
 
     Raises:
         CheckpointError: if ``resume`` is set and the checkpoint is unusable.
     """
-    from coordinator import CheckpointError, Rounds, load_checkpoint
+    from coordinator import CheckpointError, load_checkpoint
+    from coordinator import Rounds as SyncRounds
+    from coordinator.buffered import BufferedRounds
     from coordinator.mqtt import CoordinatorNode
 
     task = get_task(config.task)
@@ -123,12 +130,14 @@ def build_coordinator(
     weights = checkpoint.weights if checkpoint else initial_weights(task, model_seed)
     if personal and not checkpoint:
         weights = shared_weights(weights, personal)
-    rounds = Rounds(
-        config,
-        weights,
-        run=checkpoint.run if checkpoint else new_run_id(),
-        wall_offset=time.time() - time.monotonic(),
-        resume=checkpoint,
+    run = checkpoint.run if checkpoint else new_run_id()
+    wall_offset = time.time() - time.monotonic()
+    rounds: Rounds | BufferedRounds = (
+        SyncRounds(config, weights, run=run, wall_offset=wall_offset, resume=checkpoint)
+        if buffer is None
+        else BufferedRounds(
+            config, buffer, weights, run=run, wall_offset=wall_offset, resume=checkpoint
+        )
     )
     session = Session(
         client_id=f"fedmq-coordinator-{config.job}",
@@ -136,6 +145,8 @@ def build_coordinator(
         persistent=True,
         resume_session=resume,
         ca_file=conn.ca_file,
+        # an MQTT 5 broker then drops anything larger instead of handing it over
+        max_packet_size=packet_bound(config.max_message_bytes),
     )
     return CoordinatorNode(
         rounds,
@@ -162,6 +173,7 @@ def build_agent(
     feedback = ErrorFeedback()
     saved = None
     state = None
+    held = None
     if settings.state_dir is not None:
         state = StateDir(settings.state_dir, settings.agent_id)  # drops torn temporaries
         residual_path = state.path / RESIDUAL_NAME
@@ -171,6 +183,8 @@ def build_agent(
         except ValueError as exc:
             log.warning("%s: ignoring the saved device model: %s", settings.agent_id, exc)
         feedback = ErrorFeedback(state.load_residual())  # a bad file is set aside, logged
+        kept = state.load_model()  # deltas apply to it after a restart (docs/PROTOCOL.md §15)
+        held = kept.held() if kept is not None and kept.job == settings.job else None
     trainer = DeviceTrainer(model, finetune_epochs=settings.finetune_epochs, saved=saved)
     core = AgentCore(
         settings.job,
@@ -181,6 +195,10 @@ def build_agent(
         feedback=feedback,
         signing_key=settings.signing_key,
         coordinator_key=settings.coordinator_key,
+        held=held,
+        # one per process: the coordinator tells this process's last will from a late one
+        # of an earlier process (coordinator/roster.py)
+        session=uuid.uuid4().hex[:12],
     )
     session = Session(
         client_id=f"fedmq-{settings.job}-{settings.agent_id}",
@@ -199,6 +217,7 @@ def build_agent(
         device_model_path=device_model_path,
         state=state,
         policy=settings.policy,
+        train_delay_s=settings.train_delay_s,
     )
 
 

@@ -12,8 +12,9 @@ import math
 from collections.abc import Callable
 
 from coordinator import Action, RoundConfig, parse_aggregator
-from coordinator.config import SAMPLE_POLICIES
+from coordinator.config import DEFAULT_MAX_UPDATE_BYTES, SAMPLE_POLICIES, SecAggPolicy
 from coordinator.optimisers import SERVER_OPT_HELP, parse_server_opt
+from coordinator.staleness import BufferConfig
 from coordinator.strategy import AGGREGATOR_HELP
 from edge_agent.personal import with_local_layers
 from edge_agent.proximal import MU
@@ -28,6 +29,11 @@ def _codec(value: str) -> str:
         return check_codec(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _downlink_delta(value: str) -> str:
+    """A codec spec, or ``off`` (kept, so the demo can tell it from no flag at all)."""
+    return value if value == "off" else _codec(value)
 
 
 def _mu(value: str) -> float:
@@ -51,7 +57,7 @@ def _aggregator(value: str) -> str:
 _UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "m": 1024**2, "mb": 1024**2, "g": 1024**3}
 
 
-def _size(value: str) -> int:
+def byte_size(value: str) -> int:
     """Bytes from ``131072``, ``128k`` or ``1m`` (binary units, as brokers count)."""
     number = value.strip().lower().rstrip("ib")
     digits = number.rstrip("kmg")
@@ -89,6 +95,12 @@ def add_round_flags(p: argparse.ArgumentParser, rounds: int, deadline: float) ->
     g.add_argument(
         "--downlink", default="fp32", choices=DOWNLINKS, help="the global model's wire dtype"
     )
+    g.add_argument(
+        "--downlink-delta", type=_downlink_delta, metavar="SPEC",
+        help="send each new global model as a delta from the last with this codec, e.g. "
+             "qsgd:2+zstd:9; the whole model stays retained for newcomers (docs/CODECS.md, "
+             "docs/PROTOCOL.md section 15; 'off' or by default: the whole model every round)",
+    )
     g.add_argument("--aggregator", default="fedavg", type=_aggregator, help=AGGREGATOR_HELP)
     g.add_argument("--clip-norm", type=float, metavar="C",
                    help="scale each update's delta down to L2 norm C before aggregating "
@@ -104,12 +116,47 @@ def add_round_flags(p: argparse.ArgumentParser, rounds: int, deadline: float) ->
                    help="comma-separated tensors kept on each device, never sent (FedPer), "
                         "e.g. 4.weight,4.bias; '' for none (default: the task's)")
     g.add_argument("--no-eval", action="store_true", help="skip server-side evaluation")
-    g.add_argument("--max-update-bytes", type=_size, default=64 * 1024 * 1024,
+    g.add_argument("--max-update-bytes", type=byte_size, default=DEFAULT_MAX_UPDATE_BYTES,
                    help="reject larger updates (e.g. 64m)")
-    g.add_argument("--max-payload", type=_size, default=0,
+    g.add_argument("--max-inbox-bytes", type=byte_size, default=256 * 1024 * 1024,
+                   help="drop (and count) messages beyond this many bytes waiting to be "
+                        "validated (e.g. 256m)")
+    g.add_argument("--max-samples", type=int, default=1_000_000,
+                   help="reject updates that claim more local samples: their FedAvg weight "
+                        "would swamp the rest (docs/SECURITY.md)")
+    g.add_argument("--max-payload", type=byte_size, default=0,
                    help="the broker's payload cap, e.g. 128k for AWS IoT Core: larger "
                         "models and updates travel as chunks (default: no cap)")
     _add_strategy(p)
+    _add_secagg(p)
+
+
+def _add_secagg(p: argparse.ArgumentParser) -> None:
+    """Secure aggregation (docs/PROTOCOL.md §14, docs/SECURITY.md)."""
+    g = p.add_argument_group("secure aggregation (docs/SECURITY.md)")
+    g.add_argument("--secagg", action="store_true",
+                   help="SecAgg: the coordinator learns only the sum of the updates; needs "
+                        "--aggregator fedavg, --codec none and no DP")
+    g.add_argument("--secagg-degree", type=int, metavar="K",
+                   help="SecAgg+: each agent masks with K (even) random neighbours, not all")
+    g.add_argument("--secagg-threshold", type=float, default=0.5, metavar="F",
+                   help="more than this fraction of each neighbourhood must answer to unmask "
+                        "(default 0.5: a majority)")
+    g.add_argument("--secagg-clip", type=float, default=1.0, metavar="C",
+                   help="the declared range: every delta coordinate is clipped to [-C, C]")
+    g.add_argument("--secagg-ring-bits", type=int, choices=(32, 64), default=32,
+                   help="the ring 2^bits: 32 keeps masked inputs the size of float32 updates")
+    g.add_argument("--secagg-timeout", type=float, default=10.0, metavar="S",
+                   help="seconds the keys, shares and unmask phases each stay open")
+
+
+def _secagg_policy(args: argparse.Namespace) -> SecAggPolicy | None:
+    if not args.secagg:
+        return None
+    t = args.secagg_timeout
+    return SecAggPolicy(ring_bits=args.secagg_ring_bits, clip=args.secagg_clip,
+                        degree=args.secagg_degree, threshold=args.secagg_threshold,
+                        keys_s=t, shares_s=t, unmask_s=t)
 
 
 def _server_opt(value: str) -> str:
@@ -149,6 +196,32 @@ def _add_strategy(p: argparse.ArgumentParser) -> None:
                    help="with --patience: a gain must exceed this to count")
 
 
+def add_mode_flags(p: argparse.ArgumentParser) -> None:
+    """The coordinator's mode: synchronous rounds (default) or FedBuff (docs/STRATEGIES.md)."""
+    g = p.add_argument_group("mode (docs/PROTOCOL.md section 13)")
+    g.add_argument("--mode", choices=("sync", "fedbuff"), default="sync",
+                   help="sync: rounds at quorum/deadline; fedbuff: buffered asynchronous")
+    g.add_argument("--buffer-k", type=int, default=10, metavar="K",
+                   help="fedbuff: accepted updates per server step")
+    g.add_argument("--max-staleness", type=int, default=5, metavar="S",
+                   help="fedbuff: versions an update's base may lag; more is rejected as stale")
+    g.add_argument("--concurrency", type=int, metavar="C",
+                   help="fedbuff: agents training at once (default: every agent online)")
+    g.add_argument("--staleness", default="sqrt", metavar="SPEC",
+                   help="fedbuff: staleness weight: sqrt (1/sqrt(1+tau)), const, poly:A")
+
+
+def buffer_config(args: argparse.Namespace) -> BufferConfig | None:
+    """The FedBuff settings ``--mode fedbuff`` asks for, or None for synchronous rounds."""
+    if args.mode != "fedbuff":
+        return None
+    try:
+        return BufferConfig(k=args.buffer_k, max_staleness=args.max_staleness,
+                            concurrency=args.concurrency, staleness=args.staleness)
+    except ValueError as exc:
+        raise SystemExit(f"fedmq: {exc}") from None
+
+
 def round_config(args: argparse.Namespace, job: str, min_agents: int | None = None) -> RoundConfig:
     task = get_task(args.task)
     base = task.plan
@@ -172,6 +245,7 @@ def round_config(args: argparse.Namespace, job: str, min_agents: int | None = No
         plan=plan,
         codec=args.codec,
         downlink=args.downlink,
+        downlink_delta=None if args.downlink_delta in (None, "off") else args.downlink_delta,
         aggregator=args.aggregator,
         clip_norm=args.clip_norm,
         quorum=args.quorum,
@@ -195,7 +269,10 @@ def round_config(args: argparse.Namespace, job: str, min_agents: int | None = No
         dp_seed=args.dp_seed,
         evaluate=not args.no_eval,
         max_update_bytes=args.max_update_bytes,
+        max_samples=args.max_samples,
+        max_inbox_bytes=args.max_inbox_bytes,
         max_payload=args.max_payload,
+        secagg=_secagg_policy(args),
     )
 
 

@@ -8,8 +8,8 @@ from protocol.errors import RejectReason, WireError
 from protocol.messages import (
     SCHEMA_VERSION,
     ClosedBy,
-    CohortRule,
     ModelAnnouncement,
+    ModelDelta,
     Phase,
     Presence,
     RollCall,
@@ -31,15 +31,30 @@ from protocol.reports import (
     encode_status,
 )
 from protocol.tensors import Weights, decode_weights, encode_weights, weights_digest
-from protocol.topics import TopicKind, TopicRef, Topics, check_id, parse_topic
-from protocol.wire import decode_model, decode_update, encode_model, encode_update
+from protocol.topics import (
+    TopicKind,
+    TopicRef,
+    Topics,
+    agent_topic_level,
+    check_agent_level,
+    check_id,
+    parse_topic,
+)
+from protocol.wire import (
+    decode_model,
+    decode_model_delta,
+    decode_update,
+    encode_model,
+    encode_model_delta,
+    encode_update,
+)
 
 __all__ = [
     "CODECS",
     "SCHEMA_VERSION",
     "ClosedBy",
-    "CohortRule",
     "ModelAnnouncement",
+    "ModelDelta",
     "Phase",
     "Presence",
     "Publish",
@@ -60,6 +75,7 @@ __all__ = [
     "decode_delta",
     "decode_metrics",
     "decode_model",
+    "decode_model_delta",
     "decode_presence",
     "decode_rollcall",
     "decode_status",
@@ -68,11 +84,14 @@ __all__ = [
     "encode_delta",
     "encode_metrics",
     "encode_model",
+    "encode_model_delta",
     "encode_presence",
     "encode_rollcall",
     "encode_status",
     "encode_update",
     "encode_weights",
+    "agent_topic_level",
+    "check_agent_level",
     "parse_topic",
     "raw_size",
     "weights_digest",

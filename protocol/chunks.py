@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,8 +34,10 @@ FRAME_OVERHEAD = 160
 #: the smallest cap fedmq will chunk for; below it the overhead dominates
 MIN_MAX_PAYLOAD = 1024
 MAX_CHUNKS = 65_536
-#: completed sets remembered so that late duplicates of their chunks are ignored
+#: completed sets remembered so that late duplicates of their chunks are ignored, and
+#: rejected sets so that their late chunks are refused (and counted), not buffered anew
 REMEMBER_COMPLETED = 256
+_DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
 def _digest(payload: bytes) -> str:
@@ -141,12 +144,13 @@ def decode_frame(payload: bytes, max_size: int) -> Chunk | Manifest:
         obj = msgpack.unpackb(payload, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises several unrelated types for bad input
         raise WireError(RejectReason.MALFORMED, f"chunk: not msgpack ({exc})") from None
-    if not isinstance(obj, dict) or obj.get("v") != SCHEMA_VERSION:
+    version = obj.get("v") if isinstance(obj, dict) else None
+    if _count(version) != SCHEMA_VERSION:
         raise WireError(RejectReason.MALFORMED, "chunk: not a version 1 map")
     kind, digest = obj.get("type"), obj.get("digest")
     count, size = _count(obj.get("count")), _count(obj.get("size"))
-    if not isinstance(digest, str) or len(digest) != 64:
-        raise WireError(RejectReason.MALFORMED, "chunk: digest must be 64 hex chars")
+    if not isinstance(digest, str) or _DIGEST.fullmatch(digest) is None:
+        raise WireError(RejectReason.MALFORMED, "chunk: digest must be 64 lowercase hex digits")
     if count is None or not 1 <= count <= MAX_CHUNKS:
         raise WireError(RejectReason.MALFORMED, f"chunk: count {obj.get('count')!r}")
     if size is None or size < count:
@@ -186,6 +190,7 @@ class Reassembler:
         self.max_payload_size = max_payload_size
         self._sets: OrderedDict[tuple[str, str], _Set] = OrderedDict()
         self._completed: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._rejected: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._buffered = 0
         self.evicted = 0
         self.expired = 0
@@ -210,6 +215,8 @@ class Reassembler:
         key = (source, parsed.digest)
         if key in self._completed:
             return None  # a late duplicate of a payload already delivered
+        if key in self._rejected:
+            raise WireError(RejectReason.MALFORMED, "a chunk of a set already rejected")
         entry = self._sets.get(key)
         if entry is None:
             entry = self._sets[key] = _Set(parsed.count, parsed.size, now)
@@ -218,7 +225,7 @@ class Reassembler:
         if parsed.index in entry.parts:
             return None  # a duplicate (QoS 1 redelivery, or a re-published retained chunk)
         if entry.buffered + len(parsed.data) > entry.size:
-            self._drop(key)
+            self._reject(key)
             raise WireError(RejectReason.MALFORMED, "chunks exceed their declared size")
         entry.parts[parsed.index] = parsed.data
         entry.buffered += len(parsed.data)
@@ -229,10 +236,9 @@ class Reassembler:
         self._drop(key)
         payload = b"".join(entry.parts[i] for i in range(entry.count))
         if len(payload) != entry.size or _digest(payload) != parsed.digest:
+            self._reject(key)
             raise WireError(RejectReason.MALFORMED, "reassembled bytes do not match the digest")
-        self._completed[key] = None
-        if len(self._completed) > REMEMBER_COMPLETED:
-            self._completed.popitem(last=False)
+        _remember(self._completed, key)
         return payload
 
     def expire(self, now: float) -> None:
@@ -256,7 +262,17 @@ class Reassembler:
             self._drop(key)
             self.evicted += 1
 
+    def _reject(self, key: tuple[str, str]) -> None:
+        self._drop(key)
+        _remember(self._rejected, key)
+
     def _drop(self, key: tuple[str, str]) -> None:
         entry = self._sets.pop(key, None)
         if entry is not None:
             self._buffered -= entry.buffered
+
+
+def _remember(keys: OrderedDict[tuple[str, str], None], key: tuple[str, str]) -> None:
+    keys[key] = None
+    if len(keys) > REMEMBER_COMPLETED:
+        keys.popitem(last=False)

@@ -28,6 +28,8 @@ DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 MAX_JSON_BYTES = 64 * 1024
 MAX_MAP_ITEMS = 64
 MAX_COHORT = 100_000
+#: agents one announcement's roll call may name
+MAX_ROLL_CALL = 256
 MAX_TENSORS = 4096
 
 
@@ -86,6 +88,12 @@ class Fields:
             return check_id(self.text(key, 64), key)
         except ValueError as exc:
             raise WireError(RejectReason.MALFORMED, f"{self.what}.{key}: {exc}") from None
+
+    def ident_list(self, key: str, limit: int = MAX_COHORT) -> list[str]:
+        v = self.obj.get(key)
+        if not isinstance(v, list) or len(v) > limit:
+            raise self._fail(key, f"a list of <= {limit} ids")
+        return [Fields({"a": a}, f"{self.what}.{key}").ident("a") for a in v]
 
     def mapping(self, key: str) -> Mapping[Any, Any]:
         v = self.obj.get(key, {})

@@ -11,9 +11,12 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from protocol.tensors import Weights
+
+if TYPE_CHECKING:
+    from protocol.secagg.messages import SecAggConfig
 
 SCHEMA_VERSION = 1
 
@@ -30,7 +33,7 @@ class Phase(str, enum.Enum):
     TRAINING = "training"
     #: the round closed and the new global model is being evaluated
     EVALUATING = "evaluating"
-    #: the run finished (rounds done, target reached, or stopped by the operator)
+    #: the run finished (rounds done or target reached): the final model is published
     DONE = "done"
     #: the run stopped because a round could not gather enough replies
     FAILED = "failed"
@@ -67,26 +70,6 @@ class TrainPlan:
 
 
 @dataclass(frozen=True, slots=True)
-class CohortRule:
-    """Which agents a round asks, as a rule any agent checks for itself (docs/PROTOCOL.md §9).
-
-    Its size does not depend on the fleet's: an agent is named when its priority
-    ``weight / (rank + 1)`` is at least ``cut_weight / (cut_rank + 1)``, the priority
-    of the last agent drawn (:func:`protocol.cohort.names`); ``cut_weight`` 0 names
-    every agent (of ``devices``, when given).
-    """
-
-    #: the run's sample seed, hashed with (run, round, agent) into each agent's rank
-    seed: int
-    #: weigh agents by the sample count they advertise (else every agent weighs 1)
-    by_samples: bool
-    cut_weight: int
-    cut_rank: int
-    #: only agents whose presence names one of these device classes (None: any)
-    devices: tuple[str, ...] | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class ModelAnnouncement:
     """The global model for one round (retained on ``.../model``)."""
 
@@ -105,8 +88,56 @@ class ModelAnnouncement:
     issued_at: float = 0.0
     #: the broker's payload cap: agents send updates above it as chunks (0: no cap)
     max_payload: int = 0
-    #: the agents asked, as a rule (fedmq's coordinators send this, not ``cohort``)
-    cohort_rule: CohortRule | None = None
+    #: agents the coordinator refused as never announced: each named one announces itself
+    #: again (docs/PROTOCOL.md, "Membership")
+    roll_call: tuple[str, ...] = ()
+    #: buffered mode: updates trained from a version this many behind ``round`` are still
+    #: taken, so an agent finishes and sends work on an older version (0: synchronous)
+    max_staleness: int = 0
+    #: the codec of the deltas this run sends on ``.../delta`` (docs/PROTOCOL.md §15):
+    #: set, an agent holding this model may stop fetching whole ones; None: no deltas
+    delta_codec: str | None = None
+
+    #: this round is securely aggregated (docs/PROTOCOL.md §14); None: a plain round
+    secagg: SecAggConfig | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelDelta:
+    """One version of the broadcast model, as a change from the version before it
+    (retained on ``.../delta``; docs/PROTOCOL.md §15).
+
+    The header is a model announcement's; instead of weights it names the version it
+    applies to (``base_id``) and carries that change as update-codec entries. Applied to
+    the base with :func:`protocol.broadcast.apply_delta`, the result must hash to
+    ``model_id``. Without a ``base_id`` it is a notice: this version travels whole only.
+    """
+
+    job: str
+    run: str
+    round: int
+    model_id: str
+    task: str
+    plan: TrainPlan
+    codec: str
+    deadline_s: float
+    #: the model_id this delta applies to; None: a notice, with no tensors
+    base_id: str | None
+    #: the codec the entries are written with; None: the run sends no deltas at all
+    delta_codec: str | None
+    #: the broadcast model's dtype: ``<f4``, or ``<f2`` (every weight a float16 value)
+    dtype: str
+    tensors: tuple[Mapping[str, Any], ...] = ()
+    attempt: int = 0
+    cohort: tuple[str, ...] | None = None
+    done: bool = False
+    issued_at: float = 0.0
+    max_payload: int = 0
+    max_staleness: int = 0
+    #: a SecAgg round's configuration, as in the announcement
+    secagg: SecAggConfig | None = None
+    #: as in the announcement (docs/PROTOCOL.md §16.2)
+    roll_call: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +163,20 @@ class Update:
 
 
 @dataclass(frozen=True, slots=True)
+class RollCall:
+    """The coordinator asks every agent connected to announce its presence now (live).
+
+    Published (QoS 1, not retained) whenever the coordinator (re)connects, so that it
+    learns who is online without relying on retained presence reaching its wildcard
+    subscription (docs/PROTOCOL.md §16.5, docs/BROKERS.md).
+    """
+
+    job: str
+    run: str
+    at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class Presence:
     """An agent's liveness and what it offers (retained on ``.../agents/{agent}``)."""
 
@@ -141,19 +186,10 @@ class Presence:
     device: str | None = None
     trainer: str | None = None
     at: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class RollCall:
-    """The coordinator asks every agent connected to announce its presence now (live).
-
-    Published (QoS 1, not retained) whenever the coordinator (re)connects, so that it
-    learns who is online without relying on retained presence (docs/BROKERS.md).
-    """
-
-    job: str
-    run: str
-    at: float = 0.0
+    #: which implementation the agent is: ``"python"`` (edge_agent) or ``"browser"`` (web/)
+    kind: str | None = None
+    #: the agent takes delta-coded models (docs/PROTOCOL.md §15): it follows ``.../delta``
+    deltas: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,3 +236,11 @@ class RoundMetrics:
     at: float = 0.0
     #: DP-FedAvg: the run's privacy loss epsilon after this round, at the job's delta
     epsilon: float | None = None
+    #: the float32 baseline of ``bytes_down``: 4 x parameters per (announcement, agent)
+    raw_bytes_down: int | None = None
+    #: the (announcement, agent) pairs ``bytes_down`` counts: bytes_down / addressed is the
+    #: downlink per device (docs/PROTOCOL.md §15.6)
+    addressed: int | None = None
+    #: SecAgg rounds: who dropped out in which phase (``keys``, ``shares``, ``masked``,
+    #: ``unmask``), each list sorted (docs/PROTOCOL.md §14.8)
+    secagg: Mapping[str, tuple[str, ...]] | None = None

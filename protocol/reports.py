@@ -1,4 +1,4 @@
-"""Bytes <-> the small JSON messages: presence, roll call, status and per-round metrics.
+"""Bytes <-> the small JSON messages: presence, status and per-round metrics.
 
 JSON so that anyone with ``mosquitto_sub`` can read them. Every ``decode_*``
 validates like :mod:`protocol.wire`'s and raises only :class:`~protocol.errors.WireError`.
@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from protocol.errors import RejectReason, WireError
-from protocol.fields import header, json_dump, json_load
+from protocol.fields import Fields, header, json_dump, json_load
 from protocol.messages import (
     SCHEMA_VERSION,
     ClosedBy,
@@ -31,9 +31,11 @@ def encode_presence(p: Presence) -> bytes:
         "state": "online" if p.online else "offline",
         "at": p.at,
     }
-    for key in ("samples", "device", "trainer"):
+    for key in ("samples", "device", "trainer", "kind"):
         if getattr(p, key) is not None:
             doc[key] = getattr(p, key)
+    if p.deltas:  # written only when true: other agents' presence is unchanged
+        doc["deltas"] = True
     return json_dump(doc)
 
 
@@ -55,10 +57,12 @@ def decode_presence(payload: bytes) -> Presence:
         device=f.text("device", 64) if f.present("device") else None,
         trainer=f.text("trainer", 64) if f.present("trainer") else None,
         at=f.number("at", 0.0) if f.present("at") else 0.0,
+        kind=f.text("kind", 64) if f.present("kind") else None,
+        deltas=f.flag("deltas") if f.present("deltas") else False,
     )
 
 
-# --- roll call ----------------------------------------------------------------
+# --- roll call (docs/PROTOCOL.md §16.5) ---------------------------------------
 
 
 def encode_rollcall(r: RollCall) -> bytes:
@@ -137,6 +141,7 @@ def decode_status(payload: bytes) -> Status:
 # --- metrics ------------------------------------------------------------------
 
 _OPTIONAL_METRICS = ("accuracy", "loss", "train_loss", "train_accuracy")
+_DOWNLINK_COUNTS = ("raw_bytes_down", "addressed")
 
 
 def encode_metrics(m: RoundMetrics) -> bytes:
@@ -161,6 +166,11 @@ def encode_metrics(m: RoundMetrics) -> bytes:
         doc[key] = getattr(m, key)
     if m.epsilon is not None:  # only DP runs have one; other documents stay as they were
         doc["epsilon"] = m.epsilon
+    for key in _DOWNLINK_COUNTS:  # docs/PROTOCOL.md §15.6; written when counted
+        if getattr(m, key) is not None:
+            doc[key] = getattr(m, key)
+    if m.secagg is not None:  # likewise only SecAgg runs
+        doc["secagg"] = {phase: list(agents) for phase, agents in m.secagg.items()}
     return json_dump(doc)
 
 
@@ -192,5 +202,25 @@ def decode_metrics(payload: bytes) -> RoundMetrics:
         raw_bytes_up=f.integer("raw_bytes_up"),
         at=f.number("at", 0.0),
         epsilon=f.number("epsilon", 0.0) if f.present("epsilon") else None,
+        raw_bytes_down=_count(f, "raw_bytes_down"),
+        addressed=_count(f, "addressed"),
+        secagg=_dropouts(f) if f.present("secagg") else None,
         **optional,
     )
+
+
+def _count(f: Fields, key: str) -> int | None:
+    return f.integer(key) if f.present(key) else None
+
+
+_SECAGG_PHASES = ("keys", "shares", "masked", "unmask")
+
+
+def _dropouts(f: Fields) -> dict[str, tuple[str, ...]]:
+    """metrics.secagg: phase -> the agents that dropped out in it (docs/PROTOCOL.md §14.8)."""
+    out: dict[str, tuple[str, ...]] = {}
+    for phase, agents in f.mapping("secagg").items():
+        if phase not in _SECAGG_PHASES or not isinstance(agents, list):
+            raise WireError(RejectReason.MALFORMED, f"metrics.secagg: bad entry {phase!r}")
+        out[phase] = tuple(Fields({"a": agents}, "metrics.secagg").ident_list("a"))
+    return out

@@ -3,8 +3,8 @@
 A signed model or update is the original encoded message, untouched, wrapped
 in a small msgpack map (docs/PROTOCOL.md, "Signed messages")::
 
-    {"v": 1, "type": "signed", "purpose": "model" | "update", "job": id, "run": id,
-     "signer": id, "body": bin (the encoded message), "sig": bin (64 bytes)}
+    {"v": 1, "type": "signed", "purpose": "model" | "delta" | "update" | "presence" | ...,
+     "job": id, "run": id, "signer": id, "body": bin (the encoded message), "sig": bin (64 bytes)}
 
     sig = Ed25519(signer's key, "fedmq/v1 signed" 0x00 purpose 0x00 job 0x00 run
                   0x00 signer 0x00 SHA-256(body))
@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 
 from protocol.errors import RejectReason, WireError
+from protocol.fields import MAX_JSON_BYTES
 from protocol.messages import SCHEMA_VERSION
 from protocol.peek import peek_fields
 from protocol.topics import check_id
@@ -59,6 +60,14 @@ class Purpose(str, enum.Enum):
     MODEL = "model"
     #: an update or decline, signed by the agent that sends it
     UPDATE = "update"
+    #: a model delta or version notice (docs/PROTOCOL.md §15), signed by the coordinator
+    DELTA = "delta"
+    #: a secure-aggregation message (docs/PROTOCOL.md §14), signed by its sender: the agent
+    #: on ``secagg/up/{agent}``, the coordinator on ``secagg/down[/{agent}]``
+    SECAGG = "secagg"
+    #: an agent's presence (and its last will), signed with its update key; ``run`` is
+    #: the agent's session id (docs/PROTOCOL.md §16.1)
+    PRESENCE = "presence"
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,8 +277,18 @@ def _verified(envelope: Signed, key: VerifyKey) -> bytes:
     return envelope.body
 
 
-def open_model(payload: bytes, *, job: str, key: VerifyKey | None, max_body_bytes: int) -> bytes:
-    """The model bytes inside ``payload``, checked against the coordinator's ``key``.
+def open_model(
+    payload: bytes,
+    *,
+    job: str,
+    key: VerifyKey | None,
+    max_body_bytes: int,
+    purpose: Purpose = Purpose.MODEL,
+) -> bytes:
+    """The model (or, with ``purpose`` DELTA, model delta) bytes inside ``payload``, checked
+    against the coordinator's ``key``.
+
+    ``purpose`` SECAGG opens the coordinator's SecAgg messages the same way.
 
     With ``key`` None (an agent running unsigned) an envelope is unwrapped
     unverified and a bare model passes through.
@@ -280,13 +299,13 @@ def open_model(payload: bytes, *, job: str, key: VerifyKey | None, max_body_byte
     """
     if not is_signed(payload):
         if key is not None:
-            raise WireError(RejectReason.UNSIGNED, "model is not signed")
+            raise WireError(RejectReason.UNSIGNED, f"{purpose.value} is not signed")
         return payload
-    envelope = _expect(decode_signed(payload, max_body_bytes), Purpose.MODEL)
+    envelope = _expect(decode_signed(payload, max_body_bytes), purpose)
     if key is None:
         return envelope.body
     if envelope.job != job:
-        raise WireError(RejectReason.WRONG_JOB, f"model signed for job {envelope.job!r}")
+        raise WireError(RejectReason.WRONG_JOB, f"{purpose.value} signed for job {envelope.job!r}")
     return _verified(envelope, key)
 
 
@@ -298,8 +317,11 @@ def open_update(
     agent: str,
     keys: Mapping[str, VerifyKey] | None,
     max_body_bytes: int,
+    purpose: Purpose = Purpose.UPDATE,
 ) -> bytes:
     """The update bytes inside ``payload``, sent on ``agent``'s topic, checked against ``keys``.
+
+    ``purpose`` SECAGG opens an agent's SecAgg messages the same way.
 
     With ``keys`` None (a coordinator running unsigned) an envelope is
     unwrapped unverified and a bare update passes through.
@@ -310,23 +332,65 @@ def open_update(
             for another run); UNKNOWN_AGENT (no key for the agent);
             BAD_SIGNATURE; MALFORMED, BAD_VERSION or TOO_LARGE for a bad envelope.
     """
-    if not is_signed(payload):
-        if keys is not None:
-            raise WireError(RejectReason.UNSIGNED, "update is not signed")
+    envelope = _from_agent(
+        payload, purpose, job=job, agent=agent, keys=keys, max_body_bytes=max_body_bytes
+    )
+    if envelope is None:
         return payload
-    envelope = _expect(decode_signed(payload, max_body_bytes), Purpose.UPDATE)
     if keys is None:
         return envelope.body
-    if envelope.job != job:
-        raise WireError(RejectReason.WRONG_JOB, f"update signed for job {envelope.job!r}")
-    if envelope.signer != agent:
-        raise WireError(RejectReason.AGENT_MISMATCH, f"signed by {envelope.signer!r}")
     if envelope.run != run:
         raise WireError(RejectReason.WRONG_RUN, f"signed for run {envelope.run!r}, not {run!r}")
+    return _verified(envelope, _agent_key(keys, agent))
+
+
+def open_presence(
+    payload: bytes, *, job: str, agent: str, keys: Mapping[str, VerifyKey] | None
+) -> tuple[bytes, str | None]:
+    """The presence document inside ``payload`` and the session it was signed in (None
+    for a bare one), checked against ``agent``'s key in ``keys``, as :func:`open_update`.
+
+    Raises:
+        WireError: as :func:`open_update`, without WRONG_RUN: the session is the caller's.
+    """
+    envelope = _from_agent(
+        payload, Purpose.PRESENCE, job=job, agent=agent, keys=keys, max_body_bytes=MAX_JSON_BYTES
+    )
+    if envelope is None:
+        return payload, None
+    if keys is None:
+        return envelope.body, envelope.run
+    return _verified(envelope, _agent_key(keys, agent)), envelope.run
+
+
+def _from_agent(
+    payload: bytes,
+    purpose: Purpose,
+    *,
+    job: str,
+    agent: str,
+    keys: Mapping[str, VerifyKey] | None,
+    max_body_bytes: int,
+) -> Signed | None:
+    """The parsed envelope of an agent's message (None: bare), its job and signer checked
+    when ``keys`` is set. Raises WireError as :func:`open_update`."""
+    if not is_signed(payload):
+        if keys is not None:
+            raise WireError(RejectReason.UNSIGNED, f"{purpose.value} is not signed")
+        return None
+    envelope = _expect(decode_signed(payload, max_body_bytes), purpose)
+    if keys is not None and envelope.job != job:
+        raise WireError(RejectReason.WRONG_JOB, f"{purpose.value} signed for job {envelope.job!r}")
+    if keys is not None and envelope.signer != agent:
+        raise WireError(RejectReason.AGENT_MISMATCH, f"signed by {envelope.signer!r}")
+    return envelope
+
+
+def _agent_key(keys: Mapping[str, VerifyKey], agent: str) -> VerifyKey:
     key = keys.get(agent)
     if key is None:
         raise WireError(RejectReason.UNKNOWN_AGENT, f"no update key provisioned for {agent!r}")
-    return _verified(envelope, key)
+    return key
 
 
 def _expect(envelope: Signed, purpose: Purpose) -> Signed:

@@ -1,4 +1,5 @@
-"""Bytes <-> the messages that carry tensors: model announcements and updates (msgpack).
+"""Bytes <-> the messages that carry tensors: model announcements, model deltas and updates
+(msgpack).
 
 Every ``decode_*`` function validates version, types, ranges and finiteness and
 raises :class:`~protocol.errors.WireError` for bad input; any other exception
@@ -8,32 +9,47 @@ escaping a decoder is a bug. The small JSON messages are in :mod:`protocol.repor
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from protocol.chunks import MIN_MAX_PAYLOAD
 from protocol.errors import RejectReason, WireError
 from protocol.fields import (
     DEFAULT_MAX_BYTES,
     MAX_COHORT,
-    MAX_MAP_ITEMS,
+    MAX_ROLL_CALL,
     MAX_TENSORS,
     Fields,
     header,
     pack,
     unpack,
 )
-from protocol.messages import SCHEMA_VERSION, CohortRule, ModelAnnouncement, TrainPlan, Update
+from protocol.messages import SCHEMA_VERSION, ModelAnnouncement, ModelDelta, TrainPlan, Update
 from protocol.tensors import decode_weights, encode_weights
 
-__all__ = ["DEFAULT_MAX_BYTES", "decode_model", "decode_update", "encode_model", "encode_update"]
+if TYPE_CHECKING:
+    from protocol.secagg.messages import SecAggConfig
+
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "SECAGG_CODEC",
+    "decode_model",
+    "decode_model_delta",
+    "decode_update",
+    "encode_model",
+    "encode_model_delta",
+    "encode_update",
+]
+
+#: the codec a SecAgg round announces: an agent that does not know SecAgg declines it
+SECAGG_CODEC = "secagg"
 
 
-# --- model ------------------------------------------------------------------
+# --- model ---------------------------------------------------------------------
 
 
-def encode_model(m: ModelAnnouncement) -> bytes:
-    doc: dict[str, object] = {
-        "v": SCHEMA_VERSION,
-        "type": "model",
+def _round_header(m: ModelAnnouncement | ModelDelta) -> dict[str, Any]:
+    """The fields a model announcement and a model delta share, in wire order."""
+    return {
         "job": m.job,
         "run": m.run,
         "round": m.round,
@@ -54,17 +70,88 @@ def encode_model(m: ModelAnnouncement) -> bytes:
         "issued_at": m.issued_at,
         "max_payload": m.max_payload,
     }
-    if m.cohort_rule is not None:  # only sampled rounds have one; others stay as they were
-        rule = m.cohort_rule
-        doc["cohort_rule"] = {
-            "seed": rule.seed,
-            "by_samples": rule.by_samples,
-            "cut_weight": rule.cut_weight,
-            "cut_rank": rule.cut_rank,
-            "devices": list(rule.devices) if rule.devices is not None else None,
+
+
+def encode_model(m: ModelAnnouncement) -> bytes:
+    delta = {} if m.delta_codec is None else {"delta_codec": m.delta_codec}
+    return pack(
+        {
+            "v": SCHEMA_VERSION,
+            "type": "model",
+            **_round_header(m),
+            **delta,  # written only when set: a run without deltas keeps its exact bytes
+            "tensors": encode_weights(m.weights),
+            **_round_tail(m),
         }
-    doc["tensors"] = encode_weights(m.weights)
-    return pack(doc)
+    )
+
+
+def _round_tail(m: ModelAnnouncement | ModelDelta) -> dict[str, Any]:
+    """The shared header fields written after the tensors, each only when set, so a plain
+    synchronous announcement stays byte for byte: the buffered mode's ``max_staleness``,
+    a SecAgg round's ``secagg``, the agents a roll call names (docs/PROTOCOL.md §16.2)."""
+    tail: dict[str, Any] = {"max_staleness": m.max_staleness} if m.max_staleness else {}
+    if m.roll_call:
+        tail["roll_call"] = list(m.roll_call)
+    if m.secagg is not None:
+        from protocol.secagg.wire import encode_config
+
+        tail["secagg"] = encode_config(m.secagg)
+    return tail
+
+
+def _decode_round_header(f: Fields, kind: str) -> dict[str, Any]:
+    """The shared header fields, checked, as constructor arguments."""
+    p = Fields(f.obj.get("plan"), f"{kind}.plan")
+    plan = TrainPlan(
+        epochs=p.integer("epochs", 0, 10_000),
+        batch_size=p.integer("batch_size", 1, 1 << 20),
+        lr=p.number("lr", 0.0, 1e6),
+        seed=p.integer("seed", 0, 2**32 - 1),
+        options=p.scalars("options"),
+    )
+    cohort = tuple(f.ident_list("cohort", MAX_COHORT)) if f.present("cohort") else None
+    return {
+        "job": f.ident("job"),
+        "run": f.ident("run"),
+        "round": f.integer("round", 1),
+        "attempt": f.integer("attempt", 0, 1_000_000),
+        "model_id": f.text("model_id", 64),
+        "task": f.text("task"),
+        "plan": plan,
+        "codec": f.text("codec"),
+        "deadline_s": f.number("deadline_s", 0.0, 1e7),
+        "cohort": cohort,
+        "done": f.flag("done"),
+        "issued_at": f.number("issued_at", 0.0),
+        "max_payload": _max_payload(f),
+        "max_staleness": (
+            f.integer("max_staleness", 0, 1_000_000) if f.present("max_staleness") else 0
+        ),
+        "secagg": _secagg(f, cohort, kind),
+        "roll_call": (
+            tuple(f.ident_list("roll_call", MAX_ROLL_CALL)) if f.present("roll_call") else ()
+        ),
+    }
+
+
+def _secagg(f: Fields, cohort: tuple[str, ...] | None, kind: str) -> SecAggConfig | None:
+    """The ``secagg`` map: a SecAgg round names its cohort and uses the ``secagg`` codec."""
+    if not f.present("secagg"):
+        return None
+    from protocol.secagg.wire import decode_config
+
+    config = decode_config(f.obj["secagg"])
+    if cohort is None:
+        raise WireError(RejectReason.MALFORMED, f"{kind}: a secagg round must name its cohort")
+    if f.obj.get("codec") != SECAGG_CODEC:
+        detail = f"{kind}: a secagg round uses codec {SECAGG_CODEC!r}"
+        raise WireError(RejectReason.BAD_CODEC, detail)
+    return config
+
+
+def _optional_text(f: Fields, key: str, max_len: int) -> str | None:
+    return f.text(key, max_len) if f.present(key) else None
 
 
 def decode_model(payload: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> ModelAnnouncement:
@@ -75,57 +162,68 @@ def decode_model(payload: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> ModelAnn
     """
     obj = unpack(payload, max_bytes, "model")
     f = header(obj, "model")
-    p = Fields(f.obj.get("plan"), "model.plan")
-    plan = TrainPlan(
-        epochs=p.integer("epochs", 0, 10_000),
-        batch_size=p.integer("batch_size", 1, 1 << 20),
-        lr=p.number("lr", 0.0, 1e6),
-        seed=p.integer("seed", 0, 2**32 - 1),
-        options=p.scalars("options"),
-    )
-    cohort_raw = f.obj.get("cohort")
-    cohort: tuple[str, ...] | None = None
-    if cohort_raw is not None:
-        if not isinstance(cohort_raw, list) or len(cohort_raw) > MAX_COHORT:
-            raise WireError(RejectReason.MALFORMED, "model.cohort: expected a list of ids")
-        cohort = tuple(Fields({"a": a}, "model.cohort").ident("a") for a in cohort_raw)
+    round_header = _decode_round_header(f, "model")
     tensors = f.obj.get("tensors")
     if isinstance(tensors, list) and len(tensors) > MAX_TENSORS:
         raise WireError(RejectReason.TOO_LARGE, f"model: {len(tensors)} tensors")
     return ModelAnnouncement(
-        job=f.ident("job"),
-        run=f.ident("run"),
-        round=f.integer("round", 1),
-        attempt=f.integer("attempt", 0, 1_000_000),
-        model_id=f.text("model_id", 64),
-        task=f.text("task"),
-        plan=plan,
-        codec=f.text("codec"),
-        deadline_s=f.number("deadline_s", 0.0, 1e7),
-        cohort=cohort,
-        done=f.flag("done"),
-        issued_at=f.number("issued_at", 0.0),
-        max_payload=_max_payload(f),
-        cohort_rule=_cohort_rule(f) if f.present("cohort_rule") else None,
+        **round_header,
+        delta_codec=_optional_text(f, "delta_codec", 256),
         weights=decode_weights(tensors),
     )
 
 
-def _cohort_rule(f: Fields) -> CohortRule:
-    """The announcement's cohort rule (docs/PROTOCOL.md §9)."""
-    r = Fields(f.obj.get("cohort_rule"), "model.cohort_rule")
-    devices: tuple[str, ...] | None = None
-    if r.present("devices"):
-        raw = r.obj.get("devices")
-        if not isinstance(raw, list) or not 0 < len(raw) <= MAX_MAP_ITEMS:
-            raise WireError(RejectReason.MALFORMED, "model.cohort_rule.devices: 1-64 names")
-        devices = tuple(Fields({"d": d}, "model.cohort_rule.devices").text("d", 64) for d in raw)
-    return CohortRule(
-        seed=r.integer("seed", 0, 2**64 - 1),
-        by_samples=r.flag("by_samples"),
-        cut_weight=r.integer("cut_weight", 0, 2**64 - 1),
-        cut_rank=r.integer("cut_rank", 0, 2**64 - 1),
-        devices=devices,
+# --- model delta (docs/PROTOCOL.md §15) ---------------------------------------------
+
+#: the broadcast model's dtypes: float32, or float16 values widened
+DELTA_DTYPES = ("<f4", "<f2")
+
+
+def encode_model_delta(d: ModelDelta) -> bytes:
+    return pack(
+        {
+            "v": SCHEMA_VERSION,
+            "type": "delta",
+            **_round_header(d),
+            "base_id": d.base_id,
+            "delta_codec": d.delta_codec,
+            "dtype": d.dtype,
+            "tensors": [dict(t) for t in d.tensors],
+            **_round_tail(d),
+        }
+    )
+
+
+def decode_model_delta(payload: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> ModelDelta:
+    """Parse and validate a model delta or notice; the tensors stay codec-encoded (they
+    are checked against the base's shapes when applied).
+
+    Raises:
+        WireError: for anything malformed, of another version, or non-finite.
+    """
+    obj = unpack(payload, max_bytes, "delta")
+    f = header(obj, "delta")
+    round_header = _decode_round_header(f, "delta")
+    base_id = _optional_text(f, "base_id", 64)
+    delta_codec = _optional_text(f, "delta_codec", 256)
+    dtype = f.text("dtype", 8)
+    if dtype not in DELTA_DTYPES:
+        raise WireError(RejectReason.MALFORMED, f"delta.dtype {dtype!r} not in {DELTA_DTYPES}")
+    tensors = obj.get("tensors")
+    if not isinstance(tensors, list) or len(tensors) > MAX_TENSORS:
+        raise WireError(RejectReason.MALFORMED, "delta.tensors: expected a list")
+    if not all(isinstance(t, Mapping) for t in tensors):
+        raise WireError(RejectReason.MALFORMED, "delta.tensors: entries must be maps")
+    if base_id is not None and (delta_codec is None or not tensors):
+        raise WireError(RejectReason.MALFORMED, "delta: a base_id needs a delta_codec and tensors")
+    if base_id is None and tensors:
+        raise WireError(RejectReason.MALFORMED, "delta: a notice (no base_id) has no tensors")
+    return ModelDelta(
+        **round_header,
+        base_id=base_id,
+        delta_codec=delta_codec,
+        dtype=dtype,
+        tensors=tuple(tensors),
     )
 
 
@@ -175,12 +273,15 @@ def decode_update(payload: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> Update:
         raise WireError(RejectReason.MALFORMED, "update.tensors: entries must be maps")
     if declined is None and not tensors:
         raise WireError(RejectReason.MALFORMED, "update: no tensors and not a decline")
+    if declined is not None and tensors:
+        raise WireError(RejectReason.MALFORMED, "update: a decline carries no tensors")
+    samples_range = (0, 0) if declined is not None else (1, 2**40)  # a decline trained on none
     return Update(
         job=f.ident("job"),
         agent=f.ident("agent"),
         round=f.integer("round", 1),
         model_id=f.text("model_id", 64),
-        samples=f.integer("samples", 0 if declined is not None else 1, 2**40),
+        samples=f.integer("samples", *samples_range),
         codec=f.text("codec"),
         tensors=tuple(tensors),
         metrics=f.floats("metrics"),

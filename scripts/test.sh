@@ -7,6 +7,8 @@ VENV="${FEDMQ_VENV:-$ROOT/.venv}"
 "$ROOT/scripts/setup.sh" "coordinator,dev"
 cd "$ROOT"
 "$VENV/bin/ruff" check .
+# The JavaScript wire protocol against the shared vectors (protocol/vectors/), in node.
+(cd "$ROOT/web" && node --test test/protocol/)
 # every product package and the tools, strictly typed (pyproject.toml [tool.mypy])
 "$VENV/bin/mypy"
 exec "$VENV/bin/pytest" -q -p no:cacheprovider "$@"

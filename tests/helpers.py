@@ -36,6 +36,7 @@ from coordinator import (
     RoundOpened,
     Rounds,
     SaveCheckpoint,
+    SecAggArrived,
     Stop,
     Tick,
     UpdateAccepted,
@@ -47,9 +48,8 @@ from edge_agent.agent import (
     AgentCore,
     AgentEvent,
     Connected,
-    ModelArrived,
+    KeepModel,
     ModelRejected,
-    RollCalled,
     RoundKey,
     RunFinished,
     SaveResidual,
@@ -58,8 +58,11 @@ from edge_agent.agent import (
     Train,
     TrainingDone,
     TrainingFailed,
+    Unsubscribe,
     UpdateSent,
 )
+from edge_agent.downlink import HeldModel
+from edge_agent.feedback import ErrorFeedback
 from edge_agent.trainer import TrainResult
 from protocol import (
     ModelAnnouncement,
@@ -230,6 +233,19 @@ class FleetStats:
     lost: int = 0
     delivered: int = 0
     trained: list[tuple[str, RoundKey]] = field(default_factory=list)
+    #: payload bytes each agent received on the model and delta topics
+    received: dict[str, int] = field(default_factory=dict)
+
+
+def topic_matches(pattern: str, topic: str) -> bool:
+    """MQTT topic filter matching: ``+`` one level, ``#`` the rest."""
+    want, got = pattern.split("/"), topic.split("/")
+    for i, level in enumerate(want):
+        if level == "#":
+            return True
+        if i >= len(got) or (level != "+" and level != got[i]):
+            return False
+    return len(want) == len(got)
 
 
 class Fleet:
@@ -269,10 +285,15 @@ class Fleet:
         counts = list(samples) if samples is not None else [10 * (k + 1) for k in range(n_agents)]
         self.trainers = {a: LinearTrainer(k, counts[k]) for k, a in enumerate(self.agent_ids)}
         self.agents = {
-            a: AgentCore(config.job, a, samples=counts[k], trainer=LinearTrainer.name)
+            a: AgentCore(config.job, a, samples=counts[k], trainer=LinearTrainer.name,
+                         random_bytes=np.random.default_rng([seed, k]).bytes)
             for k, a in enumerate(self.agent_ids)
         }
         self.links = {a: Link() for a in self.agent_ids}
+        #: each agent's topic filters at the fake broker (its session's subscriptions)
+        self.subscribed: dict[str, set[str]] = {a: set() for a in self.agent_ids}
+        #: the version each agent last asked to keep (what its state directory holds)
+        self.kept: dict[str, HeldModel] = {}
         #: agents whose trainer fails (the core then declines)
         self.failing: set[str] = set()
         self._holdout = LinearTrainer(10_000, 64)
@@ -381,6 +402,19 @@ class Fleet:
         self._connect(agent)
         self.pump()
 
+    def restart_agent(self, agent: str) -> None:
+        """The agent's process restarts: a new core from what its state directory kept (the
+        last version it held and its residual), then it connects again."""
+        old = self.agents[agent]
+        self.links[agent].dead = True
+        self.agents[agent] = AgentCore(
+            self.config.job, agent, samples=self.trainers[agent].samples,
+            trainer=LinearTrainer.name, feedback=ErrorFeedback(old.residual),
+            held=self.kept.get(agent),
+            random_bytes=np.random.default_rng([self.agent_ids.index(agent), 99]).bytes,
+        )
+        self.reconnect(agent)
+
     def release(self, agent: str) -> None:
         """Stop holding this agent's messages and deliver what was held."""
         self.links[agent].paused = False
@@ -425,10 +459,11 @@ class Fleet:
                 self.stats.delivered += 1
                 if message.to == COORDINATOR:
                     self._deliver_to_coordinator(message)
-                elif parse_topic(message.topic).kind is TopicKind.ROLLCALL:
-                    self._feed_agent(message.to, RollCalled(message.payload))
-                else:
-                    self._feed_agent(message.to, ModelArrived(message.payload))
+                    continue
+                received = self.stats.received
+                received[message.to] = received.get(message.to, 0) + len(message.payload)
+                core = self.agents[message.to]
+                self._feed_agent(message.to, core.arrived(message.topic, message.payload))
             raise AssertionError("the fleet did not settle")
         finally:
             self._pumping = False
@@ -477,7 +512,7 @@ class Fleet:
         if publish.retain:
             self._retain(publish)
         kind = parse_topic(publish.topic).kind
-        if kind in (TopicKind.UPDATE, TopicKind.AGENTS) and self.coordinator_up:
+        if kind in (TopicKind.UPDATE, TopicKind.AGENTS, TopicKind.SECAGG) and self.coordinator_up:
             self._enqueue(COORDINATOR, publish.topic, publish.payload, via=agent)
 
     def _retain(self, publish: Publish) -> None:
@@ -487,11 +522,17 @@ class Fleet:
             self.retained.pop(publish.topic, None)
 
     def _connect(self, agent: str) -> None:
+        # Subscribing (as the adapter's connect callback does) hands the agent what is retained.
+        self.subscribed[agent] = set()
+        self._subscribe(agent, [topic for topic, _ in self.agents[agent].subscriptions])
         self._feed_agent(agent, Connected())
-        # Subscribing to .../model hands the agent the retained global model.
-        retained = self.retained.get(self.rounds.topics.model)
-        if retained is not None:
-            self._enqueue(agent, self.rounds.topics.model, retained, via=agent)
+
+    def _subscribe(self, agent: str, filters: Sequence[str]) -> None:
+        """Add ``filters`` to the agent's session; the broker sends what they retain."""
+        self.subscribed[agent].update(filters)
+        for topic, payload in list(self.retained.items()):
+            if any(topic_matches(f, topic) for f in filters):
+                self._enqueue(agent, topic, payload, via=agent)
 
     # --- the two adapters ------------------------------------------------------------------
 
@@ -502,6 +543,8 @@ class Fleet:
             self._feed_coordinator(UpdateArrived(ref.agent, message.payload))
         elif ref.kind is TopicKind.AGENTS:
             self._feed_coordinator(PresenceArrived(ref.agent, message.payload))
+        elif ref.kind is TopicKind.SECAGG:
+            self._feed_coordinator(SecAggArrived(ref.agent, message.payload))
 
     def _feed_coordinator(self, event: Event) -> list[Action]:
         """What the coordinator's adapter does: feed, then carry out each action in order."""
@@ -533,9 +576,12 @@ class Fleet:
             case Publish():
                 if action.retain:
                     self._retain(action)
-                if parse_topic(action.topic).kind in (TopicKind.MODEL, TopicKind.ROLLCALL):
+                if parse_topic(action.topic).kind in (TopicKind.MODEL, TopicKind.DELTA,
+                                                       TopicKind.ROLLCALL,
+                                                       TopicKind.SECAGG):  # secagg: only "down"
                     for agent in self.agent_ids:
-                        self._enqueue(agent, action.topic, action.payload, via=agent)
+                        if any(topic_matches(f, action.topic) for f in self.subscribed[agent]):
+                            self._enqueue(agent, action.topic, action.payload, via=agent)
             case Evaluate(round_no=round_no, weights=weights):
                 return Evaluated(round_no, self.evaluate(round_no, weights))
             case SaveCheckpoint(checkpoint=ckpt):
@@ -566,13 +612,18 @@ class Fleet:
                     else:
                         self._broker_publish(agent, action)
                 case Train(key=key, model=model):
+                    self.kept[agent] = HeldModel.of(model)  # the adapter keeps what it trains on
                     self.stats.trained.append((agent, key))
                     pending.extend(core.handle(self._train(agent, key, model), self.now))
-                case Subscribe(topics=topics):  # an exact subscription replays what is retained
-                    for topic in topics:
-                        if (retained := self.retained.get(topic)) is not None:
-                            self._enqueue(agent, topic, retained, via=agent)
-                case ModelRejected() | UpdateSent() | RunFinished() | SaveResidual():
+                case Subscribe(topics=topics):
+                    self._subscribe(agent, topics)
+                case Unsubscribe(topics=topics):
+                    self.subscribed[agent].difference_update(topics)
+                case KeepModel(held=held):
+                    self.kept[agent] = held
+                case RunFinished(model=model):
+                    self.kept[agent] = HeldModel.of(model)
+                case ModelRejected() | UpdateSent() | SaveResidual():
                     pass  # reports: agent_actions keeps them for the tests to read
                 case _:
                     assert_never(action)

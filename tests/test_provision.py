@@ -126,10 +126,12 @@ def test_the_acl_lets_each_agent_write_only_its_own_topics(fleet: Path):
     assert not any("write" in line or "update" in line for line in blocks["monitor"])
     for agent in AGENTS:
         writes = sorted(line.split()[2] for line in blocks[agent] if " write " in line)
-        assert writes == [f"fedmq/v1/farm/agents/{agent}", f"fedmq/v1/farm/update/{agent}"]
+        assert writes == [f"fedmq/v1/farm/agents/{agent}", f"fedmq/v1/farm/secagg/up/{agent}",
+                          f"fedmq/v1/farm/update/{agent}"]
         reads = {line.split()[2] for line in blocks[agent] if " read " in line}
         assert reads == {"fedmq/v1/farm/model", "fedmq/v1/farm/model/chunk/+",
-                         "fedmq/v1/farm/status", "fedmq/v1/farm/metrics"}
+                         "fedmq/v1/farm/status", "fedmq/v1/farm/metrics",
+                         "fedmq/v1/farm/secagg/down", f"fedmq/v1/farm/secagg/down/{agent}"}
 
 
 def test_the_broker_config_is_the_secure_profile(fleet: Path):
@@ -138,11 +140,44 @@ def test_the_broker_config_is_the_secure_profile(fleet: Path):
                 if line.strip() and not line.startswith("#")]
     values = {key: value for key, value in settings}
     assert values["allow_anonymous"] == "false"
-    assert values["listener"] == "18883"
-    assert [k for k, _ in settings].count("listener") == 1  # TLS only, no plain listener
+    # TLS only, no plain listener: MQTT over TLS, and wss for browsers (docs/WEB.md)
+    listeners = [i for i, (k, _) in enumerate(settings) if k == "listener"]
+    assert [settings[i][1] for i in listeners] == ["18883", "8884"]
+    assert settings[listeners[1] + 1] == ["protocol", "websockets"]
+    for start, end in zip(listeners, [*listeners[1:], len(settings)], strict=True):
+        block = dict(settings[start:end])
+        assert {"cafile", "certfile", "keyfile"} <= block.keys()
+        assert block["tls_version"] == "tlsv1.2"
     for key in ("password_file", "acl_file", "cafile", "certfile", "keyfile"):
         assert Path(values[key]).is_file() and Path(values[key]).parent == fleet / "broker"
     assert "${" not in conf
+
+
+def conf_values(fleet: Path) -> dict[str, str]:
+    conf = (fleet / "broker" / "mosquitto.conf").read_text()
+    return dict(line.split(None, 1) for line in conf.splitlines()  # type: ignore[misc]
+                if line.strip() and not line.startswith("#"))
+
+
+def test_the_broker_caps_payloads_at_what_the_jobs_model_needs(fleet: Path):
+    # the 2NN announcement is 797,464 bytes as float32; the broker refuses much more
+    cap = int(conf_values(fleet)["max_packet_size"])
+    assert 800_000 < cap < 2 * 2**20
+    coordinator = read_bundle(fleet / "coordinator" / "coordinator.toml")
+    assert coordinator["max_update_bytes"] + 1024 == cap  # the coordinator refuses it too
+
+
+def test_with_a_payload_cap_the_broker_takes_one_chunk_and_the_coordinator_chunks(
+        tmp_path: Path):
+    fleet = provision(Deployment(job="j", agents=("a",), task="mnist-2nn", max_payload=131072),
+                      tmp_path / "fleet")
+    assert int(conf_values(fleet)["max_packet_size"]) == 131072 + 1024
+    assert read_bundle(fleet / "coordinator" / "coordinator.toml")["max_payload"] == 131072
+
+
+def test_without_a_task_the_cap_is_the_coordinators_default_update_limit(tmp_path: Path):
+    fleet = provision(Deployment(job="j", agents=("a",)), tmp_path / "fleet")
+    assert int(conf_values(fleet)["max_packet_size"]) == 64 * 2**20 + 1024
 
 
 def test_the_server_certificate_names_every_host_and_chains_to_the_ca(fleet: Path):

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +36,15 @@ from paho.mqtt.properties import Properties
 
 from protocol import Publish
 from transport.backoff import Backoff
-from transport.connection import BrokerURL, Session, connect, make_client, refused_for_good
+from transport.connection import (
+    BrokerURL,
+    Session,
+    connect,
+    explain_connect_failure,
+    explain_disconnect,
+    make_client,
+    refused_for_good,
+)
 from transport.inbox import Inbox
 
 log = logging.getLogger("fedmq.transport")
@@ -116,6 +126,7 @@ class Link:
         #: large publishes sent, until acknowledged: (paho's handle, topic, size)
         self._large: list[tuple[mqtt.MQTTMessageInfo, str, int]] = []
         self._suspect = 0
+        self._up_since: float | None = None
         self._client = self._build()
 
     @property
@@ -163,6 +174,7 @@ class Link:
                 self._on_refused(why)
             return
         self._backoff.reset()
+        self._up_since = time.monotonic()
         self._generation += 1
         self.max_packet = getattr(props, "MaximumPacketSize", None) if self._mqtt5 else None
         subscriptions = list(self._subscriptions())
@@ -171,6 +183,8 @@ class Link:
         self._on_connected()
 
     def _on_connect_fail(self, client: mqtt.Client, _u: Any) -> None:
+        # paho calls this inside its ``except OSError``: the error is the one in flight
+        log.warning("%s: %s; retrying", self._broker, explain_connect_failure(sys.exc_info()[1]))
         self._awaiting_connack = False
         self._delay(client)
 
@@ -194,7 +208,9 @@ class Link:
                     "large; pass --max-payload below its cap (e.g. 128k; docs/BROKERS.md)"
                 )
                 return
-        log.warning("disconnected from %s (%s); reconnecting", self._broker, code)
+        up_s = None if self._up_since is None else time.monotonic() - self._up_since
+        log.warning("disconnected from %s (%s); reconnecting", self._broker,
+                    explain_disconnect(code, self._session.client_id, up_s))
         if self._on_lost is not None:
             self._on_lost(str(code))
         self._delay(client)
@@ -205,7 +221,11 @@ class Link:
                             message.qos, self._generation)
         self._inbox.push(received, len(payload))
 
-    def _on_publish(self, _c: mqtt.Client, _u: Any, mid: int, _code: Any, _p: Any) -> None:
+    def _on_publish(self, _c: mqtt.Client, _u: Any, mid: int, code: Any, _p: Any) -> None:
+        if getattr(code, "is_failure", False):  # MQTT 5 only: 3.1.1 has no reason codes
+            log.warning("%s: the broker refused publish %d: %s: its ACL does not let %s "
+                        "publish there (docs/SECURITY.md)", self._broker, mid, code,
+                        self._broker.username)
         if any(info.mid == mid for info, _, _ in list(self._large)):
             self._suspect = 0  # the broker took a large publish: it does not refuse them
 
@@ -263,6 +283,12 @@ class Link:
         if topics:
             with self._lock:
                 self._client.subscribe(list(topics))
+
+    def unsubscribe(self, topics: Sequence[str]) -> None:
+        """Unsubscribe now from these topic filters."""
+        if topics:
+            with self._lock:
+                self._client.unsubscribe(list(topics))
 
     def done(self, received: Received) -> None:
         """``received`` is handled: acknowledge it to the broker, make room in the inbox."""

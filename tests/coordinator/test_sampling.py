@@ -1,4 +1,4 @@
-"""Client sampling: seeded cohorts of online agents, announced as a rule (fake clock)."""
+"""Client sampling: seeded cohorts of online agents, named in the announcement (fake clock)."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from coordinator import (
     Tick,
     UpdateArrived,
 )
+from coordinator.cohort import select_cohort
 from protocol import (
-    CohortRule,
     ModelAnnouncement,
     Phase,
     Presence,
@@ -36,7 +36,6 @@ from protocol import (
     parse_topic,
     weights_digest,
 )
-from protocol.cohort import draw, names
 from tests.helpers import Fleet, copy_weights, expected_fedavg, initial_weights, weights_equal
 
 JOB = "job1"
@@ -70,16 +69,6 @@ def bring_online(rounds: Rounds, agents: list[str], **kw: Any) -> list[Any]:
     return actions
 
 
-def named_by(model: ModelAnnouncement, agents: list[str], samples: int = 10,
-          device: str | None = None) -> tuple[str, ...] | None:
-    """The agents of ``agents`` the announcement's rule names (None: it names no rule)."""
-    rule = model.cohort_rule
-    if rule is None:
-        return None
-    return tuple(sorted(a for a in agents if names(rule, run=model.run, round_no=model.round,
-                                                     agent=a, samples=samples, device=device)))
-
-
 def update(rounds: Rounds, agent: str) -> bytes:
     delta = {n: np.full(a.shape, 0.01, np.float32) for n, a in W0.items()}
     return encode_update(Update(job=JOB, agent=agent, round=rounds.completed_rounds + 1,
@@ -90,49 +79,30 @@ def update(rounds: Rounds, agent: str) -> bytes:
 # --- the draw --------------------------------------------------------------------------------
 
 
-def pick(candidates: dict[str, int | None], size: int, *, seed: int = 7, round_no: int = 3,
-         by_samples: bool = False) -> frozenset[str]:
-    return draw(candidates, size, seed=seed, run="r", round_no=round_no,
-                by_samples=by_samples)[0]
-
-
 def test_draw_is_reproducible_for_a_seed_and_ignores_candidate_order() -> None:
-    ids: dict[str, int | None] = {f"a{k}": 10 for k in range(20)}
+    ids = {f"a{k}": 10 for k in range(20)}
     shuffled = dict(reversed(list(ids.items())))
-    draws = [pick(c, 5) for c in (ids, shuffled)]
+    draws = [
+        select_cohort(c, 5, "uniform", np.random.default_rng([7, 3, 0])) for c in (ids, shuffled)
+    ]
     assert draws[0] == draws[1] and len(draws[0]) == 5 and draws[0] <= ids.keys()
-    assert pick(ids, 5, seed=8) != draws[0]
-    assert pick(ids, 5, round_no=4) != draws[0]  # every round draws afresh
+    other = select_cohort(ids, 5, "uniform", np.random.default_rng([8, 3, 0]))
+    assert other != draws[0]
 
 
 def test_by_samples_favours_data_rich_agents() -> None:
-    candidates: dict[str, int | None] = {"rich": 1000, **{f"p{k}": 1 for k in range(9)}}
-    picks = Counter(a for r in range(200) for a in pick(candidates, 1, round_no=r,
-                                                        by_samples=True))
-    assert picks["rich"] > 180
-    uniform = Counter(a for r in range(200) for a in pick(candidates, 1, round_no=r))
-    assert uniform["rich"] < 60  # 1 in 10 on average
+    candidates = {"rich": 1000, **{f"p{k}": 1 for k in range(9)}}
+    picks = Counter(
+        a
+        for seed in range(200)
+        for a in select_cohort(candidates, 1, "by-samples", np.random.default_rng([seed]))
+    )
+    assert picks["rich"] > 180  # p = 1000/1009 per draw
 
 
 def test_asking_for_all_returns_all() -> None:
-    assert pick({"a": 1, "b": None}, 5, by_samples=True) == {"a", "b"}
-
-
-def test_the_rule_names_the_drawn_agents_and_no_other_candidate() -> None:
-    candidates: dict[str, int | None] = {f"a{k}": k * 7 % 13 for k in range(50)}
-    for by_samples in (False, True):
-        chosen, rule = draw(candidates, 12, seed=3, run="r", round_no=2, by_samples=by_samples)
-        named = {a for a, n in candidates.items()
-                 if names(rule, run="r", round_no=2, agent=a, samples=n, device=None)}
-        assert named == chosen and len(chosen) == 12
-
-
-def test_a_rule_of_no_one_and_of_everyone() -> None:
-    nobody = draw({}, 3, seed=0, run="r", round_no=1, by_samples=True)[1]
-    assert not names(nobody, run="r", round_no=1, agent="a", samples=2**40, device=None)
-    everyone = CohortRule(seed=0, by_samples=False, cut_weight=0, cut_rank=0, devices=("rpi4",))
-    assert names(everyone, run="r", round_no=9, agent="a", samples=None, device="rpi4")
-    assert not names(everyone, run="r", round_no=9, agent="a", samples=None, device="esp32")
+    rng = np.random.default_rng(0)
+    assert select_cohort({"a": 1, "b": None}, 5, "by-samples", rng) == {"a", "b"}
 
 
 # --- config ----------------------------------------------------------------------------------
@@ -165,42 +135,30 @@ def test_the_announcement_names_a_seeded_cohort_of_the_asked_size() -> None:
     for _ in range(2):
         rounds = Rounds(config(sample_count=3, min_agents=10), copy_weights(W0), run="r")
         (model,) = announced(bring_online(rounds, agents))
-        assert model.cohort is None  # named by a rule, not a list
-        cohorts.append(named_by(model, agents))
+        cohorts.append(model.cohort)
     assert cohorts[0] == cohorts[1]
     assert cohorts[0] is not None and len(cohorts[0]) == 3
+    assert list(cohorts[0]) == sorted(cohorts[0])
     seeded = Rounds(config(sample_count=3, min_agents=10, sample_seed=1), copy_weights(W0), run="r")
     (other,) = announced(bring_online(seeded, agents))
-    assert named_by(other, agents) != cohorts[0]
-
-
-def test_the_announcement_does_not_grow_with_the_fleet() -> None:
-    sizes = []
-    for fleet in (10, 2000):
-        agents = [f"agent-{k}" for k in range(fleet)]
-        rounds = Rounds(config(sample_fraction=0.1, min_agents=fleet), copy_weights(W0), run="r")
-        (model,) = [a for a in bring_online(rounds, agents)
-                    if isinstance(a, Publish) and a.topic.endswith("/model")]
-        assert len(named_by(decode_model(model.payload), agents) or ()) == fleet // 10
-        sizes.append(len(model.payload))
-    assert abs(sizes[1] - sizes[0]) <= 16  # the cut's integers may take a few more bytes
+    assert other.cohort != cohorts[0]
 
 
 def test_without_sampling_no_cohort_is_named() -> None:
     rounds = Rounds(config(min_agents=2), copy_weights(W0), run="r")
     (model,) = announced(bring_online(rounds, ["a0", "a1"]))
-    assert model.cohort is None and model.cohort_rule is None
+    assert model.cohort is None
 
 
 def test_a_fraction_rounds_up_and_never_drops_below_what_the_round_needs() -> None:
     agents = [f"a{k}" for k in range(10)]
     rounds = Rounds(config(sample_fraction=0.25, min_agents=10), copy_weights(W0), run="r")
     (model,) = announced(bring_online(rounds, agents))
-    assert len(named_by(model, agents) or ()) == 3  # ceil(2.5)
+    assert model.cohort is not None and len(model.cohort) == 3  # ceil(2.5)
     rounds = Rounds(config(sample_fraction=0.1, min_replies=4, min_agents=10),
                     copy_weights(W0), run="r")
     (model,) = announced(bring_online(rounds, agents))
-    assert len(named_by(model, agents) or ()) == 4
+    assert model.cohort is not None and len(model.cohort) == 4
 
 
 def test_never_picks_an_offline_agent() -> None:
@@ -216,14 +174,13 @@ def test_never_picks_an_offline_agent() -> None:
     fleet.start()
     fleet.run_to_end()
     assert fleet.rounds.phase is Phase.DONE
-    opened = [m for m in announced(list(fleet.actions)) if not m.done]
+    opened = [m.cohort for m in announced(list(fleet.actions)) if not m.done]
     assert len(opened) == 30
-    # Three asked, three answered, every round: no one offline was asked ...
-    assert all((m.accepted, m.closed_by.value) == (3, "quorum") for m in fleet.history[11:])
-    trained = {a for a in fleet.agent_ids for _ in fleet.trains_of(a)}
-    assert not {"a1", "a6"} & trained
-    # ... and every live agent is asked at some point
-    assert trained == {"a0", "a2", "a3", "a4", "a5", "a7"}
+    for round_no, cohort in enumerate(opened, start=1):
+        offline = {"a1", "a6"} | ({"a3"} if round_no > 11 else set())
+        assert cohort is not None and len(cohort) == 3 and not offline & set(cohort)
+    # every live agent is asked at some point
+    assert {a for c in opened for a in c or ()} == {"a0", "a2", "a3", "a4", "a5", "a7"}
 
 
 def test_agents_not_asked_do_not_train_and_the_model_is_the_cohorts_fedavg() -> None:
@@ -232,8 +189,7 @@ def test_agents_not_asked_do_not_train_and_the_model_is_the_cohorts_fedavg() -> 
     fleet.start()
     fleet.run_to_end()
     assert fleet.rounds.phase is Phase.DONE
-    cohorts = [list(named_by(m, fleet.agent_ids) or ())
-               for m in announced(list(fleet.actions)) if not m.done]
+    cohorts = [list(m.cohort or ()) for m in announced(list(fleet.actions)) if not m.done]
     assert len(cohorts) == 4
     for agent in fleet.agent_ids:
         asked = [r for r, c in enumerate(cohorts, start=1) if agent in c]
@@ -247,9 +203,8 @@ def test_an_update_from_an_agent_not_asked_is_rejected() -> None:
     agents = [f"a{k}" for k in range(6)]
     rounds = Rounds(config(sample_count=2, min_agents=6), copy_weights(W0), run="r")
     (model,) = announced(bring_online(rounds, agents))
-    cohort = named_by(model, agents)
-    assert cohort is not None
-    outsider = next(a for a in agents if a not in cohort)
+    assert model.cohort is not None
+    outsider = next(a for a in agents if a not in model.cohort)
     (reject,) = [a for a in rounds.handle(UpdateArrived(outsider, update(rounds, outsider)), 1.0)
                  if isinstance(a, MessageRejected)]
     assert reject.reason is RejectReason.NOT_IN_COHORT
@@ -263,8 +218,7 @@ def test_a_device_class_filter_asks_only_those_devices() -> None:
     assert rounds.phase is Phase.WAITING  # two online, none eligible
     actions = bring_online(rounds, ["r0", "r1"], device="rpi4")
     (model,) = announced(actions)
-    assert named_by(model, ["r0", "r1"], device="rpi4") == ("r0", "r1")
-    assert named_by(model, ["p0", "p1"], device="phone") == ()
+    assert model.cohort == ("r0", "r1")
 
 
 def test_a_retry_tops_the_cohort_up_with_agents_not_asked_yet() -> None:
@@ -272,9 +226,8 @@ def test_a_retry_tops_the_cohort_up_with_agents_not_asked_yet() -> None:
     cfg = config(sample_count=3, min_agents=6, min_replies=3, max_retries=2)
     rounds = Rounds(cfg, copy_weights(W0), run="r")
     (first,) = announced(bring_online(rounds, agents))
-    first_cohort = named_by(first, agents)
-    assert first_cohort is not None
-    gone, *rest = first_cohort
+    assert first.cohort is not None
+    gone, *rest = first.cohort
     rounds.handle(PresenceArrived(gone, presence(gone, online=False)), 1.0)
     for agent in rest:
         rounds.handle(UpdateArrived(agent, update(rounds, agent)), 2.0)
@@ -282,10 +235,9 @@ def test_a_retry_tops_the_cohort_up_with_agents_not_asked_yet() -> None:
     (opened,) = [a for a in retry if isinstance(a, RoundOpened)]
     assert (opened.round_no, opened.attempt, opened.cohort_size) == (1, 1, 4)
     (second,) = announced(retry)
-    second_cohort = named_by(second, agents)
-    assert second_cohort is not None
-    assert set(first_cohort) < set(second_cohort)
-    (newcomer,) = set(second_cohort) - set(first_cohort)
+    assert second.cohort is not None
+    assert set(first.cohort) < set(second.cohort)
+    (newcomer,) = set(second.cohort) - set(first.cohort)
     assert newcomer != gone and newcomer in agents
     rounds.handle(UpdateArrived(newcomer, update(rounds, newcomer)), 11.0)
     assert rounds.completed_rounds == 1
@@ -300,8 +252,8 @@ def test_sampled_runs_are_reproducible() -> None:
         fleet.run_to_end()
         runs.append(fleet)
     assert weights_equal(runs[0].weights, runs[1].weights)
-    cohorts = [[m.cohort_rule for m in announced(list(f.actions))] for f in runs]
-    assert cohorts[0] == cohorts[1] and all(c is not None for c in cohorts[0][:-1])
+    cohorts = [[m.cohort for m in announced(list(f.actions))] for f in runs]
+    assert cohorts[0] == cohorts[1]
 
 
 @settings(max_examples=200, deadline=None)
@@ -309,18 +261,15 @@ def test_sampled_runs_are_reproducible() -> None:
     st.dictionaries(st.from_regex(r"a[0-9]{1,3}", fullmatch=True),
                     st.none() | st.integers(0, 10_000), min_size=0, max_size=40),
     st.integers(0, 45),
-    st.booleans(),
+    st.sampled_from(["uniform", "by-samples"]),
     st.integers(0, 2**32 - 1),
 )
-def test_a_draw_is_a_subset_of_the_asked_size_its_rule_names_exactly_it(
-    candidates: dict[str, int | None], size: int, by_samples: bool, seed: int
+def test_a_draw_is_a_subset_of_the_asked_size_and_a_function_of_its_seed(
+    candidates: dict[str, int | None], size: int, policy: str, seed: int
 ) -> None:
-    chosen, rule = draw(candidates, size, seed=seed, run="r", round_no=1, by_samples=by_samples)
-    assert chosen <= candidates.keys()
-    assert len(chosen) == min(size, len(candidates))
-    again, _ = draw(dict(sorted(candidates.items(), reverse=True)), size, seed=seed, run="r",
-                    round_no=1, by_samples=by_samples)
-    assert again == chosen
-    named = {a for a, n in candidates.items()
-             if names(rule, run="r", round_no=1, agent=a, samples=n, device=None)}
-    assert named == chosen
+    draw = select_cohort(candidates, size, policy, np.random.default_rng([seed, 1, 0]))
+    assert draw <= candidates.keys()
+    assert len(draw) == min(size, len(candidates))
+    again = select_cohort(dict(sorted(candidates.items(), reverse=True)), size, policy,
+                          np.random.default_rng([seed, 1, 0]))
+    assert again == draw

@@ -5,6 +5,7 @@ Waiting is always on an event with a timeout, never a sleep.
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import threading
@@ -19,6 +20,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from coordinator import Action, RoundClosed, RoundConfig
 from coordinator.mqtt import CoordinatorNode
+from coordinator.staleness import BufferConfig
 from edge_agent.mqtt import AgentNode, run_fleet
 from fedmq.launch import AgentSettings, Connection, build_agent, build_coordinator
 from fedmq.tasks import DataConfig
@@ -32,6 +34,37 @@ def wait_until(predicate: Callable[[], bool], cond: threading.Condition, timeout
     with cond:
         if not cond.wait_for(predicate, timeout=timeout):
             raise TimeoutError(f"condition not met within {timeout} s")
+
+
+class LogWatch(logging.Handler):
+    """fedmq's log lines as they are emitted, from any thread, to wait on."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+        self.cond = threading.Condition()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with self.cond:
+            self.lines.append(record.getMessage())
+            self.cond.notify_all()
+
+    def wait_for(self, text: str, timeout: float = TIMEOUT_S) -> str:
+        """The first line containing ``text``, once one is logged."""
+        wait_until(lambda: any(text in line for line in self.lines), self.cond, timeout)
+        with self.cond:
+            return next(line for line in self.lines if text in line)
+
+
+@contextmanager
+def watching_logs(name: str = "fedmq") -> Iterator[LogWatch]:
+    """Capture the warnings (and worse) of ``name``'s loggers while the block runs."""
+    watch, logger = LogWatch(), logging.getLogger(name)
+    logger.addHandler(watch)
+    try:
+        yield watch
+    finally:
+        logger.removeHandler(watch)
 
 
 @dataclass
@@ -122,13 +155,13 @@ class CoordinatorThread:
     def __init__(self, config: RoundConfig, url: str, run_dir: Path | None = None, *,
                  data: DataConfig | None = None, resume: bool = False,
                  on_action: Callable[[Action], None] | None = None,
-                 mqtt5: bool = True) -> None:
+                 mqtt5: bool = True, buffer: BufferConfig | None = None) -> None:
         self.closed: list[RoundMetrics] = []
         self.cond = threading.Condition()
         self._extra = on_action
         self.node: CoordinatorNode = build_coordinator(
             config, Connection(BrokerURL.parse(url), mqtt5=mqtt5), data=data or DataConfig(),
-            run_dir=run_dir, resume=resume, on_action=self._observe,
+            run_dir=run_dir, resume=resume, on_action=self._observe, buffer=buffer,
         )
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -168,13 +201,16 @@ class CoordinatorThread:
 def agent_fleet(url: str, job: str, task: str, count: int, *, first: int = 0,
                 total: int | None = None, exit_when_done: bool = True,
                 data: DataConfig | None = None, mqtt5: bool = True,
+                train_delays_s: tuple[float, ...] = (),
                 ) -> Iterator[list[AgentNode]]:
-    """``count`` in-process agents, each with its own MQTT connection; stopped on exit."""
+    """``count`` in-process agents, each with its own MQTT connection; stopped on exit.
+    ``train_delays_s[i]`` slows agent i down artificially (a slow device)."""
     nodes = [
         build_agent(
             AgentSettings(job=job, task=task, agent_id=f"agent-{i}", shard=i,
                           num_shards=total or count, data=data or DataConfig(), threads=1,
-                          exit_when_done=exit_when_done),
+                          exit_when_done=exit_when_done,
+                          train_delay_s=dict(enumerate(train_delays_s)).get(i - first, 0.0)),
             Connection(BrokerURL.parse(url), mqtt5=mqtt5),
         )
         for i in range(first, first + count)

@@ -18,11 +18,9 @@ import pytest
 
 from protocol import (
     ClosedBy,
-    CohortRule,
     ModelAnnouncement,
     Phase,
     Presence,
-    RollCall,
     RoundMetrics,
     Status,
     TrainPlan,
@@ -30,14 +28,12 @@ from protocol import (
     decode_metrics,
     decode_model,
     decode_presence,
-    decode_rollcall,
     decode_status,
     decode_update,
     encode_delta,
     encode_metrics,
     encode_model,
     encode_presence,
-    encode_rollcall,
     encode_status,
     encode_update,
     weights_digest,
@@ -61,7 +57,6 @@ KINDS: dict[str, Kind] = {
     "presence": Kind("presence", encode_presence, decode_presence, Presence, False),
     "status": Kind("status", encode_status, decode_status, Status, False),
     "metrics": Kind("metrics", encode_metrics, decode_metrics, RoundMetrics, False),
-    "rollcall": Kind("rollcall", encode_rollcall, decode_rollcall, RollCall, False),
 }
 
 SHAPES = {"dense.w": (3, 2), "dense.b": (2,), "scale": ()}
@@ -79,7 +74,7 @@ def sample_messages() -> dict[str, Any]:
     return {
         "model": ModelAnnouncement(
             job="job-a",
-            run="run-7",
+            run="run.7",
             round=3,
             model_id=model_id,
             task="toy",
@@ -91,8 +86,6 @@ def sample_messages() -> dict[str, Any]:
             cohort=("agent-1", "agent-2"),
             done=False,
             issued_at=1_700_000_100.25,
-            cohort_rule=CohortRule(seed=7, by_samples=True, cut_weight=64, cut_rank=2**40,
-                                   devices=("rpi4",)),
         ),
         "update": Update(
             job="job-a",
@@ -110,7 +103,7 @@ def sample_messages() -> dict[str, Any]:
         ),
         "status": Status(
             job="job-a",
-            run="run-7",
+            run="run.7",
             phase=Phase.TRAINING,
             round=3,
             rounds=10,
@@ -127,7 +120,7 @@ def sample_messages() -> dict[str, Any]:
         ),
         "metrics": RoundMetrics(
             job="job-a",
-            run="run-7",
+            run="run.7",
             round=2,
             closed_by=ClosedBy.DEADLINE,
             accepted=1,
@@ -141,7 +134,6 @@ def sample_messages() -> dict[str, Any]:
             train_loss=0.75,
             at=3.0,
         ),
-        "rollcall": RollCall(job="job-a", run="run-7", at=4.0),
     }
 
 

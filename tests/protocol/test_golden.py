@@ -10,6 +10,7 @@ The msgpack vectors are laid out one top-level field per line (key, then value).
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from pathlib import Path
 
@@ -315,6 +316,10 @@ def test_reject_reason_wire_strings():
         "NO_ROUND": "no_round",
         "UNSIGNED": "unsigned",
         "BAD_SIGNATURE": "bad_signature",
+        "OUT_OF_PHASE": "out_of_phase",
+        "BAD_KEY": "bad_key",
+        "BAD_SHARE": "bad_share",
+        "DIGEST_MISMATCH": "digest_mismatch",
     }
 
 
@@ -334,3 +339,12 @@ def test_protocol_doc_shows_the_golden_bytes():
     hex_columns = [re.split(r" {3,}", line.strip())[0] for line in dump.splitlines()]
     assert bytes.fromhex(" ".join(hex_columns)) == MODEL_BYTES
     assert presence.strip().encode() == PRESENCE_BYTES
+
+
+def test_shared_vectors_hold_these_bytes():
+    # protocol/vectors/messages.json (checked both ways by test_vectors.py and the JS tests)
+    # carries the same messages: the annotated bytes here and the shared file cannot drift.
+    shared = json.loads((Path(__file__).parents[2] / "protocol/vectors/messages.json").read_text())
+    by_name = {v["name"]: bytes.fromhex(v["hex"]) for v in shared["messages"]}
+    for param in GOLDEN:
+        assert by_name[param.id] == param.values[2], param.id

@@ -43,7 +43,7 @@ from protocol import (
     weights_digest,
 )
 
-ID_RE = r"[A-Za-z0-9][A-Za-z0-9_\-]{0,63}"
+ID_RE = r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}"
 F16_MAX = float(np.finfo(np.float16).max)
 F32_MAX = float(np.finfo(np.float32).max)
 #: the codecs these properties cover; the codec work tests its own
@@ -109,6 +109,7 @@ presences = st.builds(
     device=st.none() | short_text,
     trainer=st.none() | short_text,
     at=stamps,
+    kind=st.none() | st.sampled_from(["python", "browser"]) | short_text,
 )
 rejected = st.dictionaries(st.text(max_size=20), counts, max_size=8)
 statuses = st.builds(

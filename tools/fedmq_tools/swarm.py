@@ -47,9 +47,8 @@ from edge_agent.agent import (
     AgentCore,
     AgentEvent,
     Connected,
-    ModelArrived,
+    KeepModel,
     ModelRejected,
-    RollCalled,
     RunFinished,
     SaveResidual,
     ShutdownRequested,
@@ -57,6 +56,7 @@ from edge_agent.agent import (
     Train,
     TrainingDone,
     TrainingFailed,
+    Unsubscribe,
     UpdateSent,
 )
 from edge_agent.trainer import Trainer
@@ -243,7 +243,7 @@ class Swarm:
             return
         self._set_state(member, MemberState.ONLINE)
         member.backoff.reset()
-        client.subscribe(member.core.topics.agent_subscriptions)
+        client.subscribe(member.core.subscriptions)
         self._inbox.append((member, Connected()))
 
     def _on_disconnect(self, _c: mqtt.Client, member: Member, _f: Any, rc: Any, _p: Any) -> None:
@@ -254,9 +254,7 @@ class Swarm:
         self._inbox.append((member, _Lost()))
 
     def _on_message(self, _c: mqtt.Client, member: Member, message: mqtt.MQTTMessage) -> None:
-        payload = bytes(message.payload)
-        rollcall = message.topic == member.core.topics.rollcall
-        self._inbox.append((member, RollCalled(payload) if rollcall else ModelArrived(payload)))
+        self._inbox.append((member, member.core.arrived(message.topic, bytes(message.payload))))
 
     # --- the loop --------------------------------------------------------------------------
 
@@ -428,8 +426,12 @@ class Swarm:
                 self.stats.updates_sent += 1
             case RunFinished():
                 member.finished = True
-            case SaveResidual():
-                pass  # simulated devices keep their residual in memory only
+            case SaveResidual() | KeepModel():
+                pass  # simulated devices keep their residual and model in memory only
+            case Subscribe(topics=topics):
+                member.client.subscribe([(topic, 1) for topic in topics])
+            case Unsubscribe(topics=topics):
+                member.client.unsubscribe(list(topics))
             case _:
                 assert_never(action)
         return None
