@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Idempotent set-up on Debian/Ubuntu: Mosquitto from apt when missing, a virtualenv
+# Idempotent set-up on Debian/Ubuntu: Mosquitto from apt when missing (NATS and RabbitMQ
+# too for developers: the broker matrix), a virtualenv
 # with the pinned CPU build of torch, and fedmq with the extras given as arguments.
 # Sourced by demo.sh and test.sh; FEDMQ_VENV overrides the venv location.
 set -euo pipefail
@@ -20,6 +21,23 @@ if ! have_mosquitto; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients
 fi
 have_mosquitto || { echo "setup: Mosquitto could not be installed" >&2; exit 1; }
+
+# The broker matrix (tests marked brokers, docs/BROKERS.md) runs against NATS (its MQTT
+# front end) and RabbitMQ (rabbitmq_mqtt) too, for developers (the dev extra). The tests
+# start private instances on free ports; the packages' own services are not used.
+have_nats() { command -v nats-server >/dev/null 2>&1; }
+have_rabbitmq() { [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] && command -v epmd >/dev/null 2>&1; }
+case ",$EXTRAS," in
+  *,dev,*)
+    if ! have_nats || ! have_rabbitmq; then
+      echo "setup: installing nats-server and rabbitmq-server from apt"
+      as_root apt-get update -qq
+      as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server rabbitmq-server
+    fi
+    have_nats || { echo "setup: nats-server could not be installed" >&2; exit 1; }
+    have_rabbitmq || { echo "setup: rabbitmq-server could not be installed" >&2; exit 1; }
+    ;;
+esac
 
 if ! python3 -c "import ensurepip, venv" >/dev/null 2>&1; then
   echo "setup: installing python3-venv from apt"
