@@ -579,7 +579,7 @@ def test_a_coordinator_stopped_before_round_one_exits_cleanly_and_never_prints_t
     out = log.read_text()
     assert code == 0, out
     assert "waiting for 3 agent(s) on mqtts://coordinator@127.0.0.1" in out
-    assert "done: stopped: SIGTERM" in out
+    assert "stopped: stopped (SIGTERM) after round 0: resumable" in out
     assert secret not in out
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["rounds_completed"] == 0
