@@ -50,6 +50,8 @@ class RejectReason(str, enum.Enum):
     UNSIGNED = "unsigned"
     #: a signature that does not verify with the signer's provisioned key: forged or altered
     BAD_SIGNATURE = "bad_signature"
+    #: a partial aggregate whose exact-sum state is out of range or not canonical
+    BAD_STATE = "bad_state"
 
 
 class WireError(Exception):

@@ -316,6 +316,7 @@ def test_reject_reason_wire_strings():
         "NO_ROUND": "no_round",
         "UNSIGNED": "unsigned",
         "BAD_SIGNATURE": "bad_signature",
+        "BAD_STATE": "bad_state",
     }
 
 
