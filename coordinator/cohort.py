@@ -78,11 +78,11 @@ class Roster:
         else:
             self.online.discard(agent)
 
-    def alive(self, agent: str) -> None:
+    def alive(self, *agents: str) -> None:
         """Proof of life: an accepted update. After a broker restart an agent's last will
         (offline) can come before its re-sent update and its new presence; it must stay
         in the next cohort."""
-        self.online.add(agent)
+        self.online.update(agents)
 
 
 class CohortPolicy:

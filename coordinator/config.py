@@ -83,6 +83,11 @@ class RoundConfig:
     #: topic's agent with its key, and only these agents take part (``allowed_agents``
     #: defaults to them). None: updates are not verified.
     agent_keys: Mapping[str, VerifyKey] | None = None
+    #: site aggregators and ingest workers whose partial aggregates count (None: any),
+    #: and their public keys in the secure profile (docs/SCALE.md)
+    allowed_aggregators: frozenset[str] | None = None
+    aggregator_keys: Mapping[str, VerifyKey] | None = None
+    max_partial_bytes: int = 512 * 1024 * 1024
     #: ``aggregator`` and ``server_opt`` parsed once, here, so nothing parses them again
     aggregator_spec: AggregatorSpec = field(init=False, repr=False, compare=False)
     server_opt_spec: ServerOptSpec = field(init=False, repr=False, compare=False)
@@ -119,6 +124,8 @@ class RoundConfig:
             raise ValueError("max_retries must be >= 0 and retry_backoff >= 1")
         if self.agent_keys is not None:
             self._check_agent_keys(self.agent_keys)
+        if self.aggregator_keys is not None and self.allowed_aggregators is None:
+            object.__setattr__(self, "allowed_aggregators", frozenset(self.aggregator_keys))
 
     def _check_aggregator(self) -> None:
         need = self.aggregator_spec.min_updates

@@ -53,6 +53,14 @@ class Evaluated:
 
 
 @dataclass(frozen=True, slots=True)
+class PartialArrived:
+    """A site aggregator or ingest worker published its partial aggregate of a round."""
+
+    aggregator: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class StopRequested:
     """The operator asked the run to end (Ctrl-C, SIGTERM)."""
 
@@ -60,7 +68,13 @@ class StopRequested:
 
 
 Event: TypeAlias = (
-    BrokerConnected | UpdateArrived | PresenceArrived | Tick | Evaluated | StopRequested
+    BrokerConnected
+    | UpdateArrived
+    | PresenceArrived
+    | PartialArrived
+    | Tick
+    | Evaluated
+    | StopRequested
 )
 
 # --- actions (out) ---------------------------------------------------------------
@@ -83,6 +97,17 @@ class UpdateAccepted:
 
     agent: str
     round_no: int
+    accepted: int
+    quorum: int
+
+
+@dataclass(frozen=True, slots=True)
+class PartialMerged:
+    """A partial aggregate was merged: its ``contributors`` count as accepted updates."""
+
+    aggregator: str
+    round_no: int
+    contributors: int
     accepted: int
     quorum: int
 
@@ -131,6 +156,7 @@ Action: TypeAlias = (
     Publish
     | RoundOpened
     | UpdateAccepted
+    | PartialMerged
     | MessageRejected
     | Evaluate
     | SaveCheckpoint

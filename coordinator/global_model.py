@@ -7,6 +7,7 @@ keeps, so resuming restores exactly this state.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 from coordinator.aggregate import Aggregator, apply_delta
@@ -49,6 +50,11 @@ class GlobalModel:
             PrivacyLedger(config.dp_delta, dp_rounds) if config.dp_noise is not None else None
         )
         self.dp_rounds = dp_rounds
+
+    @property
+    def size(self) -> int:
+        """Coordinates in the model: what a partial aggregate's sum must cover."""
+        return sum(math.prod(shape) for shape in self._shapes.values())
 
     def aggregator(self, round_no: int, cohort: int) -> Aggregator:
         """A fresh aggregator for round ``round_no`` asking ``cohort`` agents: the configured

@@ -29,6 +29,7 @@ from coordinator.events import (
     Evaluated,
     Event,
     MessageRejected,
+    PartialMerged,
     PresenceArrived,
     RoundClosed,
     RoundOpened,
@@ -194,7 +195,7 @@ class CoordinatorNode:
                 log.warning(
                     "rejected from %s (round %s): %s: %s", agent, round_no, reason.value, detail
                 )
-            case RoundOpened() | UpdateAccepted() | RoundClosed():
+            case RoundOpened() | UpdateAccepted() | PartialMerged() | RoundClosed():
                 pass  # progress, for on_action observers
             case Stop(phase=phase, message=message):
                 level = logging.INFO if phase is Phase.DONE else logging.ERROR

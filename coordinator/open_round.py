@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from coordinator.aggregate import Aggregator
+from coordinator.aggregate import Aggregator, Mergeable, PartialSum
+from coordinator.config import RoundConfig
 from coordinator.optimisers import OptState
 from protocol import ClosedBy, RoundMetrics, Update, Weights
+from protocol.partial import PartialAggregate
 
 
 def _finite(value: float | None) -> float | None:
@@ -53,6 +56,26 @@ class OpenRound:
     cohort_target: int = 0
     #: every eligible agent online at one of the round's draws: q = cohort / pool for DP
     pool: set[str] = field(default_factory=set)
+    #: the aggregators (sites, ingest workers) whose partial aggregate was merged
+    partials: set[str] = field(default_factory=set)
+
+    @classmethod
+    def first(cls, config: RoundConfig, number: int, now: float, *, cohort: frozenset[str],
+              aggregator: Aggregator, eligible: frozenset[str], target: int) -> OpenRound:
+        """Round ``number``'s first attempt, asking ``cohort`` (``target`` agents drawn
+        from ``eligible``)."""
+        quorum = config.quorum if config.quorum is not None else max(len(cohort),
+                                                                     config.min_replies)
+        return cls(number=number, attempt=0, opened_at=now, deadline=now + config.deadline_s,
+                   deadline_s=config.deadline_s, cohort=cohort, quorum=quorum,
+                   aggregator=aggregator, model_payload=b"", cohort_target=target,
+                   pool=set(eligible))
+
+    def next_attempt(self, config: RoundConfig, now: float) -> None:
+        """A retry: the next attempt's deadline, ``retry_backoff`` times longer each time."""
+        self.attempt += 1
+        self.deadline_s = config.deadline_s * config.retry_backoff**self.attempt
+        self.deadline = now + self.deadline_s
 
     @property
     def answered(self) -> set[str]:
@@ -63,15 +86,32 @@ class OpenRound:
         """q for DP accounting: the cohort over every eligible agent seen at its draws."""
         return len(self.cohort) / max(len(self.pool), len(self.cohort), 1)
 
-    def tally(self, update: Update) -> None:
-        """Count an accepted update's samples and reported training metrics."""
-        self.accepted.add(update.agent)
-        self.samples += update.samples
-        if "loss" in update.metrics:
-            self.loss_sum += update.metrics["loss"] * update.samples
-        if "accuracy" in update.metrics:
-            self.accuracy_sum += update.metrics["accuracy"] * update.samples
-            self.accuracy_samples += update.samples
+    def take_update(self, update: Update, delta: Weights) -> None:
+        """Add an admitted update's ``delta`` to the aggregate; count its samples and its
+        reported training metrics."""
+        self.aggregator.add(delta, update.samples)
+        self._count(update.agent, update.samples, update.metrics)
+
+    def take_partial(self, partial: PartialAggregate, merger: Mergeable, size: int) -> None:
+        """Merge an admitted partial aggregate of ``size`` bytes into ``merger`` (this
+        round's aggregator) and count its contributors, declines and rejections."""
+        merger.merge(PartialSum(partial.total, len(partial.contributors),
+                                partial.total_weight))
+        self.bytes_up += size
+        self.partials.add(partial.aggregator)
+        for c in partial.contributors:
+            self._count(c.agent, c.samples, c.metrics)
+        self.declined.update(partial.declined)
+        self.rejected.update(r.reason.value for r in partial.rejected)
+
+    def _count(self, agent: str, samples: int, metrics: Mapping[str, float]) -> None:
+        self.accepted.add(agent)
+        self.samples += samples
+        if "loss" in metrics:
+            self.loss_sum += metrics["loss"] * samples
+        if "accuracy" in metrics:
+            self.accuracy_sum += metrics["accuracy"] * samples
+            self.accuracy_samples += samples
 
     def metrics(
         self,

@@ -9,7 +9,8 @@ Rules of this module:
 3. A rejected message changes nothing but the rejection counters.
 
 What it delegates, one concern each: who may be asked (:mod:`coordinator.cohort`),
-whether an update may enter (:mod:`coordinator.validation`), when the run ends
+whether an update or a partial aggregate may enter (:mod:`coordinator.validation`,
+:mod:`coordinator.partials`), when the run ends
 (:mod:`coordinator.stopping`), and how everything is said on the wire
 (:mod:`coordinator.outbox`).
 
@@ -36,6 +37,8 @@ from coordinator.events import (
     Evaluated,
     Event,
     MessageRejected,
+    PartialArrived,
+    PartialMerged,
     PresenceArrived,
     RoundClosed,
     RoundOpened,
@@ -49,6 +52,7 @@ from coordinator.events import (
 from coordinator.global_model import GlobalModel
 from coordinator.open_round import OpenRound
 from coordinator.outbox import Outbox
+from coordinator.partials import admit_partial
 from coordinator.phases import Trigger, next_phase
 from coordinator.stopping import stop_reason
 from coordinator.validation import Intake, RunView
@@ -154,6 +158,8 @@ class Rounds:
                 return self._on_presence(agent, payload, now)
             case UpdateArrived(agent=agent, payload=payload):
                 return self._on_update(agent, payload, now)
+            case PartialArrived(aggregator=aggregator, payload=payload):
+                return self._on_partial(aggregator, payload, now)
             case Tick():
                 return self._on_tick(now)
             case Evaluated(round_no=round_no, metrics=metrics):
@@ -189,20 +195,21 @@ class Rounds:
             return self._open_round(now)
         return [self._status(now)]
 
-    def _on_update(self, agent: str, payload: bytes, now: float) -> list[Action]:
+    def _view(self) -> RunView:
+        """The run as validation sees it; ``accepting`` only while a round takes updates."""
         rs = self._round
-        accepting = rs if rs is not None and self._phase is Phase.TRAINING else None
-        round_no = rs.number if rs is not None else None
-        if accepting is not None:
-            accepting.bytes_up += len(payload)
-        view = RunView(
-            run=self._run,
-            completed=self._completed,
-            current=round_no if not self.finished else None,
-            accepting=accepting,
-            model_id=self._model_id,
+        return RunView(
+            run=self._run, completed=self._completed, model_id=self._model_id,
+            current=rs.number if rs is not None and not self.finished else None,
+            accepting=rs if rs is not None and self._phase is Phase.TRAINING else None,
             online=self._roster.online,
         )
+
+    def _on_update(self, agent: str, payload: bytes, now: float) -> list[Action]:
+        view, round_no = self._view(), self._round.number if self._round else None
+        accepting = view.accepting
+        if accepting is not None:
+            accepting.bytes_up += len(payload)
         try:
             taken = self._intake.take(view, agent, payload, now)
         except WireError as exc:
@@ -214,12 +221,25 @@ class Rounds:
         if delta is None:
             accepting.declined.add(agent)
             return [self._status(now), *self._maybe_close(now)]
-        accepting.aggregator.add(delta, update.samples)
-        accepting.tally(update)
+        accepting.take_update(update, delta)
         self._roster.alive(agent)
         accepted = UpdateAccepted(agent, accepting.number, len(accepting.accepted),
                                   accepting.quorum)
         return [accepted, self._status(now), *self._maybe_close(now)]
+
+    def _on_partial(self, aggregator: str, payload: bytes, now: float) -> list[Action]:
+        view, round_no = self._view(), self._round.number if self._round else None
+        try:
+            p, merger = admit_partial(self.config, view, aggregator, payload, self._model.size)
+        except WireError as exc:
+            return [self._reject(aggregator, round_no, exc.reason, f"partial: {exc.detail}")]
+        rs = view.accepting
+        assert rs is not None  # admit_partial refuses every partial without one
+        rs.take_partial(p, merger, len(payload))
+        self._rejected_total.update(r.reason.value for r in p.rejected)
+        self._roster.alive(*p.agents)
+        merged = PartialMerged(aggregator, p.round, len(p.agents), len(rs.accepted), rs.quorum)
+        return [merged, self._status(now), *self._maybe_close(now)]
 
     def _on_tick(self, now: float) -> list[Action]:
         rs = self._round
@@ -227,11 +247,8 @@ class Rounds:
             return []
         if len(rs.accepted) >= self.config.min_replies:
             return self._close(ClosedBy.DEADLINE, now)
-        short = (
-            f"round {rs.number}: {len(rs.accepted)} of min_replies={self.config.min_replies} "
-            f"updates by the deadline"
-        )
-        return self._short_round(short, now)
+        short = f"round {rs.number}: {len(rs.accepted)} of min_replies={self.config.min_replies}"
+        return self._short_round(f"{short} updates by the deadline", now)
 
     def _on_evaluated(self, round_no: int, metrics: dict[str, float], now: float) -> list[Action]:
         rs = self._round
@@ -258,34 +275,20 @@ class Rounds:
         return [*publishes, opened, self._status(now)]
 
     def _open_round(self, now: float) -> list[Action]:
-        cfg = self.config
         eligible = self._cohorts.eligible(self.agents_online, self._roster.presences)
         number = self._completed + 1
         target = self._cohorts.size(len(eligible))
         cohort = self._cohorts.draw(eligible, target, self._roster.presences, number, 0)
-        quorum = cfg.quorum if cfg.quorum is not None else max(len(cohort), cfg.min_replies)
-        self._round = OpenRound(
-            number=number,
-            attempt=0,
-            opened_at=now,
-            deadline=now + cfg.deadline_s,
-            deadline_s=cfg.deadline_s,
-            cohort=cohort,
-            quorum=quorum,
-            aggregator=self._model.aggregator(number, len(cohort)),
-            model_payload=b"",
-            cohort_target=target,
-            pool=set(eligible),
-        )
+        aggregator = self._model.aggregator(number, len(cohort))
+        self._round = OpenRound.first(self.config, number, now, cohort=cohort,
+                                      aggregator=aggregator, eligible=eligible, target=target)
         self._fire(Trigger.OPEN if self._phase is Phase.WAITING else Trigger.NEXT)
         return self._announce(self._round, now)
 
     def _retry_round(self, now: float) -> list[Action]:
         rs = self._round
         assert rs is not None
-        rs.attempt += 1
-        rs.deadline_s = self.config.deadline_s * self.config.retry_backoff**rs.attempt
-        rs.deadline = now + rs.deadline_s
+        rs.next_attempt(self.config, now)
         eligible = self._cohorts.eligible(self.agents_online, self._roster.presences)
         rs.pool |= eligible
         rs.cohort = self._cohorts.top_up(rs, eligible, self._roster.presences)
@@ -334,13 +337,9 @@ class Rounds:
         self._model_id = self._outbox.model_id(rs.new_weights)
         self._completed = rs.number
         metrics = rs.metrics(
-            job=self.config.job,
-            run=self._run,
-            evaluation=evaluation,
-            raw_update_bytes=self._raw_update_bytes,
-            duration_s=now - rs.opened_at,
-            at=self._outbox.wall(now),
-            epsilon=self._model.record_privacy(rs.sampling_rate),
+            job=self.config.job, run=self._run, evaluation=evaluation,
+            raw_update_bytes=self._raw_update_bytes, duration_s=now - rs.opened_at,
+            at=self._outbox.wall(now), epsilon=self._model.record_privacy(rs.sampling_rate),
         )
         self._history.append(metrics)
         # Checkpoint first: a round whose metrics anyone has seen survives a crash.

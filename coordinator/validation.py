@@ -75,14 +75,14 @@ def admit_update(config: RoundConfig, view: RunView, agent: str, payload: bytes)
         raise WireError(RejectReason.DUPLICATE, f"{agent} already answered round {rs.number}")
     if update.model_id != view.model_id:
         raise WireError(RejectReason.BASE_MISMATCH, f"trained from {update.model_id[:12]}")
-    _check_asked(config, view, agent, rs)
+    check_asked(config, view, agent, rs)
     if update.declined is None and update.codec != config.codec:
         detail = f"codec {update.codec!r}, the round uses {config.codec!r}"
         raise WireError(RejectReason.BAD_CODEC, detail)
     return update
 
 
-def _check_asked(config: RoundConfig, view: RunView, agent: str, rs: OpenRound) -> None:
+def check_asked(config: RoundConfig, view: RunView, agent: str, rs: OpenRound) -> None:
     """Refuse an agent the round did not ask: never seen online, or not in its cohort.
 
     Raises:

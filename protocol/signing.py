@@ -59,6 +59,8 @@ class Purpose(str, enum.Enum):
     MODEL = "model"
     #: an update or decline, signed by the agent that sends it
     UPDATE = "update"
+    #: a partial aggregate, signed by the site aggregator or ingest worker that sends it
+    PARTIAL = "partial"
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,22 +312,53 @@ def open_update(
             for another run); UNKNOWN_AGENT (no key for the agent);
             BAD_SIGNATURE; MALFORMED, BAD_VERSION or TOO_LARGE for a bad envelope.
     """
+    return _open_from(payload, Purpose.UPDATE, job=job, run=run, signer=agent, keys=keys,
+                      max_body_bytes=max_body_bytes)
+
+
+def open_partial(
+    payload: bytes,
+    *,
+    job: str,
+    run: str,
+    aggregator: str,
+    keys: Mapping[str, VerifyKey] | None,
+    max_body_bytes: int,
+) -> bytes:
+    """The partial aggregate inside ``payload``, sent on ``aggregator``'s topic: as
+    :func:`open_update`, with the aggregators' keys."""
+    return _open_from(payload, Purpose.PARTIAL, job=job, run=run, signer=aggregator, keys=keys,
+                      max_body_bytes=max_body_bytes)
+
+
+def _open_from(
+    payload: bytes,
+    purpose: Purpose,
+    *,
+    job: str,
+    run: str,
+    signer: str,
+    keys: Mapping[str, VerifyKey] | None,
+    max_body_bytes: int,
+) -> bytes:
+    """What ``signer`` (named by the topic) sealed for ``purpose``; see :func:`open_update`."""
+    what = purpose.value
     if not is_signed(payload):
         if keys is not None:
-            raise WireError(RejectReason.UNSIGNED, "update is not signed")
+            raise WireError(RejectReason.UNSIGNED, f"{what} is not signed")
         return payload
-    envelope = _expect(decode_signed(payload, max_body_bytes), Purpose.UPDATE)
+    envelope = _expect(decode_signed(payload, max_body_bytes), purpose)
     if keys is None:
         return envelope.body
     if envelope.job != job:
-        raise WireError(RejectReason.WRONG_JOB, f"update signed for job {envelope.job!r}")
-    if envelope.signer != agent:
+        raise WireError(RejectReason.WRONG_JOB, f"{what} signed for job {envelope.job!r}")
+    if envelope.signer != signer:
         raise WireError(RejectReason.AGENT_MISMATCH, f"signed by {envelope.signer!r}")
     if envelope.run != run:
         raise WireError(RejectReason.WRONG_RUN, f"signed for run {envelope.run!r}, not {run!r}")
-    key = keys.get(agent)
+    key = keys.get(signer)
     if key is None:
-        raise WireError(RejectReason.UNKNOWN_AGENT, f"no update key provisioned for {agent!r}")
+        raise WireError(RejectReason.UNKNOWN_AGENT, f"no {what} key provisioned for {signer!r}")
     return _verified(envelope, key)
 
 

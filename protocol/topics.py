@@ -33,9 +33,11 @@ class TopicKind(str, enum.Enum):
     METRICS = "metrics"
     #: one agent's presence (retained, agent and its last will)
     AGENTS = "agents"
+    #: one site aggregator's or ingest worker's partial aggregate of a round (that aggregator)
+    PARTIAL = "partial"
 
 
-_PER_AGENT = {TopicKind.UPDATE, TopicKind.AGENTS}
+_PER_AGENT = {TopicKind.UPDATE, TopicKind.AGENTS, TopicKind.PARTIAL}
 
 
 def check_id(value: str, what: str = "id") -> str:
@@ -99,6 +101,13 @@ class Topics:
 
     def presence(self, agent: str) -> str:
         return f"{self.base}/agents/{check_id(agent, 'agent')}"
+
+    def partial(self, aggregator: str) -> str:
+        return f"{self.base}/partial/{check_id(aggregator, 'aggregator')}"
+
+    @property
+    def all_partials(self) -> str:
+        return f"{self.base}/partial/+"
 
     @property
     def all_updates(self) -> str:
