@@ -29,6 +29,7 @@ from coordinator.events import (
     Evaluated,
     Event,
     MessageRejected,
+    PartialArrived,
     PartialMerged,
     PresenceArrived,
     RoundClosed,
@@ -103,7 +104,8 @@ class CoordinatorNode:
                 self._put(_Refused(why))
             return
         topics = self.rounds.topics
-        client.subscribe([(topics.all_updates, 1), (topics.all_presence, 1)])
+        client.subscribe([(topics.all_updates, 1), (topics.all_presence, 1),
+                          (topics.all_partials, 1)])
         self._put(BrokerConnected())
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason_code: Any, _p: Any) -> None:
@@ -162,6 +164,8 @@ class CoordinatorNode:
             return UpdateArrived(ref.agent, item.payload)
         if ref.kind is TopicKind.AGENTS and ref.agent is not None:
             return PresenceArrived(ref.agent, item.payload)
+        if ref.kind is TopicKind.PARTIAL and ref.agent is not None:
+            return PartialArrived(ref.agent, item.payload)
         return None
 
     def _feed(self, event: Event) -> None:
