@@ -59,9 +59,9 @@ class SiteNode:
         self._below = make_client(local, self._local_session)
         self._below.on_connect = self._on_local_connect
         self._below.on_message = self._on_message
-        self._below.on_subscribe = lambda *_: self.subscribed.set()
         #: set once the site broker has confirmed the subscriptions (updates are not retained)
         self.subscribed = threading.Event()
+        self._below.on_subscribe = lambda *_: self.subscribed.set()
         self._above = make_client(upstream, self._upstream_session)
         self._last: mqtt.MQTTMessageInfo | None = None
         self.bugs = 0
