@@ -1,7 +1,7 @@
 """Two levels over real Mosquittos: site brokers bridged to a central one, site aggregators.
 
 Each site's Mosquitto is bridged to the central one by Mosquitto's own bridge
-(``connection`` / ``address`` / ``topic``, written here as docs/SCALE.md shows): the
+(``connection`` / ``address`` / ``topic``: :func:`fedmq.broker.site_bridge`, docs/SCALE.md): the
 model comes down retained, presence goes up, updates stay at the site. A site
 aggregator sums its agents' updates and sends the coordinator one partial per round.
 """
@@ -21,7 +21,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from coordinator import Action, PartialMerged, RoundConfig
 from coordinator.site import SiteAggregator
 from coordinator.site_mqtt import SiteNode
-from fedmq.broker import LocalBroker
+from fedmq.broker import LocalBroker, site_bridge
 from fedmq.tasks import get_task
 from protocol import ClosedBy, Presence, Topics, encode_presence
 from tests.needs import require_mosquitto
@@ -31,22 +31,6 @@ pytestmark = pytest.mark.integration
 
 DIGITS = get_task("digits")
 PER_SITE = 5
-
-
-def bridge_config(site: str, central: LocalBroker, job: str) -> str:
-    """The site broker's bridge to the central broker, as docs/SCALE.md writes it."""
-    base = f"fedmq/v1/{job}"
-    return "\n".join([
-        f"connection {site}",
-        f"address 127.0.0.1:{central.port}",
-        f"remote_clientid fedmq-bridge-{site}",
-        "cleansession true",
-        f"topic {base}/model in 1",
-        f"topic {base}/model/chunk/# in 1",
-        f"topic {base}/status in 1",
-        f"topic {base}/agents/# out 1",
-        "",
-    ])
 
 
 def config(job: str, **overrides: object) -> RoundConfig:
@@ -90,7 +74,8 @@ def two_sites(job: str) -> Iterator[tuple[LocalBroker, LocalBroker, LocalBroker]
     require_mosquitto()
     with ExitStack() as stack:
         central = stack.enter_context(LocalBroker())
-        sites = [stack.enter_context(LocalBroker(extra_config=bridge_config(s, central, job)))
+        address = f"127.0.0.1:{central.port}"
+        sites = [stack.enter_context(LocalBroker(extra_config=site_bridge(s, address, job)))
                  for s in ("site-a", "site-b")]
         yield central, sites[0], sites[1]
 
