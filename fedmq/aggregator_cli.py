@@ -9,6 +9,7 @@ would, and sends the coordinator one partial aggregate per round.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -31,6 +32,8 @@ def register_aggregator(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("--signing-key", type=Path, help="the site's Ed25519 key (secure profile)")
     p.add_argument("--coordinator-key", type=Path,
                    help="the coordinator's public key: refuse models it did not sign")
+    p.add_argument("--agent-keys", type=Path,
+                   help="directory of AGENT_ID.pub: accept only updates signed by these agents")
     p.add_argument("--mqtt311", action="store_true", help="speak MQTT 3.1.1 to both brokers")
     add_task(p)
     add_round_flags(p, rounds=10, deadline=60.0)
@@ -38,9 +41,11 @@ def register_aggregator(sub: argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def cmd_aggregator(args: argparse.Namespace) -> int:
-    from fedmq.bundle import load_signing_key, load_verify_key
+    from fedmq.bundle import load_agent_keys, load_signing_key, load_verify_key
 
     config = round_config(args, args.job)
+    if args.agent_keys:
+        config = dataclasses.replace(config, agent_keys=load_agent_keys(args.agent_keys))
     core = SiteAggregator(
         config, site=args.site, close_share=args.close_share,
         signing_key=load_signing_key(args.signing_key) if args.signing_key else None,

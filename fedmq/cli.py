@@ -237,7 +237,9 @@ def _signed_config(config: RoundConfig, args: argparse.Namespace) -> RoundConfig
     agent_keys = load_agent_keys(args.agent_keys) if args.agent_keys else None
     if signing_key is None or agent_keys is None:
         print(f"fedmq coordinator: {UNSIGNED_NOTICE}", file=sys.stderr)
-    return dataclasses.replace(config, signing_key=signing_key, agent_keys=agent_keys)
+    sites = load_agent_keys(args.aggregator_keys) if args.aggregator_keys else None
+    return dataclasses.replace(config, signing_key=signing_key, agent_keys=agent_keys,
+                               aggregator_keys=sites)
 
 
 def _commands(top: argparse.ArgumentParser) -> list[str]:
