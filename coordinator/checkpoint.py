@@ -34,6 +34,29 @@ class CheckpointError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class Buffered:
+    """One update waiting in the FedBuff buffer (:mod:`coordinator.buffered`)."""
+
+    agent: str
+    #: the model version it was trained from
+    base: int
+    #: its staleness weight, fixed when it was accepted
+    weight: float
+    delta: Weights
+
+
+@dataclass(frozen=True, slots=True)
+class LiveVersion:
+    """A model version updates may still be based on: its id and who may train on it."""
+
+    version: int
+    model_id: str
+    cohort: tuple[str, ...]
+    #: agents whose update (or decline) based on this version was counted
+    answered: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Checkpoint:
     """Everything a coordinator needs to continue a run after the last closed round."""
 
@@ -51,6 +74,9 @@ class Checkpoint:
     server_steps: int = 0
     #: (sampling rate q, noise multiplier z) of each DP round so far, for the accountant
     dp_rounds: tuple[tuple[float, float], ...] = ()
+    #: FedBuff only: the buffer not yet applied, and the versions still accepted
+    buffer: tuple[Buffered, ...] = ()
+    live: tuple[LiveVersion, ...] = ()
 
 
 def encode_checkpoint(ckpt: Checkpoint) -> bytes:
@@ -68,6 +94,12 @@ def encode_checkpoint(ckpt: Checkpoint) -> bytes:
         "server_opt": ckpt.server_opt,
         "server_steps": ckpt.server_steps,
         "dp_rounds": [[q, z] for q, z in ckpt.dp_rounds],
+        "buffer": [
+            [b.agent, b.base, b.weight, encode_weights(b.delta)] for b in ckpt.buffer
+        ],
+        "live": [
+            [v.version, v.model_id, list(v.cohort), list(v.answered)] for v in ckpt.live
+        ],
     }
     out: bytes = msgpack.packb(doc, use_bin_type=True)
     return out
@@ -96,6 +128,15 @@ def decode_checkpoint(data: bytes) -> Checkpoint:
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
             raise CheckpointError(f"bad server_steps {steps!r}")
         dp_rounds = tuple(_dp_round(r) for r in doc.get("dp_rounds", []))
+        # absent from checkpoints written before the buffered mode existed
+        buffer = tuple(
+            Buffered(str(a), _count(base), _weight(w), decode_weights(d))
+            for a, base, w, d in doc.get("buffer", [])
+        )
+        live = tuple(
+            LiveVersion(_count(v), str(mid), tuple(map(str, cohort)), tuple(map(str, ans)))
+            for v, mid, cohort, ans in doc.get("live", [])
+        )
         return Checkpoint(
             job=str(doc["job"]),
             run=str(doc["run"]),
@@ -108,6 +149,8 @@ def decode_checkpoint(data: bytes) -> Checkpoint:
             server_opt=str(doc.get("server_opt", "fedavg")),
             server_steps=steps,
             dp_rounds=dp_rounds,
+            buffer=buffer,
+            live=live,
         )
     except CheckpointError:
         raise
@@ -125,6 +168,19 @@ def _dp_round(entry: object) -> tuple[float, float]:
         if numbers and 0 < q <= 1 and 0 <= z < float("inf"):
             return float(q), float(z)
     raise CheckpointError(f"bad DP round {entry!r}")
+
+
+def _count(value: object) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise CheckpointError(f"bad version {value!r}")
+
+
+def _weight(value: object) -> float:
+    """A staleness weight: 0 < w <= 1."""
+    if isinstance(value, float | int) and not isinstance(value, bool) and 0 < value <= 1:
+        return float(value)
+    raise CheckpointError(f"bad staleness weight {value!r}")
 
 
 def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:

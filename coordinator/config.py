@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -11,12 +12,47 @@ from coordinator.strategy import AggregatorSpec, parse_aggregator
 from protocol import TrainPlan, check_codec, check_id
 from protocol.chunks import MIN_MAX_PAYLOAD
 from protocol.compress import DOWNLINKS
+from protocol.secagg.fixedpoint import RingSpec
+from protocol.secagg.graph import effective_degree
 from protocol.signing import SigningKey, VerifyKey
 
 ShortRoundPolicy = Literal["retry", "stop"]
 Downlink = Literal["fp32", "fp16"]
 SamplePolicy = Literal["uniform", "by-samples"]
 SAMPLE_POLICIES = ("uniform", "by-samples")
+
+
+@dataclass(frozen=True, slots=True)
+class SecAggPolicy:
+    """How the coordinator runs every SecAgg session (``--secagg-*``)."""
+
+    #: the ring Z_(2^ring_bits): 32 keeps a masked input the size of a float32 update
+    ring_bits: int = 32
+    #: every delta coordinate is clipped to [-clip, clip] (the declared range)
+    clip: float = 1.0
+    #: an agent's weight is capped here when the cohort's presence gives no sample counts
+    weight_max: int = 65_536
+    #: SecAgg+ graph degree k (even); None: the complete graph (SecAgg)
+    degree: int | None = None
+    #: t = floor(threshold * (k + 1)) + 1 shares of the k + 1 recover a secret
+    threshold: float = 0.5
+    keys_s: float = 10.0
+    shares_s: float = 10.0
+    unmask_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.degree is not None:
+            effective_degree(self.degree + 2, self.degree)  # even and >= 2
+        if not 0 <= self.threshold < 1:
+            raise ValueError(f"secagg threshold must be in [0, 1), got {self.threshold}")
+        if min(self.keys_s, self.shares_s, self.unmask_s) <= 0:
+            raise ValueError("secagg phase timeouts must be > 0")
+        RingSpec(self.ring_bits, 0, self.clip, 1, 1)  # a ring size fedmq offers, a sane clip
+
+    def shares_needed(self, degree: int) -> int:
+        """t of the k + 1 shares: more than ``threshold`` of the neighbourhood, at least 2."""
+        return min(degree + 1, max(2, math.floor(self.threshold * (degree + 1)) + 1))
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +124,8 @@ class RoundConfig:
     allowed_aggregators: frozenset[str] | None = None
     aggregator_keys: Mapping[str, VerifyKey] | None = None
     max_partial_bytes: int = 512 * 1024 * 1024
+    #: secure aggregation (docs/PROTOCOL.md §14): the coordinator learns only the sum
+    secagg: SecAggPolicy | None = None
     #: ``aggregator`` and ``server_opt`` parsed once, here, so nothing parses them again
     aggregator_spec: AggregatorSpec = field(init=False, repr=False, compare=False)
     server_opt_spec: ServerOptSpec = field(init=False, repr=False, compare=False)
@@ -126,6 +164,23 @@ class RoundConfig:
             self._check_agent_keys(self.agent_keys)
         if self.aggregator_keys is not None and self.allowed_aggregators is None:
             object.__setattr__(self, "allowed_aggregators", frozenset(self.aggregator_keys))
+        self._check_secagg()
+
+    def _check_secagg(self) -> None:
+        """Refuse what needs to see individual updates: SecAgg only ever shows their sum."""
+        if self.secagg is None:
+            return
+        why = "--secagg shows the coordinator only the sum of the updates, so"
+        if self.aggregator != "fedavg" or self.clip_norm is not None:
+            raise ValueError(f"{why} robust aggregators and server-side clipping, which need "
+                             f"each update, cannot run with it (got --aggregator "
+                             f"{self.aggregator}); bound updates with --secagg-clip instead")
+        if self.codec != "none":
+            raise ValueError(f"{why} update codecs ({self.codec}: top-k, quantisers) do not "
+                             "apply: agents send masked fixed-point vectors; use --codec none")
+        if self.dp_noise is not None:
+            raise ValueError(f"{why} DP-FedAvg's per-update clipping and server-side noise "
+                             "cannot be applied; run DP without --secagg")
 
     def _check_aggregator(self) -> None:
         need = self.aggregator_spec.min_updates

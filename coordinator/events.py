@@ -32,6 +32,14 @@ class UpdateArrived:
 
 
 @dataclass(frozen=True, slots=True)
+class SecAggArrived:
+    """Raw bytes on ``.../secagg/up/{agent}`` (docs/PROTOCOL.md §14); ``agent`` from the topic."""
+
+    agent: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class PresenceArrived:
     """Raw bytes on ``.../agents/{agent}``; an empty payload clears a retained presence."""
 
@@ -70,6 +78,7 @@ class StopRequested:
 Event: TypeAlias = (
     BrokerConnected
     | UpdateArrived
+    | SecAggArrived
     | PresenceArrived
     | PartialArrived
     | Tick

@@ -21,6 +21,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from typing_extensions import assert_never
 
+from coordinator.buffered import BufferedRounds
 from coordinator.checkpoint import save_checkpoint
 from coordinator.events import (
     Action,
@@ -35,6 +36,7 @@ from coordinator.events import (
     RoundClosed,
     RoundOpened,
     SaveCheckpoint,
+    SecAggArrived,
     Stop,
     StopRequested,
     Tick,
@@ -66,11 +68,11 @@ class _Refused:
 
 
 class CoordinatorNode:
-    """Runs a :class:`Rounds` machine against a broker until the run ends."""
+    """Runs a :class:`Rounds` (or buffered) machine against a broker until the run ends."""
 
     def __init__(
         self,
-        rounds: Rounds,
+        rounds: Rounds | BufferedRounds,
         broker: BrokerURL,
         session: Session,
         *,
@@ -104,8 +106,9 @@ class CoordinatorNode:
                 self._put(_Refused(why))
             return
         topics = self.rounds.topics
+        secagg = [(topics.all_secagg_up, 1)] if self.rounds.config.secagg is not None else []
         client.subscribe([(topics.all_updates, 1), (topics.all_presence, 1),
-                          (topics.all_partials, 1)])
+                          (topics.all_partials, 1), *secagg])
         self._put(BrokerConnected())
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason_code: Any, _p: Any) -> None:
@@ -164,6 +167,8 @@ class CoordinatorNode:
             return UpdateArrived(ref.agent, item.payload)
         if ref.kind is TopicKind.AGENTS and ref.agent is not None:
             return PresenceArrived(ref.agent, item.payload)
+        if ref.kind is TopicKind.SECAGG and ref.direction == "up" and ref.agent is not None:
+            return SecAggArrived(ref.agent, item.payload)
         if ref.kind is TopicKind.PARTIAL and ref.agent is not None:
             return PartialArrived(ref.agent, item.payload)
         return None

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from coordinator.aggregate import Aggregator, Mergeable, PartialSum
 from coordinator.config import RoundConfig
 from coordinator.optimisers import OptState
+from coordinator.secagg import SecAggDone
 from protocol import ClosedBy, RoundMetrics, Update, Weights
 from protocol.partial import PartialAggregate
 
@@ -56,6 +57,8 @@ class OpenRound:
     cohort_target: int = 0
     #: every eligible agent online at one of the round's draws: q = cohort / pool for DP
     pool: set[str] = field(default_factory=set)
+    #: SecAgg rounds: who dropped out of the summed session, by phase
+    secagg_dropped: dict[str, set[str]] | None = None
     #: the aggregators (sites, ingest workers) whose partial aggregate was merged
     partials: set[str] = field(default_factory=set)
 
@@ -90,6 +93,10 @@ class OpenRound:
         """Add an admitted update's ``delta`` to the aggregate; count its samples and its
         reported training metrics."""
         self.aggregator.add(delta, update.samples)
+        self.tally(update)
+
+    def tally(self, update: Update) -> None:
+        """Count an accepted update's samples and reported training metrics."""
         self._count(update.agent, update.samples, update.metrics)
 
     def take_partial(self, partial: PartialAggregate, merger: Mergeable, size: int) -> None:
@@ -112,6 +119,12 @@ class OpenRound:
         if "accuracy" in metrics:
             self.accuracy_sum += metrics["accuracy"] * samples
             self.accuracy_samples += samples
+
+    def tally_secagg(self, done: SecAggDone) -> None:
+        """The sum of the attempt's SecAgg session: its survivors are the accepted, their
+        total weight the samples, and who dropped out of it where is recorded."""
+        self.accepted, self.samples = set(done.survivors), done.result.samples
+        self.secagg_dropped = {phase.value: set(agents) for phase, agents in done.dropped.items()}
 
     def metrics(
         self,
@@ -141,10 +154,14 @@ class OpenRound:
             raw_bytes_up=raw_update_bytes * len(self.accepted),
             accuracy=_finite(evaluation.get("accuracy")),
             loss=_finite(evaluation.get("loss")),
-            train_loss=_finite(self.loss_sum / self.samples if self.samples else None),
+            train_loss=_finite(  # SecAgg rounds: agents report no metrics in clear
+                self.loss_sum / self.samples if self.samples and not self.secagg_dropped else None
+            ),
             train_accuracy=_finite(
                 self.accuracy_sum / self.accuracy_samples if self.accuracy_samples else None
             ),
             at=at,
             epsilon=epsilon,
+            secagg=None if self.secagg_dropped is None else {
+                phase: tuple(sorted(agents)) for phase, agents in self.secagg_dropped.items()},
         )

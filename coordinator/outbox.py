@@ -26,7 +26,9 @@ from protocol import (
 )
 from protocol.chunks import encode_manifest, split
 from protocol.compress import downlink_weights
+from protocol.secagg.messages import SecAggConfig
 from protocol.signing import COORDINATOR_SIGNER, Purpose, seal
+from protocol.wire import SECAGG_CODEC
 
 
 class Outbox:
@@ -61,9 +63,16 @@ class Outbox:
         weights: Weights,
         model_id: str,
         now: float,
+        max_staleness: int = 0,
+        names_cohort: bool | None = None,
+        secagg: SecAggConfig | None = None,
     ) -> bytes:
-        """A round's model announcement; it names the cohort when the round asks one."""
+        """A round's model announcement; it names the cohort when the round asks one
+        (``names_cohort`` overrides the config: the buffered mode always names it), and
+        always when it is securely aggregated (``secagg``: codec ``secagg``, PROTOCOL.md §14.2)."""
         cfg = self._config
+        named = cfg.names_cohort if names_cohort is None else names_cohort
+        named = named or secagg is not None
         return encode_model(
             ModelAnnouncement(
                 job=cfg.job,
@@ -73,12 +82,14 @@ class Outbox:
                 model_id=model_id,
                 task=cfg.task,
                 plan=cfg.plan,
-                codec=cfg.codec,
+                codec=cfg.codec if secagg is None else SECAGG_CODEC,
                 deadline_s=deadline_s,
                 weights=downlink_weights(weights, cfg.downlink),
-                cohort=tuple(sorted(cohort)) if cfg.names_cohort else None,
+                cohort=tuple(sorted(cohort)) if named else None,
                 issued_at=self.wall(now),
                 max_payload=cfg.max_payload,
+                max_staleness=max_staleness,
+                secagg=secagg,
             )
         )
 

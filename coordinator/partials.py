@@ -56,6 +56,9 @@ def admit_partial(
     if aggregator in rs.partials:
         raise WireError(RejectReason.DUPLICATE, f"{aggregator} already sent round {rs.number}")
     merger = mergeable(rs.aggregator)
+    if config.secagg is not None:
+        raise WireError(RejectReason.BAD_STATE, "a secure-aggregation round sums only masked "
+                                                "inputs, no partial sums")
     if merger is None:
         raise WireError(RejectReason.BAD_STATE, f"aggregator {config.aggregator} cannot merge "
                                                 "partial sums (it needs every update)")

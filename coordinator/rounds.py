@@ -43,6 +43,7 @@ from coordinator.events import (
     RoundClosed,
     RoundOpened,
     SaveCheckpoint,
+    SecAggArrived,
     Stop,
     StopRequested,
     Tick,
@@ -54,6 +55,8 @@ from coordinator.open_round import OpenRound
 from coordinator.outbox import Outbox
 from coordinator.partials import admit_partial
 from coordinator.phases import Trigger, next_phase
+from coordinator.run_views import RunViews
+from coordinator.secure_round import SecAggStage, SecAggStep
 from coordinator.stopping import stop_reason
 from coordinator.validation import Intake, RunView
 from protocol import (
@@ -68,7 +71,7 @@ from protocol import (
 )
 
 
-class Rounds:
+class Rounds(RunViews):
     """Drives one federated run. Feed it events with :meth:`handle`."""
 
     def __init__(
@@ -97,55 +100,17 @@ class Rounds:
         self._model_id = self._outbox.model_id(self._model.weights)
         shapes = {name: tuple(a.shape) for name, a in weights.items()}
         self._intake = Intake(config, shapes)
+        self._secagg = SecAggStage(config, shapes) if config.secagg is not None else None
         self._raw_update_bytes = raw_size(shapes)
         if self._completed >= config.rounds:
             self._phase = Phase.DONE
             self._message = f"already completed {self._completed} rounds"
 
-    # --- read-only views -----------------------------------------------------------
-
-    @property
-    def phase(self) -> Phase:
-        return self._phase
-
-    @property
-    def finished(self) -> bool:
-        return self._phase in (Phase.DONE, Phase.FAILED)
-
-    @property
-    def message(self) -> str:
-        return self._message
-
-    @property
-    def run(self) -> str:
-        return self._run
-
-    @property
-    def weights(self) -> Weights:
-        """The current global model (after the last completed round)."""
-        return self._model.weights
-
-    @property
-    def completed_rounds(self) -> int:
-        return self._completed
-
-    @property
-    def history(self) -> tuple[RoundMetrics, ...]:
-        return tuple(self._history)
-
-    @property
-    def rejected_total(self) -> dict[str, int]:
-        return dict(self._rejected_total)
-
-    @property
-    def agents_online(self) -> frozenset[str]:
-        return frozenset(self._roster.online)
-
     def next_deadline(self) -> float | None:
         """When the adapter must send a :class:`Tick`, or None if nothing is timed."""
-        if self._phase is Phase.TRAINING and self._round is not None:
-            return self._round.deadline
-        return None
+        if self._phase is not Phase.TRAINING or self._round is None:
+            return None
+        return self._secagg.next_deadline() if self._secagg else self._round.deadline
 
     # --- the one entry point ----------------------------------------------------------
 
@@ -160,6 +125,10 @@ class Rounds:
                 return self._on_update(agent, payload, now)
             case PartialArrived(aggregator=aggregator, payload=payload):
                 return self._on_partial(aggregator, payload, now)
+            case SecAggArrived(agent=agent, payload=payload) if self._secagg is not None:
+                return self._on_secagg(self._secagg.receive(agent, payload, now), now)
+            case SecAggArrived(agent=agent):
+                return [self._reject(agent, None, RejectReason.NO_ROUND, "run without secagg")]
             case Tick():
                 return self._on_tick(now)
             case Evaluated(round_no=round_no, metrics=metrics):
@@ -178,6 +147,7 @@ class Rounds:
             actions.append(self._outbox.metrics(self._history[-1]))
         if self._round is not None and not self.finished:
             actions.extend(self._outbox.model_publishes(self._round.model_payload, run=self._run))
+            actions.extend(self._secagg.retained.values() if self._secagg else ())
         elif self.finished:  # DONE or FAILED: both ended by publishing the final model
             actions.extend(self._final_model(now))
         actions.append(self._status(now))
@@ -193,6 +163,8 @@ class Rounds:
         eligible = self._cohorts.eligible(self.agents_online, self._roster.presences)
         if self._phase is Phase.WAITING and len(eligible) >= self.config.min_agents:
             return self._open_round(now)
+        if self._secagg and self._phase is Phase.TRAINING and agent not in self._roster.online:
+            return [self._status(now), *self._on_secagg(self._secagg.drop(agent, now), now)]
         return [self._status(now)]
 
     def _view(self) -> RunView:
@@ -220,6 +192,8 @@ class Rounds:
         update, delta = taken
         if delta is None:
             accepting.declined.add(agent)
+            if self._secagg is not None:
+                return [self._status(now), *self._on_secagg(self._secagg.drop(agent, now), now)]
             return [self._status(now), *self._maybe_close(now)]
         accepting.take_update(update, delta)
         self._roster.alive(agent)
@@ -243,12 +217,28 @@ class Rounds:
 
     def _on_tick(self, now: float) -> list[Action]:
         rs = self._round
+        if self._secagg is not None and self._phase is Phase.TRAINING:
+            return self._on_secagg(self._secagg.tick(now), now)
         if self._phase is not Phase.TRAINING or rs is None or now < rs.deadline:
             return []
         if len(rs.accepted) >= self.config.min_replies:
             return self._close(ClosedBy.DEADLINE, now)
-        short = f"round {rs.number}: {len(rs.accepted)} of min_replies={self.config.min_replies}"
-        return self._short_round(f"{short} updates by the deadline", now)
+        return self._short_round(f"round {rs.number}: {len(rs.accepted)} of min_replies="
+                                 f"{self.config.min_replies} updates by the deadline", now)
+
+    def _on_secagg(self, step: SecAggStep, now: float) -> list[Action]:
+        rs = self._round  # publish and count what the step says, then maybe close the round
+        actions: list[Action] = [*step.publishes, *(self._reject(
+            r.agent, rs.number if rs else None, r.reason, r.detail) for r in step.rejected)]
+        if rs is None or self._phase is not Phase.TRAINING:
+            return actions
+        rs.bytes_up, rs.bytes_down = rs.bytes_up + step.bytes_up, rs.bytes_down + step.bytes_down
+        if step.failed is not None:
+            return actions + self._short_round(f"round {rs.number}: {step.failed}", now)
+        if step.done is not None:
+            rs.tally_secagg(step.done)
+            return actions + self._close(step.done.closed_by, now, step.done.result.delta)
+        return actions + ([self._status(now)] if step.progressed or step.rejected else [])
 
     def _on_evaluated(self, round_no: int, metrics: dict[str, float], now: float) -> list[Action]:
         rs = self._round
@@ -265,9 +255,12 @@ class Rounds:
 
     def _announce(self, rs: OpenRound, now: float) -> list[Action]:
         """Encode ``rs``'s announcement, count its bytes down, and report it."""
+        stage = self._secagg
+        secagg = stage.open(self._run, rs, self._roster.presences, now) if stage else None
         rs.model_payload = self._outbox.announcement(
             run=self._run, round_no=rs.number, attempt=rs.attempt, deadline_s=rs.deadline_s,
             cohort=rs.cohort, weights=self._model.weights, model_id=self._model_id, now=now,
+            secagg=secagg,
         )
         publishes = self._outbox.model_publishes(rs.model_payload, run=self._run)
         rs.bytes_down += sum(len(p.payload) for p in publishes) * len(rs.cohort - rs.accepted)
@@ -314,11 +307,12 @@ class Rounds:
         tries = f" after {rs.attempt} retries" if rs.attempt else ""
         return self._end(Trigger.FAIL, f"{why}{tries}; stopping", now)
 
-    def _close(self, closed_by: ClosedBy, now: float) -> list[Action]:
-        rs = self._round
+    def _close(self, closed_by: ClosedBy, now: float, mean: Weights | None = None) -> list[Action]:
+        rs = self._round  # ``mean``: SecAgg's mean delta, in place of the aggregator's
         assert rs is not None
         try:
-            rs.new_weights, rs.new_opt_state = self._model.step(rs.aggregator.result().delta)
+            delta = mean if mean is not None else rs.aggregator.result().delta
+            rs.new_weights, rs.new_opt_state = self._model.step(delta)
         except AggregationError as exc:
             if closed_by is not ClosedBy.DEADLINE:
                 return []  # keep gathering: more updates may come before the deadline
@@ -343,11 +337,8 @@ class Rounds:
         )
         self._history.append(metrics)
         # Checkpoint first: a round whose metrics anyone has seen survives a crash.
-        actions: list[Action] = [
-            SaveCheckpoint(self.checkpoint()),
-            self._outbox.metrics(metrics),
-            RoundClosed(metrics),
-        ]
+        actions: list[Action] = [SaveCheckpoint(self.checkpoint()),
+                                 self._outbox.metrics(metrics), RoundClosed(metrics)]
         why = stop_reason(self.config, self._history)
         if why is not None:
             return actions + self._end(Trigger.FINISH, why, now)
@@ -362,12 +353,8 @@ class Rounds:
 
     def checkpoint(self) -> Checkpoint:
         """The state to resume from: the model after the last completed round."""
-        return self._model.checkpoint(
-            run=self._run,
-            completed=self._completed,
-            history=tuple(self._history),
-            rejected=self._rejected_total,
-        )
+        return self._model.checkpoint(run=self._run, completed=self._completed,
+                                      history=tuple(self._history), rejected=self._rejected_total)
 
     def _final_model(self, now: float) -> list[Action]:
         return list(self._outbox.final_model(
@@ -377,19 +364,13 @@ class Rounds:
 
     def _status(self, now: float) -> Publish:
         return self._outbox.status(
-            run=self._run,
-            phase=self._phase,
-            last_round=self._round,
-            completed=self._completed,
-            agents_online=len(self._roster.online),
-            rejected=self._rejected_total,
-            message=self._message,
-            now=now,
+            run=self._run, phase=self._phase, last_round=self._round, completed=self._completed,
+            agents_online=len(self._roster.online), rejected=self._rejected_total,
+            message=self._message, now=now,
         )
 
-    def _reject(
-        self, agent: str | None, round_no: int | None, reason: RejectReason, detail: str
-    ) -> MessageRejected:
+    def _reject(self, agent: str | None, round_no: int | None, reason: RejectReason, detail: str
+                ) -> MessageRejected:
         self._rejected_total[reason.value] += 1
         if self._round is not None and self._phase is Phase.TRAINING:
             self._round.rejected[reason.value] += 1

@@ -9,7 +9,7 @@ that must accept exactly what the coordinator accepts. Pure; every refusal is a
 
 from __future__ import annotations
 
-from collections.abc import Set
+from collections.abc import Callable, Set
 from dataclasses import dataclass
 
 from coordinator.config import RoundConfig
@@ -42,6 +42,18 @@ def admit_update(config: RoundConfig, view: RunView, agent: str, payload: bytes)
     Raises:
         WireError: with the reason the update is refused.
     """
+    update = authentic_update(config, view.run, agent, payload)
+    _check_round(config, view, agent, update)
+    return update
+
+
+def authentic_update(config: RoundConfig, run: str, agent: str, payload: bytes) -> Update:
+    """``payload`` decoded, if it is within size, signed as required, and ``agent``'s for
+    this job: every check that does not depend on rounds (shared with the buffered mode).
+
+    Raises:
+        WireError: with the reason the update is refused.
+    """
     if len(payload) > config.max_update_bytes:
         raise WireError(
             RejectReason.TOO_LARGE, f"{len(payload)} bytes > {config.max_update_bytes}"
@@ -50,7 +62,7 @@ def admit_update(config: RoundConfig, view: RunView, agent: str, payload: bytes)
     body = open_update(
         payload,
         job=config.job,
-        run=view.run,
+        run=run,
         agent=agent,
         keys=config.agent_keys,
         max_body_bytes=config.max_update_bytes,
@@ -62,6 +74,21 @@ def admit_update(config: RoundConfig, view: RunView, agent: str, payload: bytes)
         raise WireError(RejectReason.WRONG_JOB, f"update for job {update.job!r}")
     if config.allowed_agents is not None and agent not in config.allowed_agents:
         raise WireError(RejectReason.UNKNOWN_AGENT, f"{agent!r} is not provisioned")
+    return update
+
+
+def check_codec(config: RoundConfig, update: Update) -> None:
+    """Refuse a delta encoded with another codec than the job's.
+
+    Raises:
+        WireError: BAD_CODEC.
+    """
+    if update.declined is None and update.codec != config.codec:
+        detail = f"codec {update.codec!r}, the round uses {config.codec!r}"
+        raise WireError(RejectReason.BAD_CODEC, detail)
+
+
+def _check_round(config: RoundConfig, view: RunView, agent: str, update: Update) -> None:
     rs = view.accepting
     if rs is None:
         if update.round <= view.completed or update.round == view.current:
@@ -76,10 +103,7 @@ def admit_update(config: RoundConfig, view: RunView, agent: str, payload: bytes)
     if update.model_id != view.model_id:
         raise WireError(RejectReason.BASE_MISMATCH, f"trained from {update.model_id[:12]}")
     check_asked(config, view, agent, rs)
-    if update.declined is None and update.codec != config.codec:
-        detail = f"codec {update.codec!r}, the round uses {config.codec!r}"
-        raise WireError(RejectReason.BAD_CODEC, detail)
-    return update
+    check_codec(config, update)
 
 
 def check_asked(config: RoundConfig, view: RunView, agent: str, rs: OpenRound) -> None:
@@ -117,6 +141,20 @@ class Intake:
         Raises:
             WireError: with the reason the update (or the chunk) is refused.
         """
+        return self.take_checked(
+            view.run, agent, payload, now,
+            lambda update: _check_round(self._config, view, agent, update),
+        )
+
+    def take_checked(
+        self, run: str, agent: str, payload: bytes, now: float, check: Callable[[Update], None]
+    ) -> tuple[Update, Weights | None] | None:
+        """As :meth:`take`, with ``check`` (raising :class:`~protocol.WireError`) in place of
+        the round rules, after every rule that does not depend on rounds.
+
+        Raises:
+            WireError: with the reason the update (or the chunk) is refused.
+        """
         if is_chunk_frame(payload):
             try:
                 whole = self._chunks.add(agent, payload, now)
@@ -125,7 +163,8 @@ class Intake:
             if whole is None:
                 return None
             payload = whole
-        update = admit_update(self._config, view, agent, payload)
+        update = authentic_update(self._config, run, agent, payload)
+        check(update)
         if update.declined is not None:
             return update, None
         return update, decode_delta(update.tensors, update.codec, self._shapes)

@@ -13,13 +13,31 @@ coordinator counts each (job, round, agent) once.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any
 
 import numpy as np
 from typing_extensions import assert_never
 
+from edge_agent.events import (
+    AgentAction,
+    AgentEvent,
+    Connected,
+    ModelArrived,
+    ModelRejected,
+    RoundKey,
+    RunFinished,
+    SaveResidual,
+    SecAggArrived,
+    ShutdownRequested,
+    Train,
+    TrainingDone,
+    TrainingFailed,
+    UpdateSent,
+)
 from edge_agent.feedback import ErrorFeedback, Residual
+from edge_agent.secure_round import SecAggSeat
 from edge_agent.trainer import TrainResult
 from protocol import (
     ModelAnnouncement,
@@ -37,7 +55,28 @@ from protocol import (
 )
 from protocol.chunks import Reassembler, is_chunk_frame, split
 from protocol.fields import DEFAULT_MAX_BYTES
+from protocol.secagg.shamir import RandomBytes
 from protocol.signing import Purpose, SigningKey, VerifyKey, open_model, seal
+
+# the core's events and actions live in edge_agent.events; importers may use either module
+__all__ = [
+    "AgentAction",
+    "AgentCore",
+    "AgentEvent",
+    "Connected",
+    "MODEL_CHUNK_TTL_S",
+    "ModelArrived",
+    "ModelRejected",
+    "RoundKey",
+    "RunFinished",
+    "SaveResidual",
+    "SecAggArrived",
+    "ShutdownRequested",
+    "Train",
+    "TrainingDone",
+    "TrainingFailed",
+    "UpdateSent",
+]
 
 #: incomplete chunked models older than this are dropped (a round's model is re-sent anyway)
 MODEL_CHUNK_TTL_S = 600.0
@@ -45,91 +84,6 @@ MODEL_CHUNK_TTL_S = 600.0
 #: what this implementation announces as its presence ``kind`` (docs/PROTOCOL.md §4.3)
 KIND = "python"
 
-#: Identifies what an update answers: (run, round, model_id).
-RoundKey = tuple[str, int, str]
-
-# --- events (in) ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Connected:
-    """The MQTT session is (re)established; the retained model will follow."""
-
-
-@dataclass(frozen=True, slots=True)
-class ModelArrived:
-    """Raw bytes on ``.../model``."""
-
-    payload: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class TrainingDone:
-    """The trainer finished the round named by ``key``."""
-
-    key: RoundKey
-    result: TrainResult
-    train_s: float
-
-
-@dataclass(frozen=True, slots=True)
-class TrainingFailed:
-    """The trainer could not (or was not allowed to) train ``key``; the agent declines."""
-
-    key: RoundKey
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class ShutdownRequested:
-    """The agent is stopping cleanly."""
-
-
-AgentEvent: TypeAlias = Connected | ModelArrived | TrainingDone | TrainingFailed | ShutdownRequested
-
-# --- actions (out) ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Train:
-    """Train on ``model``'s weights and plan, then feed back TrainingDone or TrainingFailed."""
-
-    key: RoundKey
-    model: ModelAnnouncement
-
-
-@dataclass(frozen=True, slots=True)
-class ModelRejected:
-    """A model announcement was refused; the adapter logs it."""
-
-    reason: RejectReason
-    detail: str
-
-
-@dataclass(frozen=True, slots=True)
-class UpdateSent:
-    """An update (or decline) for ``key`` was handed to MQTT; ``resent`` if from the cache."""
-
-    key: RoundKey
-    size: int
-    resent: bool
-
-
-@dataclass(frozen=True, slots=True)
-class RunFinished:
-    """The coordinator published the final model; ``model`` is the device's to keep."""
-
-    model: ModelAnnouncement
-
-
-@dataclass(frozen=True, slots=True)
-class SaveResidual:
-    """The error-feedback residual changed; the adapter persists it (``None``: delete it)."""
-
-    state: Residual | None
-
-
-AgentAction: TypeAlias = Publish | Train | ModelRejected | UpdateSent | RunFinished | SaveResidual
 
 
 @dataclass(slots=True)
@@ -155,11 +109,13 @@ class AgentCore:
         feedback: ErrorFeedback | None = None,
         signing_key: SigningKey | None = None,
         coordinator_key: VerifyKey | None = None,
+        random_bytes: RandomBytes = os.urandom,
     ) -> None:
         """``feedback`` carries a residual loaded from the device's state dir, if any.
 
         ``signing_key`` signs every update; with ``coordinator_key`` set, a model
         that is unsigned or not signed by it is refused (docs/SECURITY.md).
+        ``random_bytes`` makes SecAgg's keys and seeds (seeded in tests).
         """
         self._signing_key = signing_key
         self._coordinator_key = coordinator_key
@@ -175,6 +131,7 @@ class AgentCore:
         self._device = device
         self._latest: ModelAnnouncement | None = None
         self._training: RoundKey | None = None
+        self._trained_on: ModelAnnouncement | None = None  # the model being trained from
         self._answer: _Answer | None = None
         #: runs this agent has trained for: only their final model ends its work
         self._runs_joined: set[str] = set()
@@ -183,6 +140,8 @@ class AgentCore:
             2 * DEFAULT_MAX_BYTES, ttl_s=MODEL_CHUNK_TTL_S, max_payload_size=DEFAULT_MAX_BYTES
         )
         self.models_rejected = 0
+        self._seat = SecAggSeat(job, agent, random_bytes=random_bytes, rounding=self._rng,
+                                signing_key=signing_key, coordinator_key=coordinator_key)
 
     @property
     def latest_model(self) -> ModelAnnouncement | None:
@@ -203,6 +162,17 @@ class AgentCore:
     def busy(self) -> bool:
         return self._training is not None
 
+    @property
+    def subscriptions(self) -> list[tuple[str, int]]:
+        """What the adapter subscribes to (QoS 1): the model, and this agent's SecAgg topics."""
+        t = self.topics
+        return [*t.agent_subscriptions, (t.secagg_down, 1), (t.secagg_down_to(self.agent), 1)]
+
+    def arrived(self, topic: str, payload: bytes) -> AgentEvent:
+        """The event for a message on one of :attr:`subscriptions`."""
+        secagg = topic.startswith(self.topics.secagg_down)
+        return SecAggArrived(payload) if secagg else ModelArrived(payload)
+
     def will(self) -> Publish:
         """The last will the adapter registers: presence ``offline``, retained."""
         return self._presence(online=False, at=0.0)
@@ -218,6 +188,11 @@ class AgentCore:
                 return [self._presence(online=True, at=wall)]
             case ModelArrived(payload=payload):
                 return self._on_model(payload, now)
+            case SecAggArrived(payload=payload):
+                try:
+                    return list(self._seat.receive(payload))
+                except WireError as exc:
+                    return [ModelRejected(exc.reason, f"secagg: {exc.detail}")]
             case TrainingDone(key=key, result=result, train_s=train_s):
                 return self._on_trained(key, result, train_s)
             case TrainingFailed(key=key, reason=reason):
@@ -268,19 +243,32 @@ class AgentCore:
                 self._resend_armed = False
                 return self._send(answer, resent=True)
             return []  # the same announcement again (QoS 1 redelivery)
+        if model.secagg is not None:
+            return self._join_secagg(model, key)
         if self._training is not None:
             return []  # the newest model is picked up when the current training ends
         return self._start(key, model)
 
     def _on_trained(self, key: RoundKey, result: TrainResult, train_s: float) -> list[AgentAction]:
         self._training = None
-        model = self._latest
+        model, trained_on = self._latest, self._trained_on
         # A final model can share the key of round 1 (a run stopped before any round closed).
         if model is None or model.done or self._key(model) != key:
+            if model is not None and trained_on is not None and _still_taken(trained_on, model):
+                # Buffered mode: the coordinator still takes work on an older version.
+                return [*self._reply(trained_on, result, train_s), *self._train_latest()]
             return self._train_latest()  # a newer round (or the end) arrived while training
+        return self._reply(model, result, train_s)
+
+    def _reply(
+        self, model: ModelAnnouncement, result: TrainResult, train_s: float
+    ) -> list[AgentAction]:
+        """Publish the update ``result`` makes against ``model``, the version trained from."""
         delta: Weights = {
             name: result.weights[name] - global_w for name, global_w in model.weights.items()
         }
+        if model.secagg is not None:  # masked, on the secagg topic; no metrics in clear
+            return list(self._seat.trained(self._key(model), delta, result.samples))
         before = self._feedback.state
         try:
             tensors = self._encode(model, delta)
@@ -303,8 +291,21 @@ class AgentCore:
 
     def _encode(self, model: ModelAnnouncement, delta: Weights) -> list[dict[str, Any]]:
         """The delta's entries via error feedback (kept for biased codecs only)."""
-        rng = np.random.default_rng([model.plan.seed, model.round, self._rng_key])
-        return self._feedback.encode(delta, model.codec, scope=model.run, rng=rng)
+        return self._feedback.encode(delta, model.codec, scope=model.run, rng=self._rng(model))
+
+    def _rng(self, model: ModelAnnouncement) -> np.random.Generator:
+        return np.random.default_rng([model.plan.seed, model.round, self._rng_key])
+
+    def _join_secagg(self, model: ModelAnnouncement, key: RoundKey) -> list[AgentAction]:
+        """Advertise keys for the round's session, and train unless the delta is here."""
+        resend, self._resend_armed = self._resend_armed, False
+        try:
+            actions: list[AgentAction] = [*self._seat.join(model, key, resend=resend)]
+        except ImportError:  # a device without `cryptography` cannot take part: it says so
+            return self._decline(model, "secure aggregation needs 'cryptography': fedmq[secure]")
+        if self._training is None and not self._seat.trained_for(key):
+            actions.extend(self._start(key, model))
+        return actions
 
     def _on_failed(self, key: RoundKey, reason: str) -> list[AgentAction]:
         self._training = None
@@ -356,12 +357,13 @@ class AgentCore:
         if model.cohort is not None and self.agent not in model.cohort:
             return []
         key = self._key(model)
-        if self._answer is not None and self._answer.key == key:
+        answered = self._answer is not None and self._answer.key == key
+        if answered or self._seat.trained_for(key):
             return []
         return self._start(key, model)
 
     def _start(self, key: RoundKey, model: ModelAnnouncement) -> list[AgentAction]:
-        self._training = key
+        self._training, self._trained_on = key, model
         self._runs_joined.add(model.run)
         return [Train(key, model)]
 
@@ -380,3 +382,11 @@ class AgentCore:
             kind=KIND,
         )
         return Publish(self.topics.presence(self.agent), encode_presence(presence), retain=True)
+
+
+def _still_taken(trained_on: ModelAnnouncement, latest: ModelAnnouncement) -> bool:
+    """True if ``latest`` (buffered mode) still takes updates based on ``trained_on``."""
+    lag = latest.round - trained_on.round
+    return (
+        not latest.done and latest.run == trained_on.run and 0 < lag <= latest.max_staleness
+    )

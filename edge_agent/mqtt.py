@@ -30,7 +30,6 @@ from edge_agent.agent import (
     AgentCore,
     AgentEvent,
     Connected,
-    ModelArrived,
     ModelRejected,
     RoundKey,
     RunFinished,
@@ -44,7 +43,15 @@ from edge_agent.agent import (
 from edge_agent.device_model import save_device_model
 from edge_agent.feedback import save_residual
 from edge_agent.personal import DeviceTrainer
-from edge_agent.policy import Memory, ResourcePolicy, read_memory, run_hook, veto
+from edge_agent.policy import (
+    ResourcePolicy,
+    peak_rss,
+    read_memory,
+    reset_peak_rss,
+    round_need,
+    run_hook,
+    veto,
+)
 from edge_agent.state import SavedModel, StateDir
 from edge_agent.trainer import Trainer
 from protocol import ModelAnnouncement, Publish
@@ -85,6 +92,7 @@ class AgentNode:
         device_model_path: Path | None = None,
         state: StateDir | None = None,
         policy: ResourcePolicy | None = None,
+        train_delay_s: float = 0.0,
     ) -> None:
         """``residual_path``: where the error-feedback residual persists (None: memory only);
         ``device``: the trainer that keeps this device's own model (personal layers,
@@ -105,11 +113,17 @@ class AgentNode:
         #: the newest global model on this device, kept across restarts in ``state``
         self.saved_model: SavedModel | None = state.load_model() if state is not None else None
         self._policy = policy or ResourcePolicy()
+        #: what the last trained round took beyond its starting RSS (None: none measured)
+        self._learned_need: int | None = None
         self._inbox: Inbox[AgentEvent | _Refused | _Quit] = Inbox(queue_size, core.agent)
         self._deferred_dropped = 0
         self.rounds_trained = 0
         self.refused: str | None = None
         self.finished = threading.Event()
+        #: an artificial delay after each training: the experiment of a slow device
+        #: (docs/STRATEGIES.md, "Heterogeneous fleets"); cut short by stop()
+        self._train_delay_s = train_delay_s
+        self._halt = threading.Event()
         self._client = make_client(broker, session, will=core.will())
         self._client.on_connect = self._on_connect
         self._client.on_message = self._on_message
@@ -124,11 +138,11 @@ class AgentNode:
             if why is not None:
                 self._put(_Refused(why))
             return
-        client.subscribe(self.core.topics.agent_subscriptions)
+        client.subscribe(self.core.subscriptions)
         self._put(Connected())
 
     def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
-        self._put(ModelArrived(bytes(message.payload)))
+        self._put(self.core.arrived(message.topic, bytes(message.payload)))
 
     def _put(self, item: AgentEvent | _Refused | _Quit) -> None:
         self._inbox.offer(item)
@@ -142,6 +156,7 @@ class AgentNode:
 
     def stop(self) -> None:
         """Ask the agent to go offline and return from :meth:`run`; safe from any thread."""
+        self._halt.set()
         self._put(_Quit())
 
     def run(self) -> None:
@@ -251,8 +266,9 @@ class AgentNode:
         """The resource policy's reason to skip this round, or None (runs the hook)."""
         policy = self._policy
         now = time.localtime()
-        memory = read_memory() if policy.checks_memory else Memory(None, None)
-        reason = veto(policy, now.tm_hour * 60 + now.tm_min, memory)
+        model_bytes = 4 * sum(w.size for w in model.weights.values())  # as float32
+        need = round_need(model_bytes, self._learned_need)
+        reason = veto(policy, now.tm_hour * 60 + now.tm_min, read_memory(), need)
         if reason is None and policy.hook is not None:
             context = {"job": self.core.job, "agent": self.core.agent, "round": str(model.round)}
             reason = run_hook(policy.hook, context, policy.hook_timeout_s)
@@ -264,6 +280,7 @@ class AgentNode:
         if reason is not None:
             log.info("%s: declining round %d: %s", self.core.agent, model.round, reason)
             return TrainingFailed(key, f"vetoed: {reason}")
+        before = read_memory().rss_bytes if reset_peak_rss() else None
         started = time.perf_counter()
         try:
             result = self._trainer.train(model.weights, model.plan, model.round)
@@ -275,7 +292,13 @@ class AgentNode:
                 traceback.format_exc(),
             )
             return TrainingFailed(key, f"training failed: {type(exc).__name__}: {exc}")
-        return TrainingDone(key, result, time.perf_counter() - started)
+        took = time.perf_counter() - started
+        peak = peak_rss()
+        if before is not None and peak is not None:  # one agent per process, as on a device
+            self._learned_need = max(0, peak - before)
+        if self._train_delay_s > 0:
+            self._halt.wait(self._train_delay_s)
+        return TrainingDone(key, result, took)
 
     def predict(self, x: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
         """The device model's outputs for ``x`` (see :meth:`DeviceTrainer.predict`).

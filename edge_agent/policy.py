@@ -1,10 +1,18 @@
-"""When a device may train: time windows, a memory ceiling and floor, and a user's veto hook.
+"""When a device may train: time windows, whether the round fits in memory, a memory
+ceiling and floor, and a user's veto hook.
 
 A round the policy vetoes is declined (``Update.declined``), so the coordinator
 closes it without waiting for this device. :func:`veto` is pure: the local
 time of day and the memory readings are arguments, so every rule is testable
 without a clock or a /proc. Reading the clock and memory and running the hook
 are the adapter's side (:func:`read_memory`, :func:`run_hook`).
+
+A round that would not fit is always declined, whatever the configuration: past
+the memory the device has left (its cgroup's limit, systemd's ``MemoryMax=``, or
+the machine's ``MemAvailable``) the kernel kills the agent mid-round, which is a
+crash, a lost round and, under systemd, a restart loop. The round's need is what
+the last trained round took (its peak RSS over its starting RSS), or before any
+round has trained, :func:`round_need`'s estimate from the model's size.
 
 Invariants: standard library only (the hook's module is imported when first
 used); a hook that fails, hangs past its timeout or cannot be found vetoes the
@@ -24,11 +32,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge_agent.cgroup import read_cgroup_memory
+
 #: a hook written ``module:function`` or ``path/to/file.py:function`` is a Python callable
 _CALLABLE_HOOK = re.compile(r"^[\w./-]+:[A-Za-z_]\w*$")
 _WINDOW = re.compile(r"^(\d{1,2}):(\d{2})-(\d{1,2}):(\d{2})$")
 MINUTES_PER_DAY = 24 * 60
 MIB = 1024 * 1024
+#: a first round's memory need, per byte of float32 model: the largest measured on the
+#: four device cases of docs/EDGE.md (torch's CNN: 128 MiB over its 6.3 MiB), plus margin
+NEED_PER_MODEL_BYTE = 24
+#: ... and at least this much (torch's 2NN took 24 MiB for a 0.8 MiB model)
+MIN_ROUND_NEED = 32 * MIB
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,10 +85,15 @@ class Window:
 
 @dataclass(frozen=True, slots=True)
 class Memory:
-    """What the device reports: ``None`` where it cannot tell (no /proc)."""
+    """What the device reports: ``None`` where it cannot tell (no /proc).
+
+    ``available_bytes`` is the smaller of the machine's ``MemAvailable`` and what
+    this process's cgroup has left under ``limit_bytes`` (None: no cgroup limit).
+    """
 
     available_bytes: int | None
     rss_bytes: int | None
+    limit_bytes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,20 +122,38 @@ class ResourcePolicy:
         if self.hook_timeout_s <= 0:
             raise ValueError(f"hook_timeout_s must be > 0, got {self.hook_timeout_s}")
 
-    @property
-    def checks_memory(self) -> bool:
-        return self.max_rss_mb is not None or self.min_available_mb is not None
 
 
-def veto(policy: ResourcePolicy, minute_of_day: int, memory: Memory) -> str | None:
-    """Why this round may not train now, or ``None`` if it may (the hook is not run here)."""
+def round_need(model_bytes: int, learned: int | None) -> int:
+    """The memory a round will take beyond the agent's RSS before it: the last trained
+    round's measured growth, else an estimate from the model's float32 size."""
+    if learned is not None:
+        return learned
+    return max(NEED_PER_MODEL_BYTE * model_bytes, MIN_ROUND_NEED)
+
+
+def veto(
+    policy: ResourcePolicy, minute_of_day: int, memory: Memory, need_bytes: int | None = None
+) -> str | None:
+    """Why this round may not train now, or ``None`` if it may (the hook is not run here).
+
+    ``need_bytes``: what the round will take beyond the current RSS (:func:`round_need`).
+    """
     if policy.windows and not any(w.contains(minute_of_day) for w in policy.windows):
         allowed = ", ".join(str(w) for w in policy.windows)
         return f"outside the training window ({allowed})"
+    need = need_bytes or 0
+    if need and memory.available_bytes is not None and need > memory.available_bytes:
+        under = f" under its {memory.limit_bytes / MIB:.0f} MiB limit" if memory.limit_bytes else ""
+        return (f"the round needs about {need / MIB:.0f} MiB more memory; the device has "
+                f"{memory.available_bytes / MIB:.0f} MiB left{under}")
     if policy.max_rss_mb is not None and memory.rss_bytes is not None:
         rss_mb = memory.rss_bytes / MIB
         if rss_mb > policy.max_rss_mb:
             return f"resident memory {rss_mb:.0f} MiB is over the {policy.max_rss_mb:g} MiB ceiling"
+        if (rss_mb + need / MIB) > policy.max_rss_mb:
+            return (f"the round would take resident memory from {rss_mb:.0f} to about "
+                    f"{rss_mb + need / MIB:.0f} MiB, over the {policy.max_rss_mb:g} MiB ceiling")
     if policy.min_available_mb is not None and memory.available_bytes is not None:
         free_mb = memory.available_bytes / MIB
         if free_mb < policy.min_available_mb:
@@ -123,19 +161,40 @@ def veto(policy: ResourcePolicy, minute_of_day: int, memory: Memory) -> str | No
     return None
 
 
-def read_memory(proc: Path = Path("/proc")) -> Memory:
-    """``MemAvailable`` and this process's ``VmRSS`` from /proc (``None`` where absent)."""
-
-    def field(path: Path, key: str) -> int | None:
-        try:
-            for line in path.read_text().splitlines():
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) * 1024  # reported in kB
-        except (OSError, ValueError, IndexError):
-            return None
+def _kb_field(path: Path, key: str) -> int | None:
+    """A ``Key:   123 kB`` line of a /proc file, in bytes (None: absent or unreadable)."""
+    try:
+        for line in path.read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
         return None
+    return None
 
-    return Memory(field(proc / "meminfo", "MemAvailable"), field(proc / "self/status", "VmRSS"))
+
+def read_memory(proc: Path = Path("/proc")) -> Memory:
+    """``MemAvailable`` (capped by the cgroup's headroom) and this process's ``VmRSS``."""
+    available = _kb_field(proc / "meminfo", "MemAvailable")
+    rss = _kb_field(proc / "self/status", "VmRSS")
+    group = read_cgroup_memory(proc)
+    if group is None:
+        return Memory(available, rss)
+    capped = group.headroom_bytes if available is None else min(available, group.headroom_bytes)
+    return Memory(capped, rss, group.limit_bytes)
+
+
+def peak_rss(proc: Path = Path("/proc")) -> int | None:
+    """This process's ``VmHWM`` (peak RSS), or None where /proc does not say."""
+    return _kb_field(proc / "self/status", "VmHWM")
+
+
+def reset_peak_rss(proc: Path = Path("/proc")) -> bool:
+    """Restart ``VmHWM`` from the current RSS (``clear_refs`` 5); False where refused."""
+    try:
+        (proc / "self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
 
 
 HookContext = dict[str, str]

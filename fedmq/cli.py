@@ -44,7 +44,13 @@ from fedmq.bundle import expand_bundle, load_agent_keys, load_signing_key
 from fedmq.launch import AgentSettings, build_agent, build_coordinator
 from fedmq.progress import RunRecorder
 from fedmq.provision import register as register_provision
-from fedmq.round_flags import add_round_flags, observers, round_config
+from fedmq.round_flags import (
+    add_mode_flags,
+    add_round_flags,
+    buffer_config,
+    observers,
+    round_config,
+)
 from fedmq.web.cli import add_demo_options as add_web_demo_options
 from fedmq.web.cli import register as register_web
 from protocol import Phase
@@ -69,6 +75,7 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
             run_dir=run_dir,
             resume=args.resume,
             on_action=observers(args, recorder),
+            buffer=buffer_config(args),
         )
     except CheckpointError as exc:
         print(f"fedmq coordinator: {exc}", file=sys.stderr)
@@ -176,8 +183,8 @@ def parser() -> argparse.ArgumentParser:
     _add_task(p, default="digits")
     add_round_flags(p, rounds=10, deadline=30.0)
     add_web_demo_options(p)
-    # the demo shows compressed updates: int8+zstd is lossless in accuracy on digits
-    p.set_defaults(func=cmd_demo, codec="int8+zstd", username=None, password=None,
+    # the demo shows compressed updates (fedmq.demo.DEMO_CODEC), or none under --secagg
+    p.set_defaults(func=cmd_demo, codec=None, username=None, password=None,
                    password_file=None, ca_file=None, mqtt311=False)
 
     p = sub.add_parser("coordinator", help="run a job's coordinator")
@@ -189,6 +196,7 @@ def parser() -> argparse.ArgumentParser:
     _add_security(p, "coordinator")
     _add_task(p)
     add_round_flags(p, rounds=10, deadline=60.0)
+    add_mode_flags(p)
     p.set_defaults(func=cmd_coordinator)
 
     add_agent_arguments(sub.add_parser("agent", help="run one agent"))

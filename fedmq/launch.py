@@ -30,8 +30,9 @@ from protocol.signing import SigningKey, VerifyKey
 from transport.connection import BrokerURL, Session
 
 if TYPE_CHECKING:
-    from coordinator import Action, RoundConfig
+    from coordinator import Action, RoundConfig, Rounds
     from coordinator.mqtt import CoordinatorNode, Evaluator
+    from coordinator.staleness import BufferConfig
 
 CHECKPOINT_NAME = "checkpoint.msgpack"
 
@@ -73,6 +74,8 @@ class AgentSettings:
     trainer: str = "torch"
     #: when this device may train (None: always)
     policy: ResourcePolicy | None = None
+    #: seconds of artificial delay after each training: a simulated slow device
+    train_delay_s: float = 0.0
 
 
 def new_run_id() -> str:
@@ -102,13 +105,17 @@ def build_coordinator(
     resume: bool = False,
     model_seed: int = 0,
     on_action: Callable[[Action], None] | None = None,
+    buffer: BufferConfig | None = None,
 ) -> CoordinatorNode:
-    """A coordinator for ``config.task``; ``resume`` continues from ``run_dir``'s checkpoint.
+    """A coordinator for ``config.task``; ``resume`` continues from ``run_dir``'s checkpoint;
+    ``buffer`` makes it a buffered asynchronous (FedBuff) one.
 
     Raises:
         CheckpointError: if ``resume`` is set and the checkpoint is unusable.
     """
-    from coordinator import CheckpointError, Rounds, load_checkpoint
+    from coordinator import CheckpointError, load_checkpoint
+    from coordinator import Rounds as SyncRounds
+    from coordinator.buffered import BufferedRounds
     from coordinator.mqtt import CoordinatorNode
 
     task = get_task(config.task)
@@ -123,12 +130,14 @@ def build_coordinator(
     weights = checkpoint.weights if checkpoint else initial_weights(task, model_seed)
     if personal and not checkpoint:
         weights = shared_weights(weights, personal)
-    rounds = Rounds(
-        config,
-        weights,
-        run=checkpoint.run if checkpoint else new_run_id(),
-        wall_offset=time.time() - time.monotonic(),
-        resume=checkpoint,
+    run = checkpoint.run if checkpoint else new_run_id()
+    wall_offset = time.time() - time.monotonic()
+    rounds: Rounds | BufferedRounds = (
+        SyncRounds(config, weights, run=run, wall_offset=wall_offset, resume=checkpoint)
+        if buffer is None
+        else BufferedRounds(
+            config, buffer, weights, run=run, wall_offset=wall_offset, resume=checkpoint
+        )
     )
     session = Session(
         client_id=f"fedmq-coordinator-{config.job}",
@@ -199,6 +208,7 @@ def build_agent(
         device_model_path=device_model_path,
         state=state,
         policy=settings.policy,
+        train_delay_s=settings.train_delay_s,
     )
 
 

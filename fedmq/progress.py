@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from coordinator import Action, RoundClosed, RoundOpened, Rounds, Stop, UpdateAccepted
+from coordinator.buffered import BufferedRounds
 from protocol import RoundMetrics
 
 
@@ -105,7 +106,7 @@ class RunRecorder:
         elif self.out is not None:
             print(line, file=self.out, flush=True)
 
-    def summary(self, core: Rounds, **extra: Any) -> dict[str, Any]:
+    def summary(self, core: Rounds | BufferedRounds, **extra: Any) -> dict[str, Any]:
         """The run in one JSON-ready dict (the demo's ``--summary`` file).
 
         Counts come from the round machine, whose history after ``--resume``

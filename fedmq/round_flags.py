@@ -12,8 +12,9 @@ import math
 from collections.abc import Callable
 
 from coordinator import Action, RoundConfig, parse_aggregator
-from coordinator.config import SAMPLE_POLICIES
+from coordinator.config import SAMPLE_POLICIES, SecAggPolicy
 from coordinator.optimisers import SERVER_OPT_HELP, parse_server_opt
+from coordinator.staleness import BufferConfig
 from coordinator.strategy import AGGREGATOR_HELP
 from edge_agent.personal import with_local_layers
 from edge_agent.proximal import MU
@@ -110,6 +111,35 @@ def add_round_flags(p: argparse.ArgumentParser, rounds: int, deadline: float) ->
                    help="the broker's payload cap, e.g. 128k for AWS IoT Core: larger "
                         "models and updates travel as chunks (default: no cap)")
     _add_strategy(p)
+    _add_secagg(p)
+
+
+def _add_secagg(p: argparse.ArgumentParser) -> None:
+    """Secure aggregation (docs/PROTOCOL.md §14, docs/SECURITY.md)."""
+    g = p.add_argument_group("secure aggregation (docs/SECURITY.md)")
+    g.add_argument("--secagg", action="store_true",
+                   help="SecAgg: the coordinator learns only the sum of the updates; needs "
+                        "--aggregator fedavg, --codec none and no DP")
+    g.add_argument("--secagg-degree", type=int, metavar="K",
+                   help="SecAgg+: each agent masks with K (even) random neighbours, not all")
+    g.add_argument("--secagg-threshold", type=float, default=0.5, metavar="F",
+                   help="more than this fraction of each neighbourhood must answer to unmask "
+                        "(default 0.5: a majority)")
+    g.add_argument("--secagg-clip", type=float, default=1.0, metavar="C",
+                   help="the declared range: every delta coordinate is clipped to [-C, C]")
+    g.add_argument("--secagg-ring-bits", type=int, choices=(32, 64), default=32,
+                   help="the ring 2^bits: 32 keeps masked inputs the size of float32 updates")
+    g.add_argument("--secagg-timeout", type=float, default=10.0, metavar="S",
+                   help="seconds the keys, shares and unmask phases each stay open")
+
+
+def _secagg_policy(args: argparse.Namespace) -> SecAggPolicy | None:
+    if not args.secagg:
+        return None
+    t = args.secagg_timeout
+    return SecAggPolicy(ring_bits=args.secagg_ring_bits, clip=args.secagg_clip,
+                        degree=args.secagg_degree, threshold=args.secagg_threshold,
+                        keys_s=t, shares_s=t, unmask_s=t)
 
 
 def _server_opt(value: str) -> str:
@@ -147,6 +177,32 @@ def _add_strategy(p: argparse.ArgumentParser) -> None:
                    help="stop when test accuracy has not improved for P rounds")
     g.add_argument("--min-delta", type=float, default=0.0,
                    help="with --patience: a gain must exceed this to count")
+
+
+def add_mode_flags(p: argparse.ArgumentParser) -> None:
+    """The coordinator's mode: synchronous rounds (default) or FedBuff (docs/STRATEGIES.md)."""
+    g = p.add_argument_group("mode (docs/PROTOCOL.md section 13)")
+    g.add_argument("--mode", choices=("sync", "fedbuff"), default="sync",
+                   help="sync: rounds at quorum/deadline; fedbuff: buffered asynchronous")
+    g.add_argument("--buffer-k", type=int, default=10, metavar="K",
+                   help="fedbuff: accepted updates per server step")
+    g.add_argument("--max-staleness", type=int, default=5, metavar="S",
+                   help="fedbuff: versions an update's base may lag; more is rejected as stale")
+    g.add_argument("--concurrency", type=int, metavar="C",
+                   help="fedbuff: agents training at once (default: every agent online)")
+    g.add_argument("--staleness", default="sqrt", metavar="SPEC",
+                   help="fedbuff: staleness weight: sqrt (1/sqrt(1+tau)), const, poly:A")
+
+
+def buffer_config(args: argparse.Namespace) -> BufferConfig | None:
+    """The FedBuff settings ``--mode fedbuff`` asks for, or None for synchronous rounds."""
+    if args.mode != "fedbuff":
+        return None
+    try:
+        return BufferConfig(k=args.buffer_k, max_staleness=args.max_staleness,
+                            concurrency=args.concurrency, staleness=args.staleness)
+    except ValueError as exc:
+        raise SystemExit(f"fedmq: {exc}") from None
 
 
 def round_config(args: argparse.Namespace, job: str, min_agents: int | None = None) -> RoundConfig:
@@ -196,6 +252,7 @@ def round_config(args: argparse.Namespace, job: str, min_agents: int | None = No
         evaluate=not args.no_eval,
         max_update_bytes=args.max_update_bytes,
         max_payload=args.max_payload,
+        secagg=_secagg_policy(args),
     )
 
 

@@ -55,7 +55,7 @@ def check_codec(spec: str) -> str:
 
     Raises:
         ValueError: for a spec outside the grammar, or a zstd stage without
-            the zstandard package (a local configuration mistake).
+            a zstd binding (a local configuration mistake).
     """
     if parse_codec(spec).zstd_level is not None:
         entropy.check_available()

@@ -50,6 +50,15 @@ class RejectReason(str, enum.Enum):
     UNSIGNED = "unsigned"
     #: a signature that does not verify with the signer's provisioned key: forged or altered
     BAD_SIGNATURE = "bad_signature"
+    #: secure aggregation (docs/PROTOCOL.md §14): a message for a phase that is not open now,
+    #: e.g. shares after the share phase closed or a masked input before the shares were relayed
+    OUT_OF_PHASE = "out_of_phase"
+    #: secure aggregation: an X25519 public key that is not 32 bytes, repeats another
+    #: participant's, or agrees to the all-zero secret (a low-order point)
+    BAD_KEY = "bad_key"
+    #: secure aggregation: a Shamir share or an encrypted share that does not decrypt,
+    #: is addressed to someone else, lies outside the field, or reconstructs a wrong secret
+    BAD_SHARE = "bad_share"
     #: a partial aggregate whose exact-sum state is out of range or not canonical
     BAD_STATE = "bad_state"
 

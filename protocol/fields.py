@@ -87,6 +87,12 @@ class Fields:
         except ValueError as exc:
             raise WireError(RejectReason.MALFORMED, f"{self.what}.{key}: {exc}") from None
 
+    def ident_list(self, key: str, limit: int = MAX_COHORT) -> list[str]:
+        v = self.obj.get(key)
+        if not isinstance(v, list) or len(v) > limit:
+            raise self._fail(key, f"a list of <= {limit} ids")
+        return [Fields({"a": a}, f"{self.what}.{key}").ident("a") for a in v]
+
     def mapping(self, key: str) -> Mapping[Any, Any]:
         v = self.obj.get(key, {})
         if not isinstance(v, Mapping) or len(v) > MAX_MAP_ITEMS:

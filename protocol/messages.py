@@ -11,9 +11,12 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from protocol.tensors import Weights
+
+if TYPE_CHECKING:
+    from protocol.secagg.messages import SecAggConfig
 
 SCHEMA_VERSION = 1
 
@@ -82,6 +85,11 @@ class ModelAnnouncement:
     issued_at: float = 0.0
     #: the broker's payload cap: agents send updates above it as chunks (0: no cap)
     max_payload: int = 0
+    #: buffered mode: updates trained from a version this many behind ``round`` are still
+    #: taken, so an agent finishes and sends work on an older version (0: synchronous)
+    max_staleness: int = 0
+    #: this round is securely aggregated (docs/PROTOCOL.md §14); None: a plain round
+    secagg: SecAggConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,3 +172,6 @@ class RoundMetrics:
     at: float = 0.0
     #: DP-FedAvg: the run's privacy loss epsilon after this round, at the job's delta
     epsilon: float | None = None
+    #: SecAgg rounds: who dropped out in which phase (``keys``, ``shares``, ``masked``,
+    #: ``unmask``), each list sorted (docs/PROTOCOL.md §14.8)
+    secagg: Mapping[str, tuple[str, ...]] | None = None

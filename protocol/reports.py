@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from protocol.errors import RejectReason, WireError
-from protocol.fields import header, json_dump, json_load
+from protocol.fields import Fields, header, json_dump, json_load
 from protocol.messages import SCHEMA_VERSION, ClosedBy, Phase, Presence, RoundMetrics, Status
 
 # --- presence ----------------------------------------------------------------
@@ -136,6 +136,8 @@ def encode_metrics(m: RoundMetrics) -> bytes:
         doc[key] = getattr(m, key)
     if m.epsilon is not None:  # only DP runs have one; other documents stay as they were
         doc["epsilon"] = m.epsilon
+    if m.secagg is not None:  # likewise only SecAgg runs
+        doc["secagg"] = {phase: list(agents) for phase, agents in m.secagg.items()}
     return json_dump(doc)
 
 
@@ -167,5 +169,19 @@ def decode_metrics(payload: bytes) -> RoundMetrics:
         raw_bytes_up=f.integer("raw_bytes_up"),
         at=f.number("at", 0.0),
         epsilon=f.number("epsilon", 0.0) if f.present("epsilon") else None,
+        secagg=_dropouts(f) if f.present("secagg") else None,
         **optional,
     )
+
+
+_SECAGG_PHASES = ("keys", "shares", "masked", "unmask")
+
+
+def _dropouts(f: Fields) -> dict[str, tuple[str, ...]]:
+    """metrics.secagg: phase -> the agents that dropped out in it (docs/PROTOCOL.md §14.8)."""
+    out: dict[str, tuple[str, ...]] = {}
+    for phase, agents in f.mapping("secagg").items():
+        if phase not in _SECAGG_PHASES or not isinstance(agents, list):
+            raise WireError(RejectReason.MALFORMED, f"metrics.secagg: bad entry {phase!r}")
+        out[phase] = tuple(Fields({"a": agents}, "metrics.secagg").ident_list("a"))
+    return out

@@ -61,6 +61,9 @@ class Purpose(str, enum.Enum):
     UPDATE = "update"
     #: a partial aggregate, signed by the site aggregator or ingest worker that sends it
     PARTIAL = "partial"
+    #: a secure-aggregation message (docs/PROTOCOL.md §14), signed by its sender: the agent
+    #: on ``secagg/up/{agent}``, the coordinator on ``secagg/down[/{agent}]``
+    SECAGG = "secagg"
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,8 +273,17 @@ def _verified(envelope: Signed, key: VerifyKey) -> bytes:
     return envelope.body
 
 
-def open_model(payload: bytes, *, job: str, key: VerifyKey | None, max_body_bytes: int) -> bytes:
+def open_model(
+    payload: bytes,
+    *,
+    job: str,
+    key: VerifyKey | None,
+    max_body_bytes: int,
+    purpose: Purpose = Purpose.MODEL,
+) -> bytes:
     """The model bytes inside ``payload``, checked against the coordinator's ``key``.
+
+    ``purpose`` SECAGG opens the coordinator's SecAgg messages the same way.
 
     With ``key`` None (an agent running unsigned) an envelope is unwrapped
     unverified and a bare model passes through.
@@ -282,13 +294,13 @@ def open_model(payload: bytes, *, job: str, key: VerifyKey | None, max_body_byte
     """
     if not is_signed(payload):
         if key is not None:
-            raise WireError(RejectReason.UNSIGNED, "model is not signed")
+            raise WireError(RejectReason.UNSIGNED, f"{purpose.value} is not signed")
         return payload
-    envelope = _expect(decode_signed(payload, max_body_bytes), Purpose.MODEL)
+    envelope = _expect(decode_signed(payload, max_body_bytes), purpose)
     if key is None:
         return envelope.body
     if envelope.job != job:
-        raise WireError(RejectReason.WRONG_JOB, f"model signed for job {envelope.job!r}")
+        raise WireError(RejectReason.WRONG_JOB, f"{purpose.value} signed for job {envelope.job!r}")
     return _verified(envelope, key)
 
 
@@ -300,8 +312,11 @@ def open_update(
     agent: str,
     keys: Mapping[str, VerifyKey] | None,
     max_body_bytes: int,
+    purpose: Purpose = Purpose.UPDATE,
 ) -> bytes:
     """The update bytes inside ``payload``, sent on ``agent``'s topic, checked against ``keys``.
+
+    ``purpose`` SECAGG opens an agent's SecAgg messages the same way.
 
     With ``keys`` None (a coordinator running unsigned) an envelope is
     unwrapped unverified and a bare update passes through.
@@ -312,7 +327,7 @@ def open_update(
             for another run); UNKNOWN_AGENT (no key for the agent);
             BAD_SIGNATURE; MALFORMED, BAD_VERSION or TOO_LARGE for a bad envelope.
     """
-    return _open_from(payload, Purpose.UPDATE, job=job, run=run, signer=agent, keys=keys,
+    return _open_from(payload, purpose, job=job, run=run, signer=agent, keys=keys,
                       max_body_bytes=max_body_bytes)
 
 
@@ -358,7 +373,8 @@ def _open_from(
         raise WireError(RejectReason.WRONG_RUN, f"signed for run {envelope.run!r}, not {run!r}")
     key = keys.get(signer)
     if key is None:
-        raise WireError(RejectReason.UNKNOWN_AGENT, f"no {what} key provisioned for {signer!r}")
+        whose = "aggregator" if purpose is Purpose.PARTIAL else "update"
+        raise WireError(RejectReason.UNKNOWN_AGENT, f"no {whose} key provisioned for {signer!r}")
     return _verified(envelope, key)
 
 

@@ -33,6 +33,9 @@ class TopicKind(str, enum.Enum):
     METRICS = "metrics"
     #: one agent's presence (retained, agent and its last will)
     AGENTS = "agents"
+    #: secure aggregation: ``secagg/up/{agent}`` (agent) and ``secagg/down[/{agent}]``
+    #: (retained, coordinator); docs/PROTOCOL.md §14
+    SECAGG = "secagg"
     #: one site aggregator's or ingest worker's partial aggregate of a round (that aggregator)
     PARTIAL = "partial"
 
@@ -62,6 +65,8 @@ class TopicRef:
     agent: str | None = None
     #: for ``model/chunk/{i}``: the chunk's index (docs/PROTOCOL.md, "Chunked transfer")
     chunk: int | None = None
+    #: for ``secagg``: ``"up"`` (agent to coordinator) or ``"down"`` (coordinator to agents)
+    direction: str | None = None
 
 
 class Topics:
@@ -117,6 +122,23 @@ class Topics:
     def all_presence(self) -> str:
         return f"{self.base}/agents/+"
 
+    def secagg_up(self, agent: str) -> str:
+        """Where ``agent`` sends its SecAgg messages."""
+        return f"{self.base}/secagg/up/{check_id(agent, 'agent')}"
+
+    @property
+    def all_secagg_up(self) -> str:
+        return f"{self.base}/secagg/up/+"
+
+    @property
+    def secagg_down(self) -> str:
+        """The SecAgg messages for every participant (roster, survivors), retained."""
+        return f"{self.base}/secagg/down"
+
+    def secagg_down_to(self, agent: str) -> str:
+        """The SecAgg messages for one agent (its relay of shares), retained."""
+        return f"{self.base}/secagg/down/{check_id(agent, 'agent')}"
+
     @property
     def everything(self) -> str:
         return f"{self.base}/#"
@@ -144,6 +166,8 @@ def parse_topic(topic: str) -> TopicRef:
             return TopicRef(job, kind, check_id(rest[0], "agent"))
         except ValueError as exc:
             raise WireError(RejectReason.MALFORMED, str(exc)) from None
+    if kind is TopicKind.SECAGG:
+        return _secagg_topic(job, rest, topic)
     if kind is TopicKind.MODEL and len(rest) == 2 and rest[0] == "chunk":
         if _CHUNK_INDEX.fullmatch(rest[1]) is None:
             raise WireError(RejectReason.MALFORMED, f"bad chunk index in {topic!r}")
@@ -151,3 +175,16 @@ def parse_topic(topic: str) -> TopicRef:
     if rest:
         raise WireError(RejectReason.MALFORMED, f"unexpected levels after {kind.value}")
     return TopicRef(job, kind)
+
+
+def _secagg_topic(job: str, rest: list[str], topic: str) -> TopicRef:
+    """``secagg/up/{agent}``, ``secagg/down`` or ``secagg/down/{agent}``."""
+    direction, agent = (rest[0], rest[1:]) if rest else ("", [])
+    shape_ok = (direction == "up" and len(agent) == 1) or (direction == "down" and len(agent) < 2)
+    if not shape_ok:
+        raise WireError(RejectReason.MALFORMED, f"bad secagg topic {topic!r}")
+    try:
+        who = check_id(agent[0], "agent") if agent else None
+    except ValueError as exc:
+        raise WireError(RejectReason.MALFORMED, str(exc)) from None
+    return TopicRef(job, TopicKind.SECAGG, who, direction=direction)

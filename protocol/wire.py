@@ -8,6 +8,7 @@ escaping a decoder is a bug. The small JSON messages are in :mod:`protocol.repor
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from protocol.chunks import MIN_MAX_PAYLOAD
 from protocol.errors import RejectReason, WireError
@@ -23,14 +24,30 @@ from protocol.fields import (
 from protocol.messages import SCHEMA_VERSION, ModelAnnouncement, TrainPlan, Update
 from protocol.tensors import decode_weights, encode_weights
 
-__all__ = ["DEFAULT_MAX_BYTES", "decode_model", "decode_update", "encode_model", "encode_update"]
+if TYPE_CHECKING:
+    from protocol.secagg.messages import SecAggConfig
+
+__all__ = ["DEFAULT_MAX_BYTES", "SECAGG_CODEC", "decode_model", "decode_update", "encode_model",
+           "encode_update"]
+
+#: the codec a SecAgg round announces: an agent that does not know SecAgg declines it
+SECAGG_CODEC = "secagg"
 
 
 # --- model ------------------------------------------------------------------
 
 
 def encode_model(m: ModelAnnouncement) -> bytes:
-    return pack(
+    doc = _model_doc(m)
+    if m.secagg is not None:  # written only then: plain announcements stay byte for byte
+        from protocol.secagg.wire import encode_config
+
+        doc["secagg"] = encode_config(m.secagg)
+    return pack(doc)
+
+
+def _model_doc(m: ModelAnnouncement) -> dict[str, Any]:
+    return (
         {
             "v": SCHEMA_VERSION,
             "type": "model",
@@ -54,6 +71,8 @@ def encode_model(m: ModelAnnouncement) -> bytes:
             "issued_at": m.issued_at,
             "max_payload": m.max_payload,
             "tensors": encode_weights(m.weights),
+            # only in the buffered mode, so the synchronous wire is byte-for-byte unchanged
+            **({"max_staleness": m.max_staleness} if m.max_staleness else {}),
         }
     )
 
@@ -74,15 +93,11 @@ def decode_model(payload: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> ModelAnn
         seed=p.integer("seed", 0, 2**32 - 1),
         options=p.scalars("options"),
     )
-    cohort_raw = f.obj.get("cohort")
-    cohort: tuple[str, ...] | None = None
-    if cohort_raw is not None:
-        if not isinstance(cohort_raw, list) or len(cohort_raw) > MAX_COHORT:
-            raise WireError(RejectReason.MALFORMED, "model.cohort: expected a list of ids")
-        cohort = tuple(Fields({"a": a}, "model.cohort").ident("a") for a in cohort_raw)
+    cohort = tuple(f.ident_list("cohort", MAX_COHORT)) if f.present("cohort") else None
     tensors = f.obj.get("tensors")
     if isinstance(tensors, list) and len(tensors) > MAX_TENSORS:
         raise WireError(RejectReason.TOO_LARGE, f"model: {len(tensors)} tensors")
+    secagg = _secagg(f, cohort)
     return ModelAnnouncement(
         job=f.ident("job"),
         run=f.ident("run"),
@@ -98,7 +113,24 @@ def decode_model(payload: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> ModelAnn
         issued_at=f.number("issued_at", 0.0),
         max_payload=_max_payload(f),
         weights=decode_weights(tensors),
+        max_staleness=f.integer("max_staleness", 0, 1_000_000) if f.present("max_staleness") else 0,
+        secagg=secagg,
     )
+
+
+def _secagg(f: Fields, cohort: tuple[str, ...] | None) -> SecAggConfig | None:
+    """The ``secagg`` map: a SecAgg round names its cohort and uses the ``secagg`` codec."""
+    if not f.present("secagg"):
+        return None
+    from protocol.secagg.wire import decode_config
+
+    config = decode_config(f.obj["secagg"])
+    if cohort is None:
+        raise WireError(RejectReason.MALFORMED, "model: a secagg round must name its cohort")
+    if f.obj.get("codec") != SECAGG_CODEC:
+        detail = f"model: a secagg round uses codec {SECAGG_CODEC!r}"
+        raise WireError(RejectReason.BAD_CODEC, detail)
+    return config
 
 
 def _max_payload(f: Fields) -> int:

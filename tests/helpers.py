@@ -36,6 +36,7 @@ from coordinator import (
     RoundOpened,
     Rounds,
     SaveCheckpoint,
+    SecAggArrived,
     Stop,
     Tick,
     UpdateAccepted,
@@ -47,7 +48,6 @@ from edge_agent.agent import (
     AgentCore,
     AgentEvent,
     Connected,
-    ModelArrived,
     ModelRejected,
     RoundKey,
     RunFinished,
@@ -263,7 +263,8 @@ class Fleet:
         counts = list(samples) if samples is not None else [10 * (k + 1) for k in range(n_agents)]
         self.trainers = {a: LinearTrainer(k, counts[k]) for k, a in enumerate(self.agent_ids)}
         self.agents = {
-            a: AgentCore(config.job, a, samples=counts[k], trainer=LinearTrainer.name)
+            a: AgentCore(config.job, a, samples=counts[k], trainer=LinearTrainer.name,
+                         random_bytes=np.random.default_rng([seed, k]).bytes)
             for k, a in enumerate(self.agent_ids)
         }
         self.links = {a: Link() for a in self.agent_ids}
@@ -419,7 +420,8 @@ class Fleet:
                 if message.to == COORDINATOR:
                     self._deliver_to_coordinator(message)
                 else:
-                    self._feed_agent(message.to, ModelArrived(message.payload))
+                    core = self.agents[message.to]
+                    self._feed_agent(message.to, core.arrived(message.topic, message.payload))
             raise AssertionError("the fleet did not settle")
         finally:
             self._pumping = False
@@ -468,7 +470,7 @@ class Fleet:
         if publish.retain:
             self._retain(publish)
         kind = parse_topic(publish.topic).kind
-        if kind in (TopicKind.UPDATE, TopicKind.AGENTS) and self.coordinator_up:
+        if kind in (TopicKind.UPDATE, TopicKind.AGENTS, TopicKind.SECAGG) and self.coordinator_up:
             self._enqueue(COORDINATOR, publish.topic, publish.payload, via=agent)
 
     def _retain(self, publish: Publish) -> None:
@@ -480,9 +482,12 @@ class Fleet:
     def _connect(self, agent: str) -> None:
         self._feed_agent(agent, Connected())
         # Subscribing to .../model hands the agent the retained global model.
-        retained = self.retained.get(self.rounds.topics.model)
-        if retained is not None:
-            self._enqueue(agent, self.rounds.topics.model, retained, via=agent)
+        # ... and, subscribing to its SecAgg topics, the session's retained messages
+        topics = self.rounds.topics
+        for topic in (topics.model, topics.secagg_down, topics.secagg_down_to(agent)):
+            retained = self.retained.get(topic)
+            if retained is not None:
+                self._enqueue(agent, topic, retained, via=agent)
 
     # --- the two adapters ------------------------------------------------------------------
 
@@ -493,6 +498,8 @@ class Fleet:
             self._feed_coordinator(UpdateArrived(ref.agent, message.payload))
         elif ref.kind is TopicKind.AGENTS:
             self._feed_coordinator(PresenceArrived(ref.agent, message.payload))
+        elif ref.kind is TopicKind.SECAGG:
+            self._feed_coordinator(SecAggArrived(ref.agent, message.payload))
 
     def _feed_coordinator(self, event: Event) -> list[Action]:
         """What the coordinator's adapter does: feed, then carry out each action in order."""
@@ -524,8 +531,9 @@ class Fleet:
             case Publish():
                 if action.retain:
                     self._retain(action)
-                if parse_topic(action.topic).kind is TopicKind.MODEL:
-                    for agent in self.agent_ids:
+                ref = parse_topic(action.topic)
+                if ref.kind in (TopicKind.MODEL, TopicKind.SECAGG):  # secagg: only "down"
+                    for agent in self.agent_ids if ref.agent is None else [ref.agent]:
                         self._enqueue(agent, action.topic, action.payload, via=agent)
             case Evaluate(round_no=round_no, weights=weights):
                 return Evaluated(round_no, self.evaluate(round_no, weights))

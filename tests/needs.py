@@ -71,3 +71,13 @@ def require_node_modules() -> Path:
     if missing:
         unavailable(f"{', '.join(missing)} missing from {modules}: run (cd web && npm ci)")
     return WEB_DIR
+
+
+def require_cgroups() -> None:
+    """Writable cgroup v1 memory and cpu controllers (root), as the build machine has."""
+    from fedmq_tools.bench.limits import Cgroup
+
+    try:
+        Cgroup(f"fedmq-probe-{os.getpid()}", 64 << 20, 1.0).close()
+    except (OSError, RuntimeError) as exc:
+        unavailable(f"no writable cgroup v1 memory and cpu controllers: {exc}")

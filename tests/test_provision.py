@@ -126,10 +126,12 @@ def test_the_acl_lets_each_agent_write_only_its_own_topics(fleet: Path):
     assert not any("write" in line or "update" in line for line in blocks["monitor"])
     for agent in AGENTS:
         writes = sorted(line.split()[2] for line in blocks[agent] if " write " in line)
-        assert writes == [f"fedmq/v1/farm/agents/{agent}", f"fedmq/v1/farm/update/{agent}"]
+        assert writes == [f"fedmq/v1/farm/agents/{agent}", f"fedmq/v1/farm/secagg/up/{agent}",
+                          f"fedmq/v1/farm/update/{agent}"]
         reads = {line.split()[2] for line in blocks[agent] if " read " in line}
         assert reads == {"fedmq/v1/farm/model", "fedmq/v1/farm/model/chunk/+",
-                         "fedmq/v1/farm/status", "fedmq/v1/farm/metrics"}
+                         "fedmq/v1/farm/status", "fedmq/v1/farm/metrics",
+                         "fedmq/v1/farm/secagg/down", f"fedmq/v1/farm/secagg/down/{agent}"}
 
 
 def test_the_broker_config_is_the_secure_profile(fleet: Path):

@@ -3,7 +3,7 @@
 ``fedmq web`` serves ``fedmq/web/static``, shipped inside the Python package, so
 ``pip install fedmq`` needs no node. That directory is generated from ``web/``:
 the ES modules under ``web/src`` as they are, and the browser builds of MQTT.js,
-@msgpack/msgpack and uPlot from ``web/node_modules`` (installed from the lockfile
+@msgpack/msgpack, uPlot and fzstd from ``web/node_modules`` (installed from the lockfile
 with ``npm ci``), with their licences. Run ``python -m fedmq.web.assets`` after
 changing anything under ``web/src`` and commit the result;
 tests/browser/test_static.py fails while the copy differs from its sources.
@@ -20,9 +20,8 @@ from fedmq.web.server import STATIC_ROOT
 
 REPO = Path(__file__).resolve().parents[2]
 WEB = REPO / "web"
-#: source folders under web/src copied as they are (web/src/protocol joins when the pages
-#: import the JavaScript protocol library instead of agent/wire.js)
-SOURCE_DIRS = ("agent", "dashboard", "train")
+#: source folders under web/src copied as they are
+SOURCE_DIRS = ("agent", "dashboard", "protocol", "train")
 SOURCE_SUFFIXES = (".js", ".html", ".css")
 #: (node_modules path, static path): the browser ESM builds and their licences
 VENDOR = (
@@ -33,6 +32,8 @@ VENDOR = (
     ("uplot/dist/uPlot.esm.js", "vendor/uplot/uPlot.esm.js"),
     ("uplot/dist/uPlot.min.css", "vendor/uplot/uPlot.min.css"),
     ("uplot/LICENSE", "vendor/uplot/LICENSE"),
+    ("fzstd/esm/index.mjs", "vendor/fzstd/index.mjs"),
+    ("fzstd/LICENSE", "vendor/fzstd/LICENSE"),
 )
 
 

@@ -4,9 +4,9 @@ What it adds to the demo (:mod:`fedmq.demo` calls it at a few points):
 
 - the broker's WebSockets listener with a generated demo credential: one user,
   ``web``, whose password travels in the page links; its ACL lets it read the
-  job's topics and publish only ``update/{client id}`` and ``agents/{client id}``
-  (Mosquitto binds that listener to every interface: docs/WEB.md says what that
-  exposes);
+  job's topics and publish agents' updates and presence, never the coordinator's
+  topics (Mosquitto binds that listener to every interface: docs/WEB.md says what
+  that exposes);
 - ``fedmq web``'s server for the two pages and the demo shards, on every
   interface with ``--web`` (a phone on the LAN opens it), else on loopback;
 - the dashboard and agent links, and a QR code of the agent link;
@@ -47,18 +47,17 @@ from transport.connection import BrokerURL, Session, connect, make_client
 WEB_USER = "web"
 #: agent ids of the demo's headless browser agents
 BROWSER_PREFIX = "browser-"
-#: the update codecs a browser agent encodes (web/src/agent/wire.js, CODECS)
-BROWSER_CODECS = ("none", "fp16")
 
 
 def demo_acl(job: str) -> str:
-    """The WebSockets listener's ACL: read the job, write only your own update and presence."""
+    """The WebSockets listener's ACL: read the job; write agents' updates and presence only
+    (never a model, a status or metrics: the coordinator's topics stay the coordinator's)."""
     return (
         "# fedmq demo --web: the WebSockets listener's one user (docs/WEB.md)\n"
         f"user {WEB_USER}\n"
         f"topic read fedmq/v1/{job}/#\n"
-        f"pattern write fedmq/v1/{job}/update/%c\n"
-        f"pattern write fedmq/v1/{job}/agents/%c\n"
+        f"topic write fedmq/v1/{job}/update/+\n"
+        f"topic write fedmq/v1/{job}/agents/+\n"
     )
 
 
@@ -130,10 +129,6 @@ class WebDemo:
             raise ValueError("--browser-agents must be >= 0")
         self.browser_agents: int = args.browser_agents
         self.lan: bool = args.web
-        if args.codec not in BROWSER_CODECS:
-            print(f"fedmq demo: browser agents send {' or '.join(BROWSER_CODECS)} updates, not "
-                  f"{args.codec}: this run uses --codec fp16", file=out)
-            args.codec = "fp16"
         self._args = args
         self._out = out
         self.password = new_password()

@@ -5,8 +5,10 @@ frame>, "size": <int: bytes of the msgpack list inside>}``. The frame must
 declare its content size, equal to ``size``, and ``size`` must be within the
 bound the receiver computes from the model's shapes (what the inner pipeline
 could legitimately produce), so a decompression bomb is refused before a byte
-is inflated. ``zstandard`` is imported on first use: a device without it can
-still run every other codec.
+is inflated. The zstd binding is Python's own ``compression.zstd`` (3.14 and
+newer) or its backport, ``backports.zstd`` (the ``agent`` extra; 1.8 MB installed
+against the 24 MB of the ``zstandard`` package it replaced, same frames), imported on
+first use: a device without either can still run every other codec.
 
 Invariants: unwrap never inflates more than ``max_size`` bytes; any failure is a
 WireError; the inner list is returned as parsed, for the inner pipeline to check.
@@ -23,24 +25,35 @@ import msgpack
 from protocol.errors import RejectReason, WireError
 
 
-def _zstd() -> ModuleType:
+def zstd_backend() -> ModuleType:
+    """``compression.zstd`` (PEP 784), else ``backports.zstd``: one API either way.
+
+    Raises:
+        ValueError: if neither is installed.
+    """
     try:
-        import zstandard
+        from compression import zstd  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
-        raise ValueError("the zstd codec stage needs the 'zstandard' package") from None
-    return zstandard
+        try:
+            from backports import zstd  # type: ignore[no-redef,unused-ignore]
+        except ImportError:
+            raise ValueError(
+                "the zstd codec stage needs Python 3.14 or the 'backports.zstd' package"
+            ) from None
+    module: ModuleType = zstd
+    return module
 
 
 def check_available() -> None:
     """Raises ValueError if this build cannot run the zstd stage."""
-    _zstd()
+    zstd_backend()
 
 
 def wrap(entries: Sequence[Mapping[str, Any]], level: int) -> dict[str, Any]:
     """Pack ``entries`` with msgpack and compress them into the one wrapper entry."""
     inner: bytes = msgpack.packb(list(entries), use_bin_type=True)
-    compressor = _zstd().ZstdCompressor(level=level, write_content_size=True)
-    return {"zstd": compressor.compress(inner), "size": len(inner)}
+    # one-shot compression writes the frame's content size, which unwrap requires
+    return {"zstd": zstd_backend().compress(inner, level=level), "size": len(inner)}
 
 
 def unwrap(entries: Sequence[Mapping[str, Any]], max_size: int) -> list[Mapping[str, Any]]:
@@ -59,20 +72,23 @@ def unwrap(entries: Sequence[Mapping[str, Any]], max_size: int) -> list[Mapping[
     if not 0 <= size <= max_size:
         raise WireError(RejectReason.TOO_LARGE, f"zstd: size {size} outside [0, {max_size}]")
     try:
-        zstandard = _zstd()
+        zstd = zstd_backend()
     except ValueError as exc:
         raise WireError(RejectReason.BAD_CODEC, str(exc)) from None
     try:
-        frame = zstandard.get_frame_parameters(blob)
-        if frame.has_checksum or frame.dict_id:  # neither is written; both sides refuse them
+        frame = zstd.get_frame_info(blob)
+        # neither is written; both sides refuse them (the checksum flag: bit 2 of the
+        # frame header descriptor, the byte after the 4-byte magic number)
+        if frame.dictionary_id or (len(blob) > 4 and blob[4] & 0x04):
             raise WireError(RejectReason.MALFORMED, "zstd: frames with a checksum or dictionary")
-        declared = frame.content_size
-        if declared != size:  # ZSTD_CONTENTSIZE_UNKNOWN: no size declared, which we refuse
+        declared = frame.decompressed_size
+        if declared != size:  # None: unknown size, which we refuse
             raise WireError(RejectReason.MALFORMED, f"zstd: frame declares {declared} != {size}")
-        inner = zstandard.ZstdDecompressor().decompress(
-            blob, max_output_size=size, allow_extra_data=False
-        )
-    except zstandard.ZstdError as exc:
+        inflater = zstd.ZstdDecompressor()
+        inner = inflater.decompress(blob, max_length=size)
+        if not inflater.eof or inflater.unused_data:  # a longer, cut or trailing frame
+            raise WireError(RejectReason.MALFORMED, "zstd: not exactly one whole frame")
+    except zstd.ZstdError as exc:
         raise WireError(RejectReason.MALFORMED, f"zstd: {exc}") from None
     if len(inner) != size:
         raise WireError(RejectReason.MALFORMED, f"zstd: inflated {len(inner)} != {size} bytes")

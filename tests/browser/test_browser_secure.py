@@ -86,7 +86,7 @@ def test_a_browser_agent_with_a_wrong_password_is_refused_over_wss(
     assert "refused" in note and "authori" in note.lower()
 
 
-def test_the_right_password_trains_signed_rounds_over_wss_and_the_monitor_watches(
+def test_the_right_password_trains_signed_chunked_rounds_over_wss_and_the_monitor_watches(
     fleet: Path, broker: LocalBroker, browser: Browser
 ) -> None:
     accepted: list[tuple[str, int]] = []
@@ -103,8 +103,10 @@ def test_the_right_password_trains_signed_rounds_over_wss_and_the_monitor_watche
     ca = fleet / "broker" / "ca.crt"
     mqtts = f"mqtts://localhost:{broker.port}"
     coordinator_dir = fleet / "coordinator"
+    # under a payload cap (8 KiB; the model is 20 kB): models and updates travel as chunks,
+    # signed first (docs/PROTOCOL.md §4.6, §11)
     config = RoundConfig(job=JOB, task="digits", rounds=2, plan=get_task("digits").plan,
-                         min_agents=2, deadline_s=TIMEOUT_S,
+                         min_agents=2, deadline_s=TIMEOUT_S, max_payload=8192,
                          signing_key=load_signing_key(coordinator_dir / "signing.key"),
                          agent_keys=load_agent_keys(coordinator_dir / "agents"))
     creds = BrokerURL.parse(mqtts).with_credentials("coordinator",

@@ -35,4 +35,3 @@ def test_the_demo_runs_browser_agents_beside_python_ones(tmp_path: Path) -> None
     assert "dashboard: http://127.0.0.1:" in out and "/agent#broker=ws%3A%2F%2F127.0.0.1" in out
     assert "pass=" in out and "exposed on the LAN" in out
     assert "█" in out  # the agent link's QR code
-    assert "this run uses --codec fp16" in out

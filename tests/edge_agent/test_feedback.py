@@ -379,14 +379,16 @@ def test_non_finite_training_result_declines_without_touching_the_residual() -> 
     assert update.tensors == ()
 
 
-def test_without_zstandard_the_agent_declines_zstd_rounds(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_a_zstd_binding_the_agent_declines_zstd_rounds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from protocol.codecs import entropy
 
     def missing() -> None:
-        raise ValueError("the zstd codec stage needs the 'zstandard' package")
+        raise ValueError("the zstd codec stage needs Python 3.14 or the 'backports.zstd' package")
 
-    monkeypatch.setattr(entropy, "_zstd", missing)
+    monkeypatch.setattr(entropy, "zstd_backend", missing)
     actions = answer(core(), announce(1, "topk:0.25+int8+zstd"))
     update = decode_update(actions[0].payload)
-    assert update.declined is not None and "zstandard" in update.declined
+    assert update.declined is not None and "backports.zstd" in update.declined
     assert [type(a) for a in answer(core(), announce(1, "topk:0.25+int8"))][-1] is SaveResidual

@@ -7,7 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.policy import MIB, Memory, ResourcePolicy, Window, read_memory, run_hook, veto
+from edge_agent.policy import (
+    MIB,
+    MIN_ROUND_NEED,
+    NEED_PER_MODEL_BYTE,
+    Memory,
+    ResourcePolicy,
+    Window,
+    read_memory,
+    round_need,
+    run_hook,
+    veto,
+)
 
 PLENTY = Memory(available_bytes=4096 * MIB, rss_bytes=50 * MIB)
 CONTEXT = {"job": "farm", "agent": "pi-7", "round": "3"}
@@ -60,6 +71,32 @@ def test_memory_ceiling_and_floor() -> None:
     assert veto(policy, 0, Memory(None, None)) is None
 
 
+def test_a_round_that_would_not_fit_is_declined_by_any_policy() -> None:
+    # a Pi Zero 2 W unit with MemoryMax=384M, a torch agent idling at 333 MiB
+    tight = Memory(available_bytes=51 * MIB, rss_bytes=333 * MIB, limit_bytes=384 * MIB)
+    reason = veto(ResourcePolicy(), 0, tight, need_bytes=152 * MIB)
+    assert reason is not None
+    assert "152 MiB" in reason and "51 MiB left" in reason and "384 MiB limit" in reason
+    assert veto(ResourcePolicy(), 0, tight, need_bytes=50 * MIB) is None
+    # without a limit it is the machine's MemAvailable that must hold the round
+    reason = veto(ResourcePolicy(), 0, Memory(10 * MIB, 40 * MIB), need_bytes=20 * MIB)
+    assert reason is not None and "limit" not in reason
+
+
+def test_the_ceiling_counts_what_the_round_will_add() -> None:
+    policy = ResourcePolicy(max_rss_mb=300)
+    assert veto(policy, 0, Memory(4096 * MIB, 250 * MIB), need_bytes=40 * MIB) is None
+    reason = veto(policy, 0, Memory(4096 * MIB, 250 * MIB), need_bytes=60 * MIB)
+    assert reason is not None and "from 250 to about 310 MiB" in reason
+
+
+def test_a_rounds_need_is_learned_else_estimated_from_the_model() -> None:
+    cnn = 1_663_370 * 4  # float32 bytes of mnist-cnn
+    assert round_need(cnn, learned=None) == NEED_PER_MODEL_BYTE * cnn
+    assert round_need(1000, learned=None) == MIN_ROUND_NEED
+    assert round_need(cnn, learned=7 * MIB) == 7 * MIB
+
+
 def test_the_default_policy_allows_everything() -> None:
     assert veto(ResourcePolicy(), minute("03:00"), Memory(1, 10**12)) is None
 
@@ -78,6 +115,8 @@ def test_read_memory_on_linux() -> None:
     assert memory.rss_bytes is not None and memory.rss_bytes > 10 * MIB
     assert memory.available_bytes is not None and memory.available_bytes > 0
     assert read_memory(Path("/nonexistent")) == Memory(None, None)
+    if memory.limit_bytes is not None:  # under a cgroup limit: never more than it leaves
+        assert memory.available_bytes <= memory.limit_bytes
 
 
 def test_a_command_hook_vetoes_with_a_nonzero_exit_and_sees_the_round(tmp_path: Path) -> None:

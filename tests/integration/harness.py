@@ -19,6 +19,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from coordinator import Action, RoundClosed, RoundConfig
 from coordinator.mqtt import CoordinatorNode
+from coordinator.staleness import BufferConfig
 from edge_agent.mqtt import AgentNode, run_fleet
 from fedmq.launch import AgentSettings, Connection, build_agent, build_coordinator
 from fedmq.tasks import DataConfig
@@ -81,13 +82,13 @@ class CoordinatorThread:
     def __init__(self, config: RoundConfig, url: str, run_dir: Path | None = None, *,
                  data: DataConfig | None = None, resume: bool = False,
                  on_action: Callable[[Action], None] | None = None,
-                 mqtt5: bool = True) -> None:
+                 mqtt5: bool = True, buffer: BufferConfig | None = None) -> None:
         self.closed: list[RoundMetrics] = []
         self.cond = threading.Condition()
         self._extra = on_action
         self.node: CoordinatorNode = build_coordinator(
             config, Connection(BrokerURL.parse(url), mqtt5=mqtt5), data=data or DataConfig(),
-            run_dir=run_dir, resume=resume, on_action=self._observe,
+            run_dir=run_dir, resume=resume, on_action=self._observe, buffer=buffer,
         )
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -127,13 +128,16 @@ class CoordinatorThread:
 def agent_fleet(url: str, job: str, task: str, count: int, *, first: int = 0,
                 total: int | None = None, exit_when_done: bool = True,
                 data: DataConfig | None = None, mqtt5: bool = True,
+                train_delays_s: tuple[float, ...] = (),
                 ) -> Iterator[list[AgentNode]]:
-    """``count`` in-process agents, each with its own MQTT connection; stopped on exit."""
+    """``count`` in-process agents, each with its own MQTT connection; stopped on exit.
+    ``train_delays_s[i]`` slows agent i down artificially (a slow device)."""
     nodes = [
         build_agent(
             AgentSettings(job=job, task=task, agent_id=f"agent-{i}", shard=i,
                           num_shards=total or count, data=data or DataConfig(), threads=1,
-                          exit_when_done=exit_when_done),
+                          exit_when_done=exit_when_done,
+                          train_delay_s=dict(enumerate(train_delays_s)).get(i - first, 0.0)),
             Connection(BrokerURL.parse(url), mqtt5=mqtt5),
         )
         for i in range(first, first + count)

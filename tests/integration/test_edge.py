@@ -13,7 +13,7 @@ from harness import TIMEOUT_S, CoordinatorThread, TopicWatcher, wait_process
 
 from coordinator import RoundConfig
 from edge_agent.mqtt import AgentNode, run_fleet
-from edge_agent.policy import ResourcePolicy
+from edge_agent.policy import MIB, ResourcePolicy, read_memory
 from edge_agent.state import MODEL_NAME, StateDir
 from fedmq.broker import LocalBroker
 from fedmq.launch import AgentSettings, Connection, build_agent
@@ -84,6 +84,38 @@ def test_a_vetoed_round_is_declined_and_closes_without_waiting(
     for u in declines:
         assert u.declined == f"vetoed: hook '{hooks}:on_battery': on battery"
     assert nodes[2].rounds_trained == 0 and nodes[0].rounds_trained == 2
+    watcher.close()
+
+
+def test_a_round_that_would_not_fit_under_the_memory_ceiling_is_declined_not_attempted(
+    broker: LocalBroker,
+) -> None:
+    # This process's RSS is the agent's (in-process agents): a ceiling 24 MiB above it
+    # cannot hold a round's estimated need (MIN_ROUND_NEED, 32 MiB), so the agent must
+    # decline before training, with the reason, while the other agent trains.
+    job = "edge-no-fit"
+    watcher = TopicWatcher(broker.url, job)
+    coord = CoordinatorThread(config(job, "linreg", min_agents=2, rounds=1), broker.url)
+    fleet(broker.url, job, "linreg", [{"trainer": "numpy"}] * 2)  # loads what agents load
+    rss = read_memory().rss_bytes
+    assert rss is not None
+    ceiling_mb = round(rss / MIB + 24)
+    nodes = fleet(broker.url, job, "linreg", [
+        {"trainer": "numpy"},
+        {"trainer": "numpy", "policy": ResourcePolicy(max_rss_mb=ceiling_mb)},
+    ])
+    threads = run_fleet(nodes)
+    try:
+        coord.start().join(TIMEOUT_S)
+    finally:
+        stop_fleet(nodes, threads)
+    [metrics] = watcher.metrics()
+    assert (metrics.accepted, metrics.declined, metrics.closed_by) == (1, 1, ClosedBy.ALL_REPLIED)
+    [decline] = [decode_update(p) for p in watcher.on("/update/agent-1")]
+    assert decline.declined is not None and decline.tensors == ()
+    assert decline.declined.startswith("vetoed: the round would take resident memory from")
+    assert f"over the {ceiling_mb:g} MiB ceiling" in decline.declined
+    assert nodes[1].rounds_trained == 0 and nodes[0].rounds_trained == 1
     watcher.close()
 
 

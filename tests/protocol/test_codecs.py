@@ -10,12 +10,12 @@ from typing import Any
 import msgpack
 import numpy as np
 import pytest
-import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from protocol import RejectReason, WireError, check_codec, decode_delta, encode_delta
+from protocol.codecs.entropy import zstd_backend
 from protocol.codecs.indices import decode_indices, encode_indices
 from protocol.codecs.spec import Pipeline, Quantiser, parse_codec
 from protocol.compress import downlink_weights, max_inner_size
@@ -349,7 +349,7 @@ def test_topk_entry_counts() -> None:
 def test_zstd_wraps_the_whole_list_in_one_entry() -> None:
     [entry] = encode_delta(DELTA, "topk:0.1+int8+zstd")
     assert set(entry) == {"zstd", "size"}
-    inner = zstandard.ZstdDecompressor().decompress(entry["zstd"])
+    inner = zstd_backend().decompress(entry["zstd"])
     assert len(inner) == entry["size"]
     assert msgpack.unpackb(inner, raw=False) == encode_delta(DELTA, "topk:0.1+int8")
 
@@ -524,8 +524,14 @@ def test_qsgd_q_beyond_its_levels_is_rejected() -> None:
     rejects(entries, "qsgd:8,block=32", BAD_CODEC)
 
 
+def no_content_size(inner: bytes) -> bytes:
+    zstd = zstd_backend()
+    flag = {zstd.CompressionParameter.content_size_flag: 0}
+    return bytes(zstd.ZstdCompressor(options=flag).compress(inner, zstd.ZstdCompressor.FLUSH_FRAME))
+
+
 def wrapped(inner: bytes, **overrides: Any) -> list[dict[str, Any]]:
-    blob = zstandard.ZstdCompressor(write_content_size=True).compress(inner)
+    blob = zstd_backend().compress(inner)
     return [{"zstd": blob, "size": len(inner), **overrides}]
 
 
@@ -562,7 +568,7 @@ ZSTD_CORRUPTIONS: dict[str, tuple[Any, RejectReason]] = {
     "no-content-size": (
         lambda: [
             {
-                "zstd": zstandard.ZstdCompressor(write_content_size=False).compress(INNER),
+                "zstd": no_content_size(INNER),
                 "size": len(INNER),
             }
         ],
@@ -589,7 +595,7 @@ def test_corrupted_zstd_wrapper_is_rejected(case: str) -> None:
 
 
 def test_decompression_bomb_is_refused_before_inflating() -> None:
-    bomb = zstandard.ZstdCompressor(write_content_size=True).compress(bytes(64 << 20))
+    bomb = zstd_backend().compress(bytes(64 << 20))
     assert len(bomb) < 64 << 10  # a 64 MiB frame that travels in a few kB
     bound = max_inner_size(parse_codec(ZSPEC), SHAPES)
     rejects([{"zstd": bomb, "size": 64 << 20}], ZSPEC, RejectReason.TOO_LARGE)
@@ -636,7 +642,7 @@ def decodes_to_sane_or_rejects(entries: list[Any], spec: str) -> None:
 def test_fuzz_entry_fields_decode_or_reject(spec: str, index: int, key: str, value: Any) -> None:
     entries = copy.deepcopy(encode_delta(DELTA, spec))
     if parse_codec(spec).zstd_level is not None:  # mutate the inner list, then wrap it again
-        inner = msgpack.unpackb(zstandard.ZstdDecompressor().decompress(entries[0]["zstd"]))
+        inner = msgpack.unpackb(zstd_backend().decompress(entries[0]["zstd"]))
         inner[index] = {**inner[index], key: value}
         entries = wrapped(msgpack.packb(inner, use_bin_type=True))
     else:

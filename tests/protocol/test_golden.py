@@ -316,6 +316,9 @@ def test_reject_reason_wire_strings():
         "NO_ROUND": "no_round",
         "UNSIGNED": "unsigned",
         "BAD_SIGNATURE": "bad_signature",
+        "OUT_OF_PHASE": "out_of_phase",
+        "BAD_KEY": "bad_key",
+        "BAD_SHARE": "bad_share",
         "BAD_STATE": "bad_state",
     }
 

@@ -44,7 +44,6 @@ from edge_agent.agent import (
     AgentCore,
     AgentEvent,
     Connected,
-    ModelArrived,
     ModelRejected,
     RunFinished,
     SaveResidual,
@@ -217,14 +216,14 @@ class Swarm:
             return
         self._set_state(member, MemberState.ONLINE)
         member.backoff_s = RECONNECT_MIN_S
-        client.subscribe(member.core.topics.agent_subscriptions)
+        client.subscribe(member.core.subscriptions)
         self._inbox.append((member, Connected()))
 
     def _on_disconnect(self, _c: mqtt.Client, member: Member, _f: Any, rc: Any, _p: Any) -> None:
         self._inbox.append((member, _Lost()))
 
     def _on_message(self, _c: mqtt.Client, member: Member, message: mqtt.MQTTMessage) -> None:
-        self._inbox.append((member, ModelArrived(bytes(message.payload))))
+        self._inbox.append((member, member.core.arrived(message.topic, bytes(message.payload))))
 
     # --- the loop --------------------------------------------------------------------------
 

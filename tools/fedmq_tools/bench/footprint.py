@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import statistics
@@ -40,13 +41,14 @@ from fedmq.launch import Connection, build_coordinator
 from fedmq.progress import human_bytes
 from fedmq.tasks import DataConfig, get_task
 from fedmq_tools.bench.measure import Usage, loaded, stop_all, usage
+from fedmq_tools.bench.probe import distribution_bytes, installed
 from fedmq_tools.bench.w1 import ONE_THREAD_ENV
 from protocol import Phase, Topics, decode_presence
 from transport.connection import BrokerURL
 
 REPO = Path(__file__).resolve().parents[3]
-#: the packages a device imports; tests, docs and the benchmarks' JSON are not shipped
-AGENT_PACKAGES = ("protocol", "edge_agent", "fedmq")
+#: the packages fedmq's wheel ships (tests, docs and the tools are not shipped)
+AGENT_PACKAGES = ("protocol", "transport", "models", "coordinator", "edge_agent", "fedmq")
 #: module sets timed by ``import_s``: name -> import statement target
 IMPORTS = {
     "agent runtime without torch (edge_agent.mqtt, numpy_trainer, fedmq.tasks)":
@@ -184,45 +186,6 @@ def import_seconds(modules: str, runs: int = IMPORT_RUNS) -> dict[str, float]:
             "max_s": round(max(times), 3)}
 
 
-def _dist_size(name: str) -> int:
-    dist = metadata.distribution(name)
-    total = 0
-    for file in dist.files or ():
-        path = Path(str(dist.locate_file(file)))
-        if path.is_file():
-            total += path.stat().st_size
-    return total
-
-
-def _base_requirements() -> list[str]:
-    """Distribution names of pyproject's base dependencies plus the ``agent`` extra."""
-    import tomllib
-
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    reqs = [*project["dependencies"], *project["optional-dependencies"].get("agent", [])]
-    return [_req_name(r) for r in reqs if ";" not in r]
-
-
-def _req_name(requirement: str) -> str:
-    match = re.match(r"[A-Za-z0-9_.-]+", requirement.strip())
-    if match is None:
-        raise ValueError(f"cannot read requirement {requirement!r}")
-    return match.group(0)
-
-
-def _closure(names: list[str]) -> list[str]:
-    """``names`` and everything they require unconditionally, as installed here."""
-    seen: list[str] = []
-    todo = list(names)
-    while todo:
-        name = todo.pop()
-        if name.lower() in (s.lower() for s in seen):
-            continue
-        seen.append(name)
-        todo += [_req_name(r) for r in metadata.requires(name) or () if ";" not in r]
-    return seen
-
-
 def _source_size() -> int:
     return sum(
         path.stat().st_size
@@ -234,27 +197,14 @@ def _source_size() -> int:
 
 def installed_size() -> dict[str, Any]:
     """Bytes on disk of the agent's install without torch, per distribution."""
-    dists = {name: _dist_size(name) for name in sorted(_closure(_base_requirements()))}
+    dists = installed("fedmq", frozenset({"agent"}))
+    dists.pop("fedmq", None)  # an editable install: its RECORD lists no source
     own = _source_size()
-    return {
-        "distributions": dists,
-        "fedmq_source": own,
-        "total": own + sum(dists.values()),
-        # for contrast: what the torch trainer adds (zstandard counts above when the extra has it)
-        "optional": {
-            name: _dist_size(name)
-            for name in ("zstandard", "torch")
-            if _installed(name) and name not in dists
-        },
-    }
-
-
-def _installed(name: str) -> bool:
-    try:
-        metadata.distribution(name)
-    except metadata.PackageNotFoundError:
-        return False
-    return True
+    optional = {}
+    with contextlib.suppress(metadata.PackageNotFoundError):
+        optional["torch"] = distribution_bytes("torch")  # for contrast: the torch trainer
+    return {"distributions": dists, "fedmq_source": own, "total": own + sum(dists.values()),
+            "optional": optional}
 
 
 def run_footprint(data_dir: Path | None = None) -> dict[str, Any]:

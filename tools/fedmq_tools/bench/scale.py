@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from coordinator import Action, RoundClosed, RoundConfig, RoundOpened
+from coordinator.config import SecAggPolicy
 from fedmq.broker import LocalBroker
 from fedmq.launch import Connection, build_coordinator
 from fedmq.progress import human_bytes
@@ -64,6 +65,8 @@ class ScaleOptions:
     #: spread the agents over this many bridged site brokers with site aggregators (0: one
     #: broker, no sites; :mod:`fedmq_tools.bench.sites`)
     sites: int = 0
+    #: run every round through SecAgg (``fedmq bench secagg`` compares with and without)
+    secagg: SecAggPolicy | None = None
 
 
 @dataclass
@@ -101,7 +104,7 @@ def run_size(
     """One fleet of ``n`` agents through ``opts.rounds`` rounds (on ``broker``, or a
     fresh private one, whose CPU and RSS then belong to this size alone); its figures."""
     task = get_task(opts.task)
-    job = f"scale-{n}"
+    job = f"scale-{n}" + ("-secagg" if opts.secagg is not None else "")
     with ExitStack() as stack:
         if broker is None:
             broker = stack.enter_context(LocalBroker(extra_config=opts.broker_config))
@@ -115,6 +118,7 @@ def run_size(
             deadline_s=opts.deadline_s,
             min_agents=n,
             on_short_round="stop",
+            secagg=opts.secagg,
         )
         node = build_coordinator(
             config,

@@ -36,13 +36,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from coordinator import Action, RoundClosed, RoundConfig, RoundOpened
+from coordinator import Action, Event, RoundClosed, RoundConfig, RoundOpened, SecAggArrived
+from coordinator.config import SecAggPolicy
+from coordinator.mqtt import CoordinatorNode
 from fedmq.broker import LocalBroker
 from fedmq.launch import Connection, build_coordinator
 from fedmq.progress import human_bytes
 from fedmq.tasks import DataConfig, get_task
 from fedmq_tools.bench.measure import ExitWatcher, cpu_s, stop_all, system_cpu_s, usage
 from protocol import Phase, RoundMetrics
+from protocol.peek import peek_fields
 from transport.connection import BrokerURL
 
 #: W1's variants and the partition each names (DESIGN.md)
@@ -72,6 +75,11 @@ class W1Options:
     ref_threads: int | None = None
     #: fedmq runs and reference runs, alternated; the wall ratio compares their medians
     repeat: int = 1
+    #: run every round through SecAgg (docs/SECURITY.md)
+    secagg: SecAggPolicy | None = None
+    #: SecAgg: in every other round this fraction of the agents drops after masking
+    #: (their unmask answers are lost), so the sum must be recovered from the others
+    drop_after_mask: float = 0.0
 
 
 @dataclass
@@ -117,7 +125,26 @@ class _Clock:
 
 def job_name(opts: W1Options) -> str:
     """A valid job id naming the variant and codec (codec specs may hold ``:``)."""
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", f"w1-{opts.variant}-{opts.codec}")[:64]
+    codec = "secagg" if opts.secagg is not None else opts.codec
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", f"w1-{opts.variant}-{codec}")[:64]
+
+
+def lose_unmask_answers(node: CoordinatorNode, agents: int, fraction: float) -> None:
+    """In even rounds, the unmask answers of the first ``fraction`` of the agents never
+    reach the coordinator: to SecAgg they dropped out after masking, and their inputs
+    must be unmasked from the other agents' shares (the fault is in the network, so
+    the agents themselves go on to the next round)."""
+    lost = {f"agent-{k}" for k in range(round(fraction * agents))}
+    handle = node.rounds.handle
+
+    def lossy(event: Event, now: float) -> list[Action]:
+        if isinstance(event, SecAggArrived) and event.agent in lost:
+            head = peek_fields(event.payload, ("type", "round"))
+            if head.get("type") == "secagg_unmask" and head.get("round", 1) % 2 == 0:
+                return []
+        return handle(event, now)
+
+    node.rounds.handle = lossy  # type: ignore[method-assign]
 
 
 def agent_command(opts: W1Options, url: str, job: str, k: int) -> list[str]:
@@ -149,6 +176,7 @@ def _round_config(opts: W1Options, job: str) -> RoundConfig:
         deadline_s=opts.deadline_s,
         min_agents=opts.agents,
         on_short_round="stop",
+        secagg=opts.secagg,
     )
 
 
@@ -166,6 +194,8 @@ def run_fedmq(opts: W1Options, logs: Path) -> dict[str, Any]:
             run_dir=logs / "coordinator",
             on_action=clock,
         )
+        if opts.drop_after_mask:
+            lose_unmask_answers(node, opts.agents, opts.drop_after_mask)
         env = {**os.environ, **ONE_THREAD_ENV}
         procs = []
         for k in range(opts.agents):
@@ -238,6 +268,7 @@ def _round_row(m: RoundMetrics, peak_rss: tuple[int, int | None]) -> dict[str, A
         "raw_bytes_up": m.raw_bytes_up,
         "accepted": m.accepted,
         "closed_by": m.closed_by.value,
+        "secagg_dropped": dict(m.secagg) if m.secagg is not None else None,
         "peak_rss_coordinator": peak_rss[0],
         "peak_rss_agent_0": peak_rss[1],
     }
@@ -329,6 +360,8 @@ def run_w1(opts: W1Options) -> dict[str, Any]:
             "variant": opts.variant,
             "partition": VARIANTS[opts.variant],
             "codec": opts.codec,
+            "secagg": opts.secagg is not None,
+            "drop_after_mask": opts.drop_after_mask,
             "task": opts.task,
             "agents": opts.agents,
             "rounds": opts.rounds,

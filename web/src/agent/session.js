@@ -8,16 +8,23 @@
  * re-sends the update it sent before (kept in IndexedDB), or trains the round it was
  * training, and a tab closed for good is covered by the round's deadline.
  *
- * MQTT: version 5, client id = agent id (the demo's WebSockets ACL grants a browser
- * exactly `update/{client id}` and `agents/{client id}`), keepalive 30 s, reconnect
- * every 2 s, last will = presence offline (retained, QoS 1); subscribes to the model,
- * its chunks and the status after every connect. A refused login stops reconnecting.
+ * MQTT: version 5, client id `fedmq-{job}-{agent}` (docs/PROTOCOL.md §1), keepalive 30 s,
+ * reconnect every 2 s, last will = presence offline (retained, QoS 1); subscribes to the
+ * model, its chunks, the status and the metrics after every connect. A refused login stops
+ * reconnecting. Chunked models are reassembled here, and updates over the round's payload
+ * cap are sent as chunks (§4.6), after signing.
  */
 
 import mqtt from 'mqtt';
 import { AgentCore, keyOf } from './core.js';
 import { ErrorFeedback } from './feedback.js';
-import { codecProblem, decodeMetrics, decodeStatus, openModel, sealUpdate, WireError } from './wire.js';
+import {
+  codecProblem, decodeMetrics, decodeStatus, isChunkFrame, MODEL_CHUNK_TTL_S, openModel, Reassembler, sealUpdate,
+  split, WireError,
+} from './wire.js';
+
+/** the largest model a browser agent reassembles from chunks (edge_agent/agent.py's bound) */
+const MAX_MODEL_BYTES = 64 * 1024 * 1024;
 
 export const RECONNECT_MS = 2000;
 export const KEEPALIVE_S = 30;
@@ -48,6 +55,7 @@ export class AgentSession {
     this.client = null;
     this.trainingKey = null;
     this.sendChain = Promise.resolve();
+    this.chunks = new Reassembler({ maxBufferedBytes: 2 * MAX_MODEL_BYTES, ttlS: MODEL_CHUNK_TTL_S, maxPayloadSize: MAX_MODEL_BYTES });
     this.view = {
       agent, job: link.job, task: task.name, broker: link.broker, connection: 'connecting',
       refused: null, round: null, rounds: null, phase: 'waiting', progress: 0, samples: trainer.samples,
@@ -70,13 +78,14 @@ export class AgentSession {
   }
 
   async start() {
+    const { link } = this;
     const residual = await this.store.loadResidual();
     if (residual) this.core.feedback = new ErrorFeedback(residual);
     const answer = await this.store.loadAnswer();
     if (answer) this.core.restoreAnswer(answer);
     const will = this.core.will();
     this.client = mqtt.connect(this.link.broker, {
-      clientId: this.core.agent,
+      clientId: `fedmq-${link.job}-${this.core.agent}`,
       username: this.link.user,
       password: this.link.pass,
       protocolVersion: 5,
@@ -142,9 +151,18 @@ export class AgentSession {
       }
       return;
     }
-    // models: open (verify) in arrival order before the core sees them
+    // models: reassemble, then open (verify) in arrival order before the core sees them
     const job = this.link.job;
-    const opened = openModel(payload, { job, key: this.keys.coordinator })
+    let whole = payload;
+    try {
+      if (isChunkFrame(payload)) whole = this.chunks.add('model', payload, this.now());
+    } catch (err) {
+      if (!(err instanceof WireError)) throw err;
+      this.put({ type: 'rejected', reason: err.reason, detail: err.detail });
+      return;
+    }
+    if (whole === null) return; // a chunk of a set still incomplete, or a manifest
+    const opened = openModel(whole, { job, key: this.keys.coordinator })
       .then((body) => ({ type: 'model', body }))
       .catch((err) => {
         if (!(err instanceof WireError)) throw err;
@@ -220,11 +238,9 @@ export class AgentSession {
       const payload = signing
         ? await sealUpdate(action.payload, { job: this.link.job, run: action.run, signer: this.core.agent, key: signing })
         : action.payload;
-      if (action.maxPayload && payload.length > action.maxPayload) {
-        this.set({ note: `update of ${payload.length} bytes is over the broker's cap; chunking needs the protocol library` });
-        return;
-      }
-      this.client.publish(action.topic, payload, { qos: 1 });
+      // over the broker's payload cap: the update travels as chunks, after signing
+      const parts = action.maxPayload ? split(payload, action.maxPayload) : null;
+      for (const frame of parts ? parts.frames : [payload]) this.client.publish(action.topic, frame, { qos: 1 });
       const round = Number(action.key.split('/')[1]);
       const { declined } = action;
       this.set({

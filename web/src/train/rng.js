@@ -150,6 +150,11 @@ export class Generator {
     this.bitgen = new PCG64(seed);
   }
 
+  /** `Generator.random()`: a double on [0, 1) from the top 53 bits of one 64-bit draw. */
+  random() {
+    return Number(this.bitgen.next64() >> 11n) / 9007199254740992;
+  }
+
   /** `Generator.permutation(n)`: Fisher-Yates from the end, as an Int32Array. */
   permutation(n) {
     if (!Number.isSafeInteger(n) || n < 0 || n > 0x7fffffff) {

@@ -47,10 +47,10 @@ test('the open round shows accepted against quorum and the time to the deadline'
 
 test('presence: stale ones are ignored, a last will always counts, a cleared one forgets', () => {
   const s = new DashboardState('demo');
-  s.onPresence('a', { agent: 'a', state: 'online', at: 10, kind: 'browser', device: 'phone' });
-  assert.equal(s.onPresence('a', { agent: 'a', state: 'offline', at: 5 }), false);
-  assert.equal(s.onPresence('a', { agent: 'a', state: 'offline', at: 0 }), true); // the will
-  s.onPresence('b', { agent: 'b', state: 'online', at: 10, kind: 'python' });
+  s.onPresence('a', { agent: 'a', online: true, at: 10, kind: 'browser', device: 'phone' });
+  assert.equal(s.onPresence('a', { agent: 'a', online: false, at: 5 }), false);
+  assert.equal(s.onPresence('a', { agent: 'a', online: false, at: 0 }), true); // the will
+  s.onPresence('b', { agent: 'b', online: true, at: 10, kind: 'python' });
   assert.deepEqual(s.agentList().online, { python: 1 });
   s.onPresence('b', null);
   assert.deepEqual(s.agentList().list.map(([id]) => id), ['a']);
@@ -74,4 +74,12 @@ test('the final model keeps the rounds\' deadline in the run config', () => {
   s.onModel({ run: 'r1', round: 3, attempt: 0, done: true, deadline_s: 0 }, 1000);
   assert.equal(s.model.deadline_s, 30);
   assert.equal(s.model.done, true);
+});
+
+test('a round whose metrics this screen never saw is a row of its own, marked missed', () => {
+  const s = new DashboardState('demo');
+  s.onMetrics(metrics({ round: 1 }));
+  s.onMetrics(metrics({ round: 4, at: 140 })); // 2 and 3 closed while it was offline
+  assert.deepEqual(s.history().map((m) => [m.round, m.missed ?? false]), [[1, false], [2, true], [3, true], [4, false]]);
+  assert.deepEqual(s.rejectedByReason(), { duplicate: 2 });
 });

@@ -1,49 +1,43 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import {
-  decodeDelta, decodeModel, decodePresence, decodeStatus, encodeDelta, encodePresence, floatToHalf, halfToFloat, WireError,
-} from '../../src/agent/wire.js';
+import { createHash } from 'node:crypto';
+import { agentRngKey, decodeModel, encodeDelta, parseTopic, peekModel, topicsFor, WireError } from '../../src/agent/wire.js';
+import { decodeDelta } from '../../src/protocol/index.js';
 import { modelBytes } from './helpers.js';
 
-const reason = (fn) => { try { fn(); } catch (err) { assert.ok(err instanceof WireError, err); return err.reason; } return null; };
-
-test('presence encodes as docs/PROTOCOL.md\'s golden example', () => {
-  const bytes = encodePresence({ agent: 'pi-01', online: true, at: 1700000000.5, samples: 500, device: 'rpi4', trainer: 'torch' });
-  assert.equal(new TextDecoder().decode(bytes),
-    '{"v":1,"type":"presence","agent":"pi-01","state":"online","at":1700000000.5,"samples":500,"device":"rpi4","trainer":"torch"}');
-  assert.equal(decodePresence(bytes).kind, null);
-});
-
-test('fp16 rounds to nearest even and round-trips', () => {
-  assert.equal(floatToHalf(1), 0x3c00);
-  assert.equal(floatToHalf(65504), 0x7bff);
-  assert.equal(floatToHalf(1 + 2 ** -11), 0x3c00); // a tie: to even
-  assert.equal(floatToHalf(1 + 3 * 2 ** -11), 0x3c02);
-  assert.equal(floatToHalf(2 ** -24), 0x0001);
-  assert.equal(floatToHalf(-0.5), 0xb800);
-  for (const v of [0.1, -3.75, 1e-6, 1234.5]) assert.ok(Math.abs(halfToFloat(floatToHalf(v)) - v) <= 2 ** -11 * Math.abs(v) + 2 ** -25);
-  const delta = { w: Float32Array.of(0.1, -2, 70000) };
-  const entries = encodeDelta(delta, { w: [3] }, 'fp16');
-  assert.equal(entries[0].dtype, '<f2');
-  assert.deepEqual(Array.from(decodeDelta(entries, 'fp16', { w: [3] }).w), [halfToFloat(floatToHalf(0.1)), -2, 65504]);
-});
-
-test('bad models are refused with the protocol\'s reasons', () => {
-  assert.equal(reason(() => decodeModel(new Uint8Array([0xc1]))), 'malformed');
-  assert.equal(reason(() => decodeModel(modelBytes({ v: true }))), 'bad_version');
-  assert.equal(reason(() => decodeModel(modelBytes({ round: 1.5 }))), 'malformed');
-  assert.equal(reason(() => decodeModel(modelBytes({ deadline_s: Infinity }))), 'non_finite');
-  assert.equal(reason(() => decodeModel(modelBytes({ job: 'a b' }))), 'malformed');
-  assert.equal(reason(() => decodeModel(modelBytes({ tensors: [] }))), 'malformed');
+test('a model comes with named weights and shapes, as the trainer takes them', () => {
   const model = decodeModel(modelBytes());
   assert.deepEqual(model.shapes, { '0.weight': [2, 2], '0.bias': [2] });
   assert.deepEqual(Array.from(model.weights['0.bias']), [0.5, -0.5]);
+  assert.equal(model.plan.lr, 0.1);
+  assert.throws(() => decodeModel(modelBytes({ v: 2 })), (err) => err instanceof WireError && err.reason === 'bad_version');
 });
 
-test('status and JSON limits', () => {
-  assert.equal(reason(() => decodeStatus(new TextEncoder().encode('{"v":1,"type":"status"}'))), 'malformed');
-  assert.equal(reason(() => decodeStatus(new TextEncoder().encode('[1'))), 'malformed');
-  assert.equal(reason(() => decodePresence(new Uint8Array(70_000))), 'too_large');
-  assert.equal(new TextDecoder().decode(encodePresence({ agent: 'a', online: false, at: 0 })),
-    '{"v":1,"type":"presence","agent":"a","state":"offline","at":0}');
+test('deltas go through the library\'s codecs with error feedback', () => {
+  const shapes = { w: [4] };
+  const delta = { w: Float32Array.of(0.5, -0.25, 0.125, 1) };
+  const none = encodeDelta(delta, shapes, 'none', null, null);
+  assert.equal(none.residual, null);
+  const top = encodeDelta(delta, shapes, 'topk:0.5', null, null);
+  const sent = decodeDelta(top.entries, 'topk:0.5', [{ name: 'w', shape: [4] }])[0].data;
+  assert.deepEqual(Array.from(sent), [0.5, 0, 0, 1]);
+  assert.deepEqual(Array.from(top.residual.w), [0, -0.25, 0.125, 0]); // kept for the next round
+  let calls = 0;
+  encodeDelta(delta, shapes, 'qsgd:4', null, () => { calls++; return 0.5; });
+  assert.ok(calls > 0);
+});
+
+test('the stochastic-rounding seed is Python\'s sha256(agent)[:8], big-endian', () => {
+  const want = BigInt(`0x${createHash('sha256').update('web-1').digest('hex').slice(0, 16)}`);
+  assert.equal(agentRngKey('web-1'), want);
+});
+
+test('topics and model headers for the pages', () => {
+  const t = topicsFor('demo');
+  assert.equal(t.update('web-1'), 'fedmq/v1/demo/update/web-1');
+  assert.equal(parseTopic('demo', 'fedmq/v1/demo/agents/web-1').agent, 'web-1');
+  assert.equal(parseTopic('other', 'fedmq/v1/demo/status'), null);
+  assert.equal(parseTopic('demo', 'fedmq/v1/demo/agents/a b'), null);
+  const header = peekModel(modelBytes({ deadline_s: 30.5 }));
+  assert.deepEqual([header.run, header.round, header.task, header.deadline_s, header.plan.batch_size], ['r1', 1, 'linreg', 30.5, 2]);
 });

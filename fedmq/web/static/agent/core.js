@@ -22,8 +22,9 @@
  *          | {type: 'run_finished', model} | {type: 'save_residual', state}
  */
 
-import { decodeModel, encodePresence, encodeUpdate, topicsFor, WireError } from './wire.js';
+import { agentRngKey, decodeModel, encodePresence, encodeUpdate, topicsFor, WireError } from './wire.js';
 import { ErrorFeedback } from './feedback.js';
+import { Generator } from '../train/rng.js';
 
 export const KIND = 'browser';
 export const TRAINER = 'js';
@@ -43,6 +44,8 @@ export class AgentCore {
     this.device = device;
     this.feedback = feedback;
     this.refuse = refuse;
+    // stochastic codecs draw from default_rng([plan.seed, round, this]), as a Python agent
+    this.rngKey = agentRngKey(agent);
     this.topics = topicsFor(job);
     this.latest = null;
     this.training = null;
@@ -143,7 +146,8 @@ export class AgentCore {
     const before = this.feedback.state;
     let tensors;
     try {
-      tensors = this.feedback.encode(delta, model.shapes, model.codec, model.run);
+      const rng = new Generator([model.plan.seed, model.round, this.rngKey]);
+      tensors = this.feedback.encode(delta, model.shapes, model.codec, model.run, () => rng.random());
     } catch (err) {
       return this.decline(model, `cannot encode the update: ${err.message}`);
     }

@@ -75,10 +75,12 @@ export class Charts {
   /** `history`: DashboardState.history() rows. */
   update(history) {
     const x = history.map((m) => m.round);
-    this.quality.setData([x, history.map((m) => m.accuracy), history.map((m) => m.loss)]);
-    this.bytes.setData([x, history.map((m) => m.bytes_up), history.map((m) => m.bytes_down)]);
-    this.raw = history.map((m) => ({ accepted: m.accepted, declined: m.declined, rejected: m.rejectedTotal, missing: m.missing }));
-    const stack = (...keys) => this.raw.map((r) => keys.reduce((s, k) => s + (r[k] ?? 0), 0));
+    const col = (key) => history.map((m) => (m.missed ? null : m[key])); // a gap where not seen
+    this.quality.setData([x, col('accuracy'), col('loss')]);
+    this.bytes.setData([x, col('bytes_up'), col('bytes_down')]);
+    this.raw = history.map((m) => (m.missed ? null
+      : { accepted: m.accepted, declined: m.declined, rejected: m.rejectedTotal, missing: m.missing }));
+    const stack = (...keys) => this.raw.map((r) => (r === null ? null : keys.reduce((s, k) => s + (r[k] ?? 0), 0)));
     this.participation.setData([x,
       stack('accepted', 'declined', 'rejected', 'missing'), stack('accepted', 'declined', 'rejected'),
       stack('accepted', 'declined'), stack('accepted')]);

@@ -2,9 +2,10 @@
  * The live dashboard (/): one job, from its topics alone, over MQTT WebSockets. It
  * subscribes to status, metrics, agents/+ and (where the credentials may read it) the
  * model's header; it writes nothing, so the secure profile's read-only `monitor`
- * credentials are enough. It keeps the run's rounds in localStorage, so a reload or a
- * late start keeps the history this browser saw; reconnects every 2 s after a broker
- * restart, and a resumed coordinator (same run id) continues the same history.
+ * credentials are enough. It keeps the run's rounds in localStorage, so a reload keeps the
+ * history this browser saw; reconnects every second after a broker restart (a round that
+ * closed meanwhile shows as not seen), and a resumed coordinator (same run id) continues
+ * the same history.
  */
 
 import mqtt from 'mqtt';
@@ -27,6 +28,14 @@ function renderRounds(history) {
   const rows = history.slice().reverse().map((m) => {
     const tr = document.createElement('tr');
     tr.dataset.round = String(m.round);
+    if (m.missed) {
+      tr.dataset.missed = 'true';
+      tr.className = 'missed';
+      const note = cell('not seen: it closed while this screen was offline');
+      note.colSpan = 9;
+      tr.append(cell(m.round), note);
+      return tr;
+    }
     tr.append(cell(m.round), cell(m.closed_by.replace('_', ' ')), cell(m.accepted), cell(m.declined),
       cell(m.rejectedTotal), cell(m.missing ?? '–'), cell(fixed(m.accuracy)), cell(fixed(m.loss)),
       cell(human(m.bytes_up)), cell(m.duration_s.toFixed(2)));
@@ -101,7 +110,7 @@ function render(state, now) {
   $('round').textContent = s ? String(s.round) : '–';
   $('rounds').textContent = s ? ` / ${s.rounds}` : '';
   const history = state.history();
-  const last = [...history].reverse().find((m) => m.accuracy !== null || m.loss !== null);
+  const last = [...history].reverse().find((m) => !m.missed && (m.accuracy !== null || m.loss !== null));
   $('accuracy').textContent = fixed(last?.accuracy);
   $('loss').textContent = fixed(last?.loss);
   $('accuracy-round').textContent = last ? `after round ${last.round}` : '';
@@ -139,7 +148,7 @@ async function main() {
   const client = mqtt.connect(link.broker, {
     clientId: `dash-${crypto.getRandomValues(new Uint32Array(1))[0].toString(16)}`,
     username: link.user, password: link.pass, protocolVersion: 5, clean: true,
-    reconnectPeriod: 2000, connectTimeout: 10_000, keepalive: 30,
+    reconnectPeriod: 1000, connectTimeout: 10_000, keepalive: 30,
   });
   const setConnection = (state_) => { $('connection').textContent = state_; $('connection').dataset.state = state_; };
   client.on('connect', () => {
@@ -158,7 +167,7 @@ async function main() {
   });
   client.on('message', (topic, payload) => {
     const ref = parseTopic(link.job, topic);
-    if (!ref) return;
+    if (!ref || ref.chunk !== null) return;
     const bytes = new Uint8Array(payload);
     try {
       switch (ref.kind) {

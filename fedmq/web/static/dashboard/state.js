@@ -84,7 +84,7 @@ export class DashboardState {
       return false;
     }
     this.agents.set(agent, {
-      online: presence.state === 'online',
+      online: presence.online,
       samples: presence.samples ?? null,
       device: presence.device ?? null,
       trainer: presence.trainer ?? null,
@@ -109,13 +109,25 @@ export class DashboardState {
     return true;
   }
 
-  /** The current run's closed rounds, in round order, with participation worked out. */
+  /**
+   * The current run's closed rounds, in round order, with participation worked out. A
+   * round this screen never saw the metrics of (it closed while the screen was offline:
+   * the broker keeps only the last round's) is a row `{round, missed: true}`.
+   */
   history() {
     const run = this.run;
     const mine = [];
     for (const m of this.rounds.values()) if (m.run === run) mine.push(m);
     mine.sort((a, b) => a.round - b.round);
-    return mine.map((m) => {
+    const first = mine.length ? mine[0].round : 1;
+    const rows = [];
+    for (const m of mine) {
+      const last = rows.length ? rows.at(-1).round : first - 1;
+      for (let r = last + 1; r < m.round; r++) rows.push({ run, round: r, missed: true });
+      rows.push(m);
+    }
+    return rows.map((m) => {
+      if (m.missed) return m;
       const rejected = Object.values(m.rejected ?? {}).reduce((a, b) => a + b, 0);
       const expected = this.expected.get(`${m.run}/${m.round}`);
       const missing = expected === undefined ? null : Math.max(0, expected - m.accepted - m.declined);
@@ -127,6 +139,7 @@ export class DashboardState {
   rejectedByReason() {
     const out = {};
     for (const m of this.history()) {
+      if (m.missed) continue;
       for (const [reason, n] of Object.entries(m.rejected ?? {})) out[reason] = (out[reason] ?? 0) + n;
     }
     return out;

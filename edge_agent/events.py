@@ -1,0 +1,109 @@
+"""What the agent core takes in (events) and gives back (actions).
+
+Events are facts the adapter observed; actions are commands it carries out in
+order. Both are immutable; ``edge_agent.agent`` turns the one into the other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TypeAlias
+
+from edge_agent.feedback import Residual
+from edge_agent.trainer import TrainResult
+from protocol import ModelAnnouncement, Publish, RejectReason
+
+#: Identifies what an update answers: (run, round, model_id).
+RoundKey = tuple[str, int, str]
+
+# --- events (in) ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Connected:
+    """The MQTT session is (re)established; the retained model will follow."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelArrived:
+    """Raw bytes on ``.../model``."""
+
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SecAggArrived:
+    """Raw bytes on ``.../secagg/down`` or ``.../secagg/down/{agent}`` (docs/PROTOCOL.md §14)."""
+
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingDone:
+    """The trainer finished the round named by ``key``."""
+
+    key: RoundKey
+    result: TrainResult
+    train_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingFailed:
+    """The trainer could not (or was not allowed to) train ``key``; the agent declines."""
+
+    key: RoundKey
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ShutdownRequested:
+    """The agent is stopping cleanly."""
+
+
+AgentEvent: TypeAlias = (
+    Connected | ModelArrived | SecAggArrived | TrainingDone | TrainingFailed | ShutdownRequested
+)
+
+# --- actions (out) ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Train:
+    """Train on ``model``'s weights and plan, then feed back TrainingDone or TrainingFailed."""
+
+    key: RoundKey
+    model: ModelAnnouncement
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRejected:
+    """A model announcement (or a SecAgg message of the coordinator) was refused; logged."""
+
+    reason: RejectReason
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateSent:
+    """An update (or decline) for ``key`` was handed to MQTT; ``resent`` if from the cache."""
+
+    key: RoundKey
+    size: int
+    resent: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RunFinished:
+    """The coordinator published the final model; ``model`` is the device's to keep."""
+
+    model: ModelAnnouncement
+
+
+@dataclass(frozen=True, slots=True)
+class SaveResidual:
+    """The error-feedback residual changed; the adapter persists it (``None``: delete it)."""
+
+    state: Residual | None
+
+
+AgentAction: TypeAlias = Publish | Train | ModelRejected | UpdateSent | RunFinished | SaveResidual
