@@ -66,7 +66,7 @@ def run_sites_size(n: int, sites: int, opts: ScaleOptions, logs: Path) -> dict[s
         central = stack.enter_context(LocalBroker(extra_config=opts.broker_config))
         address = f"127.0.0.1:{central.port}"
         brokers = [stack.enter_context(LocalBroker(
-            extra_config=site_bridge(f"site-{i}", address, job) + opts.broker_config))
+            extra_config=f"{opts.broker_config}\n{site_bridge(f'site-{i}', address, job)}"))
             for i in range(sites)]
         aggregators = [_aggregator(f"site-{i}", b.url, central.url, job=job, opts=opts,
                                    log=logs / f"aggregator-{i}.log")
