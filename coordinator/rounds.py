@@ -188,7 +188,7 @@ class Rounds(RunViews):
             return [self._reject(agent, round_no, exc.reason, exc.detail)]
         if taken is None:
             return []  # a chunk of an update still incomplete
-        assert accepting is not None  # admit_update refuses every update without one
+        assert accepting is not None  # check_round refuses every update without one
         update, delta = taken
         if delta is None:
             accepting.declined.add(agent)

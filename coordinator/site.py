@@ -162,7 +162,7 @@ class SiteAggregator:
             return [rejected]
         if taken is None:
             return []
-        assert rs is not None  # admit_update refuses every update without an open round
+        assert rs is not None  # check_round refuses every update without an open round
         update, delta = taken
         if delta is None:
             rs.declined.add(agent)

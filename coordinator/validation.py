@@ -1,7 +1,8 @@
 """Whether an update may enter the round, and what it brings: the one place these rules live.
 
-:func:`admit_update` makes every check but the tensors' contents; :class:`Intake`
-adds chunk reassembly before it and decoding the delta after it. The round
+:func:`authentic_update` makes every check that does not depend on rounds and
+:func:`check_round` the round rules; :class:`Intake` adds chunk reassembly before
+them and decoding the delta after them. The round
 machine feeds every update through an :class:`Intake`, and so does anything else
 that must accept exactly what the coordinator accepts. Pure; every refusal is a
 :class:`~protocol.WireError` with its reason.
@@ -34,17 +35,6 @@ class RunView:
     #: the model id agents must have trained from
     model_id: str
     online: Set[str]
-
-
-def admit_update(config: RoundConfig, view: RunView, agent: str, payload: bytes) -> Update:
-    """The update ``agent`` published as ``payload``, if the round may take it.
-
-    Raises:
-        WireError: with the reason the update is refused.
-    """
-    update = authentic_update(config, view.run, agent, payload)
-    _check_round(config, view, agent, update)
-    return update
 
 
 def authentic_update(config: RoundConfig, run: str, agent: str, payload: bytes) -> Update:
@@ -88,7 +78,7 @@ def check_codec(config: RoundConfig, update: Update) -> None:
         raise WireError(RejectReason.BAD_CODEC, detail)
 
 
-def _check_round(config: RoundConfig, view: RunView, agent: str, update: Update) -> None:
+def check_round(config: RoundConfig, view: RunView, agent: str, update: Update) -> None:
     rs = view.accepting
     if rs is None:
         if update.round <= view.completed or update.round == view.current:
@@ -143,7 +133,7 @@ class Intake:
         """
         return self.take_checked(
             view.run, agent, payload, now,
-            lambda update: _check_round(self._config, view, agent, update),
+            lambda update: check_round(self._config, view, agent, update),
         )
 
     def take_checked(

@@ -71,8 +71,12 @@ class SecAggSeat:
         """A SecAgg announcement: advertise keys for its session (once; again if ``resend``)."""
         assert model.secagg is not None
         session = Session(self.job, model.run, model.round, model.attempt)
-        client = self._client
-        if client is not None and client.session == session:
+        client, joined = self._client, self._model
+        # the same announcement again (QoS 1, a reconnect): the same session. Another
+        # announcement with the same session fields comes from a restarted coordinator:
+        # a new session, with fresh keys, since the old coordinator's state is gone
+        same = joined is not None and joined.issued_at == model.issued_at
+        if client is not None and client.session == session and same:
             return self._frames(client.advertise(), model) if resend else []
         self._client, self._model = SecAggClient(session, self.agent, model.secagg,
                                                  self._random), model

@@ -120,6 +120,8 @@ def update_vector(name: str, u: Update) -> dict[str, Any]:
 
 def json_vector(name: str, kind: str, message: Any, payload: bytes) -> dict[str, Any]:
     doc = {f: getattr(message, f) for f in message.__dataclass_fields__}
+    if doc.get("secagg", 0) is None:  # only SecAgg rounds' metrics have it (PROTOCOL.md §14.8)
+        del doc["secagg"]
     doc = {k: v.value if isinstance(v, ClosedBy | Phase) else v for k, v in doc.items()}
     return {
         "name": name,

@@ -42,22 +42,26 @@ esac
 # The browser side (web/, tests/browser, `fedmq demo --browser-agents`): Debian's chromium
 # (never a downloaded browser build), node and npm, and the npm packages pinned in
 # web/package-lock.json. `npm ci` runs again only when the lockfile changed.
-if ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/bin/chromium ]; then
-  echo "setup: installing chromium from apt"
-  as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
-fi
-if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
-  echo "setup: installing nodejs and npm from apt"
-  as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm
-fi
-{ command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ]; } \
-  || { echo "setup: chromium could not be installed" >&2; exit 1; }
-command -v npm >/dev/null 2>&1 || { echo "setup: npm could not be installed" >&2; exit 1; }
-STAMP="$ROOT/web/node_modules/.fedmq-lockfile"
-if ! cmp -s "$ROOT/web/package-lock.json" "$STAMP"; then
-  echo "setup: installing web/ npm packages from the lockfile"
-  (cd "$ROOT/web" && npm ci --no-audit --no-fund --loglevel=error)
-  cp "$ROOT/web/package-lock.json" "$STAMP"
+# For developers (the dev extra) and for FEDMQ_BROWSER=1 (the demo with --browser-agents):
+# the plain demo needs none of it, its pages ship inside the Python package.
+if [ "${FEDMQ_BROWSER:-}" = 1 ] || case ",$EXTRAS," in *,dev,*) true ;; *) false ;; esac; then
+  if ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/bin/chromium ]; then
+    echo "setup: installing chromium from apt"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+  fi
+  if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    echo "setup: installing nodejs and npm from apt"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm
+  fi
+  { command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ]; } \
+    || { echo "setup: chromium could not be installed" >&2; exit 1; }
+  command -v npm >/dev/null 2>&1 || { echo "setup: npm could not be installed" >&2; exit 1; }
+  STAMP="$ROOT/web/node_modules/.fedmq-lockfile"
+  if ! cmp -s "$ROOT/web/package-lock.json" "$STAMP"; then
+    echo "setup: installing web/ npm packages from the lockfile"
+    (cd "$ROOT/web" && npm ci --no-audit --no-fund --loglevel=error)
+    cp "$ROOT/web/package-lock.json" "$STAMP"
+  fi
 fi

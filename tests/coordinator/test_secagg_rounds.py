@@ -228,3 +228,24 @@ def test_a_roster_above_the_payload_cap_fails_the_round_saying_so():
     assert "exceeds --max-payload 1024" in fleet.rounds.message
     assert not [p for p in fleet.of_type(Publish) if len(p.payload) > 1024
                 and parse_topic(p.topic).kind is TopicKind.SECAGG]
+
+
+def test_a_coordinator_restarted_mid_session_gets_fresh_keys_and_the_round_completes():
+    fleet = Fleet(N, config(rounds=2))
+    crashed: list[bool] = []
+
+    def hook(f: Fleet, action: object) -> None:
+        relay = isinstance(action, Publish) and action.topic == f.rounds.topics.secagg_down_to("a0")
+        if relay and not crashed:  # round 1's relays are out: the coordinator dies
+            crashed.append(True)
+            f.crash_coordinator()
+
+    fleet.on_action = hook
+    fleet.start()
+    assert crashed and fleet.rounds.phase is Phase.TRAINING
+    fleet.on_action = None
+    fleet.advance(1.0)  # the new process announces at a later time
+    fleet.restart_coordinator()  # no checkpoint yet: round 1 again, attempt 0, same session id
+    fleet.run_to_end()
+    assert fleet.rounds.phase is Phase.DONE and [m.accepted for m in fleet.history] == [N, N]
+    assert fleet.now == 1.0  # no phase had to wait out a deadline: agents joined at once

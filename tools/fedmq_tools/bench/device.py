@@ -53,6 +53,8 @@ class DeviceRun:
     trainer: str = "numpy"
     #: the fleet: the device plus ``agents - 1`` numpy agents in this process
     agents: int = 20
+    #: the data is cut into this many shards (W1: 20 of 500 rows); the device holds shard 0
+    shards: int = 20
     rounds: int = 20
     evaluate: bool = True
     deadline_s: float = 600.0
@@ -63,7 +65,7 @@ class DeviceRun:
 
     def command(self, url: str) -> list[str]:
         cmd = [*self.prefix, "--log-level", "INFO", "agent", "--broker", url, "--job", self.job,
-               "--task", self.task, "--shard", f"0/{self.agents}", "--agent-id", DEVICE_AGENT,
+               "--task", self.task, "--shard", f"0/{self.shards}", "--agent-id", DEVICE_AGENT,
                "--trainer", self.trainer, "--threads", "1", *self.extra_flags]
         return cmd + (["--data", self.agent_data] if self.agent_data else [])
 
@@ -111,7 +113,7 @@ def _fleet(run: DeviceRun, url: str) -> list[Any]:
     nodes = [
         build_agent(
             AgentSettings(job=run.job, task=run.task, agent_id=f"agent-{k}", shard=k,
-                          num_shards=run.agents, data=DataConfig(data_dir=run.data_dir),
+                          num_shards=run.shards, data=DataConfig(data_dir=run.data_dir),
                           trainer="numpy", exit_when_done=True),
             Connection(BrokerURL.parse(url)),
         )

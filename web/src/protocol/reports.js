@@ -14,6 +14,7 @@
 import { fail, RejectReason } from './errors.js';
 import { dumpMessage, header, loadJson, SCHEMA_VERSION } from './fields.js';
 import { f64 } from './msgpack.js';
+import { isId } from './topics.js';
 
 const { MALFORMED } = RejectReason;
 export const PHASES = Object.freeze(['waiting', 'training', 'evaluating', 'done', 'failed']);
@@ -80,6 +81,7 @@ export function encodeMetrics(m) {
   };
   for (const key of OPTIONAL_METRICS) doc[key] = floatOrNull(m[key]);
   if (m.epsilon !== null && m.epsilon !== undefined) doc.epsilon = f64(m.epsilon);
+  if (m.secagg !== null && m.secagg !== undefined) doc.secagg = { ...m.secagg };
   return dumpMessage(doc);
 }
 
@@ -94,6 +96,25 @@ export function decodeMetrics(payload) {
     samples: f.integer('samples'), duration_s: f.number('duration_s', 0), bytes_up: f.integer('bytes_up'),
     bytes_down: f.integer('bytes_down'), raw_bytes_up: f.integer('raw_bytes_up'), at: f.number('at', 0),
     epsilon: f.present('epsilon') ? f.number('epsilon', 0) : null,
+    secagg: f.present('secagg') ? dropouts(f) : null,
     ...optional,
   };
+}
+
+/** The SecAgg phases a round records dropouts for (docs/PROTOCOL.md §14.8). */
+export const SECAGG_PHASES = Object.freeze(['keys', 'shares', 'masked', 'unmask']);
+
+/** metrics.secagg: phase -> the agents that dropped out in it. */
+function dropouts(f) {
+  const out = {};
+  for (const [phase, agents] of Object.entries(f.mapping('secagg'))) {
+    if (!SECAGG_PHASES.includes(phase) || !Array.isArray(agents)) {
+      fail(RejectReason.MALFORMED, `metrics.secagg: bad entry '${phase}'`);
+    }
+    out[phase] = agents.map((a) => {
+      if (typeof a !== 'string' || !isId(a)) fail(RejectReason.MALFORMED, 'metrics.secagg: bad agent id');
+      return a;
+    });
+  }
+  return out;
 }
