@@ -26,8 +26,9 @@ from typing_extensions import assert_never
 
 from coordinator import events, staleness
 from coordinator.aggregate import Layout
+from coordinator.broadcast import Broadcast
 from coordinator.checkpoint import Buffered, Checkpoint, LiveVersion
-from coordinator.cohort import CohortPolicy, Roster
+from coordinator.cohort import CohortPolicy
 from coordinator.config import RoundConfig
 from coordinator.events import (
     Action,
@@ -50,6 +51,8 @@ from coordinator.global_model import GlobalModel
 from coordinator.open_round import OpenRound
 from coordinator.outbox import Outbox
 from coordinator.phases import Trigger
+from coordinator.roster import Roster
+from coordinator.run_views import RunViews
 from coordinator.staleness import BufferConfig, StalenessSum, staleness_weight
 from coordinator.stopping import stop_reason
 from coordinator.validation import Intake, check_codec
@@ -73,7 +76,7 @@ _TRANSITIONS: dict[tuple[Phase, Trigger], Phase] = {
 }
 
 
-class BufferedRounds:
+class BufferedRounds(RunViews):
     """Drives one FedBuff run. Feed it events with :meth:`handle`; same adapter as Rounds."""
 
     def __init__(
@@ -89,9 +92,9 @@ class BufferedRounds:
         self.config, self.buffer_config = config, staleness.unsupported_in_buffered(config, buffer)
         self._outbox = Outbox(config, wall_offset=wall_offset)
         self.topics = self._outbox.topics
-        self._cohorts = CohortPolicy(config)
-        self._roster = Roster()
+        self._cohorts, self._roster = CohortPolicy(config), Roster(config)
         self._model = GlobalModel(config, weights, resume)
+        self._broadcast = Broadcast(config, self._model.weights)  # whole models only, here
         self._run = resume.run if resume else run
         self._history: list[RoundMetrics] = list(resume.history) if resume else []
         self._rejected_total: Counter[str] = Counter(resume.rejected if resume else {})
@@ -112,26 +115,6 @@ class BufferedRounds:
     # --- read-only views -----------------------------------------------------------
 
     @property
-    def phase(self) -> Phase:
-        return self._phase
-
-    @property
-    def finished(self) -> bool:
-        return self._phase in (Phase.DONE, Phase.FAILED)
-
-    @property
-    def message(self) -> str:
-        return self._message
-
-    @property
-    def run(self) -> str:
-        return self._run
-
-    @property
-    def weights(self) -> Weights:
-        return self._model.weights
-
-    @property
     def version(self) -> int:
         """The newest model version (1 before the first server step)."""
         return self._steps + 1
@@ -139,14 +122,6 @@ class BufferedRounds:
     @property
     def completed_rounds(self) -> int:
         return self._steps
-
-    @property
-    def history(self) -> tuple[RoundMetrics, ...]:
-        return tuple(self._history)
-
-    @property
-    def rejected_total(self) -> dict[str, int]:
-        return dict(self._rejected_total)
 
     @property
     def buffer_fill(self) -> int:
@@ -188,7 +163,7 @@ class BufferedRounds:
         if self._history:
             actions.append(self._outbox.metrics(self._history[-1]))
         if self._window is not None and not self.finished:
-            actions.extend(self._outbox.model_publishes(self._window.model_payload, run=self._run))
+            actions.extend(self._window.publishes)
         elif self.finished:
             actions.extend(self._final_model(now))
         actions.append(self._status(now))
@@ -276,6 +251,7 @@ class BufferedRounds:
             total.add(entry)
         weights, opt_state = self._model.step(total.mean(len(self._entries)))
         self._model.commit(weights, opt_state)
+        self._broadcast.advance(weights, self._steps)
         self._entries.clear()
         window.closed_by = ClosedBy.QUORUM
         if not self.config.evaluate:
@@ -335,27 +311,26 @@ class BufferedRounds:
                                    version, attempt) if room and idle else frozenset()
         # An agent gone offline untrained loses its slot for good: back, it is not named.
         cohort = self._answered_current() | outstanding | drawn
-        model_id = self._outbox.model_id(self._model.weights)
+        model_id = self._broadcast.version.model_id
         self._live[version] = LiveVersion(version, model_id, tuple(sorted(cohort)),
                                           live.answered if live else ())
         if self._window is None or self._window.number != version:
             self._window = OpenRound(
                 number=version, attempt=0, opened_at=now, deadline=now + self.config.deadline_s,
                 deadline_s=self.config.deadline_s, cohort=cohort, quorum=self.buffer_config.k,
-                aggregator=self._model.aggregator(version, len(cohort)), model_payload=b"",
+                aggregator=self._model.aggregator(version, len(cohort)),
             )
         window = self._window
         window.attempt, window.cohort = attempt, cohort
-        window.model_payload = self._outbox.announcement(
+        sent = self._outbox.announcement(
             run=self._run, round_no=version, attempt=attempt, deadline_s=window.deadline_s,
-            cohort=cohort, weights=self._model.weights, model_id=model_id, now=now,
+            cohort=cohort, version=self._broadcast.version, now=now,
             max_staleness=self.buffer_config.max_staleness, names_cohort=True,
         )
-        publishes = self._outbox.model_publishes(window.model_payload, run=self._run)
-        window.bytes_down += sum(len(p.payload) for p in publishes) * len(drawn | outstanding)
-        opened = RoundOpened(version, attempt, len(cohort), self.buffer_config.k,
-                             window.deadline_s)
-        return [*publishes, opened, self._status(now)]
+        window.publishes = sent.publishes
+        window.bytes_down += (sent.whole_bytes + sent.delta_bytes) * len(drawn | outstanding)
+        opened = RoundOpened(version, attempt, len(cohort), self.buffer_config.k, window.deadline_s)
+        return [*sent.publishes, opened, self._status(now)]
 
     def _end(self, message: str, now: float) -> list[Action]:
         self._fire(Trigger.FINISH)
@@ -372,11 +347,9 @@ class BufferedRounds:
         return dataclasses.replace(base, buffer=tuple(self._entries), live=live)
 
     def _final_model(self, now: float) -> list[Action]:
-        weights = self._model.weights
         return list(self._outbox.final_model(
-            run=self._run, completed=self._steps, weights=weights,
-            model_id=self._outbox.model_id(weights), now=now,
-        ))
+            run=self._run, completed=self._steps, version=self._broadcast.version, now=now,
+        ).publishes)
 
     def _status(self, now: float) -> Publish:
         return self._outbox.status(

@@ -34,6 +34,19 @@ class CheckpointError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class BroadcastState:
+    """The broadcast model a run with delta downlinks continues from (coordinator/broadcast.py)."""
+
+    codec: str
+    dtype: str
+    weights: Weights
+    #: the version the last delta applies to (None: the version travels whole only)
+    base_id: str | None = None
+    #: that delta's entry list, msgpack-encoded (empty without a base)
+    delta: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
 class Buffered:
     """One update waiting in the FedBuff buffer (:mod:`coordinator.buffered`)."""
 
@@ -74,6 +87,8 @@ class Checkpoint:
     server_steps: int = 0
     #: (sampling rate q, noise multiplier z) of each DP round so far, for the accountant
     dp_rounds: tuple[tuple[float, float], ...] = ()
+    #: with delta downlinks: the version agents hold, so the chain continues exactly
+    broadcast: BroadcastState | None = None
     #: FedBuff only: the buffer not yet applied, and the versions still accepted
     buffer: tuple[Buffered, ...] = ()
     live: tuple[LiveVersion, ...] = ()
@@ -101,6 +116,10 @@ def encode_checkpoint(ckpt: Checkpoint) -> bytes:
             [v.version, v.model_id, list(v.cohort), list(v.answered)] for v in ckpt.live
         ],
     }
+    if ckpt.broadcast is not None:  # written only with deltas: other checkpoints are unchanged
+        b = ckpt.broadcast
+        doc["broadcast"] = {"codec": b.codec, "dtype": b.dtype, "base_id": b.base_id,
+                            "delta": b.delta, "weights": encode_weights(b.weights)}
     out: bytes = msgpack.packb(doc, use_bin_type=True)
     return out
 
@@ -149,6 +168,7 @@ def decode_checkpoint(data: bytes) -> Checkpoint:
             server_opt=str(doc.get("server_opt", "fedavg")),
             server_steps=steps,
             dp_rounds=dp_rounds,
+            broadcast=_broadcast(doc.get("broadcast")),
             buffer=buffer,
             live=live,
         )
@@ -168,6 +188,20 @@ def _dp_round(entry: object) -> tuple[float, float]:
         if numbers and 0 < q <= 1 and 0 <= z < float("inf"):
             return float(q), float(z)
     raise CheckpointError(f"bad DP round {entry!r}")
+
+
+def _broadcast(doc: object) -> BroadcastState | None:
+    """The broadcast model of a checkpoint written with deltas on (absent otherwise)."""
+    if doc is None:
+        return None
+    if not isinstance(doc, dict):
+        raise CheckpointError("bad broadcast state")
+    codec, dtype, base_id, delta = (doc.get(k) for k in ("codec", "dtype", "base_id", "delta"))
+    if not (isinstance(codec, str) and isinstance(dtype, str) and isinstance(delta, bytes)):
+        raise CheckpointError("bad broadcast state: codec, dtype or delta")
+    if base_id is not None and not isinstance(base_id, str):
+        raise CheckpointError("bad broadcast state: base_id")
+    return BroadcastState(codec, dtype, decode_weights(doc["weights"]), base_id, delta)
 
 
 def _count(value: object) -> int:

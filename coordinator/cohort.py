@@ -1,4 +1,4 @@
-"""The cohort: which of the agents online a round asks to train.
+"""The cohort: which of the agents online a round asks to train, and the round it opens.
 
 References:
     McMahan et al., "Communication-Efficient Learning of Deep Networks from
@@ -15,14 +15,15 @@ every cohort of a run, resumed or not.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from fractions import Fraction
 
 import numpy as np
 
+from coordinator.aggregate import Aggregator
 from coordinator.config import RoundConfig
 from coordinator.open_round import OpenRound
-from protocol import Presence, RejectReason, WireError, decode_presence
+from protocol import Presence
 
 
 def select_cohort(
@@ -46,43 +47,6 @@ def select_cohort(
     else:
         chosen = rng.choice(len(ids), size=size, replace=False)
     return frozenset(ids[int(i)] for i in chosen)
-
-
-class Roster:
-    """Who is online: each agent's last presence, and the ids whose presence says online.
-
-    The status after every accepted update counts the agents online, so the count is
-    kept in step with the presences rather than computed (it must not cost O(agents)).
-    """
-
-    def __init__(self) -> None:
-        self.presences: dict[str, Presence] = {}
-        self.online: set[str] = set()
-
-    def apply(self, agent: str, payload: bytes) -> None:
-        """Take ``agent``'s presence message; an empty payload is a cleared retained one.
-
-        Raises:
-            WireError: for a presence that does not decode or names another agent.
-        """
-        if not payload:
-            self.presences.pop(agent, None)
-            self.online.discard(agent)
-            return
-        presence = decode_presence(payload)
-        if presence.agent != agent:
-            raise WireError(RejectReason.AGENT_MISMATCH, f"presence names {presence.agent!r}")
-        self.presences[agent] = presence
-        if presence.online:
-            self.online.add(agent)
-        else:
-            self.online.discard(agent)
-
-    def alive(self, *agents: str) -> None:
-        """Proof of life: an accepted update. After a broker restart an agent's last will
-        (offline) can come before its re-sent update and its new presence; it must stay
-        in the next cohort."""
-        self.online.update(agents)
 
 
 class CohortPolicy:
@@ -128,6 +92,48 @@ class CohortPolicy:
         rng = np.random.default_rng([cfg.sample_seed, round_no, attempt])
         offered = {a: p.samples if (p := presences.get(a)) else None for a in candidates}
         return select_cohort(offered, size, cfg.sample_policy, rng)
+
+    def open(
+        self,
+        number: int,
+        eligible: frozenset[str],
+        presences: Mapping[str, Presence],
+        now: float,
+        *,
+        aggregator: Callable[[int, int], Aggregator],
+    ) -> OpenRound:
+        """Round ``number`` as it opens: its cohort drawn from ``eligible``, its quorum (the
+        configured one, else every agent asked), its deadline, and a fresh
+        ``aggregator(round, cohort size)``."""
+        cfg = self._config
+        target = self.size(len(eligible))
+        cohort = self.draw(eligible, target, presences, number, 0)
+        quorum = cfg.quorum if cfg.quorum is not None else max(len(cohort), cfg.min_replies)
+        return OpenRound(
+            number=number,
+            attempt=0,
+            opened_at=now,
+            deadline=now + cfg.deadline_s,
+            deadline_s=cfg.deadline_s,
+            cohort=cohort,
+            quorum=quorum,
+            aggregator=aggregator(number, len(cohort)),
+            cohort_target=target,
+            pool=set(eligible),
+        )
+
+    def retry(
+        self, rs: OpenRound, eligible: frozenset[str], presences: Mapping[str, Presence],
+        now: float,
+    ) -> None:
+        """Re-open ``rs`` for its next attempt: a deadline ``retry_backoff`` times longer,
+        and its cohort topped up from ``eligible``."""
+        cfg = self._config
+        rs.attempt += 1
+        rs.deadline_s = cfg.deadline_s * cfg.retry_backoff**rs.attempt
+        rs.deadline = now + rs.deadline_s
+        rs.pool |= eligible
+        rs.cohort = self.top_up(rs, eligible, presences)
 
     def top_up(
         self, rs: OpenRound, eligible: frozenset[str], presences: Mapping[str, Presence]

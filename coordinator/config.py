@@ -12,14 +12,18 @@ from coordinator.strategy import AggregatorSpec, parse_aggregator
 from protocol import TrainPlan, check_codec, check_id
 from protocol.chunks import MIN_MAX_PAYLOAD
 from protocol.compress import DOWNLINKS
+from protocol.fields import MAX_JSON_BYTES
+from protocol.keys import SigningKey, VerifyKey
 from protocol.secagg.fixedpoint import RingSpec
 from protocol.secagg.graph import effective_degree
-from protocol.signing import SigningKey, VerifyKey
+from protocol.signing import ENVELOPE_OVERHEAD
 
 ShortRoundPolicy = Literal["retry", "stop"]
 Downlink = Literal["fp32", "fp16"]
 SamplePolicy = Literal["uniform", "by-samples"]
 SAMPLE_POLICIES = ("uniform", "by-samples")
+#: the largest update (as sent) a coordinator accepts unless told otherwise
+DEFAULT_MAX_UPDATE_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +70,9 @@ class RoundConfig:
     codec: str = "none"
     #: the global model's wire dtype; the coordinator's own copy stays float32
     downlink: Downlink = "fp32"
+    #: send each new global model as a delta from the last with this update codec
+    #: (docs/PROTOCOL.md §15), e.g. qsgd:2+zstd:9; None: the whole model every round
+    downlink_delta: str | None = None
     #: an aggregator spec (coordinator/strategy.py), e.g. fedavg, median, trimmed:0.2, krum:2
     aggregator: str = "fedavg"
     #: if set, each update's delta is scaled down to this L2 norm before aggregation
@@ -106,11 +113,17 @@ class RoundConfig:
     #: the noise is drawn with numpy.random.default_rng([dp_seed, round]): keep it secret
     dp_seed: int = 0
     evaluate: bool = True
-    max_update_bytes: int = 64 * 1024 * 1024
+    max_update_bytes: int = DEFAULT_MAX_UPDATE_BYTES
+    #: an update claiming more samples is refused: without keys anyone can send one, and
+    #: its FedAvg weight would swamp every honest update (docs/SECURITY.md)
+    max_samples: int = 1_000_000
     #: the broker's payload cap; larger models and updates travel as chunks (0: no cap)
     max_payload: int = 0
     #: memory for partially received chunked updates, all agents together
     max_reassembly_bytes: int = 256 * 1024 * 1024
+    #: messages received but not yet validated, all together: what arrives beyond it is
+    #: dropped (and counted) by the adapter, so a flood cannot exhaust the coordinator
+    max_inbox_bytes: int = 256 * 1024 * 1024
     #: if set, only these agent ids may take part (for provisioned fleets)
     allowed_agents: frozenset[str] | None = None
     #: signs every model announcement (docs/SECURITY.md); None: models go out unsigned
@@ -136,6 +149,8 @@ class RoundConfig:
         object.__setattr__(self, "server_opt_spec", parse_server_opt(self.server_opt))
         check_id(self.job, "job")
         check_codec(self.codec)
+        if self.downlink_delta is not None:
+            check_codec(self.downlink_delta)
         if self.downlink not in DOWNLINKS:
             raise ValueError(f"downlink must be one of {DOWNLINKS}, got {self.downlink!r}")
         self._check_aggregator()
@@ -156,8 +171,7 @@ class RoundConfig:
             raise ValueError("min_agents must be >= 1")
         if self.on_short_round not in ("retry", "stop"):
             raise ValueError("on_short_round must be 'retry' or 'stop'")
-        if self.max_payload and self.max_payload < MIN_MAX_PAYLOAD:
-            raise ValueError(f"max_payload must be 0 (no cap) or >= {MIN_MAX_PAYLOAD} bytes")
+        self._check_limits()
         if self.max_retries < 0 or self.retry_backoff < 1.0:
             raise ValueError("max_retries must be >= 0 and retry_backoff >= 1")
         if self.agent_keys is not None:
@@ -182,6 +196,15 @@ class RoundConfig:
             raise ValueError(f"{why} DP-FedAvg's per-update clipping and server-side noise "
                              "cannot be applied; run DP without --secagg")
 
+    def _check_limits(self) -> None:
+        if self.max_payload and self.max_payload < MIN_MAX_PAYLOAD:
+            raise ValueError(f"max_payload must be 0 (no cap) or >= {MIN_MAX_PAYLOAD} bytes")
+        if self.max_inbox_bytes < self.max_message_bytes:
+            raise ValueError(f"max_inbox_bytes ({self.max_inbox_bytes}) cannot hold one message "
+                             f"of {self.max_message_bytes} bytes")
+        if not 1 <= self.max_samples <= 2**40:
+            raise ValueError(f"max_samples must be in 1..2**40, got {self.max_samples}")
+
     def _check_aggregator(self) -> None:
         need = self.aggregator_spec.min_updates
         if self.quorum is not None and self.quorum < need:
@@ -191,6 +214,14 @@ class RoundConfig:
             )
         if self.clip_norm is not None and not 0 < self.clip_norm < float("inf"):
             raise ValueError(f"clip_norm must be a positive number, got {self.clip_norm}")
+
+    @property
+    def max_message_bytes(self) -> int:
+        """The largest payload the coordinator takes on one topic: a whole update (its
+        signed envelope included), or one chunk frame when updates travel in chunks; never
+        less than a (signed) presence may be. Larger ones are refused unread."""
+        one = min(self.max_update_bytes, self.max_payload or self.max_update_bytes)
+        return max(one, MAX_JSON_BYTES + ENVELOPE_OVERHEAD)
 
     @property
     def names_cohort(self) -> bool:

@@ -25,7 +25,8 @@ class BrokerConnected:
 
 @dataclass(frozen=True, slots=True)
 class UpdateArrived:
-    """Raw bytes on ``.../update/{agent}``; ``agent`` comes from the topic."""
+    """Raw bytes on ``.../update/{agent}``; ``agent`` is the topic's last level, not yet
+    checked: a level that is no valid id is refused (``malformed``) like the payload."""
 
     agent: str
     payload: bytes
@@ -41,7 +42,8 @@ class SecAggArrived:
 
 @dataclass(frozen=True, slots=True)
 class PresenceArrived:
-    """Raw bytes on ``.../agents/{agent}``; an empty payload clears a retained presence."""
+    """Raw bytes on ``.../agents/{agent}`` (``agent`` as in :class:`UpdateArrived`); an empty
+    payload clears a retained presence."""
 
     agent: str
     payload: bytes

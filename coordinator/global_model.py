@@ -11,7 +11,7 @@ import math
 from collections.abc import Mapping
 
 from coordinator.aggregate import Aggregator, apply_delta
-from coordinator.checkpoint import Checkpoint
+from coordinator.checkpoint import BroadcastState, Checkpoint
 from coordinator.config import RoundConfig
 from coordinator.optimisers import OptState, parse_server_opt
 from coordinator.privacy import NoisySum, PrivacyLedger
@@ -85,6 +85,7 @@ class GlobalModel:
         completed: int,
         history: tuple[RoundMetrics, ...],
         rejected: Mapping[str, int],
+        broadcast: BroadcastState | None = None,
     ) -> Checkpoint:
         """A checkpoint of this model after ``completed`` rounds of ``run``."""
         opt, cfg = self.opt_state, self._config
@@ -100,6 +101,7 @@ class GlobalModel:
             server_opt=cfg.server_opt,
             server_steps=opt.step,
             dp_rounds=self.dp_rounds,
+            broadcast=broadcast,
         )
 
     def _resumed_opt_state(self, resume: Checkpoint) -> OptState:

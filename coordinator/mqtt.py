@@ -44,8 +44,15 @@ from coordinator.events import (
     UpdateArrived,
 )
 from coordinator.rounds import Rounds
-from protocol import Phase, Publish, TopicKind, Weights, WireError, parse_topic
-from transport.connection import BrokerURL, Session, connect, make_client, refused_for_good
+from protocol import Phase, Publish, TopicKind, Weights, WireError, agent_topic_level
+from transport.connection import (
+    BrokerURL,
+    Session,
+    connect,
+    explain_disconnect,
+    make_client,
+    refused_for_good,
+)
 from transport.inbox import Inbox
 
 log = logging.getLogger("fedmq.coordinator")
@@ -87,7 +94,9 @@ class CoordinatorNode:
         self._evaluator = evaluator
         self._checkpoint_path = checkpoint_path
         self._on_action = on_action
-        self._inbox: Inbox[_Inbound | _Refused | Event] = Inbox(queue_size, "coordinator")
+        self._inbox: Inbox[_Inbound | _Refused | Event] = Inbox(
+            queue_size, "coordinator", max_bytes=rounds.config.max_inbox_bytes
+        )
         self.bugs = 0
         self._client = make_client(broker, session)
         self._client.on_connect = self._on_connect
@@ -95,6 +104,7 @@ class CoordinatorNode:
         self._client.on_disconnect = self._on_disconnect
         self._last_publish: mqtt.MQTTMessageInfo | None = None
         self._stopped = threading.Event()
+        self._connected_at: float | None = None
 
     # --- paho callbacks: hand off and return ---------------------------------------------
 
@@ -105,6 +115,7 @@ class CoordinatorNode:
             if why is not None:
                 self._put(_Refused(why))
             return
+        self._connected_at = time.monotonic()
         topics = self.rounds.topics
         secagg = [(topics.all_secagg_up, 1)] if self.rounds.config.secagg is not None else []
         client.subscribe([(topics.all_updates, 1), (topics.all_presence, 1),
@@ -112,13 +123,17 @@ class CoordinatorNode:
         self._put(BrokerConnected())
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason_code: Any, _p: Any) -> None:
+        held = None if self._connected_at is None else time.monotonic() - self._connected_at
+        self._connected_at = None
         if not self._stopped.is_set():
-            log.warning("disconnected from %s (%s); reconnecting", self._broker, reason_code)
+            why = explain_disconnect(reason_code, self._session.client_id, held)
+            log.warning("disconnected from %s (%s); reconnecting", self._broker, why)
 
     def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
-        self._put(_Inbound(message.topic, bytes(message.payload)))
+        payload = bytes(message.payload)
+        self._inbox.offer(_Inbound(message.topic, payload), size=len(payload))
 
-    def _put(self, item: _Inbound | _Refused | Event) -> None:
+    def _put(self, item: _Refused | Event) -> None:
         self._inbox.offer(item)
 
     @property
@@ -158,20 +173,18 @@ class CoordinatorNode:
     def _to_event(self, item: _Inbound | Event) -> Event | None:
         if not isinstance(item, _Inbound):
             return item
-        try:
-            ref = parse_topic(item.topic)
-        except WireError as exc:
-            log.warning("ignored message on %s: %s", item.topic, exc)
+        try:  # the machine checks the agent level itself, so a bad one is counted
+            kind, agent = agent_topic_level(item.topic, self.rounds.config.job)
+        except WireError as exc:  # not from our subscriptions: a broker's mistake
+            log.warning("ignored message on %s: %s", item.topic[:200], exc)
             return None
-        if ref.kind is TopicKind.UPDATE and ref.agent is not None:
-            return UpdateArrived(ref.agent, item.payload)
-        if ref.kind is TopicKind.AGENTS and ref.agent is not None:
-            return PresenceArrived(ref.agent, item.payload)
-        if ref.kind is TopicKind.SECAGG and ref.direction == "up" and ref.agent is not None:
-            return SecAggArrived(ref.agent, item.payload)
-        if ref.kind is TopicKind.PARTIAL and ref.agent is not None:
-            return PartialArrived(ref.agent, item.payload)
-        return None
+        if kind is TopicKind.UPDATE:
+            return UpdateArrived(agent, item.payload)
+        if kind is TopicKind.SECAGG:
+            return SecAggArrived(agent, item.payload)
+        if kind is TopicKind.PARTIAL:
+            return PartialArrived(agent, item.payload)
+        return PresenceArrived(agent, item.payload)
 
     def _feed(self, event: Event) -> None:
         pending: deque[Action] = deque(self.rounds.handle(event, time.monotonic()))

@@ -12,11 +12,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from coordinator.aggregate import Aggregator, Mergeable, PartialSum
-from coordinator.config import RoundConfig
 from coordinator.optimisers import OptState
 from coordinator.secagg import SecAggDone
-from protocol import ClosedBy, RoundMetrics, Update, Weights
+from protocol import ClosedBy, Publish, RoundMetrics, Update, Weights
 from protocol.partial import PartialAggregate
+
+#: the agents' reported metrics a round averages (docs/PROTOCOL.md, update ``metrics``)
+TRAIN_METRICS = ("loss", "accuracy")
 
 
 def _finite(value: float | None) -> float | None:
@@ -38,17 +40,21 @@ class OpenRound:
     cohort: frozenset[str]
     quorum: int
     aggregator: Aggregator
-    #: the announcement as encoded (before signing and chunking), re-published on reconnect
-    model_payload: bytes
+    #: the announcement as published (signed, chunked; model then delta), again on reconnect
+    publishes: tuple[Publish, ...] = ()
     accepted: set[str] = field(default_factory=set)
     declined: set[str] = field(default_factory=set)
     rejected: Counter[str] = field(default_factory=Counter)
     bytes_up: int = 0
     bytes_down: int = 0
+    raw_bytes_down: int = 0
+    #: (announcement, agent) pairs counted in the bytes down
+    addressed: int = 0
     samples: int = 0
-    loss_sum: float = 0.0
-    accuracy_sum: float = 0.0
-    accuracy_samples: int = 0
+    #: per reported training metric (``loss``, ``accuracy``): the sample-weighted sum and
+    #: the samples of the updates that reported it, so a silent agent counts as absent, not 0
+    metric_sums: dict[str, float] = field(default_factory=dict)
+    metric_samples: Counter[str] = field(default_factory=Counter)
     closed_by: ClosedBy | None = None
     new_weights: Weights | None = None
     #: the server optimiser's state once this round's model is committed
@@ -61,24 +67,6 @@ class OpenRound:
     secagg_dropped: dict[str, set[str]] | None = None
     #: the aggregators (sites, ingest workers) whose partial aggregate was merged
     partials: set[str] = field(default_factory=set)
-
-    @classmethod
-    def first(cls, config: RoundConfig, number: int, now: float, *, cohort: frozenset[str],
-              aggregator: Aggregator, eligible: frozenset[str], target: int) -> OpenRound:
-        """Round ``number``'s first attempt, asking ``cohort`` (``target`` agents drawn
-        from ``eligible``)."""
-        quorum = config.quorum if config.quorum is not None else max(len(cohort),
-                                                                     config.min_replies)
-        return cls(number=number, attempt=0, opened_at=now, deadline=now + config.deadline_s,
-                   deadline_s=config.deadline_s, cohort=cohort, quorum=quorum,
-                   aggregator=aggregator, model_payload=b"", cohort_target=target,
-                   pool=set(eligible))
-
-    def next_attempt(self, config: RoundConfig, now: float) -> None:
-        """A retry: the next attempt's deadline, ``retry_backoff`` times longer each time."""
-        self.attempt += 1
-        self.deadline_s = config.deadline_s * config.retry_backoff**self.attempt
-        self.deadline = now + self.deadline_s
 
     @property
     def answered(self) -> set[str]:
@@ -114,11 +102,15 @@ class OpenRound:
     def _count(self, agent: str, samples: int, metrics: Mapping[str, float]) -> None:
         self.accepted.add(agent)
         self.samples += samples
-        if "loss" in metrics:
-            self.loss_sum += metrics["loss"] * samples
-        if "accuracy" in metrics:
-            self.accuracy_sum += metrics["accuracy"] * samples
-            self.accuracy_samples += samples
+        for name in TRAIN_METRICS:
+            if name in metrics:
+                self.metric_sums[name] = self.metric_sums.get(name, 0.0) + metrics[name] * samples
+                self.metric_samples[name] += samples
+
+    def _train_mean(self, name: str) -> float | None:
+        """The sample-weighted mean of ``name`` over the updates that reported it."""
+        weight = self.metric_samples[name]
+        return _finite(self.metric_sums[name] / weight) if weight else None
 
     def tally_secagg(self, done: SecAggDone) -> None:
         """The sum of the attempt's SecAgg session: its survivors are the accepted, their
@@ -154,14 +146,13 @@ class OpenRound:
             raw_bytes_up=raw_update_bytes * len(self.accepted),
             accuracy=_finite(evaluation.get("accuracy")),
             loss=_finite(evaluation.get("loss")),
-            train_loss=_finite(  # SecAgg rounds: agents report no metrics in clear
-                self.loss_sum / self.samples if self.samples and not self.secagg_dropped else None
-            ),
-            train_accuracy=_finite(
-                self.accuracy_sum / self.accuracy_samples if self.accuracy_samples else None
-            ),
+            # only over updates reporting it: SecAgg rounds report no metrics in clear
+            train_loss=self._train_mean("loss"),
+            train_accuracy=self._train_mean("accuracy"),
             at=at,
             epsilon=epsilon,
+            raw_bytes_down=self.raw_bytes_down,
+            addressed=self.addressed,
             secagg=None if self.secagg_dropped is None else {
                 phase: tuple(sorted(agents)) for phase, agents in self.secagg_dropped.items()},
         )

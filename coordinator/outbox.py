@@ -1,4 +1,5 @@
-"""Everything the coordinator publishes, encoded: models (signed, chunked), status, metrics.
+"""Everything the coordinator publishes, encoded: models and their deltas (signed, chunked),
+status, metrics.
 
 The round machine decides *what* to say; this module says it on the wire. Pure:
 ``now`` is monotonic seconds, turned into Unix time with the adapter's
@@ -8,27 +9,42 @@ The round machine decides *what* to say; this module says it on the wire. Pure:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
+from coordinator.broadcast import Version
 from coordinator.config import RoundConfig
 from coordinator.open_round import OpenRound
 from protocol import (
     ModelAnnouncement,
+    ModelDelta,
     Phase,
     Publish,
     RoundMetrics,
     Status,
     Topics,
-    Weights,
     encode_metrics,
     encode_model,
+    encode_model_delta,
     encode_status,
-    weights_digest,
 )
+from protocol.broadcast import DTYPES
 from protocol.chunks import encode_manifest, split
 from protocol.compress import downlink_weights
 from protocol.secagg.messages import SecAggConfig
 from protocol.signing import COORDINATOR_SIGNER, Purpose, seal
 from protocol.wire import SECAGG_CODEC
+
+
+@dataclass(frozen=True, slots=True)
+class Announced:
+    """An announcement's publishes, in order, and the bytes of each topic family."""
+
+    publishes: tuple[Publish, ...]
+    #: the whole model's publishes (``model``, ``model/chunk/{i}``)
+    whole_bytes: int
+    #: the delta's or notice's (``delta``, ``delta/chunk/{i}``)
+    delta_bytes: int
 
 
 class Outbox:
@@ -43,15 +59,6 @@ class Outbox:
         """Unix seconds for monotonic ``now``."""
         return now + self._wall_offset
 
-    def model_id(self, weights: Weights) -> str:
-        """The model id: the digest of the weights as agents receive them (``downlink``).
-
-        Agents echo it as their update's base. With an fp16 downlink they train from
-        the narrowed model while the round adds their mean delta to the float32 one,
-        so the narrowing error never accumulates across rounds.
-        """
-        return weights_digest(downlink_weights(weights, self._config.downlink))
-
     def announcement(
         self,
         *,
@@ -59,88 +66,99 @@ class Outbox:
         round_no: int,
         attempt: int,
         deadline_s: float,
-        cohort: frozenset[str],
-        weights: Weights,
-        model_id: str,
+        cohort: frozenset[str] | None,
+        version: Version,
         now: float,
+        done: bool = False,
         max_staleness: int = 0,
         names_cohort: bool | None = None,
         secagg: SecAggConfig | None = None,
-    ) -> bytes:
-        """A round's model announcement; it names the cohort when the round asks one
+        roll_call: tuple[str, ...] = (),
+    ) -> Announced:
+        """One announcement of ``version``: the whole model retained on ``model`` (signed,
+        chunked), then its delta, or a notice that it travels whole, on ``delta``
+        (docs/PROTOCOL.md §15.2). It names the cohort when the round asks one
         (``names_cohort`` overrides the config: the buffered mode always names it), and
-        always when it is securely aggregated (``secagg``: codec ``secagg``, PROTOCOL.md §14.2)."""
+        always when it is securely aggregated (``secagg``: codec ``secagg``, PROTOCOL.md §14.2);
+        ``roll_call`` names the agents called on to announce themselves (PROTOCOL.md §16.2)."""
         cfg = self._config
         named = cfg.names_cohort if names_cohort is None else names_cohort
         named = named or secagg is not None
-        return encode_model(
-            ModelAnnouncement(
-                job=cfg.job,
-                run=run,
-                round=round_no,
-                attempt=attempt,
-                model_id=model_id,
-                task=cfg.task,
-                plan=cfg.plan,
-                codec=cfg.codec if secagg is None else SECAGG_CODEC,
-                deadline_s=deadline_s,
-                weights=downlink_weights(weights, cfg.downlink),
-                cohort=tuple(sorted(cohort)) if named else None,
-                issued_at=self.wall(now),
-                max_payload=cfg.max_payload,
-                max_staleness=max_staleness,
-                secagg=secagg,
-            )
+        header: dict[str, Any] = {
+            "job": cfg.job,
+            "run": run,
+            "round": round_no,
+            "attempt": attempt,
+            "model_id": version.model_id,
+            "task": cfg.task,
+            "plan": cfg.plan,
+            "codec": cfg.codec if secagg is None else SECAGG_CODEC,
+            "deadline_s": deadline_s,
+            "cohort": tuple(sorted(cohort)) if cohort is not None and named else None,
+            "done": done,
+            "issued_at": self.wall(now),
+            "max_payload": cfg.max_payload,
+            "max_staleness": max_staleness,
+            "secagg": secagg,
+            "roll_call": roll_call,
+        }
+        model = ModelAnnouncement(
+            **header,
+            # B is a float16 model already under an fp16 downlink: the narrowing is exact
+            weights=downlink_weights(version.weights, cfg.downlink),
+            delta_codec=cfg.downlink_delta,
         )
+        delta = ModelDelta(
+            **header,
+            base_id=version.base_id,
+            delta_codec=cfg.downlink_delta,
+            dtype=DTYPES[cfg.downlink],
+            tensors=version.entries,
+        )
+        whole = self._retained(encode_model(model), run, Purpose.MODEL)
+        deltas = self._retained(encode_model_delta(delta), run, Purpose.DELTA)
+        size = sum(len(p.payload) for p in whole)
+        return Announced((*whole, *deltas), size, sum(len(p.payload) for p in deltas))
 
-    def final_model(
-        self, *, run: str, completed: int, weights: Weights, model_id: str, now: float
-    ) -> list[Publish]:
+    def final_model(self, *, run: str, completed: int, version: Version, now: float) -> Announced:
         """The run's final model (``done``), retained, for every agent to keep."""
-        cfg = self._config
-        final = ModelAnnouncement(
-            job=cfg.job,
-            run=run,
-            round=max(completed, 1),
-            model_id=model_id,
-            task=cfg.task,
-            plan=cfg.plan,
-            codec=cfg.codec,
-            deadline_s=0.0,
-            weights=downlink_weights(weights, cfg.downlink),
-            done=True,
-            issued_at=self.wall(now),
-            max_payload=cfg.max_payload,
+        return self.announcement(
+            run=run, round_no=max(completed, 1), attempt=0, deadline_s=0.0, cohort=None,
+            version=version, now=now, done=True,
         )
-        return self.model_publishes(encode_model(final), run=run)
 
-    def model_publishes(self, payload: bytes, *, run: str) -> list[Publish]:
-        """A model announcement as retained publishes: whole, or its chunks then a manifest.
+    def _retained(self, payload: bytes, run: str, purpose: Purpose) -> list[Publish]:
+        """A model or delta as retained publishes: whole, or its chunks then a manifest.
 
-        The manifest goes last and replaces any whole model retained on the main topic;
-        a late agent gets the retained chunks and reassembles the model at once.
+        The manifest goes last and replaces any whole message retained on the main topic;
+        a late agent gets the retained chunks and reassembles the message at once.
         """
-        payload = self._sealed(payload, run)
+        payload = self._sealed(payload, run, purpose)
+        main, chunk = (
+            (self.topics.model, self.topics.model_chunk)
+            if purpose is Purpose.MODEL
+            else (self.topics.delta, self.topics.delta_chunk)
+        )
         cap = self._config.max_payload
         parts = split(payload, cap) if cap else None
         if parts is None:
-            return [Publish(self.topics.model, payload, retain=True)]
+            return [Publish(main, payload, retain=True)]
         manifest, frames = parts
         return [
-            *(Publish(self.topics.model_chunk(i), f, retain=True) for i, f in enumerate(frames)),
-            Publish(self.topics.model, encode_manifest(manifest), retain=True),
+            *(Publish(chunk(i), f, retain=True) for i, f in enumerate(frames)),
+            Publish(main, encode_manifest(manifest), retain=True),
         ]
 
-    def _sealed(self, model: bytes, run: str) -> bytes:
-        """The model signed with the coordinator's key, if it has one; chunked after this.
+    def _sealed(self, body: bytes, run: str, purpose: Purpose) -> bytes:
+        """``body`` signed with the coordinator's key, if it has one; chunked after this.
 
         Ed25519 is deterministic, so re-sealing a re-published model gives the same bytes.
         """
         key = self._config.signing_key
         if key is None:
-            return model
+            return body
         job = self._config.job
-        return seal(model, Purpose.MODEL, job=job, run=run, signer=COORDINATOR_SIGNER, key=key)
+        return seal(body, purpose, job=job, run=run, signer=COORDINATOR_SIGNER, key=key)
 
     def metrics(self, metrics: RoundMetrics) -> Publish:
         """A round's metrics, retained: the last one is what a newcomer sees first."""

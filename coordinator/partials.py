@@ -19,8 +19,9 @@ from coordinator.config import RoundConfig
 from coordinator.open_round import OpenRound
 from coordinator.validation import RunView, check_asked
 from protocol import RejectReason, WireError
+from protocol.keys import VerifyKey
 from protocol.partial import PartialAggregate, decode_partial
-from protocol.signing import VerifyKey, open_partial
+from protocol.signing import open_partial
 
 
 def partial_keys(config: RoundConfig) -> Mapping[str, VerifyKey] | None:

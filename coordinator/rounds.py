@@ -27,8 +27,9 @@ from collections import Counter
 from typing_extensions import assert_never
 
 from coordinator.aggregate import AggregationError
+from coordinator.broadcast import Broadcast
 from coordinator.checkpoint import Checkpoint
-from coordinator.cohort import CohortPolicy, Roster
+from coordinator.cohort import CohortPolicy
 from coordinator.config import RoundConfig
 from coordinator.events import (
     Action,
@@ -55,6 +56,7 @@ from coordinator.open_round import OpenRound
 from coordinator.outbox import Outbox
 from coordinator.partials import admit_partial
 from coordinator.phases import Trigger, next_phase
+from coordinator.roster import Roster
 from coordinator.run_views import RunViews
 from coordinator.secure_round import SecAggStage, SecAggStep
 from coordinator.stopping import stop_reason
@@ -74,30 +76,23 @@ from protocol import (
 class Rounds(RunViews):
     """Drives one federated run. Feed it events with :meth:`handle`."""
 
-    def __init__(
-        self,
-        config: RoundConfig,
-        weights: Weights,
-        *,
-        run: str,
-        wall_offset: float = 0.0,
-        resume: Checkpoint | None = None,
-    ) -> None:
+    def __init__(self, config: RoundConfig, weights: Weights, *, run: str,
+                 wall_offset: float = 0.0, resume: Checkpoint | None = None) -> None:
         """``wall_offset`` turns monotonic ``now`` into Unix time for the wire."""
         self.config = config
         self._outbox = Outbox(config, wall_offset=wall_offset)
         self.topics = self._outbox.topics
         self._cohorts = CohortPolicy(config)
-        self._roster = Roster()
+        self._roster = Roster(config)
         self._model = GlobalModel(config, weights, resume)  # checks resume fits the config
         self._run = resume.run if resume else run
         self._completed = resume.round if resume else 0
         self._history: list[RoundMetrics] = list(resume.history) if resume else []
         self._rejected_total: Counter[str] = Counter(resume.rejected if resume else {})
-        self._phase = Phase.WAITING
-        self._message = ""
+        self._phase, self._message = Phase.WAITING, ""
         self._round: OpenRound | None = None
-        self._model_id = self._outbox.model_id(self._model.weights)
+        previous = resume.broadcast if resume else None  # the version agents hold (§15)
+        self._broadcast = Broadcast(config, self._model.weights, previous)
         shapes = {name: tuple(a.shape) for name, a in weights.items()}
         self._intake = Intake(config, shapes)
         self._secagg = SecAggStage(config, shapes) if config.secagg is not None else None
@@ -105,6 +100,10 @@ class Rounds(RunViews):
         if self._completed >= config.rounds:
             self._phase = Phase.DONE
             self._message = f"already completed {self._completed} rounds"
+
+    @property
+    def completed_rounds(self) -> int:
+        return self._completed
 
     def next_deadline(self) -> float | None:
         """When the adapter must send a :class:`Tick`, or None if nothing is timed."""
@@ -146,7 +145,7 @@ class Rounds(RunViews):
         if self._history:
             actions.append(self._outbox.metrics(self._history[-1]))
         if self._round is not None and not self.finished:
-            actions.extend(self._outbox.model_publishes(self._round.model_payload, run=self._run))
+            actions.extend(self._round.publishes)
             actions.extend(self._secagg.retained.values() if self._secagg else ())
         elif self.finished:  # DONE or FAILED: both ended by publishing the final model
             actions.extend(self._final_model(now))
@@ -160,8 +159,7 @@ class Rounds(RunViews):
             self._roster.apply(agent, payload)
         except WireError as exc:
             return [self._reject(agent, None, exc.reason, f"presence: {exc.detail}")]
-        eligible = self._cohorts.eligible(self.agents_online, self._roster.presences)
-        if self._phase is Phase.WAITING and len(eligible) >= self.config.min_agents:
+        if self._phase is Phase.WAITING and len(self._eligible()) >= self.config.min_agents:
             return self._open_round(now)
         if self._secagg and self._phase is Phase.TRAINING and agent not in self._roster.online:
             return [self._status(now), *self._on_secagg(self._secagg.drop(agent, now), now)]
@@ -171,7 +169,8 @@ class Rounds(RunViews):
         """The run as validation sees it; ``accepting`` only while a round takes updates."""
         rs = self._round
         return RunView(
-            run=self._run, completed=self._completed, model_id=self._model_id,
+            run=self._run, completed=self._completed,
+            model_id=self._broadcast.version.model_id,
             current=rs.number if rs is not None and not self.finished else None,
             accepting=rs if rs is not None and self._phase is Phase.TRAINING else None,
             online=self._roster.online,
@@ -185,11 +184,14 @@ class Rounds(RunViews):
         try:
             taken = self._intake.take(view, agent, payload, now)
         except WireError as exc:
+            if exc.reason is RejectReason.UNKNOWN_AGENT:
+                self._roster.missing(agent)
             return [self._reject(agent, round_no, exc.reason, exc.detail)]
         if taken is None:
             return []  # a chunk of an update still incomplete
         assert accepting is not None  # check_round refuses every update without one
         update, delta = taken
+        self._broadcast.answered(agent, update.model_id)
         if delta is None:
             accepting.declined.add(agent)
             if self._secagg is not None:
@@ -257,36 +259,29 @@ class Rounds(RunViews):
         """Encode ``rs``'s announcement, count its bytes down, and report it."""
         stage = self._secagg
         secagg = stage.open(self._run, rs, self._roster.presences, now) if stage else None
-        rs.model_payload = self._outbox.announcement(
+        sent = self._outbox.announcement(
             run=self._run, round_no=rs.number, attempt=rs.attempt, deadline_s=rs.deadline_s,
-            cohort=rs.cohort, weights=self._model.weights, model_id=self._model_id, now=now,
-            secagg=secagg,
+            cohort=rs.cohort, version=self._broadcast.version, now=now, secagg=secagg,
+            roll_call=self._roster.take_roll_call(),
         )
-        publishes = self._outbox.model_publishes(rs.model_payload, run=self._run)
-        rs.bytes_down += sum(len(p.payload) for p in publishes) * len(rs.cohort - rs.accepted)
+        rs.publishes, addressed = sent.publishes, rs.cohort - rs.accepted
+        rs.bytes_down += self._broadcast.bytes_down(
+            addressed, sent.whole_bytes, sent.delta_bytes, self._roster.presences)
+        rs.raw_bytes_down += self._raw_update_bytes * len(addressed)
+        rs.addressed += len(addressed)
         opened = RoundOpened(rs.number, rs.attempt, len(rs.cohort), rs.quorum, rs.deadline_s)
-        return [*publishes, opened, self._status(now)]
+        return [*sent.publishes, opened, self._status(now)]
 
     def _open_round(self, now: float) -> list[Action]:
-        eligible = self._cohorts.eligible(self.agents_online, self._roster.presences)
-        number = self._completed + 1
-        target = self._cohorts.size(len(eligible))
-        cohort = self._cohorts.draw(eligible, target, self._roster.presences, number, 0)
-        aggregator = self._model.aggregator(number, len(cohort))
-        self._round = OpenRound.first(self.config, number, now, cohort=cohort,
-                                      aggregator=aggregator, eligible=eligible, target=target)
+        self._round = self._cohorts.open(
+            self._completed + 1, self._eligible(), self._roster.presences, now,
+            aggregator=self._model.aggregator,
+        )
         self._fire(Trigger.OPEN if self._phase is Phase.WAITING else Trigger.NEXT)
         return self._announce(self._round, now)
 
-    def _retry_round(self, now: float) -> list[Action]:
-        rs = self._round
-        assert rs is not None
-        rs.next_attempt(self.config, now)
-        eligible = self._cohorts.eligible(self.agents_online, self._roster.presences)
-        rs.pool |= eligible
-        rs.cohort = self._cohorts.top_up(rs, eligible, self._roster.presences)
-        self._fire(Trigger.RETRY)
-        return self._announce(rs, now)
+    def _eligible(self) -> frozenset[str]:
+        return self._cohorts.eligible(self.agents_online, self._roster.presences)
 
     def _maybe_close(self, now: float) -> list[Action]:
         rs = self._round
@@ -303,7 +298,9 @@ class Rounds(RunViews):
         assert rs is not None
         if self.config.on_short_round == "retry" and rs.attempt < self.config.max_retries:
             self._message = f"{why}; retry {rs.attempt + 1} of {self.config.max_retries}"
-            return self._retry_round(now)
+            self._cohorts.retry(rs, self._eligible(), self._roster.presences, now)
+            self._fire(Trigger.RETRY)
+            return self._announce(rs, now)
         tries = f" after {rs.attempt} retries" if rs.attempt else ""
         return self._end(Trigger.FAIL, f"{why}{tries}; stopping", now)
 
@@ -328,7 +325,7 @@ class Rounds(RunViews):
         rs = self._round
         assert rs is not None and rs.new_weights is not None and rs.new_opt_state is not None
         self._model.commit(rs.new_weights, rs.new_opt_state)
-        self._model_id = self._outbox.model_id(rs.new_weights)
+        self._broadcast.advance(rs.new_weights, rs.number)
         self._completed = rs.number
         metrics = rs.metrics(
             job=self.config.job, run=self._run, evaluation=evaluation,
@@ -354,13 +351,14 @@ class Rounds(RunViews):
     def checkpoint(self) -> Checkpoint:
         """The state to resume from: the model after the last completed round."""
         return self._model.checkpoint(run=self._run, completed=self._completed,
-                                      history=tuple(self._history), rejected=self._rejected_total)
+                                      history=tuple(self._history), rejected=self._rejected_total,
+                                      broadcast=self._broadcast.state())
 
     def _final_model(self, now: float) -> list[Action]:
-        return list(self._outbox.final_model(
-            run=self._run, completed=self._completed, weights=self._model.weights,
-            model_id=self._model_id, now=now,
-        ))
+        final = self._outbox.final_model(
+            run=self._run, completed=self._completed, version=self._broadcast.version, now=now
+        )
+        return list(final.publishes)
 
     def _status(self, now: float) -> Publish:
         return self._outbox.status(

@@ -1,27 +1,26 @@
-"""What anyone may read of a run while the round machine drives it (no logic here).
+"""What both run machines show their adapters and observers: phase, message, model, history.
 
-:class:`coordinator.rounds.Rounds` sets these attributes and changes them only
-in its handlers; the adapters, the CLI and the tests read them through these
-properties, which return copies or immutable values.
+The synchronous round machine (:mod:`coordinator.rounds`) and the buffered one
+(:mod:`coordinator.buffered`) keep the same run-level state under the same names;
+this base class reads it, so the two cannot drift apart in what they report.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 
-from coordinator.cohort import Roster
 from coordinator.global_model import GlobalModel
+from coordinator.roster import Roster
 from protocol import Phase, RoundMetrics, Weights
 
 
 class RunViews:
-    """Read-only views of a run's state, for :class:`~coordinator.rounds.Rounds`."""
+    """Read-only views over the run-level state a machine keeps."""
 
     _phase: Phase
     _message: str
     _run: str
     _model: GlobalModel
-    _completed: int
     _history: list[RoundMetrics]
     _rejected_total: Counter[str]
     _roster: Roster
@@ -44,12 +43,8 @@ class RunViews:
 
     @property
     def weights(self) -> Weights:
-        """The current global model (after the last completed round)."""
+        """The current global model (after the last completed round or server step)."""
         return self._model.weights
-
-    @property
-    def completed_rounds(self) -> int:
-        return self._completed
 
     @property
     def history(self) -> tuple[RoundMetrics, ...]:

@@ -24,7 +24,7 @@ from coordinator.secagg import (
     SecAggRejected,
     SecAggRound,
 )
-from protocol import Presence, Publish, RejectReason, Topics, WireError
+from protocol import Presence, Publish, RejectReason, Topics, WireError, check_agent_level
 from protocol.chunks import Reassembler, is_chunk_frame
 from protocol.secagg.fixedpoint import RingSpec, choose_frac_bits
 from protocol.secagg.messages import SecAggConfig, Session
@@ -101,6 +101,7 @@ class SecAggStage:
         session, cfg = self.session, self._config
         step = SecAggStep(bytes_up=len(payload))
         try:
+            check_agent_level(agent)
             if session is None:
                 raise WireError(RejectReason.NO_ROUND, "no SecAgg session yet")
             if len(payload) > cfg.max_update_bytes + ENVELOPE_OVERHEAD:

@@ -25,15 +25,16 @@ from typing import TypeAlias
 from typing_extensions import assert_never
 
 from coordinator.aggregate import Mergeable, mergeable
-from coordinator.cohort import Roster
 from coordinator.config import RoundConfig
 from coordinator.events import MessageRejected, PresenceArrived, Tick, UpdateArrived
 from coordinator.global_model import round_aggregator
 from coordinator.open_round import OpenRound
+from coordinator.roster import Roster
 from coordinator.validation import Intake, RunView
 from protocol import ModelAnnouncement, Publish, Topics, WireError, decode_model
+from protocol.keys import SigningKey, VerifyKey
 from protocol.partial import Contributor, PartialAggregate, Rejection, encode_partial
-from protocol.signing import Purpose, SigningKey, VerifyKey, open_model, seal
+from protocol.signing import Purpose, open_model, seal
 
 #: the share of the announced deadline a site waits before it sends what it has
 CLOSE_SHARE = 0.8
@@ -72,7 +73,7 @@ class SiteAggregator:
         self.topics = Topics(config.job)
         self._key, self._coordinator_key = signing_key, coordinator_key
         self._close_share = close_share
-        self._roster = Roster()
+        self._roster = Roster(config)
         self._intake: Intake | None = None
         self._announced: ModelAnnouncement | None = None
         self._round: OpenRound | None = None
@@ -142,7 +143,7 @@ class SiteAggregator:
         self._round = OpenRound(number=ann.round, attempt=ann.attempt, opened_at=now,
                                 deadline=now + deadline_s, deadline_s=deadline_s,
                                 cohort=cohort, quorum=max(len(cohort - self._sent), 1),
-                                aggregator=aggregator, model_payload=b"")
+                                aggregator=aggregator)
         self._round.accepted |= self._sent  # answered in an earlier attempt: duplicates now
         return actions
 

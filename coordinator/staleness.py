@@ -98,6 +98,7 @@ def unsupported_in_buffered(config: RoundConfig, buffer: BufferConfig) -> Buffer
             ("secure aggregation (--secagg)", config.secagg is not None),
             ("sampling (--sample-fraction/--sample-count; use --concurrency)",
              config.sample_fraction is not None or config.sample_count is not None),
+            ("delta-coded models (--downlink-delta)", config.downlink_delta is not None),
         )
         if asked
     ]

@@ -15,7 +15,15 @@ from dataclasses import dataclass
 
 from coordinator.config import RoundConfig
 from coordinator.open_round import OpenRound
-from protocol import RejectReason, Update, Weights, WireError, decode_delta, decode_update
+from protocol import (
+    RejectReason,
+    Update,
+    Weights,
+    WireError,
+    check_agent_level,
+    decode_delta,
+    decode_update,
+)
 from protocol.chunks import Reassembler, is_chunk_frame
 from protocol.compress import Shapes
 from protocol.signing import open_update
@@ -62,6 +70,9 @@ def authentic_update(config: RoundConfig, run: str, agent: str, payload: bytes) 
         raise WireError(RejectReason.AGENT_MISMATCH, f"payload names {update.agent!r}")
     if update.job != config.job:
         raise WireError(RejectReason.WRONG_JOB, f"update for job {update.job!r}")
+    if update.samples > config.max_samples:
+        detail = f"{update.samples} samples > max_samples {config.max_samples}"
+        raise WireError(RejectReason.TOO_LARGE, detail)
     if config.allowed_agents is not None and agent not in config.allowed_agents:
         raise WireError(RejectReason.UNKNOWN_AGENT, f"{agent!r} is not provisioned")
     return update
@@ -98,13 +109,15 @@ def check_round(config: RoundConfig, view: RunView, agent: str, update: Update) 
 
 def check_asked(config: RoundConfig, view: RunView, agent: str, rs: OpenRound) -> None:
     """Refuse an agent the round did not ask: never seen online, or not in its cohort.
+    With agent keys the update's verified signature already proves who sent it, so a
+    provisioned agent is a member whatever its presence says (docs/SECURITY.md).
 
     Raises:
         WireError: UNKNOWN_AGENT or NOT_IN_COHORT.
     """
     if agent in rs.cohort:
         return
-    if agent not in view.online:
+    if agent not in view.online and config.agent_keys is None:
         raise WireError(RejectReason.UNKNOWN_AGENT, f"{agent!r} never announced presence")
     if config.names_cohort:
         raise WireError(RejectReason.NOT_IN_COHORT, f"{agent!r} was not asked in {rs.number}")
@@ -145,6 +158,7 @@ class Intake:
         Raises:
             WireError: with the reason the update (or the chunk) is refused.
         """
+        check_agent_level(agent)
         if is_chunk_frame(payload):
             try:
                 whole = self._chunks.add(agent, payload, now)

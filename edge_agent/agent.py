@@ -20,10 +20,20 @@ from typing import Any
 import numpy as np
 from typing_extensions import assert_never
 
+from edge_agent.downlink import (
+    MODEL_CHUNK_TTL_S,
+    Downlink,
+    HeldModel,
+    KeepModel,
+    Subscribe,
+    Unsubscribe,
+)
 from edge_agent.events import (
     AgentAction,
     AgentEvent,
     Connected,
+    DeltaArrived,
+    MessagesLost,
     ModelArrived,
     ModelRejected,
     RoundKey,
@@ -37,54 +47,31 @@ from edge_agent.events import (
     UpdateSent,
 )
 from edge_agent.feedback import ErrorFeedback, Residual
+from edge_agent.presence import Announcer
 from edge_agent.secure_round import SecAggSeat
 from edge_agent.trainer import TrainResult
 from protocol import (
     ModelAnnouncement,
-    Presence,
     Publish,
-    RejectReason,
     Topics,
     Update,
     Weights,
     WireError,
     check_id,
-    decode_model,
-    encode_presence,
     encode_update,
 )
-from protocol.chunks import Reassembler, is_chunk_frame, split
-from protocol.fields import DEFAULT_MAX_BYTES
+from protocol.chunks import split
+from protocol.keys import SigningKey, VerifyKey
 from protocol.secagg.shamir import RandomBytes
-from protocol.signing import Purpose, SigningKey, VerifyKey, open_model, seal
+from protocol.signing import Purpose, seal
 
 # the core's events and actions live in edge_agent.events; importers may use either module
 __all__ = [
-    "AgentAction",
-    "AgentCore",
-    "AgentEvent",
-    "Connected",
-    "MODEL_CHUNK_TTL_S",
-    "ModelArrived",
-    "ModelRejected",
-    "RoundKey",
-    "RunFinished",
-    "SaveResidual",
-    "SecAggArrived",
-    "ShutdownRequested",
-    "Train",
-    "TrainingDone",
-    "TrainingFailed",
-    "UpdateSent",
+    "AgentAction", "AgentCore", "AgentEvent", "Connected", "DeltaArrived", "KeepModel",
+    "MODEL_CHUNK_TTL_S", "MessagesLost", "ModelArrived", "ModelRejected", "RoundKey", "RunFinished",
+    "SaveResidual", "SecAggArrived", "ShutdownRequested", "Subscribe", "Train", "TrainingDone",
+    "TrainingFailed", "Unsubscribe", "UpdateSent",
 ]
-
-#: incomplete chunked models older than this are dropped (a round's model is re-sent anyway)
-MODEL_CHUNK_TTL_S = 600.0
-
-#: what this implementation announces as its presence ``kind`` (docs/PROTOCOL.md §4.3)
-KIND = "python"
-
-
 
 @dataclass(slots=True)
 class _Answer:
@@ -110,10 +97,14 @@ class AgentCore:
         signing_key: SigningKey | None = None,
         coordinator_key: VerifyKey | None = None,
         random_bytes: RandomBytes = os.urandom,
+        held: HeldModel | None = None,
+        session: str = "s0",
     ) -> None:
-        """``feedback`` carries a residual loaded from the device's state dir, if any.
+        """``feedback`` carries a residual loaded from the device's state dir, if any, and
+        ``held`` the global model kept there (deltas then apply to it).
 
-        ``signing_key`` signs every update; with ``coordinator_key`` set, a model
+        ``signing_key`` signs every update and every presence, for ``session`` (one per
+        agent process: :mod:`edge_agent.presence`); with ``coordinator_key`` set, a model
         that is unsigned or not signed by it is refused (docs/SECURITY.md).
         ``random_bytes`` makes SecAgg's keys and seeds (seeded in tests).
         """
@@ -126,9 +117,8 @@ class AgentCore:
         # across agents, and the same numbers if the round is ever encoded again.
         self._rng_key = int.from_bytes(hashlib.sha256(self.agent.encode()).digest()[:8], "big")
         self.topics = Topics(job)
-        self._samples = samples
-        self._trainer = trainer
-        self._device = device
+        self._announcer = Announcer(self.topics, self.agent, samples=samples, trainer=trainer,
+                                    device=device, signing_key=signing_key, session=session)
         self._latest: ModelAnnouncement | None = None
         self._training: RoundKey | None = None
         self._trained_on: ModelAnnouncement | None = None  # the model being trained from
@@ -136,9 +126,8 @@ class AgentCore:
         #: runs this agent has trained for: only their final model ends its work
         self._runs_joined: set[str] = set()
         self._resend_armed = False
-        self._chunks = Reassembler(
-            2 * DEFAULT_MAX_BYTES, ttl_s=MODEL_CHUNK_TTL_S, max_payload_size=DEFAULT_MAX_BYTES
-        )
+        self._finished: RoundKey | None = None
+        self._downlink = Downlink(job, coordinator_key, held)
         self.models_rejected = 0
         self._seat = SecAggSeat(job, agent, random_bytes=random_bytes, rounding=self._rng,
                                 signing_key=signing_key, coordinator_key=coordinator_key)
@@ -147,6 +136,11 @@ class AgentCore:
     def latest_model(self) -> ModelAnnouncement | None:
         """The newest valid global model this device holds (for local inference)."""
         return self._latest
+
+    @property
+    def held(self) -> HeldModel | None:
+        """The version of the broadcast model deltas apply to (what :class:`KeepModel` saved)."""
+        return self._downlink.held
 
     @property
     def residual(self) -> Residual | None:
@@ -164,14 +158,25 @@ class AgentCore:
 
     @property
     def subscriptions(self) -> list[tuple[str, int]]:
-        """What the adapter subscribes to (QoS 1): the model, and this agent's SecAgg topics."""
+        """What the adapter subscribes to (QoS 1) on (re)connecting: the deltas, the whole
+        model while it is needed (docs/PROTOCOL.md §15.5), this agent's SecAgg topics. Read
+        by the adapter's connect callback: attribute reads of immutable values, safe from
+        paho's thread."""
         t = self.topics
-        return [*t.agent_subscriptions, (t.secagg_down, 1), (t.secagg_down_to(self.agent), 1)]
+        own = (t.secagg_down, t.secagg_down_to(self.agent))
+        return [(topic, 1) for topic in (*self._downlink.subscriptions, *own)]
+
+    @property
+    def unwanted(self) -> tuple[str, ...]:
+        """What to unsubscribe from on reconnecting (a persistent session keeps filters)."""
+        return self._downlink.unwanted
 
     def arrived(self, topic: str, payload: bytes) -> AgentEvent:
         """The event for a message on one of :attr:`subscriptions`."""
-        secagg = topic.startswith(self.topics.secagg_down)
-        return SecAggArrived(payload) if secagg else ModelArrived(payload)
+        t = self.topics
+        if topic.startswith(t.secagg_down):
+            return SecAggArrived(payload)
+        return DeltaArrived(payload) if topic.startswith(t.delta) else ModelArrived(payload)
 
     def will(self) -> Publish:
         """The last will the adapter registers: presence ``offline``, retained."""
@@ -185,9 +190,15 @@ class AgentCore:
         match event:
             case Connected():
                 self._resend_armed = self._answer is not None
+                self._downlink.resync()
                 return [self._presence(online=True, at=wall)]
+            case MessagesLost():
+                self._downlink.resync()
+                return []
             case ModelArrived(payload=payload):
-                return self._on_model(payload, now)
+                return self._on_model(payload, now, wall, delta=False)
+            case DeltaArrived(payload=payload):
+                return self._on_model(payload, now, wall, delta=True)
             case SecAggArrived(payload=payload):
                 try:
                     return list(self._seat.receive(payload))
@@ -202,34 +213,33 @@ class AgentCore:
             case _:
                 assert_never(event)
 
-    def _on_model(self, payload: bytes, now: float) -> list[AgentAction]:
-        try:
-            if is_chunk_frame(payload):  # a piece of a model sent in chunks (or its manifest)
-                whole = self._chunks.add("model", payload, now)
-                if whole is None:
-                    return []
-                payload = whole
-            # Verify the bytes as received, then decode what they vouch for.
-            body = open_model(
-                payload, job=self.job, key=self._coordinator_key, max_body_bytes=DEFAULT_MAX_BYTES
-            )
-            model = decode_model(body)
-            if model.job != self.job:
-                raise WireError(RejectReason.WRONG_JOB, f"model for job {model.job!r}")
-        except WireError as exc:
+    def _on_model(
+        self, payload: bytes, now: float, wall: float, *, delta: bool
+    ) -> list[AgentAction]:
+        got = self._downlink.receive(payload, now, delta=delta)
+        actions: list[AgentAction] = list(got.actions)
+        if got.refused is not None:
             self.models_rejected += 1
-            return [ModelRejected(exc.reason, exc.detail)]
-        latest = self._latest
-        older = latest is not None and latest.run == model.run and model.round < latest.round
-        # A final model is never stale: it carries the last *completed* round, which is
-        # below the open round when a run fails or is stopped mid-round.
-        if older and not model.done:
-            return []  # an older round delivered late; the newer one stands
+            actions.insert(0, ModelRejected(got.refused.reason, got.refused.detail))
+        then = [] if got.model is None else self._on_announced(got.model)
+        if got.model is not None and self.agent in got.model.roll_call:
+            # the coordinator does not count us: say we are here before anything else
+            then.insert(0, self._presence(online=True, at=wall))
+        # Train and RunFinished carry the model the adapter keeps; else say it outright.
+        if got.kept is not None and not any(isinstance(a, Train | RunFinished) for a in then):
+            actions.append(KeepModel(got.kept))
+        return [*actions, *then]
+
+    def _on_announced(self, model: ModelAnnouncement) -> list[AgentAction]:
         self._latest = model
         if model.done:
             # A retained final model of some earlier run ends nothing for a newcomer:
-            # keep it as the device's model and wait for the next run.
-            return [RunFinished(model)] if model.run in self._runs_joined else []
+            # keep it as the device's model and wait for the next run. Said once (the
+            # final model also comes as a delta or notice).
+            if model.run not in self._runs_joined or self._finished == self._key(model):
+                return []
+            self._finished = self._key(model)
+            return [RunFinished(model)]
         if model.cohort is not None and self.agent not in model.cohort:
             return []
         key: RoundKey = (model.run, model.round, model.model_id)
@@ -372,16 +382,7 @@ class AgentCore:
         return (model.run, model.round, model.model_id)
 
     def _presence(self, online: bool, at: float) -> Publish:
-        presence = Presence(
-            agent=self.agent,
-            online=online,
-            samples=self._samples,
-            trainer=self._trainer,
-            device=self._device,
-            at=at,
-            kind=KIND,
-        )
-        return Publish(self.topics.presence(self.agent), encode_presence(presence), retain=True)
+        return self._announcer.presence(online, at)
 
 
 def _still_taken(trained_on: ModelAnnouncement, latest: ModelAnnouncement) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TypeAlias
 
+from edge_agent.downlink import KeepModel, Subscribe, Unsubscribe
 from edge_agent.feedback import Residual
 from edge_agent.trainer import TrainResult
 from protocol import ModelAnnouncement, Publish, RejectReason
@@ -26,7 +27,14 @@ class Connected:
 
 @dataclass(frozen=True, slots=True)
 class ModelArrived:
-    """Raw bytes on ``.../model``."""
+    """Raw bytes on ``.../model`` or ``.../model/chunk/{i}``."""
+
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DeltaArrived:
+    """Raw bytes on ``.../delta`` or ``.../delta/chunk/{i}`` (docs/PROTOCOL.md §15)."""
 
     payload: bytes
 
@@ -56,12 +64,18 @@ class TrainingFailed:
 
 
 @dataclass(frozen=True, slots=True)
+class MessagesLost:
+    """The adapter dropped inbound messages (its queue was full): a round may have been missed."""
+
+
+@dataclass(frozen=True, slots=True)
 class ShutdownRequested:
     """The agent is stopping cleanly."""
 
 
 AgentEvent: TypeAlias = (
-    Connected | ModelArrived | SecAggArrived | TrainingDone | TrainingFailed | ShutdownRequested
+    Connected | ModelArrived | DeltaArrived | SecAggArrived | MessagesLost | TrainingDone
+    | TrainingFailed | ShutdownRequested
 )
 
 # --- actions (out) ------------------------------------------------------------------------
@@ -69,7 +83,9 @@ AgentEvent: TypeAlias = (
 
 @dataclass(frozen=True, slots=True)
 class Train:
-    """Train on ``model``'s weights and plan, then feed back TrainingDone or TrainingFailed."""
+    """Train on ``model``'s weights and plan, then feed back TrainingDone or TrainingFailed.
+
+    ``model`` is the version the device now holds: the adapter persists it."""
 
     key: RoundKey
     model: ModelAnnouncement
@@ -94,7 +110,8 @@ class UpdateSent:
 
 @dataclass(frozen=True, slots=True)
 class RunFinished:
-    """The coordinator published the final model; ``model`` is the device's to keep."""
+    """The coordinator published the final model; ``model`` is the device's to keep
+    (persisted as the held version, as :class:`Train`'s model is)."""
 
     model: ModelAnnouncement
 
@@ -106,4 +123,7 @@ class SaveResidual:
     state: Residual | None
 
 
-AgentAction: TypeAlias = Publish | Train | ModelRejected | UpdateSent | RunFinished | SaveResidual
+AgentAction: TypeAlias = (
+    Publish | Train | ModelRejected | UpdateSent | RunFinished | SaveResidual | KeepModel
+    | Subscribe | Unsubscribe
+)

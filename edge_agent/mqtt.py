@@ -30,17 +30,22 @@ from edge_agent.agent import (
     AgentCore,
     AgentEvent,
     Connected,
+    KeepModel,
+    MessagesLost,
     ModelRejected,
     RoundKey,
     RunFinished,
     SaveResidual,
     ShutdownRequested,
+    Subscribe,
     Train,
     TrainingDone,
     TrainingFailed,
+    Unsubscribe,
     UpdateSent,
 )
 from edge_agent.device_model import save_device_model
+from edge_agent.downlink import HeldModel
 from edge_agent.feedback import save_residual
 from edge_agent.personal import DeviceTrainer
 from edge_agent.policy import (
@@ -52,10 +57,17 @@ from edge_agent.policy import (
     run_hook,
     veto,
 )
-from edge_agent.state import SavedModel, StateDir
+from edge_agent.state import StateDir
 from edge_agent.trainer import Trainer
 from protocol import ModelAnnouncement, Publish
-from transport.connection import BrokerURL, Session, connect, make_client, refused_for_good
+from transport.connection import (
+    BrokerURL,
+    Session,
+    connect,
+    explain_disconnect,
+    make_client,
+    refused_for_good,
+)
 from transport.inbox import Inbox
 
 log = logging.getLogger("fedmq.agent")
@@ -98,8 +110,9 @@ class AgentNode:
         ``device``: the trainer that keeps this device's own model (personal layers,
         fine-tuning, local inference), None if it keeps none; ``device_model_path``: where
         that model is saved after every round and at the run's end (None: not saved);
-        ``state``: where each round's global model is kept; ``policy``: when this device
-        may train (None: always)."""
+        ``state``: where each version of the global model is kept (the core starts from
+        the one kept there, given to it as ``held``); ``policy``: when this device may
+        train (None: always)."""
         self.core = core
         self._trainer = trainer
         self._broker = broker
@@ -110,8 +123,8 @@ class AgentNode:
         self._device = device
         self._device_model_path = device_model_path
         self._state = state
-        #: the newest global model on this device, kept across restarts in ``state``
-        self.saved_model: SavedModel | None = state.load_model() if state is not None else None
+        held = core.held
+        self._kept = held.identity if held is not None else None  # what the state dir holds
         self._policy = policy or ResourcePolicy()
         #: what the last trained round took beyond its starting RSS (None: none measured)
         self._learned_need: int | None = None
@@ -126,8 +139,10 @@ class AgentNode:
         self._halt = threading.Event()
         self._client = make_client(broker, session, will=core.will())
         self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
         self._last_publish: mqtt.MQTTMessageInfo | None = None
+        self._connected_at: float | None = None  # when the session was last accepted
 
     # --- paho callbacks -------------------------------------------------------------------
 
@@ -138,14 +153,30 @@ class AgentNode:
             if why is not None:
                 self._put(_Refused(why))
             return
+        self._connected_at = time.monotonic()
         client.subscribe(self.core.subscriptions)
+        if self.core.unwanted:  # a persistent session may still hold the model topics
+            client.unsubscribe(list(self.core.unwanted))
         self._put(Connected())
+
+    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason_code: Any, _p: Any) -> None:
+        held = None if self._connected_at is None else time.monotonic() - self._connected_at
+        self._connected_at = None
+        if not self._halt.is_set():  # not leaving
+            why = explain_disconnect(reason_code, self._session.client_id, held)
+            log.warning("%s: disconnected from %s (%s); reconnecting", self.core.agent,
+                        self._broker, why)
 
     def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
         self._put(self.core.arrived(message.topic, bytes(message.payload)))
 
     def _put(self, item: AgentEvent | _Refused | _Quit) -> None:
         self._inbox.offer(item)
+
+    @property
+    def saved_model(self) -> HeldModel | None:
+        """The newest global model on this device (kept across restarts with ``state``)."""
+        return self.core.held
 
     @property
     def dropped(self) -> int:
@@ -166,11 +197,15 @@ class AgentNode:
         # in the order a trainer running inline would: a round's update goes out even
         # when the next round's model came in meanwhile (the coordinator counts it stale).
         deferred: deque[AgentEvent] = deque()
+        inbox_dropped = 0
         try:
             while True:
                 busy = self.core.training is not None
                 item = deferred.popleft() if deferred and not busy else self._inbox.get()
                 assert item is not None  # get() without a timeout waits for an item
+                if self._inbox.dropped != inbox_dropped:  # paho's hand-off overflowed
+                    inbox_dropped, lost = self._inbox.dropped, MessagesLost()
+                    self._defer(deferred, lost) if busy else self._feed(lost)
                 if isinstance(item, _Quit):
                     self._abandon_round()
                     self._feed(ShutdownRequested())
@@ -178,11 +213,7 @@ class AgentNode:
                 if isinstance(item, TrainingDone):
                     self.rounds_trained += 1
                 elif busy and not isinstance(item, _Refused | TrainingFailed):
-                    if len(deferred) < self._inbox.maxsize:
-                        deferred.append(item)
-                    else:
-                        self._deferred_dropped += 1
-                        log.error("%s: inbound queue full; dropped a message", self.core.agent)
+                    self._defer(deferred, item)
                     continue
                 if isinstance(item, _Refused):
                     self.refused = item.why
@@ -194,6 +225,17 @@ class AgentNode:
                     break
         finally:
             self._flush_and_disconnect()
+
+    def _defer(self, deferred: deque[AgentEvent], event: AgentEvent) -> None:
+        """Keep ``event`` until the training is done; with the backlog full, mark the gap."""
+        if len(deferred) < self._inbox.maxsize:
+            deferred.append(event)
+            return
+        if not isinstance(event, MessagesLost):
+            self._deferred_dropped += 1
+            log.error("%s: inbound queue full; dropped a message", self.core.agent)
+        if not isinstance(deferred[-1], MessagesLost):  # one mark per gap: bounded
+            deferred.append(MessagesLost())
 
     def _feed(self, event: AgentEvent) -> None:
         for action in self.core.handle(event, time.monotonic(), wall=time.time()):
@@ -216,14 +258,11 @@ class AgentNode:
                 )
                 if not resent:  # after the publish, so saving never delays the reply
                     self._save_device_model()
-            case SaveResidual(state=state) if self._residual_path is not None:
-                try:
-                    save_residual(self._residual_path, state)
-                except OSError as exc:  # keep serving: the residual still lives in memory
-                    log.error("%s: cannot save the residual: %s", self.core.agent, exc)
+            case KeepModel() | SaveResidual() | Subscribe() | Unsubscribe():
+                self._keep_state(action)
             case RunFinished(model=model):
                 log.info("%s: run %s finished at round %d", self.core.agent, model.run, model.round)
-                self._keep(model)
+                self._keep(HeldModel.of(model))
                 if self._device is not None:  # personal layers, fine-tuning
                     try:
                         self._device.adopt(model.weights, model.plan)
@@ -231,13 +270,30 @@ class AgentNode:
                         log.error("%s: cannot adopt the final model: %s", self.core.agent, exc)
                     self._save_device_model()
                 self.finished.set()
+            case _:
+                assert_never(action)
+
+    def _keep_state(self, action: KeepModel | SaveResidual | Subscribe | Unsubscribe) -> None:
+        """Persist what the core asks to outlive a restart; fetch whole models or stop."""
+        match action:
+            case KeepModel(held=held):
+                self._keep(held)
+            case SaveResidual(state=state) if self._residual_path is not None:
+                try:
+                    save_residual(self._residual_path, state)
+                except OSError as exc:  # keep serving: the residual still lives in memory
+                    log.error("%s: cannot save the residual: %s", self.core.agent, exc)
             case SaveResidual():
                 pass  # no residual path: the residual lives in the core's memory only
+            case Subscribe(topics=topics):
+                self._client.subscribe([(topic, 1) for topic in topics])
+            case Unsubscribe(topics=topics):
+                self._client.unsubscribe(list(topics))
             case _:
                 assert_never(action)
 
     def _start_round(self, key: RoundKey, model: ModelAnnouncement) -> None:
-        self._keep(model)
+        self._keep(HeldModel.of(model))
         worker = threading.Thread(
             target=lambda: self._inbox.put(self._train(key, model)),
             name=f"train-{self.core.agent}-{model.round}",
@@ -245,12 +301,12 @@ class AgentNode:
         )
         worker.start()
 
-    def _keep(self, model: ModelAnnouncement) -> None:
-        """Remember ``model`` as the device's newest global model (on disk too, with state)."""
-        self.saved_model = SavedModel(model.job, model.run, model.round, model.weights, model.done)
-        if self._state is not None:
+    def _keep(self, held: HeldModel) -> None:
+        """Keep the device's newest version of the global model on disk, with state."""
+        if self._state is not None and held.identity != self._kept:
+            self._kept = held.identity
             try:
-                self._state.save_model(model)
+                self._state.save_model(self.core.job, held)
             except OSError as exc:  # keep serving: the model still lives in memory
                 log.error("%s: cannot save the global model: %s", self.core.agent, exc)
 
@@ -323,6 +379,7 @@ class AgentNode:
             log.error("%s: cannot save the device model: %s", self.core.agent, exc)
 
     def _flush_and_disconnect(self) -> None:
+        self._halt.set()
         if self._last_publish is not None and self._client.is_connected():
             try:
                 self._last_publish.wait_for_publish(timeout=FLUSH_TIMEOUT_S)

@@ -39,10 +39,10 @@ _CALLABLE_HOOK = re.compile(r"^[\w./-]+:[A-Za-z_]\w*$")
 _WINDOW = re.compile(r"^(\d{1,2}):(\d{2})-(\d{1,2}):(\d{2})$")
 MINUTES_PER_DAY = 24 * 60
 MIB = 1024 * 1024
-#: a first round's memory need, per byte of float32 model: the largest measured on the
-#: four device cases of docs/EDGE.md (torch's CNN: 128 MiB over its 6.3 MiB), plus margin
+#: a first round's memory need, per byte of float32 model: above what the device cases of
+#: docs/EDGE.md measured for models that size (torch's CNN: 132 MiB over its 6.3 MiB model)
 NEED_PER_MODEL_BYTE = 24
-#: ... and at least this much (torch's 2NN took 24 MiB for a 0.8 MiB model)
+#: ... and at least this much (torch's 2NN took 22 MiB for a 0.76 MiB model)
 MIN_ROUND_NEED = 32 * MIB
 
 

@@ -2,8 +2,10 @@
 
 Layout, under ``{state_dir}/{agent_id}/``:
 
-- ``model.msgpack``: the last global model this agent was asked to train on (or
-  the run's final model), with its job, run and round;
+- ``model.msgpack``: the version of the broadcast model this agent holds (the last
+  global model it was announced, whole or rebuilt from deltas, or the run's final
+  model), with its job, run, round and the run's delta codec, so that after a
+  restart the next delta applies to it (docs/PROTOCOL.md §15.5);
 - ``residual.msgpack``: the error-feedback residual (:mod:`edge_agent.feedback`);
 - ``device-model.msgpack``: the device's own model (personal layers, local
   inference), written by :mod:`edge_agent.device_model`.
@@ -24,8 +26,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge_agent.downlink import HeldModel
 from edge_agent.feedback import Residual, load_residual
-from protocol import ModelAnnouncement, Weights
+from protocol import Weights, weights_digest
 from protocol.durable import stray_temporaries
 from protocol.statefile import load_doc, save_doc
 
@@ -48,6 +51,14 @@ class SavedModel:
     round: int
     weights: Weights
     done: bool
+    #: the codec of the deltas its run sends (None: none, or a file written before deltas)
+    delta_codec: str | None = None
+
+    def held(self) -> HeldModel:
+        """The version the agent core continues from; its id is the digest of the weights
+        as read back, so a file that changed on disk can never pass for its version."""
+        return HeldModel(self.run, self.round, weights_digest(self.weights), self.weights,
+                         self.done, self.delta_codec)
 
 
 class StateDir:
@@ -61,9 +72,10 @@ class StateDir:
                 log.info("%s: removing %s, a write a restart interrupted", agent_id, stray.name)
                 stray.unlink(missing_ok=True)
 
-    def save_model(self, model: ModelAnnouncement) -> None:
-        fields = {"job": model.job, "run": model.run, "round": model.round, "done": model.done}
-        save_doc(self.path / MODEL_NAME, _MODEL_TYPE, _VERSION, model.weights, fields)
+    def save_model(self, job: str, held: HeldModel) -> None:
+        fields = {"job": job, "run": held.run, "round": held.round, "done": held.done,
+                  "delta_codec": held.delta_codec}
+        save_doc(self.path / MODEL_NAME, _MODEL_TYPE, _VERSION, held.weights, fields)
 
     def load_model(self) -> SavedModel | None:
         """The last saved global model; ``None`` if none, or if it is unusable (logged)."""
@@ -107,4 +119,7 @@ def _read_model(path: Path) -> SavedModel | None:
         raise ValueError(f"{path}: job, run or done missing")
     if not isinstance(round_no, int) or isinstance(round_no, bool) or round_no < 0:
         raise ValueError(f"{path}: bad round {round_no!r}")
-    return SavedModel(job, run, round_no, weights, done)
+    delta_codec = doc.get("delta_codec")  # absent from files written before deltas
+    if delta_codec is not None and not isinstance(delta_codec, str):
+        raise ValueError(f"{path}: bad delta_codec {delta_codec!r}")
+    return SavedModel(job, run, round_no, weights, done, delta_codec)

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from edge_agent.policy import ResourcePolicy
     from fedmq.launch import AgentSettings, Connection
     from fedmq.tasks import DataConfig
+    from transport.connection import BrokerURL
 
 log = logging.getLogger("fedmq.agent")
 
@@ -72,6 +73,8 @@ def add_connection(p: argparse.ArgumentParser, required: bool = True) -> None:
     g.add_argument("--password-file", type=Path, help="read the MQTT password from this file")
     g.add_argument("--ca-file", type=Path, help="CA certificate for mqtts://")
     g.add_argument("--mqtt311", action="store_true", help="speak MQTT 3.1.1 instead of 5")
+    g.add_argument("--insecure", action="store_true",
+                   help="allow a password over plain mqtt:// (cleartext), on a network you trust")
 
 
 def add_task(p: argparse.ArgumentParser, default: str | None = None, required: bool = True) -> None:
@@ -175,11 +178,39 @@ def password(args: argparse.Namespace) -> str | None:
 
 
 def connection(args: argparse.Namespace, broker: str) -> Connection:
+    """How to reach ``broker`` with the credentials the flags give.
+
+    Raises:
+        ValueError: for a password over plain ``mqtt://`` without ``--insecure``: a
+            ``--broker mqtt://...`` given over a TLS bundle would otherwise send it in
+            cleartext (and leave the bundle's CA unused).
+    """
     from fedmq.launch import Connection
     from transport.connection import BrokerURL
 
     url = BrokerURL.parse(broker).with_credentials(args.username, password(args))
+    check_cleartext(url, args.ca_file, insecure=args.insecure)
     return Connection(url, mqtt5=not args.mqtt311, ca_file=args.ca_file)
+
+
+def check_cleartext(url: BrokerURL, ca_file: Path | None, *, insecure: bool) -> None:
+    """Refuse (or, with ``insecure``, warn about) a password sent over plain MQTT.
+
+    Raises:
+        ValueError: for a password over ``mqtt://`` without ``insecure``.
+    """
+    if url.tls:
+        return
+    unused = f"; the CA file {ca_file} is not used over mqtt://" if ca_file else ""
+    if url.password is None:
+        if ca_file:
+            log.warning("broker %s is plain MQTT%s", url, unused)
+        return
+    why = f"{url} is plain MQTT: the password would cross the network in cleartext{unused}"
+    if not insecure:
+        raise ValueError(f"refusing to connect: {why}. Use mqtts:// (a bundle's own "
+                         "broker URL), or --insecure on a network you trust")
+    log.warning("--insecure: %s", why)
 
 
 def data_config(args: argparse.Namespace) -> DataConfig:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -31,6 +30,7 @@ from fedmq.agent_cli import (
     UNSIGNED_NOTICE,
     add_agent_arguments,
     add_device_options,
+    check_cleartext,
 )
 from fedmq.agent_cli import add_connection as _add_connection
 from fedmq.agent_cli import add_security as _add_security
@@ -42,7 +42,7 @@ from fedmq.agent_cli import stop_on_signals as _stop_on_signals
 from fedmq.aggregator_cli import register_aggregator
 from fedmq.bundle import expand_bundle, load_agent_keys, load_signing_key
 from fedmq.launch import AgentSettings, build_agent, build_coordinator
-from fedmq.progress import RunRecorder
+from fedmq.progress import RunRecorder, write_summary
 from fedmq.provision import register as register_provision
 from fedmq.round_flags import (
     add_mode_flags,
@@ -67,10 +67,11 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
     config = _signed_config(round_config(args, args.job), args)
     run_dir = args.run_dir or Path("fedmq-runs") / args.job
     recorder = RunRecorder(config.rounds, jsonl=run_dir / "metrics.jsonl")
+    conn = _connection(args, args.broker)
     try:
         node = build_coordinator(
             config,
-            _connection(args, args.broker),
+            conn,
             data=_data(args),
             run_dir=run_dir,
             resume=args.resume,
@@ -84,7 +85,8 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
     if args.resume:
         done = node.rounds.completed_rounds
         print(f"resuming run {node.rounds.run} after round {done} from {run_dir}")
-    print(f"job {args.job}: waiting for {config.min_agents} agent(s) on {args.broker}")
+    # the parsed URL: it never shows a password (the argument may hold one)
+    print(f"job {args.job}: waiting for {config.min_agents} agent(s) on {conn.broker}")
     try:
         phase = node.run()
     except ConnectionRefusedError as exc:
@@ -93,7 +95,7 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
     finally:
         recorder.close()
     summary = recorder.summary(node.rounds, job=args.job, run=node.rounds.run, task=args.task)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_summary(run_dir / "summary.json", summary)
     print(f"{phase.value}: {node.rounds.message}")
     return 0 if phase is Phase.DONE else 1
 
@@ -154,6 +156,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     from fedmq.monitor.run import main as monitor_main
 
     url = BrokerURL.parse(args.broker).with_credentials(args.username, _password(args))
+    check_cleartext(url, args.ca_file, insecure=args.insecure)
     return monitor_main(url, job=args.job, as_json=args.json, model=args.model,
                         exit_when_done=args.exit_when_done, mqtt5=not args.mqtt311,
                         ca_file=args.ca_file)
@@ -175,6 +178,8 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="broker + coordinator + agents on this machine")
     p.add_argument("--agents", type=int, default=10)
     p.add_argument("--broker", help="use this broker instead of starting a private Mosquitto")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow a password in a plain mqtt:// --broker URL (cleartext)")
     p.add_argument("--job", default="demo")
     p.add_argument("--summary", type=Path, help="write the run summary as JSON here")
     p.add_argument("--run-dir", type=Path, help="checkpoint and metrics (default: a temp dir)")
@@ -183,7 +188,8 @@ def parser() -> argparse.ArgumentParser:
     _add_task(p, default="digits")
     add_round_flags(p, rounds=10, deadline=30.0)
     add_web_demo_options(p)
-    # the demo shows compressed updates (fedmq.demo.DEMO_CODEC), or none under --secagg
+    # the demo shows compressed updates and delta-coded models (fedmq.demo.DEMO_CODEC,
+    # DEMO_DOWNLINK_DELTA), or neither under --secagg
     p.set_defaults(func=cmd_demo, codec=None, username=None, password=None,
                    password_file=None, ca_file=None, mqtt311=False)
 

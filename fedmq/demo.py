@@ -7,7 +7,6 @@ everything between them and the coordinator crosses a real broker.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
@@ -19,15 +18,19 @@ from typing import TYPE_CHECKING
 
 from fedmq.broker import BrokerError, LocalBroker
 from fedmq.launch import Connection, build_coordinator
-from fedmq.progress import RunRecorder, human_bytes
+from fedmq.progress import RunRecorder, human_bytes, write_summary
 from fedmq.round_flags import observers, round_config
 from protocol import Phase
+from transport.connection import redact
 
 if TYPE_CHECKING:
     from fedmq.web.demo import WebDemo
 
 #: the demo's update codec: int8+zstd is lossless in accuracy on digits (none under --secagg)
 DEMO_CODEC = "int8+zstd"
+#: the demo's delta-coded models: qsgd:2+zstd:9 keeps its accuracy on digits (docs/CODECS.md);
+#: whole models under --secagg, whose rounds were not measured with deltas
+DEMO_DOWNLINK_DELTA = "qsgd:2+zstd:9"
 #: how long the agents get to go offline after the final model
 AGENTS_EXIT_TIMEOUT_S = 30.0
 
@@ -72,7 +75,7 @@ def run_demo(args: argparse.Namespace) -> int:
     browsers = web.browser_agents if web is not None else 0
     with ExitStack() as stack:
         if args.broker:
-            broker_url, where = args.broker, args.broker
+            broker_url, where = args.broker, redact(args.broker)
         else:
             try:
                 broker = stack.enter_context(LocalBroker(**web.broker_options() if web else {}))
@@ -84,8 +87,7 @@ def run_demo(args: argparse.Namespace) -> int:
                 stack.callback(web.close)
         run_dir = args.run_dir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
         run_dir.mkdir(parents=True, exist_ok=True)
-        # SecAgg sends masked fixed-point vectors, never a codec's
-        args.codec = args.codec or ("none" if args.secagg else DEMO_CODEC)
+        _default_codecs(args)
         config = round_config(args, args.job, min_agents=args.agents + browsers)
         print(
             f"fedmq demo: {args.agents} agents, task {args.task}, {config.rounds} rounds, "
@@ -94,7 +96,7 @@ def run_demo(args: argparse.Namespace) -> int:
         print(UNSIGNED_NOTICE + ("" if config.secagg is None else "\nsecagg: the coordinator "
                                  "sees only the sum of the updates (docs/SECURITY.md)"))
         print(
-            f"watch it: fedmq monitor --broker {broker_url} --job {args.job}   or   "
+            f"watch it: fedmq monitor --broker {redact(broker_url)} --job {args.job}   or   "
             f"mosquitto_sub -p {broker_url.rsplit(':', 1)[-1]} -v -t 'fedmq/v1/#'"
         )
         recorder = RunRecorder(config.rounds, jsonl=run_dir / "metrics.jsonl")
@@ -118,10 +120,9 @@ def run_demo(args: argparse.Namespace) -> int:
         )
         summary.update(web.summary() if web is not None else {})
         _print_summary(summary, node.rounds.message)
-        summary_json = json.dumps(summary, indent=2) + "\n"
-        (run_dir / "summary.json").write_text(summary_json)
+        write_summary(run_dir / "summary.json", summary)
         if args.summary:
-            args.summary.write_text(summary_json)
+            write_summary(args.summary, summary)
             print(f"  summary        {args.summary}")
         if args.run_dir:
             print(f"  plots          fedmq report {args.run_dir}")
@@ -154,6 +155,13 @@ def _start_agents(
     return agents
 
 
+def _default_codecs(args: argparse.Namespace) -> None:
+    """The demo's codecs both ways unless given; SecAgg sends masked fixed-point vectors,
+    never a codec's, and its rounds take whole models."""
+    args.codec = args.codec or ("none" if args.secagg else DEMO_CODEC)
+    args.downlink_delta = args.downlink_delta or (None if args.secagg else DEMO_DOWNLINK_DELTA)
+
+
 def _reap(proc: subprocess.Popen[bytes]) -> None:
     try:
         proc.wait(timeout=AGENTS_EXIT_TIMEOUT_S)
@@ -170,14 +178,18 @@ def _print_summary(s: dict[str, object], message: str) -> None:
     print(f"  updates        {s['updates_accepted']} accepted, {s['updates_rejected']} rejected")
     up, down = s["bytes_up"], s["bytes_down"]
     assert isinstance(up, int) and isinstance(down, int)
-    ratio = s.get("compression_ratio_up")
-    if not isinstance(ratio, float):
-        vs_raw = ""
-    elif ratio > 1.05:
-        vs_raw = f" ({ratio:.1f}x smaller than raw float32)"
-    else:
-        vs_raw = " (raw float32: --codec none)"
-    print(f"  payload bytes  up {human_bytes(up)}{vs_raw}, down {human_bytes(down)}")
+    print(f"  payload bytes  up {human_bytes(up)}{_vs_raw(s.get('compression_ratio_up'))}, "
+          f"down {human_bytes(down)}{_vs_raw(s.get('compression_ratio_down'))}")
+    both, per_agent = s.get("compression_ratio_both"), s.get("bytes_down_per_agent_round")
+    if isinstance(both, float) and isinstance(per_agent, int):
+        print(f"  both ways      {both:.1f}x smaller than raw float32; "
+              f"{human_bytes(per_agent)} down per agent per round")
     kinds = s.get("updates_by_kind")
     if isinstance(kinds, dict):
         print("  by kind        " + ", ".join(f"{kind} {n}" for kind, n in kinds.items()))
+
+
+def _vs_raw(ratio: object) -> str:
+    if not isinstance(ratio, float):
+        return ""
+    return f" ({ratio:.1f}x smaller than raw float32)" if ratio > 1.05 else " (raw float32)"

@@ -26,8 +26,8 @@ from edge_agent.policy import ResourcePolicy
 from edge_agent.state import DEVICE_MODEL_NAME, RESIDUAL_NAME, StateDir
 from fedmq.tasks import DataConfig, Task, agent_data, get_task, test_data
 from protocol import Weights
-from protocol.signing import SigningKey, VerifyKey
-from transport.connection import BrokerURL, Session
+from protocol.keys import SigningKey, VerifyKey
+from transport.connection import BrokerURL, Session, packet_bound
 
 if TYPE_CHECKING:
     from coordinator import Action, RoundConfig, Rounds
@@ -145,6 +145,8 @@ def build_coordinator(
         persistent=True,
         resume_session=resume,
         ca_file=conn.ca_file,
+        # an MQTT 5 broker then drops anything larger instead of handing it over
+        max_packet_size=packet_bound(config.max_message_bytes),
     )
     return CoordinatorNode(
         rounds,
@@ -171,6 +173,7 @@ def build_agent(
     feedback = ErrorFeedback()
     saved = None
     state = None
+    held = None
     if settings.state_dir is not None:
         state = StateDir(settings.state_dir, settings.agent_id)  # drops torn temporaries
         residual_path = state.path / RESIDUAL_NAME
@@ -180,6 +183,8 @@ def build_agent(
         except ValueError as exc:
             log.warning("%s: ignoring the saved device model: %s", settings.agent_id, exc)
         feedback = ErrorFeedback(state.load_residual())  # a bad file is set aside, logged
+        kept = state.load_model()  # deltas apply to it after a restart (docs/PROTOCOL.md §15)
+        held = kept.held() if kept is not None and kept.job == settings.job else None
     trainer = DeviceTrainer(model, finetune_epochs=settings.finetune_epochs, saved=saved)
     core = AgentCore(
         settings.job,
@@ -190,6 +195,10 @@ def build_agent(
         feedback=feedback,
         signing_key=settings.signing_key,
         coordinator_key=settings.coordinator_key,
+        held=held,
+        # one per process: the coordinator tells this process's last will from a late one
+        # of an earlier process (coordinator/roster.py)
+        session=uuid.uuid4().hex[:12],
     )
     session = Session(
         client_id=f"fedmq-{settings.job}-{settings.agent_id}",

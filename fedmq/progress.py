@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -19,6 +20,7 @@ from typing import Any, TextIO
 from coordinator import Action, RoundClosed, RoundOpened, Rounds, Stop, UpdateAccepted
 from coordinator.buffered import BufferedRounds
 from protocol import RoundMetrics
+from protocol.durable import atomic_write
 
 
 def human_bytes(n: float) -> str:
@@ -37,13 +39,49 @@ def round_line(m: RoundMetrics, rounds: int, quorum: int) -> str:
     extra = f"  rejected {rejected}" if rejected else ""
     if m.epsilon is not None:  # DP-FedAvg: the privacy spent so far
         extra += f"  epsilon {m.epsilon:.3g}"
-    # the uplink's compression: raw float32 deltas of the accepted updates / bytes received
-    ratio = f" (x{m.raw_bytes_up / m.bytes_up:.1f})" if m.bytes_up else ""
+    # each way's compression: raw float32 over the payload bytes (docs/PROTOCOL.md §15.6)
+    up = f" (x{m.raw_bytes_up / m.bytes_up:.1f})" if m.bytes_up else ""
+    down = f" (x{m.raw_bytes_down / m.bytes_down:.1f})" if m.raw_bytes_down and m.bytes_down else ""
     return (
         f"round {m.round:>3}/{rounds}  replies {m.accepted:>3}/{quorum} ({m.closed_by.value})  "
-        f"{acc}  {loss}  up {human_bytes(m.bytes_up)}{ratio}  down {human_bytes(m.bytes_down)}  "
+        f"{acc}  {loss}  up {human_bytes(m.bytes_up)}{up}  down {human_bytes(m.bytes_down)}{down}  "
         f"{m.duration_s:.2f} s{extra}"
     )
+
+
+def down_per_agent(m: RoundMetrics) -> int | None:
+    """The round's downlink per device: bytes down over the (announcement, agent) pairs."""
+    return m.bytes_down // m.addressed if m.addressed else None
+
+
+def ratio_both(m: RoundMetrics) -> float | None:
+    """The round's compression both ways: raw float32 up and down over the payload bytes."""
+    sent = m.bytes_up + m.bytes_down
+    return (m.raw_bytes_up + m.raw_bytes_down) / sent if m.raw_bytes_down and sent else None
+
+
+def byte_totals(history: Sequence[RoundMetrics]) -> dict[str, Any]:
+    """A run's payload bytes each way, their ratios to raw float32 (each way and both
+    ways), and the mean downlink per device per round (docs/PROTOCOL.md §15.6)."""
+    up, down = sum(m.bytes_up for m in history), sum(m.bytes_down for m in history)
+    raw_up = sum(m.raw_bytes_up for m in history)
+    raw_down = sum(m.raw_bytes_down or 0 for m in history)
+    addressed = sum(m.addressed or 0 for m in history)
+    counted = raw_down > 0  # runs recorded before downlink counts have none
+
+    def ratio(raw: int, sent: int) -> float | None:
+        return round(raw / sent, 3) if raw and sent else None
+
+    return {
+        "bytes_up": up,
+        "bytes_down": down,
+        "raw_bytes_up": raw_up,
+        "raw_bytes_down": raw_down if counted else None,
+        "compression_ratio_up": ratio(raw_up, up),
+        "compression_ratio_down": ratio(raw_down, down) if counted else None,
+        "compression_ratio_both": ratio(raw_up + raw_down, up + down) if counted else None,
+        "bytes_down_per_agent_round": round(down / addressed) if addressed else None,
+    }
 
 
 @dataclass
@@ -115,8 +153,6 @@ class RunRecorder:
         h = core.history
         last_acc = next((m.accuracy for m in reversed(h) if m.accuracy is not None), None)
         start = self.first_round_at if self.first_round_at is not None else self.started
-        raw_up = sum(m.raw_bytes_up for m in h)
-        up = sum(m.bytes_up for m in h)
         rejected = core.rejected_total
         return {
             "phase": core.phase.value,
@@ -124,10 +160,7 @@ class RunRecorder:
             "final_accuracy": last_acc,
             "rounds_completed": len(h),
             "wall_s": round(time.monotonic() - start, 3),
-            "bytes_up": up,
-            "bytes_down": sum(m.bytes_down for m in h),
-            "raw_bytes_up": raw_up,
-            "compression_ratio_up": round(raw_up / up, 3) if up else None,
+            **byte_totals(h),
             "updates_accepted": sum(m.accepted for m in h),
             "updates_declined": sum(m.declined for m in h),
             "updates_rejected": sum(rejected.values()),
@@ -136,6 +169,12 @@ class RunRecorder:
             "seconds_per_round": [round(m.duration_s, 4) for m in h],
             **extra,
         }
+
+
+def write_summary(path: Path, summary: dict[str, Any]) -> None:
+    """Write a run's summary as JSON, atomically, creating its directory: a run stopped
+    before its first round has written nothing else there yet."""
+    atomic_write(path, (json.dumps(summary, indent=2) + "\n").encode())
 
 
 def _metrics_dict(m: RoundMetrics) -> dict[str, Any]:

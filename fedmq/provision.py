@@ -21,14 +21,22 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import pwd
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 
+from coordinator.config import DEFAULT_MAX_UPDATE_BYTES
 from fedmq.bundle import PUBLIC_KEY_SUFFIX, Value
-from protocol import check_id
-from protocol.signing import SigningKey
+from fedmq.round_flags import byte_size
+from fedmq.tasks import get_task
+from protocol import ModelAnnouncement, check_id, encode_model
+from protocol.chunks import MIN_MAX_PAYLOAD
+from protocol.fields import MAX_ROLL_CALL
+from protocol.keys import SigningKey
+from protocol.signing import ENVELOPE_OVERHEAD
+from transport.connection import packet_bound
 
 DEPLOY_DIR = Path(__file__).resolve().parent.parent / "deploy"
 BROKER_TEMPLATE = DEPLOY_DIR / "mosquitto-secure.conf"
@@ -39,6 +47,10 @@ COORDINATOR_USER = "coordinator"
 MONITOR_USER = "monitor"
 #: always in the broker certificate, so a broker on this machine verifies as either
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1")
+#: an id in a msgpack list (at most 64 characters and its header)
+ID_BYTES = 66
+#: slack on top of the model, and the unit the cap is rounded up to
+HEADROOM = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +69,8 @@ class Deployment:
     #: where the broker/ files will live on the broker machine (default: DIR/broker here)
     broker_dir: Path | None = None
     task: str | None = None
+    #: the broker's payload cap (0: none): models and updates above it travel in chunks
+    max_payload: int = 0
 
     def __post_init__(self) -> None:
         check_id(self.job, "job")
@@ -73,6 +87,32 @@ class Deployment:
             raise ValueError("need at least one --host and ports in 1..65535")
         if self.ws_port == self.port:
             raise ValueError("the TLS port and the WebSockets port must differ")
+        if self.max_payload and self.max_payload < MIN_MAX_PAYLOAD:
+            raise ValueError(f"--max-payload must be at least {MIN_MAX_PAYLOAD} bytes")
+
+    @property
+    def run_as(self) -> str:
+        """The account Mosquitto runs as: whoever owns its files."""
+        return "mosquitto" if self.broker_dir else pwd.getpwuid(os.geteuid()).pw_name
+
+    def largest_payload(self) -> int:
+        """The largest message the job's clients publish, in bytes: one chunk under a
+        payload cap; else the task's model announcement as float32, signed, naming every
+        agent in its cohort and a full roll call; else the coordinator's default update
+        limit. Sizing the model builds it, so ``task`` needs torch here."""
+        if self.max_payload:
+            return self.max_payload
+        if self.task is None:
+            return DEFAULT_MAX_UPDATE_BYTES
+        from fedmq.launch import initial_weights
+
+        task = get_task(self.task)
+        model = ModelAnnouncement(
+            job=self.job, run="r" * 64, round=1, model_id="m" * 32, task=self.task,
+            plan=task.plan, codec="none", deadline_s=0.0, weights=initial_weights(task, 0))
+        ids = (len(self.agents) + MAX_ROLL_CALL) * ID_BYTES
+        need = len(encode_model(model)) + ENVELOPE_OVERHEAD + ids + HEADROOM
+        return -(-need // HEADROOM) * HEADROOM  # rounded up
 
     @property
     def broker_url(self) -> str:
@@ -100,6 +140,7 @@ def provision(d: Deployment, out: Path, now: dt.datetime | None = None) -> Path:
     server = server_certificate(ca, _unique([*d.hosts, *LOOPBACK_HOSTS]), now)
     coordinator_key = SigningKey.generate()
     passwords = {user: new_password() for user in (COORDINATOR_USER, MONITOR_USER, *d.agents)}
+    largest = d.largest_payload()
 
     _write(out / "ca" / "ca.key", ca.key_pem, secret=True)
     broker = out / "broker"
@@ -111,6 +152,8 @@ def provision(d: Deployment, out: Path, now: dt.datetime | None = None) -> Path:
         "JOB": d.job,
         "COORDINATOR": COORDINATOR_USER,
         "MONITOR": MONITOR_USER,
+        "RUN_AS": d.run_as,
+        "MAX_PACKET_SIZE": str(packet_bound(largest)),
     }
     _write(broker / "mosquitto.conf", _render(BROKER_TEMPLATE, substitutions))
     _write(broker / "acl", _render_acl(substitutions, d.agents))
@@ -123,10 +166,14 @@ def provision(d: Deployment, out: Path, now: dt.datetime | None = None) -> Path:
     common: dict[str, Value] = {"broker": d.broker_url, "job": d.job}
     if d.task is not None:
         common["task"] = d.task
+    # the coordinator refuses what the broker would refuse anyway (or chunks for its cap)
+    limit: dict[str, Value] = (
+        {"max_payload": d.max_payload} if d.max_payload else {"max_update_bytes": largest}
+    )
     coordinator = out / "coordinator"
     _write_node(coordinator, "coordinator.toml", passwords[COORDINATOR_USER], ca.cert_pem, {
         **common, "username": COORDINATOR_USER, "signing_key": "signing.key",
-        "agent_keys": "agents",
+        "agent_keys": "agents", **limit,
     })
     _write(coordinator / "signing.key", coordinator_key.to_pem(), secret=True)
     for index, agent in enumerate(d.agents):
@@ -223,7 +270,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--broker-dir", type=Path,
                    help="where the broker/ files will be installed on the broker machine "
                         "(default: OUT/broker, to run the broker right here)")
-    p.add_argument("--task", help="stored in the bundles (else give --task when starting)")
+    p.add_argument("--task", help="stored in the bundles (else give --task when starting); "
+                                  "sizes the broker's payload cap to its model")
+    p.add_argument("--max-payload", type=byte_size, default=0,
+                   help="cap broker payloads at this many bytes (e.g. 128k): models and "
+                        "updates travel in chunks (default: what --task's model needs)")
     p.set_defaults(func=cmd_provision)
 
 
@@ -239,10 +290,17 @@ def cmd_provision(args: argparse.Namespace) -> int:
         bind=args.bind,
         broker_dir=args.broker_dir,
         task=args.task,
+        max_payload=args.max_payload,
     )
     out = provision(deployment, args.out)
     print(f"provisioned job {deployment.job}: {len(deployment.agents)} agents in {out}")
-    print(f"  broker       mosquitto -c {out / 'broker' / 'mosquitto.conf'}")
+    if deployment.broker_dir is None:
+        # its config names the account that owns the files, so this works as root too
+        print(f"  broker       mosquitto -c {out / 'broker' / 'mosquitto.conf'}")
+    else:
+        print(f"  broker       install {out / 'broker'}/* into {deployment.broker_dir}, owned by "
+              f"mosquitto (docs/SECURITY.md, step 2), then as root: "
+              f"mosquitto -c {deployment.broker_dir / 'mosquitto.conf'}")
     print(f"  coordinator  fedmq coordinator --bundle {out / 'coordinator'}")
     print(f"  agent        fedmq agent --bundle {out / 'agents' / deployment.agents[0]}")
     print(f"  keep offline {out / 'ca' / 'ca.key'}   (see docs/SECURITY.md)")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fedmq.progress import human_bytes
+from fedmq.progress import byte_totals, down_per_agent, human_bytes, ratio_both
 from protocol import SCHEMA_VERSION, RejectReason, RoundMetrics, WireError, decode_metrics
 
 if TYPE_CHECKING:
@@ -164,8 +164,11 @@ def _bytes_figure(rounds: list[RoundMetrics]) -> Figure:
     ax.bar([x - width / 2 for x in xs], [m.bytes_up / 1e6 for m in rounds], width,
            label="up (updates)")
     ax.bar([x + width / 2 for x in xs], [m.bytes_down / 1e6 for m in rounds], width,
-           label="down (model x agents)")
+           label="down (models, deltas)")
     ax.plot(xs, [m.raw_bytes_up / 1e6 for m in rounds], "k:", label="up, uncompressed float32")
+    if any(m.raw_bytes_down for m in rounds):
+        ax.plot(xs, [(m.raw_bytes_down or 0) / 1e6 for m in rounds], "k--",
+                label="down, uncompressed float32")
     ax.set_title("payload bytes per round")
     ax.set_ylabel("MB")
     ax.grid(axis="y", alpha=0.3)
@@ -232,6 +235,13 @@ def markdown(record: RunRecord) -> str:
         ("payload", f"up {human_bytes(up)} (uncompressed {human_bytes(raw_up)}), "
                     f"down {human_bytes(sum(m.bytes_down for m in rounds))}"),
     ]
+    totals = byte_totals(rounds)
+    if totals["compression_ratio_both"] is not None:
+        rows.append(("compression", f"up {totals['compression_ratio_up']:.1f}x, down "
+                     f"{totals['compression_ratio_down']:.1f}x, both ways "
+                     f"{totals['compression_ratio_both']:.1f}x; "
+                     f"{human_bytes(totals['bytes_down_per_agent_round'])} down per agent "
+                     f"per round"))
     if rejected:
         rows.append(("rejected by reason",
                      ", ".join(f"{r} {n}" for r, n in sorted(rejected.items()))))
@@ -243,14 +253,17 @@ def markdown(record: RunRecord) -> str:
             "![payload bytes per round](bytes.png)", "",
             "![replies per round](participation.png)", "", "## Rounds", "",
             "| round | closed by | accepted | declined | rejected | accuracy | loss | up | down "
-            "| seconds |",
-            "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+            "| down/agent | both ways | seconds |",
+            "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for m in rounds:
         acc = f"{m.accuracy:.4f}" if m.accuracy is not None else "-"
         loss = f"{m.loss:.4f}" if m.loss is not None else "-"
+        per_agent, both = down_per_agent(m), ratio_both(m)
         out.append(
             f"| {m.round} | {m.closed_by.value} | {m.accepted} | {m.declined} | "
             f"{sum(m.rejected.values())} | {acc} | {loss} | {human_bytes(m.bytes_up)} | "
-            f"{human_bytes(m.bytes_down)} | {m.duration_s:.2f} |"
+            f"{human_bytes(m.bytes_down)} | "
+            f"{human_bytes(per_agent) if per_agent is not None else '-'} | "
+            f"{f'{both:.1f}x' if both is not None else '-'} | {m.duration_s:.2f} |"
         )
     return "\n".join(out) + "\n"

@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable
 
 from coordinator import Action, RoundConfig, parse_aggregator
-from coordinator.config import SAMPLE_POLICIES, SecAggPolicy
+from coordinator.config import DEFAULT_MAX_UPDATE_BYTES, SAMPLE_POLICIES, SecAggPolicy
 from coordinator.optimisers import SERVER_OPT_HELP, parse_server_opt
 from coordinator.staleness import BufferConfig
 from coordinator.strategy import AGGREGATOR_HELP
@@ -29,6 +29,11 @@ def _codec(value: str) -> str:
         return check_codec(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _downlink_delta(value: str) -> str:
+    """A codec spec, or ``off`` (kept, so the demo can tell it from no flag at all)."""
+    return value if value == "off" else _codec(value)
 
 
 def _mu(value: str) -> float:
@@ -52,7 +57,7 @@ def _aggregator(value: str) -> str:
 _UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "m": 1024**2, "mb": 1024**2, "g": 1024**3}
 
 
-def _size(value: str) -> int:
+def byte_size(value: str) -> int:
     """Bytes from ``131072``, ``128k`` or ``1m`` (binary units, as brokers count)."""
     number = value.strip().lower().rstrip("ib")
     digits = number.rstrip("kmg")
@@ -90,6 +95,12 @@ def add_round_flags(p: argparse.ArgumentParser, rounds: int, deadline: float) ->
     g.add_argument(
         "--downlink", default="fp32", choices=DOWNLINKS, help="the global model's wire dtype"
     )
+    g.add_argument(
+        "--downlink-delta", type=_downlink_delta, metavar="SPEC",
+        help="send each new global model as a delta from the last with this codec, e.g. "
+             "qsgd:2+zstd:9; the whole model stays retained for newcomers (docs/CODECS.md, "
+             "docs/PROTOCOL.md section 15; 'off' or by default: the whole model every round)",
+    )
     g.add_argument("--aggregator", default="fedavg", type=_aggregator, help=AGGREGATOR_HELP)
     g.add_argument("--clip-norm", type=float, metavar="C",
                    help="scale each update's delta down to L2 norm C before aggregating "
@@ -105,9 +116,15 @@ def add_round_flags(p: argparse.ArgumentParser, rounds: int, deadline: float) ->
                    help="comma-separated tensors kept on each device, never sent (FedPer), "
                         "e.g. 4.weight,4.bias; '' for none (default: the task's)")
     g.add_argument("--no-eval", action="store_true", help="skip server-side evaluation")
-    g.add_argument("--max-update-bytes", type=_size, default=64 * 1024 * 1024,
+    g.add_argument("--max-update-bytes", type=byte_size, default=DEFAULT_MAX_UPDATE_BYTES,
                    help="reject larger updates (e.g. 64m)")
-    g.add_argument("--max-payload", type=_size, default=0,
+    g.add_argument("--max-inbox-bytes", type=byte_size, default=256 * 1024 * 1024,
+                   help="drop (and count) messages beyond this many bytes waiting to be "
+                        "validated (e.g. 256m)")
+    g.add_argument("--max-samples", type=int, default=1_000_000,
+                   help="reject updates that claim more local samples: their FedAvg weight "
+                        "would swamp the rest (docs/SECURITY.md)")
+    g.add_argument("--max-payload", type=byte_size, default=0,
                    help="the broker's payload cap, e.g. 128k for AWS IoT Core: larger "
                         "models and updates travel as chunks (default: no cap)")
     _add_strategy(p)
@@ -228,6 +245,7 @@ def round_config(args: argparse.Namespace, job: str, min_agents: int | None = No
         plan=plan,
         codec=args.codec,
         downlink=args.downlink,
+        downlink_delta=None if args.downlink_delta in (None, "off") else args.downlink_delta,
         aggregator=args.aggregator,
         clip_norm=args.clip_norm,
         quorum=args.quorum,
@@ -251,6 +269,8 @@ def round_config(args: argparse.Namespace, job: str, min_agents: int | None = No
         dp_seed=args.dp_seed,
         evaluate=not args.no_eval,
         max_update_bytes=args.max_update_bytes,
+        max_samples=args.max_samples,
+        max_inbox_bytes=args.max_inbox_bytes,
         max_payload=args.max_payload,
         secagg=_secagg_policy(args),
     )

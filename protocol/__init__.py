@@ -9,6 +9,7 @@ from protocol.messages import (
     SCHEMA_VERSION,
     ClosedBy,
     ModelAnnouncement,
+    ModelDelta,
     Phase,
     Presence,
     RoundMetrics,
@@ -27,14 +28,30 @@ from protocol.reports import (
     encode_status,
 )
 from protocol.tensors import Weights, decode_weights, encode_weights, weights_digest
-from protocol.topics import TopicKind, TopicRef, Topics, check_id, parse_topic
-from protocol.wire import decode_model, decode_update, encode_model, encode_update
+from protocol.topics import (
+    TopicKind,
+    TopicRef,
+    Topics,
+    agent_topic_level,
+    check_agent_level,
+    check_id,
+    parse_topic,
+)
+from protocol.wire import (
+    decode_model,
+    decode_model_delta,
+    decode_update,
+    encode_model,
+    encode_model_delta,
+    encode_update,
+)
 
 __all__ = [
     "CODECS",
     "SCHEMA_VERSION",
     "ClosedBy",
     "ModelAnnouncement",
+    "ModelDelta",
     "Phase",
     "Presence",
     "Publish",
@@ -54,6 +71,7 @@ __all__ = [
     "decode_delta",
     "decode_metrics",
     "decode_model",
+    "decode_model_delta",
     "decode_presence",
     "decode_status",
     "decode_update",
@@ -61,10 +79,13 @@ __all__ = [
     "encode_delta",
     "encode_metrics",
     "encode_model",
+    "encode_model_delta",
     "encode_presence",
     "encode_status",
     "encode_update",
     "encode_weights",
+    "agent_topic_level",
+    "check_agent_level",
     "parse_topic",
     "raw_size",
     "weights_digest",

@@ -32,7 +32,8 @@ FRAME_OVERHEAD = 160
 #: the smallest cap fedmq will chunk for; below it the overhead dominates
 MIN_MAX_PAYLOAD = 1024
 MAX_CHUNKS = 65_536
-#: completed sets remembered so that late duplicates of their chunks are ignored
+#: completed sets remembered so that late duplicates of their chunks are ignored, and
+#: rejected sets so that their late chunks are refused (and counted), not buffered anew
 REMEMBER_COMPLETED = 256
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 
@@ -175,6 +176,7 @@ class Reassembler:
         self.max_payload_size = max_payload_size
         self._sets: OrderedDict[tuple[str, str], _Set] = OrderedDict()
         self._completed: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._rejected: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._buffered = 0
         self.evicted = 0
         self.expired = 0
@@ -199,6 +201,8 @@ class Reassembler:
         key = (source, parsed.digest)
         if key in self._completed:
             return None  # a late duplicate of a payload already delivered
+        if key in self._rejected:
+            raise WireError(RejectReason.MALFORMED, "a chunk of a set already rejected")
         entry = self._sets.get(key)
         if entry is None:
             entry = self._sets[key] = _Set(parsed.count, parsed.size, now)
@@ -207,7 +211,7 @@ class Reassembler:
         if parsed.index in entry.parts:
             return None  # a duplicate (QoS 1 redelivery, or a re-published retained chunk)
         if entry.buffered + len(parsed.data) > entry.size:
-            self._drop(key)
+            self._reject(key)
             raise WireError(RejectReason.MALFORMED, "chunks exceed their declared size")
         entry.parts[parsed.index] = parsed.data
         entry.buffered += len(parsed.data)
@@ -218,10 +222,9 @@ class Reassembler:
         self._drop(key)
         payload = b"".join(entry.parts[i] for i in range(entry.count))
         if len(payload) != entry.size or _digest(payload) != parsed.digest:
+            self._reject(key)
             raise WireError(RejectReason.MALFORMED, "reassembled bytes do not match the digest")
-        self._completed[key] = None
-        if len(self._completed) > REMEMBER_COMPLETED:
-            self._completed.popitem(last=False)
+        _remember(self._completed, key)
         return payload
 
     def expire(self, now: float) -> None:
@@ -241,7 +244,17 @@ class Reassembler:
             self._drop(keep)
             self.evicted += 1
 
+    def _reject(self, key: tuple[str, str]) -> None:
+        self._drop(key)
+        _remember(self._rejected, key)
+
     def _drop(self, key: tuple[str, str]) -> None:
         entry = self._sets.pop(key, None)
         if entry is not None:
             self._buffered -= entry.buffered
+
+
+def _remember(keys: OrderedDict[tuple[str, str], None], key: tuple[str, str]) -> None:
+    keys[key] = None
+    if len(keys) > REMEMBER_COMPLETED:
+        keys.popitem(last=False)

@@ -61,6 +61,9 @@ class RejectReason(str, enum.Enum):
     BAD_SHARE = "bad_share"
     #: a partial aggregate whose exact-sum state is out of range or not canonical
     BAD_STATE = "bad_state"
+    #: a model delta that, applied to its base, does not give its ``model_id`` (or a whole
+    #: model whose weights do not hash to its ``model_id``): never trained on
+    DIGEST_MISMATCH = "digest_mismatch"
 
 
 class WireError(Exception):

@@ -28,6 +28,8 @@ DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 MAX_JSON_BYTES = 64 * 1024
 MAX_MAP_ITEMS = 64
 MAX_COHORT = 100_000
+#: agents one announcement's roll call may name
+MAX_ROLL_CALL = 256
 MAX_TENSORS = 4096
 
 

@@ -85,11 +85,56 @@ class ModelAnnouncement:
     issued_at: float = 0.0
     #: the broker's payload cap: agents send updates above it as chunks (0: no cap)
     max_payload: int = 0
+    #: agents the coordinator refused as never announced: each named one announces itself
+    #: again (docs/PROTOCOL.md, "Membership")
+    roll_call: tuple[str, ...] = ()
     #: buffered mode: updates trained from a version this many behind ``round`` are still
     #: taken, so an agent finishes and sends work on an older version (0: synchronous)
     max_staleness: int = 0
+    #: the codec of the deltas this run sends on ``.../delta`` (docs/PROTOCOL.md §15):
+    #: set, an agent holding this model may stop fetching whole ones; None: no deltas
+    delta_codec: str | None = None
+
     #: this round is securely aggregated (docs/PROTOCOL.md §14); None: a plain round
     secagg: SecAggConfig | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelDelta:
+    """One version of the broadcast model, as a change from the version before it
+    (retained on ``.../delta``; docs/PROTOCOL.md §15).
+
+    The header is a model announcement's; instead of weights it names the version it
+    applies to (``base_id``) and carries that change as update-codec entries. Applied to
+    the base with :func:`protocol.broadcast.apply_delta`, the result must hash to
+    ``model_id``. Without a ``base_id`` it is a notice: this version travels whole only.
+    """
+
+    job: str
+    run: str
+    round: int
+    model_id: str
+    task: str
+    plan: TrainPlan
+    codec: str
+    deadline_s: float
+    #: the model_id this delta applies to; None: a notice, with no tensors
+    base_id: str | None
+    #: the codec the entries are written with; None: the run sends no deltas at all
+    delta_codec: str | None
+    #: the broadcast model's dtype: ``<f4``, or ``<f2`` (every weight a float16 value)
+    dtype: str
+    tensors: tuple[Mapping[str, Any], ...] = ()
+    attempt: int = 0
+    cohort: tuple[str, ...] | None = None
+    done: bool = False
+    issued_at: float = 0.0
+    max_payload: int = 0
+    max_staleness: int = 0
+    #: a SecAgg round's configuration, as in the announcement
+    secagg: SecAggConfig | None = None
+    #: as in the announcement (docs/PROTOCOL.md §16.2)
+    roll_call: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +171,8 @@ class Presence:
     at: float = 0.0
     #: which implementation the agent is: ``"python"`` (edge_agent) or ``"browser"`` (web/)
     kind: str | None = None
+    #: the agent takes delta-coded models (docs/PROTOCOL.md §15): it follows ``.../delta``
+    deltas: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +219,11 @@ class RoundMetrics:
     at: float = 0.0
     #: DP-FedAvg: the run's privacy loss epsilon after this round, at the job's delta
     epsilon: float | None = None
+    #: the float32 baseline of ``bytes_down``: 4 x parameters per (announcement, agent)
+    raw_bytes_down: int | None = None
+    #: the (announcement, agent) pairs ``bytes_down`` counts: bytes_down / addressed is the
+    #: downlink per device (docs/PROTOCOL.md §15.6)
+    addressed: int | None = None
     #: SecAgg rounds: who dropped out in which phase (``keys``, ``shares``, ``masked``,
     #: ``unmask``), each list sorted (docs/PROTOCOL.md §14.8)
     secagg: Mapping[str, tuple[str, ...]] | None = None

@@ -26,6 +26,8 @@ def encode_presence(p: Presence) -> bytes:
     for key in ("samples", "device", "trainer", "kind"):
         if getattr(p, key) is not None:
             doc[key] = getattr(p, key)
+    if p.deltas:  # written only when true: other agents' presence is unchanged
+        doc["deltas"] = True
     return json_dump(doc)
 
 
@@ -48,6 +50,7 @@ def decode_presence(payload: bytes) -> Presence:
         trainer=f.text("trainer", 64) if f.present("trainer") else None,
         at=f.number("at", 0.0) if f.present("at") else 0.0,
         kind=f.text("kind", 64) if f.present("kind") else None,
+        deltas=f.flag("deltas") if f.present("deltas") else False,
     )
 
 
@@ -112,6 +115,7 @@ def decode_status(payload: bytes) -> Status:
 # --- metrics ------------------------------------------------------------------
 
 _OPTIONAL_METRICS = ("accuracy", "loss", "train_loss", "train_accuracy")
+_DOWNLINK_COUNTS = ("raw_bytes_down", "addressed")
 
 
 def encode_metrics(m: RoundMetrics) -> bytes:
@@ -136,6 +140,9 @@ def encode_metrics(m: RoundMetrics) -> bytes:
         doc[key] = getattr(m, key)
     if m.epsilon is not None:  # only DP runs have one; other documents stay as they were
         doc["epsilon"] = m.epsilon
+    for key in _DOWNLINK_COUNTS:  # docs/PROTOCOL.md §15.6; written when counted
+        if getattr(m, key) is not None:
+            doc[key] = getattr(m, key)
     if m.secagg is not None:  # likewise only SecAgg runs
         doc["secagg"] = {phase: list(agents) for phase, agents in m.secagg.items()}
     return json_dump(doc)
@@ -169,9 +176,15 @@ def decode_metrics(payload: bytes) -> RoundMetrics:
         raw_bytes_up=f.integer("raw_bytes_up"),
         at=f.number("at", 0.0),
         epsilon=f.number("epsilon", 0.0) if f.present("epsilon") else None,
+        raw_bytes_down=_count(f, "raw_bytes_down"),
+        addressed=_count(f, "addressed"),
         secagg=_dropouts(f) if f.present("secagg") else None,
         **optional,
     )
+
+
+def _count(f: Fields, key: str) -> int | None:
+    return f.integer(key) if f.present(key) else None
 
 
 _SECAGG_PHASES = ("keys", "shares", "masked", "unmask")

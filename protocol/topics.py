@@ -25,6 +25,9 @@ class TopicKind(str, enum.Enum):
 
     #: the current round's global model (retained, coordinator)
     MODEL = "model"
+    #: the current version of the broadcast model as a delta from the previous one, or a
+    #: notice that it travels whole only (retained, coordinator; docs/PROTOCOL.md §15)
+    DELTA = "delta"
     #: one agent's update (agent)
     UPDATE = "update"
     #: the coordinator's live state (retained, coordinator)
@@ -41,6 +44,8 @@ class TopicKind(str, enum.Enum):
 
 
 _PER_AGENT = {TopicKind.UPDATE, TopicKind.AGENTS, TopicKind.PARTIAL}
+#: kinds whose payloads may be retained as ``{kind}/chunk/{i}``
+_CHUNKED = {TopicKind.MODEL, TopicKind.DELTA}
 
 
 def check_id(value: str, what: str = "id") -> str:
@@ -63,7 +68,8 @@ class TopicRef:
     job: str
     kind: TopicKind
     agent: str | None = None
-    #: for ``model/chunk/{i}``: the chunk's index (docs/PROTOCOL.md, "Chunked transfer")
+    #: for ``model/chunk/{i}`` and ``delta/chunk/{i}``: the chunk's index (docs/PROTOCOL.md,
+    #: "Chunked transfer")
     chunk: int | None = None
     #: for ``secagg``: ``"up"`` (agent to coordinator) or ``"down"`` (coordinator to agents)
     direction: str | None = None
@@ -90,8 +96,27 @@ class Topics:
 
     @property
     def agent_subscriptions(self) -> list[tuple[str, int]]:
-        """What an agent subscribes to (QoS 1): the model, whole or in chunks."""
+        """What an agent that takes no deltas subscribes to (QoS 1): the model, whole or
+        in chunks."""
         return [(self.model, 1), (self.all_model_chunks, 1)]
+
+    @property
+    def delta(self) -> str:
+        return f"{self.base}/delta"
+
+    def delta_chunk(self, index: int) -> str:
+        """Where chunk ``index`` of a chunked delta is retained."""
+        return f"{self.base}/delta/chunk/{index}"
+
+    @property
+    def model_family(self) -> tuple[str, ...]:
+        """The topic filters that carry the whole model (an agent's fallback)."""
+        return (self.model, self.all_model_chunks)
+
+    @property
+    def delta_family(self) -> tuple[str, ...]:
+        """The topic filters that carry deltas and version notices."""
+        return (self.delta, f"{self.base}/delta/chunk/+")
 
     @property
     def status(self) -> str:
@@ -168,7 +193,7 @@ def parse_topic(topic: str) -> TopicRef:
             raise WireError(RejectReason.MALFORMED, str(exc)) from None
     if kind is TopicKind.SECAGG:
         return _secagg_topic(job, rest, topic)
-    if kind is TopicKind.MODEL and len(rest) == 2 and rest[0] == "chunk":
+    if kind in _CHUNKED and len(rest) == 2 and rest[0] == "chunk":
         if _CHUNK_INDEX.fullmatch(rest[1]) is None:
             raise WireError(RejectReason.MALFORMED, f"bad chunk index in {topic!r}")
         return TopicRef(job, kind, chunk=int(rest[1]))
@@ -188,3 +213,39 @@ def _secagg_topic(job: str, rest: list[str], topic: str) -> TopicRef:
     except ValueError as exc:
         raise WireError(RejectReason.MALFORMED, str(exc)) from None
     return TopicRef(job, TopicKind.SECAGG, who, direction=direction)
+
+
+def agent_topic_level(topic: str, job: str) -> tuple[TopicKind, str]:
+    """The kind (``update``, ``agents``, ``secagg`` or ``partial``) of one of ``job``'s topics
+    an agent or aggregator publishes on, and its last level as it stands: what the
+    subscriptions ``update/+``, ``agents/+``, ``secagg/up/+`` and ``partial/+`` deliver.
+    The level is not checked here: whoever validates the message checks it
+    (:func:`check_agent_level`), so a bad id is refused and counted like a bad payload.
+
+    Raises:
+        WireError: MALFORMED for a topic of another shape, prefix or job.
+    """
+    parts = topic.split("/")
+    shape = tuple(parts[3:-1])
+    if parts[:3] != [*PREFIX.split("/"), job] or shape not in _AGENT_SHAPES:
+        raise WireError(RejectReason.MALFORMED, f"not an agent topic of job {job}: {topic[:200]!r}")
+    return _AGENT_SHAPES[shape], parts[-1]
+
+
+#: the levels between the job and the agent of the topics agents publish on
+_AGENT_SHAPES = {
+    ("update",): TopicKind.UPDATE, ("agents",): TopicKind.AGENTS,
+    ("secagg", "up"): TopicKind.SECAGG, ("partial",): TopicKind.PARTIAL,
+}
+
+
+def check_agent_level(level: str) -> str:
+    """``level``, the agent named by a per-agent topic, if it is a valid agent id.
+
+    Raises:
+        WireError: MALFORMED for anything else (``update/bad id``, ``agents/-x``).
+    """
+    try:
+        return check_id(level, "agent")
+    except ValueError as exc:
+        raise WireError(RejectReason.MALFORMED, f"topic level: {exc}") from None

@@ -1,4 +1,5 @@
-"""Bytes <-> the messages that carry tensors: model announcements and updates (msgpack).
+"""Bytes <-> the messages that carry tensors: model announcements, model deltas and updates
+(msgpack).
 
 Every ``decode_*`` function validates version, types, ranges and finiteness and
 raises :class:`~protocol.errors.WireError` for bad input; any other exception
@@ -15,66 +16,142 @@ from protocol.errors import RejectReason, WireError
 from protocol.fields import (
     DEFAULT_MAX_BYTES,
     MAX_COHORT,
+    MAX_ROLL_CALL,
     MAX_TENSORS,
     Fields,
     header,
     pack,
     unpack,
 )
-from protocol.messages import SCHEMA_VERSION, ModelAnnouncement, TrainPlan, Update
+from protocol.messages import SCHEMA_VERSION, ModelAnnouncement, ModelDelta, TrainPlan, Update
 from protocol.tensors import decode_weights, encode_weights
 
 if TYPE_CHECKING:
     from protocol.secagg.messages import SecAggConfig
 
-__all__ = ["DEFAULT_MAX_BYTES", "SECAGG_CODEC", "decode_model", "decode_update", "encode_model",
-           "encode_update"]
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "SECAGG_CODEC",
+    "decode_model",
+    "decode_model_delta",
+    "decode_update",
+    "encode_model",
+    "encode_model_delta",
+    "encode_update",
+]
 
 #: the codec a SecAgg round announces: an agent that does not know SecAgg declines it
 SECAGG_CODEC = "secagg"
 
 
-# --- model ------------------------------------------------------------------
+# --- model ---------------------------------------------------------------------
+
+
+def _round_header(m: ModelAnnouncement | ModelDelta) -> dict[str, Any]:
+    """The fields a model announcement and a model delta share, in wire order."""
+    return {
+        "job": m.job,
+        "run": m.run,
+        "round": m.round,
+        "attempt": m.attempt,
+        "model_id": m.model_id,
+        "task": m.task,
+        "plan": {
+            "epochs": m.plan.epochs,
+            "batch_size": m.plan.batch_size,
+            "lr": m.plan.lr,
+            "seed": m.plan.seed,
+            "options": dict(m.plan.options),
+        },
+        "codec": m.codec,
+        "deadline_s": m.deadline_s,
+        "cohort": list(m.cohort) if m.cohort is not None else None,
+        "done": m.done,
+        "issued_at": m.issued_at,
+        "max_payload": m.max_payload,
+    }
 
 
 def encode_model(m: ModelAnnouncement) -> bytes:
-    doc = _model_doc(m)
-    if m.secagg is not None:  # written only then: plain announcements stay byte for byte
-        from protocol.secagg.wire import encode_config
-
-        doc["secagg"] = encode_config(m.secagg)
-    return pack(doc)
-
-
-def _model_doc(m: ModelAnnouncement) -> dict[str, Any]:
-    return (
+    delta = {} if m.delta_codec is None else {"delta_codec": m.delta_codec}
+    return pack(
         {
             "v": SCHEMA_VERSION,
             "type": "model",
-            "job": m.job,
-            "run": m.run,
-            "round": m.round,
-            "attempt": m.attempt,
-            "model_id": m.model_id,
-            "task": m.task,
-            "plan": {
-                "epochs": m.plan.epochs,
-                "batch_size": m.plan.batch_size,
-                "lr": m.plan.lr,
-                "seed": m.plan.seed,
-                "options": dict(m.plan.options),
-            },
-            "codec": m.codec,
-            "deadline_s": m.deadline_s,
-            "cohort": list(m.cohort) if m.cohort is not None else None,
-            "done": m.done,
-            "issued_at": m.issued_at,
-            "max_payload": m.max_payload,
+            **_round_header(m),
+            **delta,  # written only when set: a run without deltas keeps its exact bytes
             "tensors": encode_weights(m.weights),
-            # only in the buffered mode, so the synchronous wire is byte-for-byte unchanged
-            **({"max_staleness": m.max_staleness} if m.max_staleness else {}),
+            **_round_tail(m),
         }
     )
+
+
+def _round_tail(m: ModelAnnouncement | ModelDelta) -> dict[str, Any]:
+    """The shared header fields written after the tensors, each only when set, so a plain
+    synchronous announcement stays byte for byte: the buffered mode's ``max_staleness``,
+    a SecAgg round's ``secagg``, the agents a roll call names (docs/PROTOCOL.md §16.2)."""
+    tail: dict[str, Any] = {"max_staleness": m.max_staleness} if m.max_staleness else {}
+    if m.roll_call:
+        tail["roll_call"] = list(m.roll_call)
+    if m.secagg is not None:
+        from protocol.secagg.wire import encode_config
+
+        tail["secagg"] = encode_config(m.secagg)
+    return tail
+
+
+def _decode_round_header(f: Fields, kind: str) -> dict[str, Any]:
+    """The shared header fields, checked, as constructor arguments."""
+    p = Fields(f.obj.get("plan"), f"{kind}.plan")
+    plan = TrainPlan(
+        epochs=p.integer("epochs", 0, 10_000),
+        batch_size=p.integer("batch_size", 1, 1 << 20),
+        lr=p.number("lr", 0.0, 1e6),
+        seed=p.integer("seed", 0, 2**32 - 1),
+        options=p.scalars("options"),
+    )
+    cohort = tuple(f.ident_list("cohort", MAX_COHORT)) if f.present("cohort") else None
+    return {
+        "job": f.ident("job"),
+        "run": f.ident("run"),
+        "round": f.integer("round", 1),
+        "attempt": f.integer("attempt", 0, 1_000_000),
+        "model_id": f.text("model_id", 64),
+        "task": f.text("task"),
+        "plan": plan,
+        "codec": f.text("codec"),
+        "deadline_s": f.number("deadline_s", 0.0, 1e7),
+        "cohort": cohort,
+        "done": f.flag("done"),
+        "issued_at": f.number("issued_at", 0.0),
+        "max_payload": _max_payload(f),
+        "max_staleness": (
+            f.integer("max_staleness", 0, 1_000_000) if f.present("max_staleness") else 0
+        ),
+        "secagg": _secagg(f, cohort, kind),
+        "roll_call": (
+            tuple(f.ident_list("roll_call", MAX_ROLL_CALL)) if f.present("roll_call") else ()
+        ),
+    }
+
+
+def _secagg(f: Fields, cohort: tuple[str, ...] | None, kind: str) -> SecAggConfig | None:
+    """The ``secagg`` map: a SecAgg round names its cohort and uses the ``secagg`` codec."""
+    if not f.present("secagg"):
+        return None
+    from protocol.secagg.wire import decode_config
+
+    config = decode_config(f.obj["secagg"])
+    if cohort is None:
+        raise WireError(RejectReason.MALFORMED, f"{kind}: a secagg round must name its cohort")
+    if f.obj.get("codec") != SECAGG_CODEC:
+        detail = f"{kind}: a secagg round uses codec {SECAGG_CODEC!r}"
+        raise WireError(RejectReason.BAD_CODEC, detail)
+    return config
+
+
+def _optional_text(f: Fields, key: str, max_len: int) -> str | None:
+    return f.text(key, max_len) if f.present(key) else None
 
 
 def decode_model(payload: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> ModelAnnouncement:
@@ -85,52 +162,69 @@ def decode_model(payload: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> ModelAnn
     """
     obj = unpack(payload, max_bytes, "model")
     f = header(obj, "model")
-    p = Fields(f.obj.get("plan"), "model.plan")
-    plan = TrainPlan(
-        epochs=p.integer("epochs", 0, 10_000),
-        batch_size=p.integer("batch_size", 1, 1 << 20),
-        lr=p.number("lr", 0.0, 1e6),
-        seed=p.integer("seed", 0, 2**32 - 1),
-        options=p.scalars("options"),
-    )
-    cohort = tuple(f.ident_list("cohort", MAX_COHORT)) if f.present("cohort") else None
+    round_header = _decode_round_header(f, "model")
     tensors = f.obj.get("tensors")
     if isinstance(tensors, list) and len(tensors) > MAX_TENSORS:
         raise WireError(RejectReason.TOO_LARGE, f"model: {len(tensors)} tensors")
-    secagg = _secagg(f, cohort)
     return ModelAnnouncement(
-        job=f.ident("job"),
-        run=f.ident("run"),
-        round=f.integer("round", 1),
-        attempt=f.integer("attempt", 0, 1_000_000),
-        model_id=f.text("model_id", 64),
-        task=f.text("task"),
-        plan=plan,
-        codec=f.text("codec"),
-        deadline_s=f.number("deadline_s", 0.0, 1e7),
-        cohort=cohort,
-        done=f.flag("done"),
-        issued_at=f.number("issued_at", 0.0),
-        max_payload=_max_payload(f),
+        **round_header,
+        delta_codec=_optional_text(f, "delta_codec", 256),
         weights=decode_weights(tensors),
-        max_staleness=f.integer("max_staleness", 0, 1_000_000) if f.present("max_staleness") else 0,
-        secagg=secagg,
     )
 
 
-def _secagg(f: Fields, cohort: tuple[str, ...] | None) -> SecAggConfig | None:
-    """The ``secagg`` map: a SecAgg round names its cohort and uses the ``secagg`` codec."""
-    if not f.present("secagg"):
-        return None
-    from protocol.secagg.wire import decode_config
+# --- model delta (docs/PROTOCOL.md §15) ---------------------------------------------
 
-    config = decode_config(f.obj["secagg"])
-    if cohort is None:
-        raise WireError(RejectReason.MALFORMED, "model: a secagg round must name its cohort")
-    if f.obj.get("codec") != SECAGG_CODEC:
-        detail = f"model: a secagg round uses codec {SECAGG_CODEC!r}"
-        raise WireError(RejectReason.BAD_CODEC, detail)
-    return config
+#: the broadcast model's dtypes: float32, or float16 values widened
+DELTA_DTYPES = ("<f4", "<f2")
+
+
+def encode_model_delta(d: ModelDelta) -> bytes:
+    return pack(
+        {
+            "v": SCHEMA_VERSION,
+            "type": "delta",
+            **_round_header(d),
+            "base_id": d.base_id,
+            "delta_codec": d.delta_codec,
+            "dtype": d.dtype,
+            "tensors": [dict(t) for t in d.tensors],
+            **_round_tail(d),
+        }
+    )
+
+
+def decode_model_delta(payload: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> ModelDelta:
+    """Parse and validate a model delta or notice; the tensors stay codec-encoded (they
+    are checked against the base's shapes when applied).
+
+    Raises:
+        WireError: for anything malformed, of another version, or non-finite.
+    """
+    obj = unpack(payload, max_bytes, "delta")
+    f = header(obj, "delta")
+    round_header = _decode_round_header(f, "delta")
+    base_id = _optional_text(f, "base_id", 64)
+    delta_codec = _optional_text(f, "delta_codec", 256)
+    dtype = f.text("dtype", 8)
+    if dtype not in DELTA_DTYPES:
+        raise WireError(RejectReason.MALFORMED, f"delta.dtype {dtype!r} not in {DELTA_DTYPES}")
+    tensors = obj.get("tensors")
+    if not isinstance(tensors, list) or len(tensors) > MAX_TENSORS:
+        raise WireError(RejectReason.MALFORMED, "delta.tensors: expected a list")
+    if not all(isinstance(t, Mapping) for t in tensors):
+        raise WireError(RejectReason.MALFORMED, "delta.tensors: entries must be maps")
+    if base_id is not None and (delta_codec is None or not tensors):
+        raise WireError(RejectReason.MALFORMED, "delta: a base_id needs a delta_codec and tensors")
+    if base_id is None and tensors:
+        raise WireError(RejectReason.MALFORMED, "delta: a notice (no base_id) has no tensors")
+    return ModelDelta(
+        **round_header,
+        base_id=base_id,
+        delta_codec=delta_codec,
+        dtype=dtype,
+        tensors=tuple(tensors),
+    )
 
 
 def _max_payload(f: Fields) -> int:

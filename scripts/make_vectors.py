@@ -18,11 +18,11 @@ from typing import Any
 
 import msgpack
 import numpy as np
-import zstandard
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from vector_deltas import delta_vectors
 from vector_rejects import reject_cases
 
 from protocol import (
@@ -44,8 +44,10 @@ from protocol import (
     weights_digest,
 )
 from protocol.chunks import encode_manifest, split
+from protocol.codecs.entropy import zstd_backend
 from protocol.compress import decode_delta, downlink_weights
-from protocol.signing import Purpose, SigningKey, seal, signed_bytes
+from protocol.keys import SigningKey
+from protocol.signing import Purpose, seal, signed_bytes
 
 OUT = Path(__file__).resolve().parents[1] / "protocol" / "vectors"
 #: RFC 8032, 7.1, TEST 1: the fixed key of every signed vector
@@ -118,8 +120,17 @@ def update_vector(name: str, u: Update) -> dict[str, Any]:
     return {"name": name, "kind": "update", "message": doc, "hex": encode_update(u).hex()}
 
 
+#: fields docs/PROTOCOL.md §15 added to presence and metrics, written only when set: a
+#: vector lists them only when its payload holds them (an older decoder knows none of them)
+WRITTEN_WHEN_SET = {"deltas": False, "raw_bytes_down": None, "addressed": None}
+
+
 def json_vector(name: str, kind: str, message: Any, payload: bytes) -> dict[str, Any]:
-    doc = {f: getattr(message, f) for f in message.__dataclass_fields__}
+    doc = {
+        f: getattr(message, f)
+        for f in message.__dataclass_fields__
+        if f not in WRITTEN_WHEN_SET or getattr(message, f) != WRITTEN_WHEN_SET[f]
+    }
     if doc.get("secagg", 0) is None:  # only SecAgg rounds' metrics have it (PROTOCOL.md §14.8)
         del doc["secagg"]
     doc = {k: v.value if isinstance(v, ClosedBy | Phase) else v for k, v in doc.items()}
@@ -385,7 +396,7 @@ def codec_vector(spec: str) -> dict[str, Any]:
         doc["seed"] = 7
     if "zstd" in spec:
         frame = entries[0]["zstd"]
-        doc["inner_msgpack"] = zstandard.ZstdDecompressor().decompress(frame).hex()
+        doc["inner_msgpack"] = zstd_backend().decompress(frame).hex()
     return doc
 
 
@@ -411,7 +422,7 @@ def feedback_vector() -> dict[str, Any]:
 
 def codecs() -> dict[str, Any]:
     return {
-        "zstd_library": zstandard.ZSTD_VERSION,
+        "zstd_library": list(zstd_backend().zstd_version_info),
         "cases": [codec_vector(c) for c in CODECS],
         "feedback": feedback_vector(),
     }
@@ -488,6 +499,7 @@ def build() -> dict[str, str]:
         "chunks.json": chunks(),
         "signed.json": signed(),
         "reject.json": {"cases": reject_cases()},
+        "deltas.json": delta_vectors(tensors_doc),
     }
     return {
         name: json.dumps(doc, indent=1, ensure_ascii=False) + "\n" for name, doc in docs.items()

@@ -14,7 +14,6 @@ from typing import Any
 
 import msgpack
 import numpy as np
-import zstandard
 
 from protocol import (
     RejectReason,
@@ -29,15 +28,9 @@ from protocol import (
     parse_topic,
 )
 from protocol.chunks import Reassembler, decode_frame, split
-from protocol.signing import (
-    Purpose,
-    SigningKey,
-    VerifyKey,
-    decode_signed,
-    open_model,
-    open_update,
-    seal,
-)
+from protocol.codecs.entropy import zstd_backend
+from protocol.keys import SigningKey, VerifyKey
+from protocol.signing import Purpose, decode_signed, open_model, open_update, seal
 
 SEED = bytes.fromhex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
 SHAPES = {"w": (2, 2), "b": (2,)}
@@ -347,8 +340,10 @@ def _delta_cases() -> list[tuple[str, str, list[Any], RejectReason]]:
     int8 = encode_delta(DELTA, "int8")
     z = encode_delta(DELTA, "int8+zstd")
     inner = _mp(int8)
-    chk = zstandard.ZstdCompressor(write_checksum=True).compress(inner)
-    nosize = zstandard.ZstdCompressor(write_content_size=False).compress(inner)
+    zstd = zstd_backend()
+    flush, flag = zstd.ZstdCompressor.FLUSH_FRAME, zstd.CompressionParameter
+    chk = zstd.ZstdCompressor(options={flag.checksum_flag: 1}).compress(inner, flush)
+    nosize = zstd.ZstdCompressor(options={flag.content_size_flag: 0}).compress(inner, flush)
     return [
         ("delta-unknown-codec", "gzip", none, R.BAD_CODEC),
         ("delta-codec-spaces", "int8 ", int8, R.BAD_CODEC),

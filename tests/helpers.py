@@ -48,16 +48,21 @@ from edge_agent.agent import (
     AgentCore,
     AgentEvent,
     Connected,
+    KeepModel,
     ModelRejected,
     RoundKey,
     RunFinished,
     SaveResidual,
     ShutdownRequested,
+    Subscribe,
     Train,
     TrainingDone,
     TrainingFailed,
+    Unsubscribe,
     UpdateSent,
 )
+from edge_agent.downlink import HeldModel
+from edge_agent.feedback import ErrorFeedback
 from edge_agent.trainer import TrainResult
 from protocol import (
     ModelAnnouncement,
@@ -228,6 +233,19 @@ class FleetStats:
     lost: int = 0
     delivered: int = 0
     trained: list[tuple[str, RoundKey]] = field(default_factory=list)
+    #: payload bytes each agent received on the model and delta topics
+    received: dict[str, int] = field(default_factory=dict)
+
+
+def topic_matches(pattern: str, topic: str) -> bool:
+    """MQTT topic filter matching: ``+`` one level, ``#`` the rest."""
+    want, got = pattern.split("/"), topic.split("/")
+    for i, level in enumerate(want):
+        if level == "#":
+            return True
+        if i >= len(got) or (level != "+" and level != got[i]):
+            return False
+    return len(want) == len(got)
 
 
 class Fleet:
@@ -268,6 +286,10 @@ class Fleet:
             for k, a in enumerate(self.agent_ids)
         }
         self.links = {a: Link() for a in self.agent_ids}
+        #: each agent's topic filters at the fake broker (its session's subscriptions)
+        self.subscribed: dict[str, set[str]] = {a: set() for a in self.agent_ids}
+        #: the version each agent last asked to keep (what its state directory holds)
+        self.kept: dict[str, HeldModel] = {}
         #: agents whose trainer fails (the core then declines)
         self.failing: set[str] = set()
         self._holdout = LinearTrainer(10_000, 64)
@@ -376,6 +398,19 @@ class Fleet:
         self._connect(agent)
         self.pump()
 
+    def restart_agent(self, agent: str) -> None:
+        """The agent's process restarts: a new core from what its state directory kept (the
+        last version it held and its residual), then it connects again."""
+        old = self.agents[agent]
+        self.links[agent].dead = True
+        self.agents[agent] = AgentCore(
+            self.config.job, agent, samples=self.trainers[agent].samples,
+            trainer=LinearTrainer.name, feedback=ErrorFeedback(old.residual),
+            held=self.kept.get(agent),
+            random_bytes=np.random.default_rng([self.agent_ids.index(agent), 99]).bytes,
+        )
+        self.reconnect(agent)
+
     def release(self, agent: str) -> None:
         """Stop holding this agent's messages and deliver what was held."""
         self.links[agent].paused = False
@@ -419,9 +454,11 @@ class Fleet:
                 self.stats.delivered += 1
                 if message.to == COORDINATOR:
                     self._deliver_to_coordinator(message)
-                else:
-                    core = self.agents[message.to]
-                    self._feed_agent(message.to, core.arrived(message.topic, message.payload))
+                    continue
+                received = self.stats.received
+                received[message.to] = received.get(message.to, 0) + len(message.payload)
+                core = self.agents[message.to]
+                self._feed_agent(message.to, core.arrived(message.topic, message.payload))
             raise AssertionError("the fleet did not settle")
         finally:
             self._pumping = False
@@ -480,14 +517,17 @@ class Fleet:
             self.retained.pop(publish.topic, None)
 
     def _connect(self, agent: str) -> None:
+        # Subscribing (as the adapter's connect callback does) hands the agent what is retained.
+        self.subscribed[agent] = set()
+        self._subscribe(agent, [topic for topic, _ in self.agents[agent].subscriptions])
         self._feed_agent(agent, Connected())
-        # Subscribing to .../model hands the agent the retained global model.
-        # ... and, subscribing to its SecAgg topics, the session's retained messages
-        topics = self.rounds.topics
-        for topic in (topics.model, topics.secagg_down, topics.secagg_down_to(agent)):
-            retained = self.retained.get(topic)
-            if retained is not None:
-                self._enqueue(agent, topic, retained, via=agent)
+
+    def _subscribe(self, agent: str, filters: Sequence[str]) -> None:
+        """Add ``filters`` to the agent's session; the broker sends what they retain."""
+        self.subscribed[agent].update(filters)
+        for topic, payload in list(self.retained.items()):
+            if any(topic_matches(f, topic) for f in filters):
+                self._enqueue(agent, topic, payload, via=agent)
 
     # --- the two adapters ------------------------------------------------------------------
 
@@ -531,10 +571,11 @@ class Fleet:
             case Publish():
                 if action.retain:
                     self._retain(action)
-                ref = parse_topic(action.topic)
-                if ref.kind in (TopicKind.MODEL, TopicKind.SECAGG):  # secagg: only "down"
-                    for agent in self.agent_ids if ref.agent is None else [ref.agent]:
-                        self._enqueue(agent, action.topic, action.payload, via=agent)
+                if parse_topic(action.topic).kind in (TopicKind.MODEL, TopicKind.DELTA,
+                                                       TopicKind.SECAGG):  # secagg: only "down"
+                    for agent in self.agent_ids:
+                        if any(topic_matches(f, action.topic) for f in self.subscribed[agent]):
+                            self._enqueue(agent, action.topic, action.payload, via=agent)
             case Evaluate(round_no=round_no, weights=weights):
                 return Evaluated(round_no, self.evaluate(round_no, weights))
             case SaveCheckpoint(checkpoint=ckpt):
@@ -567,9 +608,18 @@ class Fleet:
                     else:
                         self._broker_publish(agent, action)
                 case Train(key=key, model=model):
+                    self.kept[agent] = HeldModel.of(model)  # the adapter keeps what it trains on
                     self.stats.trained.append((agent, key))
                     pending.extend(core.handle(self._train(agent, key, model), self.now))
-                case ModelRejected() | UpdateSent() | RunFinished() | SaveResidual():
+                case Subscribe(topics=topics):
+                    self._subscribe(agent, topics)
+                case Unsubscribe(topics=topics):
+                    self.subscribed[agent].difference_update(topics)
+                case KeepModel(held=held):
+                    self.kept[agent] = held
+                case RunFinished(model=model):
+                    self.kept[agent] = HeldModel.of(model)
+                case ModelRejected() | UpdateSent() | SaveResidual():
                     pass  # reports: agent_actions keeps them for the tests to read
                 case _:
                     assert_never(action)

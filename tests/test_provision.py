@@ -153,6 +153,33 @@ def test_the_broker_config_is_the_secure_profile(fleet: Path):
     assert "${" not in conf
 
 
+def conf_values(fleet: Path) -> dict[str, str]:
+    conf = (fleet / "broker" / "mosquitto.conf").read_text()
+    return dict(line.split(None, 1) for line in conf.splitlines()  # type: ignore[misc]
+                if line.strip() and not line.startswith("#"))
+
+
+def test_the_broker_caps_payloads_at_what_the_jobs_model_needs(fleet: Path):
+    # the 2NN announcement is 797,464 bytes as float32; the broker refuses much more
+    cap = int(conf_values(fleet)["max_packet_size"])
+    assert 800_000 < cap < 2 * 2**20
+    coordinator = read_bundle(fleet / "coordinator" / "coordinator.toml")
+    assert coordinator["max_update_bytes"] + 1024 == cap  # the coordinator refuses it too
+
+
+def test_with_a_payload_cap_the_broker_takes_one_chunk_and_the_coordinator_chunks(
+        tmp_path: Path):
+    fleet = provision(Deployment(job="j", agents=("a",), task="mnist-2nn", max_payload=131072),
+                      tmp_path / "fleet")
+    assert int(conf_values(fleet)["max_packet_size"]) == 131072 + 1024
+    assert read_bundle(fleet / "coordinator" / "coordinator.toml")["max_payload"] == 131072
+
+
+def test_without_a_task_the_cap_is_the_coordinators_default_update_limit(tmp_path: Path):
+    fleet = provision(Deployment(job="j", agents=("a",)), tmp_path / "fleet")
+    assert int(conf_values(fleet)["max_packet_size"]) == 64 * 2**20 + 1024
+
+
 def test_the_server_certificate_names_every_host_and_chains_to_the_ca(fleet: Path):
     ca = x509.load_pem_x509_certificate((fleet / "broker" / "ca.crt").read_bytes())
     server = x509.load_pem_x509_certificate((fleet / "broker" / "server.crt").read_bytes())

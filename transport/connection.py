@@ -6,7 +6,9 @@ credentials, last will, reconnect backoff. paho-mqtt 2.x callback API v2.
 
 from __future__ import annotations
 
+import logging
 import ssl
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -19,11 +21,34 @@ from paho.mqtt.properties import Properties
 
 from protocol import Publish
 
+log = logging.getLogger("fedmq.transport")
+
 #: seconds between reconnect attempts: paho doubles the delay up to the maximum
 RECONNECT_MIN_S = 1
 RECONNECT_MAX_S = 30
 #: how long a broker keeps a coordinator's session (and queued QoS 1 updates) after it drops
 SESSION_EXPIRY_S = 3600
+#: an MQTT PUBLISH packet's bytes around its payload: fixed header, a fedmq topic (at most
+#: about 150 bytes), packet id and properties, with room to spare
+PACKET_OVERHEAD = 1024
+#: a connection the broker closes sooner than this after accepting it may have been
+#: taken over by another client with the same client id
+SHORT_SESSION_S = 10.0
+
+
+def packet_bound(max_payload_bytes: int) -> int:
+    """The largest MQTT packet that carries a payload of at most ``max_payload_bytes``."""
+    return max_payload_bytes + PACKET_OVERHEAD
+
+
+def redact(url: str) -> str:
+    """``url`` with the password in its ``user:password@`` part replaced by ``***``: what
+    may be printed or logged of a URL as given (:class:`BrokerURL` never shows one)."""
+    scheme, sep, rest = url.rpartition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    return f"{scheme}{sep}{userinfo.split(':', 1)[0]}:***@{host}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,9 +70,9 @@ class BrokerURL:
         """
         parts = urlsplit(url if "://" in url else f"mqtt://{url}")
         if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-            raise ValueError(f"broker URL {url!r}: scheme must be mqtt:// or mqtts://")
+            raise ValueError(f"broker URL {redact(url)!r}: scheme must be mqtt:// or mqtts://")
         if not parts.hostname:
-            raise ValueError(f"broker URL {url!r} has no host")
+            raise ValueError(f"broker URL {redact(url)!r} has no host")
         tls = parts.scheme in ("mqtts", "ssl")
         return cls(
             host=parts.hostname,
@@ -87,6 +112,9 @@ class Session:
     ca_file: Path | None = None
     certfile: Path | None = None
     keyfile: Path | None = None
+    #: MQTT 5: the largest packet this client accepts; the broker drops larger messages
+    #: for it instead of sending them, so they never reach its memory (None: no limit)
+    max_packet_size: int | None = None
 
 
 def make_client(broker: BrokerURL, session: Session, will: Publish | None = None) -> mqtt.Client:
@@ -110,15 +138,61 @@ def make_client(broker: BrokerURL, session: Session, will: Publish | None = None
         )
     if will is not None:
         client.will_set(will.topic, will.payload, qos=1, retain=will.retain)
+    where = f"{session.client_id}: {broker.host}:{broker.port}"
+
+    def connect_failed(_client: mqtt.Client, _userdata: object) -> None:
+        # paho calls this inside its ``except OSError``: the error is the one in flight
+        log.warning("%s: %s; retrying", where, explain_connect_failure(sys.exc_info()[1]))
+
+    def publish_refused(_c: mqtt.Client, _u: object, mid: int, code: object, _p: object) -> None:
+        if getattr(code, "is_failure", False):  # MQTT 5 only: 3.1.1 has no reason codes
+            log.warning("%s: the broker refused publish %d: %s: its ACL does not let %s "
+                        "publish there (docs/SECURITY.md)", where, mid, code, broker.username)
+
+    client.on_connect_fail = connect_failed
+    client.on_publish = publish_refused
     return client
 
 
+def explain_connect_failure(exc: BaseException | None) -> str:
+    """Why a connection attempt failed, with a hint where the cause is usually ours."""
+    if isinstance(exc, ssl.SSLError):
+        return (
+            f"TLS handshake failed: {exc}. Hint: --ca-file must be the provisioned ca.crt, "
+            "and the broker's name must be one of the --host names given to fedmq provision "
+            "(openssl s_client -connect HOST:PORT -CAfile ca.crt -verify_hostname HOST says "
+            "which)"
+        )
+    return f"cannot connect: {exc}" if exc is not None else "cannot connect"
+
+
+def explain_disconnect(reason_code: object, client_id: str, connected_for_s: float | None) -> str:
+    """A disconnect's reason, with a hint when another client may have taken this one's
+    session: the broker said so (MQTT 5 reason 0x8E), or it closed, with no reason, a
+    connection it had accepted moments before, as Mosquitto 2.0 does to the older of two
+    clients with one client id (the two then take turns every reconnect)."""
+    reason = str(reason_code)
+    taken = reason.lower() == "session taken over"
+    brief = connected_for_s is not None and connected_for_s < SHORT_SESSION_S
+    if not taken and not (brief and reason.lower() == "unspecified error"):
+        return reason
+    if taken:
+        what = f"{reason}: another client connected with client id {client_id}"
+    else:
+        what = (f"the broker closed the connection {connected_for_s:.1f} s after accepting "
+                f"it: another client may have taken over the session (client id {client_id})")
+    return (
+        f"{what}. Hint: the same agent running twice, or someone else using its password; "
+        "each connection takes the session from the other until one stops"
+    )
 def connect(client: mqtt.Client, broker: BrokerURL, session: Session) -> None:
     """Start connecting in the background; paho's thread reconnects with backoff."""
     properties = None
     if session.mqtt5:
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = SESSION_EXPIRY_S if session.persistent else 0
+        if session.max_packet_size is not None:
+            properties.MaximumPacketSize = session.max_packet_size
     # Clean only on the first connect: paho's reconnects then keep the session, so QoS 1
     # messages queued by the broker during a network blip are delivered afterwards.
     clean_start: bool | Literal[3] = mqtt.MQTT_CLEAN_START_FIRST_ONLY

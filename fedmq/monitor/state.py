@@ -53,6 +53,7 @@ from protocol import (
     parse_topic,
 )
 from protocol.peek import peek_fields
+from protocol.signing import open_presence
 
 #: rounds kept per job; the table shows the newest few, the rest only bounds memory
 MAX_ROUNDS_KEPT = 1000
@@ -148,7 +149,7 @@ class MonitorState:
                     return self._on_presence(ref.job, ref.agent, payload, retained, now)
                 case TopicKind.MODEL:
                     return self._on_model(ref.job, payload, retained, now)
-                case TopicKind.UPDATE | TopicKind.SECAGG | TopicKind.PARTIAL:  # not shown
+                case TopicKind.UPDATE | TopicKind.SECAGG | TopicKind.DELTA | TopicKind.PARTIAL:
                     self.ignored[ref.kind.value] += 1
                     return []
                 case _:
@@ -215,7 +216,10 @@ class MonitorState:
                 view.ignored["cleared_agents"] += 1
                 return []
             return [AgentChanged(job, agent, None, retained)]
-        presence = decode_presence(payload)
+        # The secure profile's presence is signed; the monitor shows it, unverified, as
+        # it shows everything on the topics (it holds no agent keys).
+        body, _session = open_presence(payload, job=job, agent=agent, keys=None)
+        presence = decode_presence(body)
         if presence.agent != agent:
             raise WireError(RejectReason.AGENT_MISMATCH, f"presence names {presence.agent!r}")
         new = AgentView(

@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from fedmq.monitor.state import JobView, MonitorState
-from fedmq.progress import human_bytes
+from fedmq.progress import down_per_agent, human_bytes, ratio_both
 from protocol import Phase
 
 #: rows of the recent-rounds table
@@ -121,9 +121,10 @@ def _deadline_text(view: JobView, now: float) -> str:
 def _rounds_table(view: JobView) -> Table:
     table = Table(title="recent rounds", title_justify="left", expand=False, box=None)
     for name in ("round", "closed by", "accepted", "declined", "rejected", "accuracy", "loss",
-                 "up", "down", "seconds"):
+                 "up", "down", "down/agent", "both ways", "seconds"):
         table.add_column(name, justify="left" if name == "closed by" else "right")
     for m in view.recent_rounds(RECENT_ROUNDS):
+        per_agent, both = down_per_agent(m), ratio_both(m)
         table.add_row(
             str(m.round),
             m.closed_by.value,
@@ -134,6 +135,8 @@ def _rounds_table(view: JobView) -> Table:
             f"{m.loss:.4f}" if m.loss is not None else "-",
             human_bytes(m.bytes_up),
             human_bytes(m.bytes_down),
+            human_bytes(per_agent) if per_agent is not None else "-",
+            f"x{both:.1f}" if both is not None else "-",
             f"{m.duration_s:.2f}",
         )
     return table

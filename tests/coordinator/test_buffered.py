@@ -150,6 +150,16 @@ def test_an_update_from_a_future_version_or_another_base_is_refused() -> None:
     assert machine.buffer_fill == 0
 
 
+def test_a_topic_level_that_is_no_agent_id_is_counted_as_malformed_here_too() -> None:
+    machine, actions = start(BufferConfig(k=2, concurrency=4))
+    model = announced(actions)
+    payload = update_bytes("a0", model.round, model.model_id, make_delta(0))
+    refused = [*machine.handle(UpdateArrived("bad id", payload), 1.0),
+               *machine.handle(PresenceArrived("-x", presence("a0")), 1.0)]
+    assert rejections(refused) == [RejectReason.MALFORMED, RejectReason.MALFORMED]
+    assert machine.rejected_total == {"malformed": 2} and machine.buffer_fill == 0
+
+
 def test_the_concurrency_limit_is_enforced_through_the_announcement() -> None:
     machine, actions = start(BufferConfig(k=3, concurrency=2))
     v1 = announced(actions)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgpack
 import numpy as np
 
 from coordinator import MessageRejected, Publish, RoundConfig, Rounds, UpdateAccepted, UpdateArrived
@@ -74,6 +75,22 @@ def test_a_bad_chunk_is_rejected_counted_and_changes_nothing() -> None:
     outcomes = [a for f in [first, *rest] for a in rounds.handle(UpdateArrived("a1", f.payload),
                                                                  2.0)]
     assert sum(isinstance(a, UpdateAccepted) for a in outcomes) == 1
+
+
+def test_chunks_with_a_bad_digest_or_of_a_rejected_set_are_counted_not_dropped() -> None:
+    rounds, agent = coordinator(), AgentCore("j", "a1", samples=5, trainer="fake")
+    first, second, *rest = chunked_update(rounds, agent)
+    upper = msgpack.unpackb(first.payload)
+    upper["digest"] = upper["digest"].upper()
+    altered = msgpack.unpackb(second.payload)
+    altered["data"] = bytes(len(altered["data"]))  # the set will not match its digest
+    frames = [msgpack.packb(upper), first.payload, msgpack.packb(altered),
+              *(f.payload for f in rest), first.payload]  # ... and a late frame of that set
+    reasons = [a.reason for f in frames for a in rounds.handle(UpdateArrived("a1", f), 1.0)
+               if isinstance(a, MessageRejected)]
+    assert reasons == [RejectReason.MALFORMED] * 3
+    assert rounds.rejected_total == {"malformed": 3}
+    assert rounds.completed_rounds == 0
 
 
 def test_without_a_cap_the_model_travels_whole() -> None:

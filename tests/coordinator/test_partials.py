@@ -37,6 +37,7 @@ from protocol import (
     encode_update,
     weights_digest,
 )
+from protocol.keys import SigningKey
 from protocol.partial import (
     Contributor,
     PartialAggregate,
@@ -44,7 +45,7 @@ from protocol.partial import (
     decode_partial,
     encode_partial,
 )
-from protocol.signing import Purpose, SigningKey, seal
+from protocol.signing import Purpose, seal
 from protocol.sumstate import SumState
 
 WEIGHTS = {"w": np.arange(12, dtype=np.float32).reshape(3, 4) / 12, "b": np.zeros(4, np.float32)}
@@ -98,11 +99,20 @@ def partial(site: str, agents: list[str], **overrides: Any) -> PartialAggregate:
 
 
 def started(cfg: RoundConfig | None = None) -> Rounds:
-    rounds = Rounds(cfg or config(), WEIGHTS, run="run1")
+    """A run with every agent online; their presences signed when ``cfg`` has agent keys."""
+    cfg = cfg or config()
+    rounds = Rounds(cfg, WEIGHTS, run="run1")
     for a in AGENTS:
         presence = encode_presence(Presence(agent=a, online=True, samples=samples(a)))
+        if cfg.agent_keys is not None:
+            presence = seal(presence, Purpose.PRESENCE, job=cfg.job, run="session-" + a,
+                            signer=a, key=agent_key(a))
         rounds.handle(PresenceArrived(a, presence), 0.0)
     return rounds
+
+
+def agent_key(agent: str) -> SigningKey:
+    return SigningKey.from_seed(agent.encode() * 16)
 
 
 def rejection(actions: list[Any]) -> MessageRejected:
@@ -224,7 +234,7 @@ def test_dp_fedavg_merges_the_clipped_sum_and_adds_noise_once() -> None:
 
 
 def test_the_secure_profile_takes_only_partials_sealed_by_a_provisioned_aggregator() -> None:
-    agents_keys = {a: SigningKey.from_seed(a.encode() * 16).public for a in AGENTS}
+    agents_keys = {a: agent_key(a).public for a in AGENTS}
     cfg = config(agent_keys=agents_keys, aggregator_keys={"site-a": SITE_KEY.public})
     rounds = started(cfg)
     body = encode_partial(partial("site-a", ["a0"]))

@@ -406,7 +406,8 @@ def test_reported_losses_that_overflow_and_a_diverged_evaluation_publish_no_metr
     # Found by the soak: finite losses times sample counts summed to inf, and the metrics
     # document (JSON, no inf) could not be encoded: the round machine raised at close.
     weights = {"w": np.zeros((2,), np.float32)}
-    rounds = Rounds(robust_config(task="t", min_agents=1), weights, run="run1")
+    config = robust_config(task="t", min_agents=1, max_samples=2**40)
+    rounds = Rounds(config, weights, run="run1")
     rounds.handle(PresenceArrived("a0", encode_presence(Presence("a0", True, samples=1))), 0.0)
     update = Update(job="job1", agent="a0", round=1, model_id=weights_digest(weights),
                     samples=2**40, codec="none", metrics={"loss": 1e308, "accuracy": 1e308},

@@ -306,6 +306,23 @@ def test_garbage_presence_is_rejected_as_malformed() -> None:
     assert rounds.phase is Phase.WAITING
 
 
+@pytest.mark.parametrize("level", ["bad id", "-x", "", "a" * 65, "a/b"])
+@pytest.mark.parametrize("kind", ["update", "presence"])
+def test_a_topic_level_that_is_no_agent_id_is_rejected_as_malformed_and_counted(
+    level: str, kind: str
+) -> None:
+    rounds, _ = start()
+    before = observe(rounds, 1.0)
+    event = (UpdateArrived(level, update_bytes("a0", 1, model_id_of(rounds), make_delta(0), 10))
+             if kind == "update" else PresenceArrived(level, presence("a0")))
+
+    (rejected,) = rounds.handle(event, 1.0)
+
+    assert isinstance(rejected, MessageRejected) and rejected.reason is RejectReason.MALFORMED
+    assert rounds.rejected_total == {"malformed": 1}
+    assert_unchanged(before, observe(rounds, 1.0))
+
+
 def test_late_joiner_may_reply_and_is_accepted() -> None:
     rounds, actions = start(make_config(min_agents=2, quorum=3), agents=("a0", "a1"))
     assert only(actions, RoundOpened).cohort_size == 2
@@ -613,6 +630,10 @@ REJECTIONS: dict[str, tuple[RejectReason, Case]] = {
         RejectReason.MALFORMED,
         lambda c: ("a1", update_bytes("a1", 2, c.model_id, D, samples=0)),
     ),
+    "more_samples_than_max_samples": (  # a forged FedAvg weight that would swamp the rest
+        RejectReason.TOO_LARGE,
+        lambda c: ("a1", update_bytes("a1", 2, c.model_id, D, samples=1_000_001)),
+    ),
     "wrong_schema_version": (
         RejectReason.BAD_VERSION,
         lambda c: ("a1", _repack(update_bytes("a1", 2, c.model_id, D), v=2)),
@@ -761,6 +782,22 @@ def test_metrics_carry_sample_weighted_train_loss_and_bytes() -> None:
     assert metrics.bytes_up == len(p0) + len(p1)
     assert metrics.raw_bytes_up == 2 * 4 * sum(a.size for a in W0.values())
     assert metrics.accuracy is None  # evaluate=False
+
+
+def test_train_metrics_average_only_over_the_updates_that_report_them() -> None:
+    rounds, _ = start(make_config(quorum=3))
+    mid = model_id_of(rounds)
+    rounds.handle(UpdateArrived("a0", update_bytes("a0", 1, mid, make_delta(0), 10,
+                                                   metrics={"loss": 2.0})), 1.0)
+    rounds.handle(UpdateArrived("a1", update_bytes("a1", 1, mid, make_delta(1), 30,
+                                                   metrics={"accuracy": 0.9})), 1.0)
+    last = update_bytes("a2", 1, mid, make_delta(2), 60, metrics={})
+
+    metrics = closed(rounds.handle(UpdateArrived("a2", last), 1.0))
+
+    assert metrics.samples == 100
+    assert metrics.train_loss == pytest.approx(2.0)  # a1 and a2 reported no loss, not loss 0
+    assert metrics.train_accuracy == pytest.approx(0.9)
 
 
 @settings(max_examples=40, deadline=None)

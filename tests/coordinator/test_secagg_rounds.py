@@ -17,8 +17,9 @@ from coordinator import RoundConfig
 from coordinator.config import SecAggPolicy
 from edge_agent.agent import AgentCore, ModelRejected
 from protocol import Phase, Publish, RejectReason, TopicKind, TrainPlan, parse_topic
+from protocol.keys import SigningKey
 from protocol.peek import peek_fields
-from protocol.signing import SigningKey, is_signed
+from protocol.signing import is_signed
 from tests.helpers import Fleet
 
 N = 6
@@ -182,6 +183,10 @@ def test_a_forged_secagg_message_is_refused_with_its_reason():
         key = keys["a1"] if agent == "a0" else keys[agent]
         fleet.agents[agent] = AgentCore(cfg.job, agent, samples=10, trainer="linear",
                                         signing_key=key, coordinator_key=coordinator.public)
+    # a0's presence is its own (signed with its key, as the coordinator now demands), so the
+    # round asks it; only its SecAgg messages carry another agent's signature
+    own = AgentCore(cfg.job, "a0", samples=10, trainer="linear", signing_key=keys["a0"])
+    fleet.agents["a0"]._announcer = own._announcer
     fleet.start()
     fleet.run_to_end()
     reasons = {r.reason for r in fleet.rejections() if r.agent == "a0"}

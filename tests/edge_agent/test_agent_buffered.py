@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from edge_agent.agent import ModelArrived, Train, TrainingDone
+from edge_agent.agent import KeepModel, ModelArrived, Train, TrainingDone
 from protocol import decode_model, encode_model
 from tests.edge_agent.test_agent_core import agent, announce, only, sent_update, trainer
 
@@ -18,7 +18,8 @@ def buffered(round_no: int, max_staleness: int) -> bytes:
 def test_a_result_on_an_older_version_is_sent_then_the_newest_is_trained() -> None:
     core = agent()
     old = only(core.handle(ModelArrived(buffered(1, 2))), Train)
-    assert core.handle(ModelArrived(buffered(2, 2))) == []  # busy: picked up afterwards
+    (kept,) = core.handle(ModelArrived(buffered(2, 2)))  # busy: picked up afterwards
+    assert isinstance(kept, KeepModel) and kept.held.round == 2  # the version now held
     result = trainer().train(old.model.weights, old.model.plan, 1)
 
     actions = core.handle(TrainingDone(old.key, result, 1.0))
@@ -32,6 +33,7 @@ def test_a_result_on_an_older_version_is_sent_then_the_newest_is_trained() -> No
 def test_a_result_beyond_the_announced_staleness_is_dropped() -> None:
     core = agent()
     old = only(core.handle(ModelArrived(buffered(1, 1))), Train)
+    core.handle(ModelArrived(buffered(2, 1)))  # a connected agent sees every version
     core.handle(ModelArrived(buffered(3, 1)))
     result = trainer().train(old.model.weights, old.model.plan, 1)
 

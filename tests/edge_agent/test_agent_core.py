@@ -12,6 +12,7 @@ from edge_agent.agent import (
     AgentAction,
     AgentCore,
     Connected,
+    KeepModel,
     ModelArrived,
     ModelRejected,
     RunFinished,
@@ -289,7 +290,8 @@ def test_bad_model_is_rejected_with_a_reason_and_the_state_is_unchanged(case: st
 
 def test_model_for_another_cohort_is_not_trained() -> None:
     core = agent()
-    assert core.handle(ModelArrived(announce(1, cohort=("a0", "a2")))) == []
+    (kept,) = core.handle(ModelArrived(announce(1, cohort=("a0", "a2"))))
+    assert isinstance(kept, KeepModel) and kept.held.round == 1  # held, for the next delta
     assert not core.busy
     assert core.latest_model is not None and core.latest_model.round == 1
 
@@ -318,7 +320,8 @@ def test_retained_final_model_of_a_run_never_joined_does_not_end_the_agent() -> 
     # A newcomer on a broker that still retains an earlier run's final model keeps that
     # model for local use and waits for the next run instead of exiting.
     core = agent()
-    assert core.handle(ModelArrived(announce(5, done=True, run="old-run"))) == []
+    (kept,) = core.handle(ModelArrived(announce(5, done=True, run="old-run")))
+    assert isinstance(kept, KeepModel) and kept.held.run == "old-run" and kept.held.done
     assert core.latest_model is not None and core.latest_model.run == "old-run"
 
     train = only(core.handle(ModelArrived(announce(1, run="new-run"))), Train)
@@ -360,7 +363,8 @@ def test_training_that_ends_after_the_final_model_publishes_nothing(outcome: str
 def test_newer_round_during_training_discards_the_stale_result_and_trains_the_newer() -> None:
     core = agent()
     old = only(core.handle(ModelArrived(announce(1))), Train)
-    assert core.handle(ModelArrived(announce(2))) == []  # busy: picked up afterwards
+    (kept,) = core.handle(ModelArrived(announce(2)))  # busy: picked up afterwards
+    assert isinstance(kept, KeepModel) and kept.held.round == 2
     stale = trainer().train(old.model.weights, old.model.plan, 1)
 
     after_old = core.handle(TrainingDone(old.key, stale, 1.0))

@@ -10,6 +10,7 @@ import msgpack
 import numpy as np
 import pytest
 
+from edge_agent.downlink import HeldModel
 from edge_agent.feedback import Residual, save_residual
 from edge_agent.state import MODEL_NAME, RESIDUAL_NAME, StateDir
 from protocol import ModelAnnouncement, TrainPlan
@@ -32,8 +33,8 @@ def announcement(round_no: int = 4, done: bool = False) -> ModelAnnouncement:
 def test_the_last_global_model_round_trips(tmp_path: Path) -> None:
     state = StateDir(tmp_path, "pi-7")
     assert state.load_model() is None
-    state.save_model(announcement(4))
-    state.save_model(announcement(5, done=True))
+    state.save_model("farm", HeldModel.of(announcement(4)))
+    state.save_model("farm", HeldModel.of(announcement(5, done=True)))
     saved = StateDir(tmp_path, "pi-7").load_model()
     assert saved is not None
     assert (saved.job, saved.run, saved.round, saved.done) == ("farm", "r1", 5, True)
@@ -55,7 +56,7 @@ def test_a_torn_temporary_is_ignored_and_removed(
 ) -> None:
     # A power cut during a write leaves the old file whole and a partial temporary.
     state = StateDir(tmp_path, "pi-7")
-    state.save_model(announcement(4))
+    state.save_model("farm", HeldModel.of(announcement(4)))
     whole = (state.path / MODEL_NAME).read_bytes()
     torn = state.path / f".{MODEL_NAME}.k3j2h1"
     torn.write_bytes(whole[: len(whole) // 2])
@@ -86,7 +87,7 @@ def test_a_corrupt_model_is_set_aside_with_a_logged_reason(
     assert f"ignoring {state.path / MODEL_NAME}" in caplog.text
     assert (state.path / f"{MODEL_NAME}.corrupt").read_bytes() == content
     assert not (state.path / MODEL_NAME).exists()
-    state.save_model(announcement(6))  # and the agent carries on saving
+    state.save_model("farm", HeldModel.of(announcement(6)))  # and the agent carries on saving
     saved = state.load_model()
     assert saved is not None and saved.round == 6
 
@@ -108,7 +109,7 @@ def test_residuals_load_and_a_corrupt_one_is_set_aside(
 
 def test_files_are_private_to_the_agent_user(tmp_path: Path) -> None:
     state = StateDir(tmp_path, "pi-7")
-    state.save_model(announcement())
+    state.save_model("farm", HeldModel.of(announcement()))
     # mkstemp creates 0600 files; os.replace keeps the mode
     assert os.stat(state.path / MODEL_NAME).st_mode & 0o077 == 0
 
@@ -118,7 +119,7 @@ def test_a_restarted_agent_starts_from_its_saved_model_and_residual(tmp_path: Pa
     from transport.connection import BrokerURL
 
     state = StateDir(tmp_path, "pi-7")
-    state.save_model(announcement(4))
+    state.save_model("farm", HeldModel.of(announcement(4)))
     save_residual(state.path / RESIDUAL_NAME, Residual("r1", WEIGHTS))
     (state.path / f".{RESIDUAL_NAME}.torn").write_bytes(b"\x00" * 10)
     settings = AgentSettings(job="farm", task="linreg", agent_id="pi-7", shard=0, num_shards=4,

@@ -5,6 +5,7 @@ Waiting is always on an event with a timeout, never a sleep.
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import threading
@@ -33,6 +34,37 @@ def wait_until(predicate: Callable[[], bool], cond: threading.Condition, timeout
     with cond:
         if not cond.wait_for(predicate, timeout=timeout):
             raise TimeoutError(f"condition not met within {timeout} s")
+
+
+class LogWatch(logging.Handler):
+    """fedmq's log lines as they are emitted, from any thread, to wait on."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+        self.cond = threading.Condition()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with self.cond:
+            self.lines.append(record.getMessage())
+            self.cond.notify_all()
+
+    def wait_for(self, text: str, timeout: float = TIMEOUT_S) -> str:
+        """The first line containing ``text``, once one is logged."""
+        wait_until(lambda: any(text in line for line in self.lines), self.cond, timeout)
+        with self.cond:
+            return next(line for line in self.lines if text in line)
+
+
+@contextmanager
+def watching_logs(name: str = "fedmq") -> Iterator[LogWatch]:
+    """Capture the warnings (and worse) of ``name``'s loggers while the block runs."""
+    watch, logger = LogWatch(), logging.getLogger(name)
+    logger.addHandler(watch)
+    try:
+        yield watch
+    finally:
+        logger.removeHandler(watch)
 
 
 @dataclass

@@ -17,7 +17,7 @@ from edge_agent.torch_trainer import initial_weights
 from fedmq.broker import LocalBroker
 from fedmq.launch import AgentSettings, Connection, build_agent
 from fedmq.tasks import DataConfig, agent_data, get_task
-from protocol import decode_model, decode_update
+from protocol import decode_model, decode_model_delta, decode_update
 from transport.connection import BrokerURL
 
 pytestmark = pytest.mark.integration
@@ -69,7 +69,9 @@ def test_personal_layers_never_appear_on_the_wire(broker: LocalBroker, tmp_path:
         assert [t["name"] for t in decode_update(payload).tensors] == SHARED
         assert all(name.encode() not in payload for name in HEAD)
     for topic, payload, _ in messages:  # nothing else carries a personal tensor either
-        if "/model" not in topic:
+        if topic.endswith("/delta"):  # its header, like the model's, names them in the plan
+            assert decode_model_delta(payload).tensors == ()  # whole models: notices only
+        elif "/model" not in topic:
             assert b"2.weight" not in payload
 
     # No server-side test of a personalised model; agents' own training metrics stand in.

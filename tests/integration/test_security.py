@@ -16,11 +16,14 @@ have been delivered to that watcher.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
+import shlex
+import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +31,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from harness import TIMEOUT_S, wait_process, wait_until
+from harness import TIMEOUT_S, wait_process, wait_until, watching_logs
 
 from coordinator import (
     Action,
@@ -51,7 +54,7 @@ from edge_agent.agent import (
 from edge_agent.mqtt import AgentNode, run_fleet
 from edge_agent.torch_trainer import initial_weights
 from edge_agent.trainer import TrainResult
-from fedmq.broker import LocalBroker, free_port
+from fedmq.broker import LocalBroker, find_mosquitto, free_port
 from fedmq.bundle import load_agent_keys, load_signing_key, load_verify_key, read_password
 from fedmq.credentials import mosquitto_hash
 from fedmq.launch import AgentSettings, Connection, build_agent, build_coordinator
@@ -65,7 +68,8 @@ from protocol import (
     Topics,
     encode_model,
 )
-from protocol.signing import COORDINATOR_SIGNER, Purpose, SigningKey, seal
+from protocol.keys import SigningKey
+from protocol.signing import COORDINATOR_SIGNER, Purpose, seal
 from tests.needs import require_mosquitto
 from transport.connection import BrokerURL, Session, make_client
 
@@ -75,9 +79,6 @@ JOB = "secure"
 AGENTS = ("agent-0", "agent-1", "agent-2")
 TASK = get_task("linreg")
 TOPICS = Topics(JOB)
-#: as root, Mosquitto drops to the `mosquitto` user, who cannot read a test's private
-#: files; a throwaway test broker may keep running as the user that started it
-RUN_AS = "user root\n" if os.geteuid() == 0 else ""
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +92,7 @@ def private_broker(conf: Path, port: int | None = None) -> LocalBroker:
     """A private broker from ``conf``, to start with ``with``; without Mosquitto, fail under
     CI and skip elsewhere (as tests/conftest.py's fixtures do)."""
     require_mosquitto()
-    return LocalBroker(conf, port=port, extra_config=RUN_AS)
+    return LocalBroker(conf, port=port)  # the config names its files' owner: root or not
 
 
 @pytest.fixture
@@ -238,6 +239,26 @@ def test_an_agent_cannot_publish_as_another_agent_or_as_the_coordinator(
     finally:
         for c in (coordinator, agent_1, agent_0):
             c.close()
+
+
+def test_refused_logins_are_in_the_brokers_log_and_denied_publishes_in_the_clients(
+        secure_broker: LocalBroker, fleet_dir: Path) -> None:
+    """What docs/SECURITY.md says each side logs, checked against a real Mosquitto: at the
+    shipped log levels Mosquitto 2.0 logs a refused login but not a publish its ACL denies;
+    over MQTT 5 it answers that publish with reason 135, which fedmq's clients log."""
+    wrong = Client(secure_broker, fleet_dir, user="agent-0", secret="not-the-password")
+    with watching_logs() as logs:
+        agent_0 = Client(secure_broker, fleet_dir, "agent-0")
+        try:
+            agent_0.publish(TOPICS.model, b"forged model")
+            line = logs.wait_for("refused publish")
+        finally:
+            agent_0.close()
+            wrong.close()
+    assert "Not authorized" in line and "agent-0" in line and "ACL" in line
+    broker_log = secure_broker.log()
+    assert "disconnected, not authorised" in broker_log  # the refused login
+    assert "u'agent-0'" in broker_log and "Denied" not in broker_log
 
 
 # --- forged models --------------------------------------------------------------------------
@@ -468,6 +489,149 @@ def test_replayed_altered_and_misrouted_updates_are_rejected_with_their_reasons(
             run.thread.join(TIMEOUT_S)
         for c in (tap, as_agent_0, agent_1.login):
             c.close()
+
+
+def test_an_agent_whose_tls_handshake_fails_logs_why_with_a_hint(
+        secure_broker: LocalBroker, fleet_dir: Path) -> None:
+    creds = BrokerURL.parse(url(secure_broker)).with_credentials("agent-0",
+                                                                 password(fleet_dir, "agent-0"))
+    # no --ca-file: the system's CAs, which never signed the provisioned broker certificate
+    node = build_agent(AgentSettings(job=JOB, task="linreg", agent_id="agent-0", shard=0,
+                                     num_shards=1, threads=1), Connection(creds))
+    with watching_logs() as logs:
+        (thread,) = run_fleet([node])
+        try:
+            line = logs.wait_for("TLS handshake")
+        finally:
+            node.stop()
+            thread.join(TIMEOUT_S)
+    assert "agent-0" in line and "CERTIFICATE_VERIFY_FAILED" in line
+    assert "ca.crt" in line and "--host" in line  # the hint
+
+
+# --- forged presence -------------------------------------------------------------------------
+
+
+def test_a_forged_offline_from_a_devices_password_does_not_remove_it_from_aggregation(
+        secure_broker: LocalBroker, fleet_dir: Path) -> None:
+    # agent-0 is a real agent; the test plays agent-1, so round 2 stays open while a
+    # retained `offline` for agent-0 is published with agent-0's password (not its key).
+    tap = Client(secure_broker, fleet_dir, "coordinator", subscribe=(f"fedmq/v1/{JOB}/#",))
+    run = secure_coordinator(secure_broker, fleet_dir, rounds=3)
+    agent_1 = HandPlayed(secure_broker, fleet_dir, tap)
+    with_password = Client(secure_broker, fleet_dir, "agent-0")
+    nodes = secure_agents(secure_broker, fleet_dir, ("agent-0",), lambda _a, _x: None)
+    threads = run_fleet(nodes)
+    forged = json.dumps({"v": 1, "type": "presence", "agent": "agent-0",
+                         "state": "offline"}).encode()
+    try:
+        agent_1.announce()
+        run.wait(opened(1))
+        wait_until(lambda: any(t == TOPICS.model for t, _ in tap.messages), tap.cond, TIMEOUT_S)
+        agent_1.answer(1)
+        run.wait(accepted("agent-0", 2))
+        with_password.publish(TOPICS.presence("agent-0"), forged, retain=True)
+        run.wait(lambda _acts: len(run.rejections()) >= 1)
+        assert [(r.agent, r.reason) for r in run.rejections()] == [
+            ("agent-0", RejectReason.UNSIGNED)]
+        assert run.node.rounds.agents_online == {"agent-0", "agent-1"}
+        agent_1.answer(2)
+        run.wait(accepted("agent-0", 3))  # still asked, and still counted
+        agent_1.answer(3)
+        run.thread.join(TIMEOUT_S)
+        closed = [a.metrics for a in run.actions if isinstance(a, RoundClosed)]
+        assert [m.accepted for m in closed] == [2, 2, 2]
+    finally:
+        for node in nodes:
+            node.stop()
+        for thread in threads:
+            thread.join(TIMEOUT_S)
+        if run.thread.is_alive():
+            run.node.stop("test over")
+            run.thread.join(TIMEOUT_S)
+        for c in (tap, with_password, agent_1.login):
+            c.close()
+
+
+# --- what the command line says -------------------------------------------------------------
+
+
+def test_a_coordinator_stopped_before_round_one_exits_cleanly_and_never_prints_the_password(
+        secure_broker: LocalBroker, fleet_dir: Path, tmp_path: Path) -> None:
+    secret = password(fleet_dir, "coordinator")
+    broker_url = f"mqtts://coordinator:{secret}@127.0.0.1:{secure_broker.port}"
+    log = tmp_path / "coordinator.log"
+    status = Client(secure_broker, fleet_dir, "monitor", subscribe=(TOPICS.status,))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fedmq", "--log-level", "DEBUG", "coordinator", "--bundle",
+         str(fleet_dir / "coordinator"), "--broker", broker_url, "--min-agents", "3",
+         "--run-dir", str(tmp_path / "run"), "--no-eval"],
+        stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    try:
+        # connected and waiting for agents: its status says so
+        wait_until(lambda: bool(status.messages), status.cond, TIMEOUT_S)
+        proc.terminate()  # SIGTERM, as systemd stops it
+        code = wait_process(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        status.close()
+    out = log.read_text()
+    assert code == 0, out
+    assert "waiting for 3 agent(s) on mqtts://coordinator@127.0.0.1" in out
+    assert "done: stopped: SIGTERM" in out
+    assert secret not in out
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["rounds_completed"] == 0
+
+
+def test_the_broker_command_provision_prints_starts_the_broker_as_whoever_ran_it(
+        tmp_path: Path) -> None:
+    """Run as root, Mosquitto drops to its own user before it reads the password file: the
+    printed command must work anyway (this machine's tests run as root)."""
+    require_mosquitto()
+    port, ws_port, fleet = free_port(), free_port(), tmp_path / "fleet"
+    printed = subprocess.run(
+        [sys.executable, "-m", "fedmq", "provision", "--job", "cmd", "--agents", "1", "--out",
+         str(fleet), "--port", str(port), "--ws-port", str(ws_port), "--bind", "127.0.0.1"],
+        check=True, capture_output=True, text=True, timeout=TIMEOUT_S).stdout
+    (command,) = [line.split(None, 1)[1] for line in printed.splitlines()
+                  if line.split()[:1] == ["broker"]]
+    argv = shlex.split(command)
+    assert argv[0] == "mosquitto"
+    log = tmp_path / "broker.log"
+    broker = subprocess.Popen([find_mosquitto(), *argv[1:]], stdout=log.open("wb"),
+                              stderr=subprocess.STDOUT)
+    try:
+        wait_listening(broker, port)
+        creds = BrokerURL.parse(f"mqtts://127.0.0.1:{port}").with_credentials(
+            "agent-0", read_password(fleet / "agents" / "agent-0" / "password"))
+        client = make_client(creds, Session("printed-command", ca_file=fleet / "broker" / "ca.crt"))
+        connected = threading.Event()
+        client.on_connect = lambda _c, _u, _f, code, _p: None if code.is_failure else (
+            connected.set())
+        client.connect(creds.host, creds.port)
+        client.loop_start()
+        try:
+            assert connected.wait(TIMEOUT_S), log.read_text()
+        finally:
+            client.disconnect()
+            client.loop_stop()
+    finally:
+        broker.terminate()
+        broker.wait(10)
+
+
+def wait_listening(proc: subprocess.Popen[bytes], port: int) -> None:
+    """Until ``proc`` accepts TCP connections on ``port``; fails at once if it exits."""
+    deadline = time.monotonic() + TIMEOUT_S
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"the broker exited with {proc.returncode}"
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)  # polling a port that is still being bound, as LocalBroker does
+    raise TimeoutError(f"nothing listens on {port}")
 
 
 # --- the documented steps, end to end over TLS ------------------------------------------------

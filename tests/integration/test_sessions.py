@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from harness import CoordinatorThread, TopicWatcher, agent_fleet
+from harness import CoordinatorThread, TopicWatcher, agent_fleet, watching_logs
 
 from coordinator import RoundConfig
 from fedmq.broker import LocalBroker
@@ -49,3 +49,18 @@ def test_run_survives_a_broker_restart_between_rounds(own_broker: LocalBroker,
     online = {decode_presence(p).agent for t, p, _ in watcher.messages if "/agents/" in t}
     assert online == {"agent-0", "agent-1", "agent-2"}
     watcher.close()
+
+
+def test_an_agent_whose_session_another_client_takes_over_says_so(broker: LocalBroker) -> None:
+    """Two processes with one agent id share a client id: the broker keeps disconnecting one
+    for the other, which used to happen without a word in either log."""
+    job = "takeover"
+    watcher = TopicWatcher(broker.url, job)
+    with watching_logs() as logs, agent_fleet(broker.url, job, "linreg", 1,
+                                              exit_when_done=False):
+        watcher.wait_for(lambda: bool(watcher.on("/agents/agent-0")))
+        with agent_fleet(broker.url, job, "linreg", 1, exit_when_done=False):
+            line = logs.wait_for("taken over")
+    watcher.close()
+    assert "agent-0" in line and f"fedmq-{job}-agent-0" in line
+    assert "running twice" in line  # the hint

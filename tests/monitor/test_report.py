@@ -46,6 +46,8 @@ def test_report_writes_three_pngs_and_a_summary(tmp_path: Path) -> None:
     assert "| updates | 15 accepted, 0 declined, 1 rejected |" in md
     assert "| rejected by reason | duplicate 1 |" in md
     assert "| final accuracy | 1.0000 (best 1.0000 in round 5) |" in md
+    assert "| compression | up " in md and "down per agent per round |" in md
+    assert "| down/agent | both ways |" in md
     table = [line for line in md.splitlines() if line.startswith("| ") and "quorum" in line]
     assert [row.split("|")[1].strip() for row in table] == ["1", "2", "3", "4", "5"]
     for name in PLOTS:

@@ -40,6 +40,8 @@ from protocol import (
     encode_model,
     encode_status,
 )
+from protocol.keys import SigningKey
+from protocol.signing import Purpose, seal
 
 T = Topics(JOB)
 
@@ -148,6 +150,16 @@ def test_a_last_will_without_time_still_takes_an_agent_offline() -> None:
     (cleared,) = state.apply(T.presence("a"), b"", False, LATER)
     assert isinstance(cleared, AgentChanged) and cleared.agent_view is None
     assert state.jobs[JOB].agents == {}
+
+
+def test_a_signed_presence_is_read_like_a_bare_one() -> None:
+    """The secure profile's agents sign their presence; the monitor shows it unverified."""
+    key = SigningKey.from_seed(b"1" * 32)
+    signed = seal(presence_payload("a", True, WALL_OFFSET + 5), Purpose.PRESENCE, job=JOB,
+                  run="s1", signer="a", key=key)
+    (event,) = MonitorState().apply(T.presence("a"), signed, True, LATER)
+    assert isinstance(event, AgentChanged) and event.agent_view is not None
+    assert event.agent_view.online
 
 
 def test_a_new_run_of_the_job_replaces_the_old_rounds_in_view() -> None:

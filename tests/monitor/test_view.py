@@ -33,6 +33,9 @@ def test_a_finished_run_shows_its_rounds_agents_and_rejections() -> None:
     rows = [c for c in cells if c and c[0] in ("1", "2", "3")]
     assert [(r[0], r[1], r[2]) for r in rows] == [("1", "quorum", "3"), ("2", "quorum", "3"),
                                                   ("3", "quorum", "3")]
+    # the downlink per device and the compression both ways (docs/PROTOCOL.md §15.6)
+    assert "down/agent" in text and "both ways" in text
+    assert all(r[-1].replace(".", "").isdigit() and r[-2].startswith("x") for r in rows)
 
 
 def test_an_open_round_shows_replies_toward_quorum_and_the_countdown() -> None:

@@ -159,6 +159,9 @@ def test_altered_data_fails_the_digest() -> None:
         ({"count": 0}, RejectReason.MALFORMED),
         ({"count": True}, RejectReason.MALFORMED),
         ({"digest": "abc"}, RejectReason.MALFORMED),
+        ({"digest": "A" * 64}, RejectReason.MALFORMED),  # SHA-256 in lowercase hex only
+        ({"digest": "z" * 64}, RejectReason.MALFORMED),
+        ({"digest": "a" * 63 + "\n"}, RejectReason.MALFORMED),
         ({"data": "not bytes"}, RejectReason.MALFORMED),
         ({"size": 1}, RejectReason.MALFORMED),
         ({"size": 10**12}, RejectReason.TOO_LARGE),
@@ -181,6 +184,25 @@ def test_a_frame_disagreeing_with_its_set_is_rejected() -> None:
     r.add("a", frames[0], 0.0)
     with pytest.raises(WireError, match="disagrees"):
         r.add("a", _tamper(frames[1], size=9_999), 0.0)
+
+
+@pytest.mark.parametrize("late", ["the same frame again", "a disagreeing frame"])
+def test_frames_of_a_set_just_rejected_are_rejected_too(late: str) -> None:
+    """A set that failed its digest is gone; what arrives for it later is refused and so
+    counted, never buffered in silence as the start of a new set."""
+    frames = split(b"a" * 10_000, 4096)[1]  # type: ignore[index]
+    tampered = [frames[0], _tamper(frames[1], data=b"b" * len(msgpack.unpackb(frames[1])["data"])),
+                frames[2]]
+    r = reassembler()
+    with pytest.raises(WireError, match="digest"):
+        for f in tampered:
+            r.add("a", f, 0.0)
+    again = frames[0] if late == "the same frame again" else _tamper(frames[0], size=20_000)
+    with pytest.raises(WireError) as info:
+        r.add("a", again, 1.0)
+    assert info.value.reason is RejectReason.MALFORMED and "rejected" in info.value.detail
+    assert r.buffered_bytes == 0
+    assert r.add("b", frames[0], 1.0) is None  # another source's set is its own
 
 
 @settings(max_examples=200, deadline=None)

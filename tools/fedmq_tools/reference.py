@@ -30,6 +30,7 @@ import numpy as np
 from edge_agent.torch_trainer import TorchEvaluator, TorchTrainer, initial_weights
 from fedmq.tasks import DataConfig, Task, agent_data, get_task, load_dataset, test_data
 from protocol import TrainPlan, Weights, check_codec, decode_delta, encode_delta, weights_digest
+from protocol.broadcast import DTYPES, delta_rng, encode_step, narrow
 from protocol.compress import codec_pipeline
 
 #: W1's two splits by their DESIGN.md names; any partition spec is accepted too
@@ -44,6 +45,7 @@ class ReferenceRun(TypedDict):
     agents: int
     rounds: int
     codec: str | None
+    downlink_delta: str | None
     accuracy: list[float | None]
     loss: list[float]
     round_s: list[float]
@@ -112,6 +114,8 @@ def run_reference(
     plan: TrainPlan | None = None,
     threads: int | None = None,
     agent_ids: Sequence[str] | None = None,
+    downlink_delta: str | None = None,
+    downlink: str = "fp32",
 ) -> ReferenceRun:
     """FedAvg in one process: every agent trains every round, then the mean is tested.
 
@@ -124,14 +128,22 @@ def run_reference(
     is the old one plus the weighted mean of what was decoded, as the
     coordinator computes it. ``round_s`` covers training, averaging and testing.
 
+    Agents train from the broadcast model (docs/PROTOCOL.md §15): the global model
+    narrowed to ``downlink`` (``fp32`` or ``fp16``), or, with ``downlink_delta``, the
+    chain of versions :func:`protocol.broadcast.encode_step` makes towards the global
+    model with the coordinator's rng; their deltas are against it, and the global
+    model (the one tested) moves by their mean, as the coordinator's does.
+
     Raises:
         ValueError: for an unknown task, partition spec or codec.
     """
     the_task = _resolve(task)
     plan = plan or the_task.plan
     partition = VARIANTS.get(variant, variant)
-    if codec is not None:
-        check_codec(codec)
+    for spec in (codec, downlink_delta):
+        if spec is not None:
+            check_codec(spec)
+    dtype = DTYPES[downlink]
     ids = list(agent_ids) if agent_ids is not None else [f"agent-{k}" for k in range(agents)]
     if len(ids) != agents:
         raise ValueError(f"{len(ids)} agent ids for {agents} agents")
@@ -150,6 +162,8 @@ def run_reference(
     ]
     evaluator = TorchEvaluator(the_task.model, the_task.kind, *test_data(the_task, cfg))
     weights = initial_weights(the_task.model, seed)
+    broadcast = narrow(weights, dtype)
+    lossless_down = downlink_delta is None and downlink == "fp32"
     accuracy: list[float | None] = []
     loss: list[float] = []
     round_s: list[float] = []
@@ -158,21 +172,29 @@ def run_reference(
         began = time.perf_counter()
         results = []
         for k, trainer in enumerate(trainers):
-            local = trainer.train(weights, plan, round_no).weights
+            local = trainer.train(broadcast, plan, round_no).weights
             if codec is None:
                 results.append((local, trainer.samples))
                 continue
             rng = np.random.default_rng([plan.seed, round_no, keys[k]])
-            delta = {name: local[name] - weights[name] for name in weights}
+            delta = {name: local[name] - broadcast[name] for name in broadcast}
             sent, residuals[k] = send_delta(delta, residuals[k], codec, rng)
             results.append((sent, trainer.samples))
-        if codec is None:
-            weights = fedavg(results)
+        if codec is None and lossless_down:
+            weights = fedavg(results)  # W1 exactly: the mean of the local models
         else:
+            if codec is None:  # the local models' mean delta from what they trained from
+                results = [({n: w[n] - broadcast[n] for n in w}, c) for w, c in results]
             mean_delta = fedavg(results)
             weights = {
                 name: (w + mean_delta[name]).astype(np.float32) for name, w in weights.items()
             }
+        if downlink_delta is None:
+            broadcast = narrow(weights, dtype)
+        else:
+            _, broadcast = encode_step(
+                broadcast, weights, downlink_delta, dtype, delta_rng(plan.seed, round_no)
+            )
         metrics = evaluator.evaluate(weights)
         round_s.append(time.perf_counter() - began)
         accuracy.append(metrics.get("accuracy"))
@@ -183,6 +205,7 @@ def run_reference(
         agents=agents,
         rounds=rounds,
         codec=codec,
+        downlink_delta=downlink_delta,
         accuracy=accuracy,
         loss=loss,
         round_s=round_s,
@@ -244,6 +267,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--agents", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--codec", default=None)
+    parser.add_argument("--downlink-delta", default=None, help="codec of delta-coded models")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--centralised", action="store_true", help="train one model on all data")
@@ -261,6 +285,7 @@ def main(argv: list[str] | None = None) -> None:
             task=args.task,
             agents=args.agents,
             threads=args.threads,
+            downlink_delta=args.downlink_delta,
         )
         out = {k: v for k, v in run.items() if k != "weights"}
     print(json.dumps(out, indent=2))

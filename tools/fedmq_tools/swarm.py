@@ -44,13 +44,16 @@ from edge_agent.agent import (
     AgentCore,
     AgentEvent,
     Connected,
+    KeepModel,
     ModelRejected,
     RunFinished,
     SaveResidual,
     ShutdownRequested,
+    Subscribe,
     Train,
     TrainingDone,
     TrainingFailed,
+    Unsubscribe,
     UpdateSent,
 )
 from edge_agent.trainer import Trainer
@@ -383,8 +386,12 @@ class Swarm:
                 self.stats.updates_sent += 1
             case RunFinished():
                 member.finished = True
-            case SaveResidual():
-                pass  # simulated devices keep their residual in memory only
+            case SaveResidual() | KeepModel():
+                pass  # simulated devices keep their residual and model in memory only
+            case Subscribe(topics=topics):
+                member.client.subscribe([(topic, 1) for topic in topics])
+            case Unsubscribe(topics=topics):
+                member.client.unsubscribe(list(topics))
             case _:
                 assert_never(action)
         return None

@@ -42,6 +42,8 @@ def cmd_w1(args: argparse.Namespace) -> int:
     opts = W1Options(
         variant=args.variant,
         codec=args.codec,
+        downlink_delta=args.downlink_delta,
+        downlink=args.downlink,
         task=args.task,
         agents=args.agents,
         rounds=args.rounds,
@@ -59,9 +61,25 @@ def cmd_w1(args: argparse.Namespace) -> int:
     begun = begin()
     doc = run_w1(opts)
     name = "w1" if args.variant == "iid" else "w1-noniid"
-    tag = "secagg" if args.secagg else args.codec.replace(":", "_")
-    out = args.out or RESULTS_DIR / f"{name}-{tag}.json"
+    tag = "secagg" if args.secagg else args.codec
+    tag += f"-down-{args.downlink_delta}" if args.downlink_delta else ""
+    tag += "-fp16" if args.downlink == "fp16" else ""
+    out = args.out or RESULTS_DIR / f"{name}-{tag}.json".replace(":", "_")
     return _finish("w1", begun, doc, out, report(doc))
+
+
+def cmd_downlink(args: argparse.Namespace) -> int:
+    from fedmq_tools.bench.downlink import DownlinkOptions, report, run_downlink
+
+    opts = DownlinkOptions(
+        task=args.task, agents=args.agents, partition=args.partition, rounds=args.rounds,
+        codec=args.codec, deltas=tuple(args.downlink_delta or ("qsgd:2+zstd:9",)),
+        late=args.late, data_dir=args.data, threads=args.threads,
+    )
+    begun = begin()
+    doc = run_downlink(opts)
+    out = args.out or RESULTS_DIR / f"downlink-{args.task}.json"
+    return _finish("downlink", begun, doc, out, report(doc))
 
 
 def cmd_secagg(args: argparse.Namespace) -> int:
@@ -244,6 +262,7 @@ def register(sub: Any) -> None:
     bench = sub.add_parser("bench", help="benchmarks: print figures, write them as JSON")
     which = bench.add_subparsers(dest="bench", required=True)
     _add_w1(which)
+    _add_downlink(which)
     _add_strategies(which)
     _add_personal(which)
     _add_hetero(which)
@@ -260,6 +279,10 @@ def _add_w1(which: Any) -> None:
     p = which.add_parser("w1", help="Workload W1 over a real Mosquitto vs the in-process reference")
     p.add_argument("--variant", choices=("iid", "noniid"), default="iid")
     p.add_argument("--codec", default="none", help="update codec spec (default: none)")
+    p.add_argument("--downlink-delta", metavar="SPEC",
+                   help="send models as deltas with this codec (default: whole models)")
+    p.add_argument("--downlink", choices=("fp32", "fp16"), default="fp32",
+                   help="the broadcast model's dtype (the whole model's, too)")
     p.add_argument("--task", default="mnist-2nn")
     p.add_argument("--agents", type=int, default=20, help="agent processes (W1: 20)")
     p.add_argument("--rounds", type=int, default=20)
@@ -279,6 +302,24 @@ def _add_w1(which: Any) -> None:
                    help="with --secagg: seconds the unmask phase waits for the dropped")
     _add_out(p)
     p.set_defaults(func=cmd_w1)
+
+
+def _add_downlink(which: Any) -> None:
+    p = which.add_parser(
+        "downlink", help="delta-coded models vs whole models, in process (bytes per agent)"
+    )
+    p.add_argument("--task", default="mnist-cnn")
+    p.add_argument("--agents", type=int, default=50)
+    p.add_argument("--partition", default="dirichlet:0.3")
+    p.add_argument("--rounds", type=int, default=20)
+    p.add_argument("--codec", default="int8+zstd", help="update codec of every row")
+    p.add_argument("--downlink-delta", action="append", metavar="SPEC",
+                   help="repeatable: a row with this delta codec (default: qsgd:2+zstd:9)")
+    p.add_argument("--late", type=int, default=0, help="agents that join at round 2")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--data", type=Path, help="MNIST directory (default: ../shared/data/mnist)")
+    _add_out(p)
+    p.set_defaults(func=cmd_downlink)
 
 
 def _add_personal(which: Any) -> None:

@@ -32,7 +32,7 @@ import tempfile
 import threading
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,10 @@ class W1Options:
 
     variant: str = "iid"
     codec: str = "none"
+    #: the codec of delta-coded models (docs/PROTOCOL.md §15); None: whole models
+    downlink_delta: str | None = None
+    #: the broadcast model's dtype: fp32, or fp16 (the whole model travels as float16)
+    downlink: str = "fp32"
     task: str = "mnist-2nn"
     agents: int = 20
     rounds: int = 20
@@ -124,9 +128,11 @@ class _Clock:
 
 
 def job_name(opts: W1Options) -> str:
-    """A valid job id naming the variant and codec (codec specs may hold ``:``)."""
+    """A valid job id naming the variant and codecs (codec specs may hold ``:``)."""
     codec = "secagg" if opts.secagg is not None else opts.codec
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", f"w1-{opts.variant}-{codec}")[:64]
+    down = f"-down-{opts.downlink_delta}" if opts.downlink_delta else ""
+    down += "-fp16" if opts.downlink == "fp16" else ""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", f"w1-{opts.variant}-{codec}{down}")[:64]
 
 
 def lose_unmask_answers(node: CoordinatorNode, agents: int, fraction: float) -> None:
@@ -172,6 +178,8 @@ def _round_config(opts: W1Options, job: str) -> RoundConfig:
         rounds=opts.rounds,
         plan=task.plan,
         codec=opts.codec,
+        downlink_delta=opts.downlink_delta,
+        downlink="fp16" if opts.downlink == "fp16" else "fp32",
         min_replies=opts.agents,  # every agent every round, as W1 says
         deadline_s=opts.deadline_s,
         min_agents=opts.agents,
@@ -266,12 +274,21 @@ def _round_row(m: RoundMetrics, peak_rss: tuple[int, int | None]) -> dict[str, A
         "bytes_up": m.bytes_up,
         "bytes_down": m.bytes_down,
         "raw_bytes_up": m.raw_bytes_up,
+        "raw_bytes_down": m.raw_bytes_down,
+        "bytes_down_per_agent": m.bytes_down // m.addressed if m.addressed else None,
+        "ratio_up": _ratio(m.raw_bytes_up, m.bytes_up),
+        "ratio_down": _ratio(m.raw_bytes_down or 0, m.bytes_down),
+        "ratio_both": _ratio(m.raw_bytes_up + (m.raw_bytes_down or 0), m.bytes_up + m.bytes_down),
         "accepted": m.accepted,
         "closed_by": m.closed_by.value,
         "secagg_dropped": dict(m.secagg) if m.secagg is not None else None,
         "peak_rss_coordinator": peak_rss[0],
         "peak_rss_agent_0": peak_rss[1],
     }
+
+
+def _ratio(raw: int, sent: int) -> float | None:
+    return round(raw / sent, 2) if raw and sent else None
 
 
 def run_reference_once(opts: W1Options) -> dict[str, Any]:
@@ -290,6 +307,8 @@ def run_reference_once(opts: W1Options) -> dict[str, Any]:
         task=opts.task,
         agents=opts.agents,
         threads=opts.ref_threads,
+        downlink_delta=opts.downlink_delta,
+        downlink=opts.downlink,
     )
     foreign = (system_cpu_s() - machine) - (cpu_s(["self"]) - ours)
     return {
@@ -355,11 +374,19 @@ def run_w1(opts: W1Options) -> dict[str, Any]:
             runs.append(run_fedmq(opts, Path(tmp)))
         if opts.reference:
             refs.append(run_reference_once(opts))
+    compressed = opts.codec != "none" or opts.downlink_delta is not None or opts.downlink != "fp32"
+    lossless = None  # the same workload with nothing compressed, for the accuracy it costs
+    if opts.reference and compressed:
+        lossless = run_reference_once(
+            replace(opts, codec="none", downlink_delta=None, downlink="fp32")
+        )
     doc: dict[str, Any] = {
         "workload": {
             "variant": opts.variant,
             "partition": VARIANTS[opts.variant],
             "codec": opts.codec,
+            "downlink_delta": opts.downlink_delta,
+            "downlink": opts.downlink,
             "secagg": opts.secagg is not None,
             "drop_after_mask": opts.drop_after_mask,
             "task": opts.task,
@@ -372,12 +399,33 @@ def run_w1(opts: W1Options) -> dict[str, Any]:
             "reference": [_repeat_row(r) for r in refs],
         },
         "comparison": compare(runs, refs),
+        "bytes": bytes_summary(runs[0]["rounds"]),
     }
     if refs:
         doc["reference"] = refs[0]
+    if lossless is not None:
+        doc["lossless_reference"] = lossless
+        doc["comparison"]["final_vs_lossless"] = round(
+            runs[0]["rounds"][-1]["accuracy"] - lossless["accuracy"][-1], 4
+        )
     if opts.centralised:
         doc["centralised"] = run_centralised_once(opts)
     return doc
+
+
+def bytes_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each way's and both ways' ratio to raw float32: per round (worst, mean) and the run's."""
+    both = [r["ratio_both"] for r in rows if r["ratio_both"] is not None]
+    total = {k: sum(r[k] or 0 for r in rows)
+             for k in ("bytes_up", "bytes_down", "raw_bytes_up", "raw_bytes_down")}
+    sent = total["bytes_up"] + total["bytes_down"]
+    return {
+        "worst_round_ratio_both": min(both, default=None),
+        "mean_bytes_per_round_both": round(sent / len(rows)) if rows else None,
+        "run_ratio_up": _ratio(total["raw_bytes_up"], total["bytes_up"]),
+        "run_ratio_down": _ratio(total["raw_bytes_down"], total["bytes_down"]),
+        "run_ratio_both": _ratio(total["raw_bytes_up"] + total["raw_bytes_down"], sent),
+    }
 
 
 def _repeat_row(run: dict[str, Any]) -> dict[str, Any]:
@@ -432,4 +480,11 @@ def report(doc: dict[str, Any]) -> str:
             f"(goal <= {ACCURACY_TOLERANCE}); wall ratio of medians {cmp['wall_ratio']:.3f} "
             f"(goal <= {WALL_RATIO_GOAL})"
         )
+    if "lossless_reference" in doc:
+        lines.append(f"lossless reference final accuracy "
+                     f"{doc['lossless_reference']['accuracy'][-1]:.4f}; fedmq final - lossless = "
+                     f"{cmp['final_vs_lossless']:+.4f}")
+    b = doc["bytes"]
+    lines.append(f"bytes vs raw float32: up {b['run_ratio_up']}x, down {b['run_ratio_down']}x, "
+                 f"both ways {b['run_ratio_both']}x (worst round {b['worst_round_ratio_both']}x)")
     return "\n".join(lines)

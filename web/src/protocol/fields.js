@@ -20,6 +20,8 @@ export const DEFAULT_MAX_BYTES = 64 * 1024 * 1024;
 export const MAX_JSON_BYTES = 64 * 1024;
 export const MAX_MAP_ITEMS = 64;
 export const MAX_COHORT = 100_000;
+/** agents one announcement's roll call may name (docs/PROTOCOL.md §16.2) */
+export const MAX_ROLL_CALL = 256;
 export const MAX_TENSORS = 4096;
 
 const { MALFORMED, NON_FINITE, BAD_VERSION, TOO_LARGE } = RejectReason;

@@ -24,7 +24,7 @@
  *               maxPayloadSize}).add(source, frame, now)
  * Signing       importSigningKey(pkcs8), signingKeyFromSeed(seed), importVerifyKey(spki |
  *               raw), seal(body, purpose, {job, run, signer, key}), openModel(payload,
- *               {job, key, maxBodyBytes}), openUpdate(...), decodeSigned, isSigned,
+ *               {job, key, maxBodyBytes}), openUpdate(...), openPresence(...), decodeSigned, isSigned,
  *               signedBytes (async where WebCrypto is)
  * Tensors       encodeArray/decodeArray, encodeWeights/decodeWeights, weightsDigest,
  *               floatToHalf/halfToFloat, sha256/sha256Hex
@@ -55,7 +55,7 @@ export {
 } from './chunks.js';
 export {
   COORDINATOR_SIGNER, decodeSigned, ENVELOPE_OVERHEAD, importSigningKey, importVerifyKey, isSigned,
-  openModel, openUpdate, Purpose, seal, signedBytes, signingKeyFromSeed,
+  openModel, openPresence, openUpdate, Purpose, seal, signedBytes, signingKeyFromSeed,
 } from './signing.js';
 export { Ext, f64, Float, pack, peekFields, unpack } from './msgpack.js';
 export { dumpJson, parseJson } from './json.js';

@@ -110,3 +110,31 @@ test('an answer restored after a page reload is re-sent, not trained again', () 
   assert.deepEqual(only(actions, 'train'), []);
   assert.deepEqual(only(actions, 'send')[0].payload, sent.payload);
 });
+
+test('an agent named in the roll call announces itself again before it trains', () => {
+  const core = agent();
+  core.handle({ type: 'connected' }, 1);
+  const actions = core.handle({ type: 'model', body: modelBytes({ roll_call: ['web-0', 'web-1'] }) }, 7);
+  const [again] = only(actions, 'publish');
+  assert.equal(again.topic, 'fedmq/v1/demo/agents/web-1');
+  assert.equal(JSON.parse(new TextDecoder().decode(again.payload)).at, 7);
+  assert.ok(actions.indexOf(again) < actions.findIndex((a) => a.type === 'train'));
+  assert.deepEqual(only(core.handle({ type: 'model', body: modelBytes({ round: 2, model_id: 'm2', roll_call: ['web-0'] }) }), 'publish'), []);
+});
+
+test('connected, an unsigned model far ahead of the one held is refused; after a reconnect it is taken', () => {
+  const core = agent();
+  core.handle({ type: 'connected' });
+  const [train] = only(core.handle({ type: 'model', body: modelBytes({ round: 3, model_id: 'm3' }) }), 'train');
+  core.handle(trained(train.key));
+  const [refused] = core.handle({ type: 'model', body: modelBytes({ round: 1000000, model_id: 'mX' }) });
+  assert.deepEqual([refused.type, refused.reason], ['model_rejected', 'future_round']);
+  assert.deepEqual(only(core.handle({ type: 'model', body: modelBytes({ run: 'r2', round: 7, model_id: 'mY' }) }), 'model_rejected').map((a) => a.reason), ['future_round']);
+  assert.equal(only(core.handle({ type: 'model', body: modelBytes({ round: 4, model_id: 'm4' }) }), 'train').length, 1);
+  const signed = new AgentCore({ job: 'demo', agent: 'web-1', samples: 10, signedModels: true });
+  signed.handle({ type: 'connected' });
+  signed.handle({ type: 'model', body: modelBytes({ round: 3, model_id: 'm3' }) });
+  assert.deepEqual(only(signed.handle({ type: 'model', body: modelBytes({ round: 40, model_id: 'm40' }) }), 'model_rejected'), []);
+  core.handle({ type: 'connected' });
+  assert.deepEqual(only(core.handle({ type: 'model', body: modelBytes({ round: 40, model_id: 'm40' }) }), 'model_rejected'), []);
+});

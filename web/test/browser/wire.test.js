@@ -1,7 +1,10 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { createHash } from 'node:crypto';
-import { agentRngKey, decodeModel, encodeDelta, parseTopic, peekModel, topicsFor, WireError } from '../../src/agent/wire.js';
+import {
+  agentRngKey, decodeModel, decodePresence, encodeDelta, encodePresence, openPresence, parseTopic, peekModel, sealPresence,
+  topicsFor, WireError,
+} from '../../src/agent/wire.js';
 import { decodeDelta } from '../../src/protocol/index.js';
 import { modelBytes } from './helpers.js';
 
@@ -40,4 +43,23 @@ test('topics and model headers for the pages', () => {
   assert.equal(parseTopic('demo', 'fedmq/v1/demo/agents/a b'), null);
   const header = peekModel(modelBytes({ deadline_s: 30.5 }));
   assert.deepEqual([header.run, header.round, header.task, header.deadline_s, header.plan.batch_size], ['r1', 1, 'linreg', 30.5, 2]);
+});
+
+test('a signed presence opens to the presence document; a bare one passes as it is', async () => {
+  const seed = new Uint8Array(32).fill(7);
+  const pkcs8 = new Uint8Array([0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20, ...seed]);
+  const key = await crypto.subtle.importKey('pkcs8', pkcs8, { name: 'Ed25519' }, false, ['sign']);
+  const bare = encodePresence({ agent: 'web-1', online: true, at: 5 });
+  const sealed = await sealPresence(bare, { job: 'demo', session: 'ab12', signer: 'web-1', key });
+  const { decode } = await import('@msgpack/msgpack');
+  const envelope = decode(sealed);
+  assert.deepEqual([envelope.type, envelope.purpose, envelope.job, envelope.run, envelope.signer], ['signed', 'presence', 'demo', 'ab12', 'web-1']);
+  assert.deepEqual(decodePresence(openPresence(sealed)), decodePresence(bare));
+  assert.equal(openPresence(bare), bare);
+});
+
+test('a model\'s roll call is read, and defaults to no one', () => {
+  assert.deepEqual(decodeModel(modelBytes()).roll_call, []);
+  assert.deepEqual(decodeModel(modelBytes({ roll_call: ['a0', 'b1'] })).roll_call, ['a0', 'b1']);
+  assert.throws(() => decodeModel(modelBytes({ roll_call: ['bad id'] })), (err) => err instanceof WireError && err.reason === 'malformed');
 });

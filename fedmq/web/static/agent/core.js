@@ -37,7 +37,11 @@ export class AgentCore {
    * `refuse(model)` names a reason this device cannot train `model` (a codec this
    * build lacks, personal layers, another model), or returns null.
    */
-  constructor({ job, agent, samples, device = null, feedback = new ErrorFeedback(), refuse = () => null }) {
+  /**
+   * `signedModels`: the adapter verifies every model with the coordinator's key, so no
+   * round it passes on is implausible (docs/PROTOCOL.md §14.3).
+   */
+  constructor({ job, agent, samples, device = null, feedback = new ErrorFeedback(), refuse = () => null, signedModels = false }) {
     this.job = job;
     this.agent = agent;
     this.samples = samples;
@@ -55,6 +59,9 @@ export class AgentCore {
     this.resendArmed = false;
     this.paused = false;
     this.modelsRejected = 0;
+    this.signedModels = signedModels;
+    /** nothing taken since (re)connecting: the retained model may be any round */
+    this.mayJump = true;
   }
 
   get busy() {
@@ -70,9 +77,10 @@ export class AgentCore {
     switch (event.type) {
       case 'connected':
         this.resendArmed = this.answer !== null;
+        this.mayJump = true;
         return [this.presence(true, wall)];
       case 'model':
-        return this.onModel(event.body);
+        return this.onModel(event.body, wall);
       case 'rejected':
         this.modelsRejected++;
         return [{ type: 'model_rejected', reason: event.reason, detail: event.detail }];
@@ -96,11 +104,12 @@ export class AgentCore {
     return [this.presence(true, wall)];
   }
 
-  onModel(body) {
+  onModel(body, wall) {
     let model;
     try {
       model = decodeModel(body);
       if (model.job !== this.job) throw new WireError('wrong_job', `model for job ${model.job}`);
+      this.checkPlausible(model);
     } catch (err) {
       if (!(err instanceof WireError)) throw err;
       this.modelsRejected++;
@@ -111,6 +120,28 @@ export class AgentCore {
     // A final model is never stale: it carries the last completed round.
     if (older && !model.done) return [];
     this.latest = model;
+    this.mayJump = false;
+    // the coordinator does not count us (§14.2): announce ourselves before anything else
+    const again = model.roll_call.includes(this.agent) ? [this.presence(true, wall)] : [];
+    return [...again, ...this.onLatest(model)];
+  }
+
+  /**
+   * Connected, an agent sees every announcement: an unsigned model more than one round
+   * ahead of the one held, or of a new run past round 1, is a forgery that would make
+   * every genuine model look late (§14.3). Throws WireError(future_round).
+   */
+  checkPlausible(model) {
+    const latest = this.latest;
+    if (this.signedModels || this.mayJump || latest === null) return;
+    const next = model.run === latest.run ? latest.round + 1 : 1;
+    if (model.round > next) {
+      throw new WireError('future_round', `run ${model.run} round ${model.round} right after run ${latest.run} round ${latest.round}: an implausible jump for an unsigned model`);
+    }
+  }
+
+  /** What the newest model asks: keep it, train, or re-send the answer. */
+  onLatest(model) {
     const kept = { type: 'keep_model', model };
     if (model.done) {
       // A retained final model of an earlier run ends nothing for a newcomer.

@@ -12,15 +12,16 @@
  * reconnect every 2 s, last will = presence offline (retained, QoS 1); subscribes to the
  * model, its chunks, the status and the metrics after every connect. A refused login stops
  * reconnecting. Chunked models are reassembled here, and updates over the round's payload
- * cap are sent as chunks (§4.6), after signing.
+ * cap are sent as chunks (§4.6), after signing. With a signing key every presence, the will
+ * too, is sealed for this page's session (§16.1), in order with the updates.
  */
 
 import mqtt from 'mqtt';
 import { AgentCore, keyOf } from './core.js';
 import { ErrorFeedback } from './feedback.js';
 import {
-  codecProblem, decodeMetrics, decodeStatus, isChunkFrame, MODEL_CHUNK_TTL_S, openModel, Reassembler, sealUpdate,
-  split, WireError,
+  codecProblem, decodeMetrics, decodeStatus, isChunkFrame, MODEL_CHUNK_TTL_S, openModel, Reassembler, sealPresence,
+  sealUpdate, split, WireError,
 } from './wire.js';
 
 /** the largest model a browser agent reassembles from chunks (edge_agent/agent.py's bound) */
@@ -47,8 +48,10 @@ export class AgentSession {
     this.onView = onView;
     this.core = new AgentCore({
       job: link.job, agent, samples: trainer.samples, device,
-      refuse: (model) => this.refusal(model),
+      refuse: (model) => this.refusal(model), signedModels: Boolean(keys.coordinator),
     });
+    /** one per page load: the coordinator tells this page's will from an earlier one's */
+    this.session = Array.from(crypto.getRandomValues(new Uint8Array(6)), (b) => b.toString(16).padStart(2, '0')).join('');
     this.queue = [];
     this.deferred = [];
     this.running = false;
@@ -84,6 +87,7 @@ export class AgentSession {
     const answer = await this.store.loadAnswer();
     if (answer) this.core.restoreAnswer(answer);
     const will = this.core.will();
+    will.payload = await this.sealed(will);
     this.client = mqtt.connect(this.link.broker, {
       clientId: `fedmq-${link.job}-${this.core.agent}`,
       username: this.link.user,
@@ -117,7 +121,14 @@ export class AgentSession {
   stop() {
     if (!this.client) return;
     for (const action of this.core.handle({ type: 'shutdown' }, this.now())) this.carryOut(action);
-    this.client.end(false);
+    this.sendChain = this.sendChain.then(() => this.client.end(false));
+  }
+
+  /** A presence publish's payload: sealed in the secure profile, else as it is. */
+  sealed(action) {
+    const { signing } = this.keys;
+    if (!signing) return Promise.resolve(action.payload);
+    return sealPresence(action.payload, { job: this.link.job, session: this.session, signer: this.core.agent, key: signing });
   }
 
   pause(paused) {
@@ -196,8 +207,10 @@ export class AgentSession {
 
   carryOut(action) {
     switch (action.type) {
-      case 'publish':
-        this.client.publish(action.topic, action.payload, { qos: 1, retain: action.retain });
+      case 'publish': // presence: sealed (asynchronously) and sent in order with the updates
+        this.sendChain = this.sendChain.then(async () => {
+          this.client.publish(action.topic, await this.sealed(action), { qos: 1, retain: action.retain });
+        });
         break;
       case 'train': {
         this.trainingKey = action.key;

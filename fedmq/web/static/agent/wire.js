@@ -6,9 +6,9 @@
  */
 
 import {
-  DEFAULT_MAX_BYTES, decodeModel as decodeModelList, encodeWithFeedback, Float, importSigningKey,
-  importVerifyKey, openModel as openModelEnvelope, parseCodec, parseTopic as parseAny, peekFields,
-  Purpose, seal, sha256, Topics, WireError,
+  DEFAULT_MAX_BYTES, decodeModel as decodeModelList, decodeSigned, encodeWithFeedback, Float,
+  importSigningKey, importVerifyKey, isSigned, MAX_JSON_BYTES, openModel as openModelEnvelope,
+  parseCodec, parseTopic as parseAny, peekFields, Purpose, seal, sha256, Topics, WireError,
 } from '../protocol/index.js';
 
 export {
@@ -64,6 +64,25 @@ export function openModel(payload, { job, key }) {
 /** `payload` (an encoded update) sealed for `run` with `signer`'s key (§11.1). */
 export function sealUpdate(payload, { job, run, signer, key }) {
   return seal(payload, Purpose.UPDATE, { job, run, signer, key });
+}
+
+/**
+ * A presence document (or last will) sealed with the agent's update key for its
+ * `session` (§16.1): the coordinator of the secure profile counts no other presence.
+ */
+export function sealPresence(payload, { job, session, signer, key }) {
+  return seal(payload, Purpose.PRESENCE, { job, run: session, signer, key });
+}
+
+/** The presence document in `bytes`, a signed envelope unwrapped unverified (§16.1): what
+ * readers that hold no agent keys (the dashboard) show. Throws WireError. */
+export function openPresence(bytes) {
+  if (!isSigned(bytes)) return bytes;
+  const envelope = decodeSigned(bytes, MAX_JSON_BYTES);
+  if (envelope.purpose !== Purpose.PRESENCE) {
+    throw new WireError('malformed', `a ${envelope.purpose} envelope where a presence belongs`);
+  }
+  return envelope.body;
 }
 
 /** Keys from a link: `key` (PKCS#8 DER) signs updates, `ckey` (SPKI DER) verifies models. */

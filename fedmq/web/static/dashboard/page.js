@@ -10,7 +10,7 @@
 
 import mqtt from 'mqtt';
 import { linkProblems, readLink } from '../agent/link.js';
-import { decodeMetrics, decodePresence, decodeStatus, parseTopic, peekModel, topicsFor, WireError } from '../agent/wire.js';
+import { decodeMetrics, decodePresence, decodeStatus, openPresence, parseTopic, peekModel, topicsFor, WireError } from '../agent/wire.js';
 import { Charts, human } from './charts.js';
 import { DashboardState } from './state.js';
 
@@ -173,7 +173,7 @@ async function main() {
       switch (ref.kind) {
         case 'status': dirty = state.onStatus(decodeStatus(bytes)) || dirty; break;
         case 'metrics': dirty = state.onMetrics(decodeMetrics(bytes)) || dirty; break;
-        case 'agents': dirty = state.onPresence(ref.agent, bytes.length ? decodePresence(bytes) : null) || dirty; break;
+        case 'agents': dirty = state.onPresence(ref.agent, bytes.length ? decodePresence(openPresence(bytes)) : null) || dirty; break;
         case 'model': {
           const header = bytes.length ? peekModel(bytes) : null;
           if (header) dirty = state.onModel(header, bytes.length) || dirty;

@@ -14,7 +14,7 @@
 
 import { fail, RejectReason } from './errors.js';
 import {
-  DEFAULT_MAX_BYTES, Fields, header, isMap, MAX_COHORT, MAX_TENSORS, packMessage, SCHEMA_VERSION,
+  DEFAULT_MAX_BYTES, Fields, header, isMap, MAX_COHORT, MAX_ROLL_CALL, MAX_TENSORS, packMessage, SCHEMA_VERSION,
   unpackMessage,
 } from './fields.js';
 import { f64 } from './msgpack.js';
@@ -69,6 +69,11 @@ export function decodeModel(payload, maxBytes = DEFAULT_MAX_BYTES) {
     if (!Array.isArray(obj.cohort) || obj.cohort.length > MAX_COHORT) fail(MALFORMED, 'model.cohort: expected a list of ids');
     cohort = obj.cohort.map((a) => new Fields({ a }, 'model.cohort').ident('a'));
   }
+  let rollCall = []; // docs/PROTOCOL.md §16.2
+  if (obj.roll_call !== undefined && obj.roll_call !== null) {
+    if (!Array.isArray(obj.roll_call) || obj.roll_call.length > MAX_ROLL_CALL) fail(MALFORMED, 'model.roll_call: expected a list of ids');
+    rollCall = obj.roll_call.map((a) => new Fields({ a }, 'model.roll_call').ident('a'));
+  }
   const { tensors } = obj;
   if (Array.isArray(tensors) && tensors.length > MAX_TENSORS) fail(TOO_LARGE, `model: ${tensors.length} tensors`);
   const out = {
@@ -85,6 +90,7 @@ export function decodeModel(payload, maxBytes = DEFAULT_MAX_BYTES) {
     done: f.flag('done'),
     issued_at: f.number('issued_at', 0),
     max_payload: maxPayload(f),
+    roll_call: rollCall,
   };
   out.weights = decodeWeights(tensors);
   return out;

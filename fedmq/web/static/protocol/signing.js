@@ -10,12 +10,12 @@
  */
 
 import { fail, RejectReason } from './errors.js';
-import { Fields, isMap, SCHEMA_VERSION } from './fields.js';
+import { Fields, isMap, MAX_JSON_BYTES, SCHEMA_VERSION } from './fields.js';
 import { MsgpackError, pack, peekFields, unpack } from './msgpack.js';
 import { sha256 } from './sha256.js';
 import { checkId } from './topics.js';
 
-export const Purpose = Object.freeze({ MODEL: 'model', UPDATE: 'update' });
+export const Purpose = Object.freeze({ MODEL: 'model', UPDATE: 'update', PRESENCE: 'presence' });
 /** what the coordinator puts in `signer` of a model */
 export const COORDINATOR_SIGNER = 'coordinator';
 /** the envelope's own fields stay under this many bytes on top of the body */
@@ -167,4 +167,24 @@ export async function openUpdate(payload, { job, run, agent, keys, maxBodyBytes 
   const key = Object.hasOwn(keys, agent) ? keys[agent] : null;
   if (!key) fail(UNKNOWN_AGENT, `no update key provisioned for '${agent}'`);
   return verified(envelope, key);
+}
+
+/**
+ * The presence document inside `payload` and the session it was signed in (null for a
+ * bare one), checked against `agent`'s key in `keys` as openUpdate checks an update
+ * (docs/PROTOCOL.md §16.1; the session is the envelope's `run`). With `keys` null an
+ * envelope is unwrapped unverified, as readers that hold no agent keys do.
+ */
+export async function openPresence(payload, { job, agent, keys }) {
+  if (!isSigned(payload)) {
+    if (keys) fail(UNSIGNED, 'presence is not signed');
+    return { body: payload, session: null };
+  }
+  const envelope = expect(decodeSigned(payload, MAX_JSON_BYTES), Purpose.PRESENCE);
+  if (!keys) return { body: envelope.body, session: envelope.run };
+  if (envelope.job !== job) fail(WRONG_JOB, `presence signed for job '${envelope.job}'`);
+  if (envelope.signer !== agent) fail(AGENT_MISMATCH, `signed by '${envelope.signer}'`);
+  const key = Object.hasOwn(keys, agent) ? keys[agent] : null;
+  if (!key) fail(UNKNOWN_AGENT, `no update key provisioned for '${agent}'`);
+  return { body: await verified(envelope, key), session: envelope.run };
 }
