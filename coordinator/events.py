@@ -67,6 +67,14 @@ class Evaluated:
 
 
 @dataclass(frozen=True, slots=True)
+class PartialArrived:
+    """A site aggregator or ingest worker published its partial aggregate of a round."""
+
+    aggregator: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class StopRequested:
     """The operator asked the coordinator to stop (Ctrl-C, SIGTERM): the run stays
     resumable, so nothing final is published."""
@@ -75,7 +83,13 @@ class StopRequested:
 
 
 Event: TypeAlias = (
-    BrokerConnected | UpdateArrived | SecAggArrived | PresenceArrived | Tick | Evaluated
+    BrokerConnected
+    | UpdateArrived
+    | SecAggArrived
+    | PresenceArrived
+    | PartialArrived
+    | Tick
+    | Evaluated
     | StopRequested
 )
 
@@ -99,6 +113,17 @@ class UpdateAccepted:
 
     agent: str
     round_no: int
+    accepted: int
+    quorum: int
+
+
+@dataclass(frozen=True, slots=True)
+class PartialMerged:
+    """A partial aggregate was merged: its ``contributors`` count as accepted updates."""
+
+    aggregator: str
+    round_no: int
+    contributors: int
     accepted: int
     quorum: int
 
@@ -148,6 +173,7 @@ Action: TypeAlias = (
     Publish
     | RoundOpened
     | UpdateAccepted
+    | PartialMerged
     | MessageRejected
     | Evaluate
     | SaveCheckpoint

@@ -29,6 +29,8 @@ from coordinator.events import (
     Evaluated,
     Event,
     MessageRejected,
+    PartialArrived,
+    PartialMerged,
     PresenceArrived,
     RoundClosed,
     RoundOpened,
@@ -83,7 +85,8 @@ class CoordinatorNode:
             broker,
             session,
             self._inbox,
-            subscriptions=lambda: [(topics.all_updates, 1), (topics.all_presence, 1), *secagg],
+            subscriptions=lambda: [(topics.all_updates, 1), (topics.all_presence, 1),
+                                   (topics.all_partials, 1), *secagg],
             on_connected=lambda: self._put(BrokerConnected()),
             on_refused=lambda why: self._put(_Refused(why)),
         )
@@ -152,6 +155,8 @@ class CoordinatorNode:
             return UpdateArrived(agent, item.payload)
         if kind is TopicKind.SECAGG:
             return SecAggArrived(agent, item.payload)
+        if kind is TopicKind.PARTIAL:
+            return PartialArrived(agent, item.payload)
         return PresenceArrived(agent, item.payload, item.retained)
 
     def _feed(self, event: Event) -> None:
@@ -187,7 +192,7 @@ class CoordinatorNode:
                 log.warning(
                     "rejected from %s (round %s): %s: %s", agent, round_no, reason.value, detail
                 )
-            case RoundOpened() | UpdateAccepted() | RoundClosed():
+            case RoundOpened() | UpdateAccepted() | PartialMerged() | RoundClosed():
                 pass  # progress, for on_action observers
             case Stop(phase=phase, message=message):
                 level = logging.ERROR if phase is Phase.FAILED else logging.INFO

@@ -62,8 +62,9 @@ from protocol import (
     encode_update,
 )
 from protocol.chunks import split
+from protocol.keys import SigningKey, VerifyKey
 from protocol.secagg.shamir import RandomBytes
-from protocol.signing import Purpose, SigningKey, VerifyKey, seal
+from protocol.signing import Purpose, seal
 
 # the core's events and actions live in edge_agent.events; importers may use either module
 __all__ = [
@@ -174,10 +175,8 @@ class AgentCore:
     def arrived(self, topic: str, payload: bytes) -> AgentEvent:
         """The event for a message on one of :attr:`subscriptions`."""
         t = self.topics
-        if topic == t.rollcall:
-            return RollCalled(payload)
-        if topic.startswith(t.secagg_down):
-            return SecAggArrived(payload)
+        if topic == t.rollcall or topic.startswith(t.secagg_down):
+            return RollCalled(payload) if topic == t.rollcall else SecAggArrived(payload)
         return DeltaArrived(payload) if topic.startswith(t.delta) else ModelArrived(payload)
 
     def will(self) -> Publish:

@@ -18,7 +18,8 @@ from protocol import (
     decode_rollcall,
     encode_presence,
 )
-from protocol.signing import Purpose, SigningKey, seal
+from protocol.keys import SigningKey
+from protocol.signing import Purpose, seal
 
 #: what this implementation announces as its presence ``kind`` (docs/PROTOCOL.md §4.3)
 KIND = "python"

@@ -122,17 +122,14 @@ def add_security(p: argparse.ArgumentParser, role: str) -> None:
     )
     g.add_argument("--signing-key", type=Path, help=f"sign every {_SIGNS[role]} with this key")
     if role == "coordinator":
-        g.add_argument(
-            "--agent-keys",
-            type=Path,
-            help="directory of AGENT_ID.pub: accept only updates signed by these agents",
-        )
+        g.add_argument("--agent-keys", type=Path, help="directory of AGENT_ID.pub: accept "
+                       "only updates signed by these agents")
+        g.add_argument("--aggregator-keys", type=Path, help="directory of SITE.pub: accept "
+                       "partial aggregates signed by these site aggregators or ingest workers "
+                       "(docs/SCALE.md)")
     else:
-        g.add_argument(
-            "--coordinator-key",
-            type=Path,
-            help="train only on models signed by this key (the coordinator's public key)",
-        )
+        g.add_argument("--coordinator-key", type=Path, help="train only on models signed by "
+                       "this key (the coordinator's public key)")
 
 
 def add_device_options(p: argparse.ArgumentParser, *, required: bool = True) -> None:

@@ -2,6 +2,7 @@
 
 fedmq demo          private broker + coordinator + N agents, live progress, summary
 fedmq coordinator   run a job's coordinator against a broker
+fedmq aggregator    a site aggregator: a site broker's updates summed, one partial upstream
 fedmq agent         run one agent (one device) against a broker
 fedmq agents        host several agents in one process (each its own MQTT connection)
 fedmq monitor       watch jobs live from their topics alone
@@ -40,6 +41,7 @@ from fedmq.agent_cli import connection as _connection
 from fedmq.agent_cli import data_config as _data
 from fedmq.agent_cli import password as _password
 from fedmq.agent_cli import stop_on_signals as _stop_on_signals
+from fedmq.aggregator_cli import register_aggregator
 from fedmq.bundle import expand_bundle, load_agent_keys, load_signing_key
 from fedmq.launch import AgentSettings, build_agent, build_coordinator
 from fedmq.progress import RunRecorder, write_summary
@@ -226,6 +228,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_agents)
     _add_watch_commands(sub)
+    register_aggregator(sub)
     register_provision(sub)
     register_web(sub)
     for plugin in entry_points(group=PLUGIN_GROUP):
@@ -257,7 +260,9 @@ def _signed_config(config: RoundConfig, args: argparse.Namespace) -> RoundConfig
     agent_keys = load_agent_keys(args.agent_keys) if args.agent_keys else None
     if signing_key is None or agent_keys is None:
         print(f"fedmq coordinator: {UNSIGNED_NOTICE}", file=sys.stderr)
-    return dataclasses.replace(config, signing_key=signing_key, agent_keys=agent_keys)
+    sites = load_agent_keys(args.aggregator_keys) if args.aggregator_keys else None
+    return dataclasses.replace(config, signing_key=signing_key, agent_keys=agent_keys,
+                               aggregator_keys=sites)
 
 
 def _commands(top: argparse.ArgumentParser) -> list[str]:

@@ -26,7 +26,7 @@ from edge_agent.policy import ResourcePolicy
 from edge_agent.state import DEVICE_MODEL_NAME, RESIDUAL_NAME, StateDir
 from fedmq.tasks import DataConfig, Task, agent_data, get_task, test_data
 from protocol import Weights
-from protocol.signing import SigningKey, VerifyKey
+from protocol.keys import SigningKey, VerifyKey
 from transport.connection import BrokerURL, Session, packet_bound
 
 if TYPE_CHECKING:

@@ -56,6 +56,11 @@ def test_ingest_pure_accepts_every_update() -> None:
     for codec in ("none", "topk+int8+zstd"):
         row = ingest.ingest_pure("mnist-logreg", codec, weights, deltas, updates=6)
         assert row["updates"] == 6 and row["updates_per_s"] > 0
+        # the plain inexact path ran beside it on the same payloads
+        assert row["plain_updates_per_s"] > 0
+        assert row["ratio_to_plain"] == pytest.approx(
+            row["updates_per_s"] / row["plain_updates_per_s"], rel=0.01)
+        assert set(row["add_us"]) >= {"plain_multiply_add", "numpy"}
     assert row["mean_update_bytes"] < 4 * (784 * 10 + 10)  # sparsified and compressed
 
 

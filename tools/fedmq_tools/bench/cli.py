@@ -171,6 +171,7 @@ def cmd_scale(args: argparse.Namespace) -> int:
         timeout_s=args.timeout,
         stop_on_failure=not args.keep_going,
         broker_config="\n".join(args.broker_config or ()),
+        sites=args.sites,
     )
     begun = begin()
     doc = run_scale(opts)
@@ -423,6 +424,9 @@ def _add_scale(which: Any) -> None:
     p.add_argument("--keep-going", action="store_true", help="try larger sizes after a failure")
     p.add_argument("--broker-config", action="append", metavar="LINE",
                    help="repeatable: a line appended to the private Mosquitto's config")
+    p.add_argument("--sites", type=int, default=0,
+                   help="spread agents over K site brokers bridged to a central one, each "
+                        "with a site aggregator (docs/SCALE.md)")
     _add_out(p)
     p.set_defaults(func=cmd_scale)
 
