@@ -171,6 +171,7 @@ def cmd_scale(args: argparse.Namespace) -> int:
         timeout_s=args.timeout,
         stop_on_failure=not args.keep_going,
         broker_config="\n".join(args.broker_config or ()),
+        broker=args.broker,
         sites=args.sites,
     )
     begun = begin()
@@ -422,6 +423,8 @@ def _add_scale(which: Any) -> None:
     p.add_argument("--data", type=Path, help="MNIST directory (default: ../shared/data/mnist)")
     p.add_argument("--timeout", type=float, default=900.0, help="give up on a size after this")
     p.add_argument("--keep-going", action="store_true", help="try larger sizes after a failure")
+    p.add_argument("--broker", choices=("mosquitto", "nats", "rabbitmq"), default="mosquitto",
+                   help="the private broker the fleet runs on (docs/BROKERS.md)")
     p.add_argument("--broker-config", action="append", metavar="LINE",
                    help="repeatable: a line appended to the private Mosquitto's config")
     p.add_argument("--sites", type=int, default=0,

@@ -42,6 +42,7 @@ from fedmq_tools.bench.measure import (
     system_cpu_s,
     usage,
 )
+from fedmq_tools.brokers import PrivateBroker, private_broker
 from protocol import ClosedBy, Phase, RoundMetrics
 from transport.connection import BrokerURL
 
@@ -62,6 +63,9 @@ class ScaleOptions:
     stop_on_failure: bool = True
     #: lines appended to the private broker's config (mosquitto.conf), e.g. a queue limit
     broker_config: str = ""
+    #: which private broker the fleet runs on: mosquitto, nats or rabbitmq (docs/BROKERS.md;
+    #: ``broker_config`` applies to mosquitto only)
+    broker: str = "mosquitto"
     #: spread the agents over this many bridged site brokers with site aggregators (0: one
     #: broker, no sites; :mod:`fedmq_tools.bench.sites`)
     sites: int = 0
@@ -99,7 +103,7 @@ class _Window:
 
 
 def run_size(
-    n: int, opts: ScaleOptions, logs: Path, broker: LocalBroker | None = None
+    n: int, opts: ScaleOptions, logs: Path, broker: PrivateBroker | None = None
 ) -> dict[str, Any]:
     """One fleet of ``n`` agents through ``opts.rounds`` rounds (on ``broker``, or a
     fresh private one, whose CPU and RSS then belong to this size alone); its figures."""
@@ -107,7 +111,10 @@ def run_size(
     job = f"scale-{n}" + ("-secagg" if opts.secagg is not None else "")
     with ExitStack() as stack:
         if broker is None:
-            broker = stack.enter_context(LocalBroker(extra_config=opts.broker_config))
+            broker = stack.enter_context(
+                LocalBroker(extra_config=opts.broker_config) if opts.broker == "mosquitto"
+                else private_broker(opts.broker)
+            )
         window = _Window(broker.pid)
         config = RoundConfig(
             job=job,
