@@ -105,6 +105,7 @@ def site_bridge(site: str, central: str, job: str) -> str:
         f"topic {base}/model in 1",
         f"topic {base}/model/chunk/# in 1",
         f"topic {base}/status in 1",
+        f"topic {base}/rollcall in 1",
         f"topic {base}/agents/# out 1",
         "",
     ])

@@ -130,6 +130,9 @@ def test_a_dead_site_lets_the_round_close_at_its_deadline_with_the_other(tmp_pat
         alive = SiteThread(cfg, "site-a", site_a.url, central.url)
         # site-b waits for the whole deadline: its cohort holds an agent that never answers
         doomed = SiteThread(cfg, "site-b", site_b.url, central.url, close_share=1.0)
+        # the coordinator counts live presence only (PROTOCOL.md §16.5): it is up before
+        # the silent agent announces itself
+        coord.start()
         silent = Presence(agent="silent", online=True, samples=1)
         publish_retained(site_b.url, Topics(job).presence("silent"), encode_presence(silent))
         wait_until(lambda: "silent" in doomed.node.core.agents_online, doomed.node.progress,
@@ -137,7 +140,6 @@ def test_a_dead_site_lets_the_round_close_at_its_deadline_with_the_other(tmp_pat
         with agent_fleet(site_a.url, job, "digits", PER_SITE, total=2 * PER_SITE), \
                 agent_fleet(site_b.url, job, "digits", PER_SITE, first=PER_SITE,
                             total=2 * PER_SITE):
-            coord.start()
             assert merged.wait(TIMEOUT_S)
             doomed.stop()  # mid-round: site-b has its agents' updates but sent nothing
             coord.join()
