@@ -181,7 +181,9 @@ class AgentNode:
                     break
                 if isinstance(item, TrainingDone):
                     self.rounds_trained += 1
-                elif busy and not isinstance(item, _Refused | TrainingFailed):
+                elif busy and not isinstance(item, _Refused | TrainingFailed) and not (
+                    isinstance(item, Connected) or self._is_rollcall(item)
+                ):  # presence goes out at once: the coordinator counts only live presence
                     deferred.append(item)
                     continue
                 if isinstance(item, _Refused):
@@ -201,6 +203,9 @@ class AgentNode:
         finally:
             self._halt.set()
             self._link.close()
+
+    def _is_rollcall(self, item: object) -> bool:
+        return isinstance(item, Received) and item.topic == self.core.topics.rollcall
 
     def _feed(self, event: AgentEvent) -> None:
         for action in self.core.handle(event, time.monotonic(), wall=time.time()):
