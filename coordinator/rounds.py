@@ -21,6 +21,7 @@ metrics -> checkpoint -> announce the next round (or stop).
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 
 from typing_extensions import assert_never
@@ -56,6 +57,7 @@ from coordinator.roster import Roster
 from coordinator.run_views import RunViews
 from coordinator.secure_round import SecAggStage, SecAggStep
 from coordinator.stopping import stop_reason
+from coordinator.stragglers import LateUpdates
 from coordinator.validation import Intake, RunView
 from protocol import (
     ClosedBy,
@@ -93,6 +95,7 @@ class Rounds(RunViews):
         self._intake = Intake(config, shapes)
         self._secagg = SecAggStage(config, shapes) if config.secagg is not None else None
         self._raw_update_bytes = raw_size(shapes)
+        self._late = LateUpdates(config, resume)  # --carry-late (coordinator/stragglers.py)
         if self._completed >= config.rounds:
             self._phase = Phase.DONE
             self._message = f"already completed {self._completed} rounds"
@@ -171,15 +174,20 @@ class Rounds(RunViews):
                        current=round_no if not self.finished else None, accepting=accepting,
                        model_id=self._broadcast.version.model_id, online=self._roster.online)
         try:
-            taken = self._intake.take(view, agent, payload, now)
+            check = self._late.checker(view, agent, self.finished)
+            taken = self._intake.take_checked(self._run, agent, payload, now, check)
         except WireError as exc:
             if exc.reason is RejectReason.UNKNOWN_AGENT:
                 self._roster.missing(agent)
             return [self._reject(agent, round_no, exc.reason, exc.detail)]
         if taken is None:
             return []  # a chunk of an update still incomplete
-        assert accepting is not None  # check_round refuses every update without one
         update, delta = taken
+        if self._late.is_late(update, view, self.finished):  # carried to the next round
+            self._late.carry(update, delta, view)
+            self._roster.alive(agent)
+            return [SaveCheckpoint(self.checkpoint()), self._status(now)]
+        assert accepting is not None  # check_round refuses every update without one
         self._broadcast.answered(agent, update.model_id)
         if delta is None:
             accepting.declined.add(agent)
@@ -245,6 +253,7 @@ class Rounds(RunViews):
             addressed, sent.whole_bytes, sent.delta_bytes, self._roster.presences)
         rs.raw_bytes_down += self._raw_update_bytes * len(addressed)
         rs.addressed += len(addressed)
+        self._late.announced(rs, self._broadcast.version.model_id)
         opened = RoundOpened(rs.number, rs.attempt, len(rs.cohort), rs.quorum, rs.deadline_s)
         return [*sent.publishes, opened, self._status(now)]
 
@@ -284,6 +293,7 @@ class Rounds(RunViews):
         rs = self._round  # ``mean``: SecAgg's mean delta, in place of the aggregator's
         assert rs is not None
         try:
+            self._late.fold(rs)
             delta = mean if mean is not None else rs.aggregator.result().delta
             rs.new_weights, rs.new_opt_state = self._model.step(delta)
         except AggregationError as exc:
@@ -303,6 +313,7 @@ class Rounds(RunViews):
         self._model.commit(rs.new_weights, rs.new_opt_state)
         self._broadcast.advance(rs.new_weights, rs.number)
         self._completed = rs.number
+        self._late.closed(rs)
         metrics = rs.metrics(
             job=self.config.job, run=self._run, evaluation=evaluation,
             raw_update_bytes=self._raw_update_bytes, duration_s=now - rs.opened_at,
@@ -326,9 +337,10 @@ class Rounds(RunViews):
 
     def checkpoint(self) -> Checkpoint:
         """The state to resume from: the model after the last completed round."""
-        return self._model.checkpoint(run=self._run, completed=self._completed,
+        ckpt = self._model.checkpoint(run=self._run, completed=self._completed,
                                       history=tuple(self._history), rejected=self._rejected_total,
                                       broadcast=self._broadcast.state())
+        return dataclasses.replace(ckpt, buffer=self._late.pending, live=self._late.live())
 
     def _final_model(self, now: float) -> list[Action]:
         final = self._outbox.final_model(
