@@ -23,6 +23,7 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from coordinator import CheckpointError, RoundConfig
 from fedmq.agent_cli import (
@@ -39,6 +40,7 @@ from fedmq.agent_cli import data_config as _data
 from fedmq.agent_cli import password as _password
 from fedmq.agent_cli import stop_on_signals as _stop_on_signals
 from fedmq.bundle import expand_bundle, load_agent_keys, load_signing_key
+from fedmq.fleet_schedule import add_fleet_flags
 from fedmq.launch import AgentSettings, build_agent, build_coordinator
 from fedmq.progress import RunRecorder, write_summary
 from fedmq.provision import register as register_provision
@@ -53,6 +55,9 @@ from fedmq.web.cli import add_demo_options as add_web_demo_options
 from fedmq.web.cli import register as register_web
 from protocol import Phase
 from transport.connection import BrokerURL
+
+if TYPE_CHECKING:
+    from edge_agent.mqtt import AgentNode
 
 #: commands that come with the fedmq-tools distribution (tools/), found by entry point
 PLUGIN_GROUP = "fedmq.commands"
@@ -119,24 +124,22 @@ def _agent_settings(
 
 
 def cmd_agents(args: argparse.Namespace) -> int:
-    from edge_agent.mqtt import run_fleet
+    from fedmq.fleet_driver import ScheduledFleet
+    from fedmq.fleet_schedule import FleetSchedule, fleet_spec
 
     total = args.of or args.count
     conn = _connection(args, args.broker)
-    nodes = [
-        build_agent(
-            _agent_settings(args, f"{args.id_prefix}{i}", i, total, not args.keep_running), conn
-        )
-        for i in range(args.first, args.first + args.count)
-    ]
 
-    def stop_all(_why: str) -> None:
-        for n in nodes:
-            n.stop()
+    def build(k: int, delay_s: float) -> AgentNode:
+        i = args.first + k
+        settings = _agent_settings(args, f"{args.id_prefix}{i}", i, total, not args.keep_running)
+        return build_agent(dataclasses.replace(settings, train_delay_s=delay_s), conn)
 
-    _stop_on_signals(stop_all)
-    for thread in run_fleet(nodes):
-        thread.join()
+    fleet = ScheduledFleet(FleetSchedule(fleet_spec(args), args.count), build)
+    _stop_on_signals(lambda _why: fleet.stop())
+    fleet.start()
+    fleet.join()
+    nodes = fleet.built
     refused = [n.refused for n in nodes if n.refused]
     if refused:
         print(f"fedmq agents: {refused[0]}", file=sys.stderr)
@@ -186,6 +189,7 @@ def parser() -> argparse.ArgumentParser:
     _add_task(p, default="digits")
     add_round_flags(p, rounds=10, deadline=30.0)
     add_web_demo_options(p)
+    add_fleet_flags(p)
     # the demo shows compressed updates and delta-coded models (fedmq.demo.DEMO_CODEC,
     # DEMO_DOWNLINK_DELTA), or neither under --secagg
     p.set_defaults(func=cmd_demo, codec=None, username=None, password=None,
@@ -215,6 +219,7 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="stay online after the run's final model",
     )
+    add_fleet_flags(p)
     p.set_defaults(func=cmd_agents)
     _add_watch_commands(sub)
     register_provision(sub)
