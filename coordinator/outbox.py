@@ -175,6 +175,7 @@ class Outbox:
         rejected: Mapping[str, int],
         message: str,
         now: float,
+        mode: str = "sync",
     ) -> Publish:
         """The job's live state, retained. ``last_round`` is the round announced last
         (None before round 1); its progress shows while it is open (training, evaluating)."""
@@ -199,5 +200,6 @@ class Outbox:
             rejected=dict(rejected),
             at=self.wall(now),
             message=message,
+            mode=mode,
         )
         return Publish(self.topics.status, encode_status(status), retain=True)

@@ -106,6 +106,11 @@ class Rounds(RunViews):
     def completed_rounds(self) -> int:
         return self._completed
 
+    @property
+    def carried_total(self) -> int:
+        """Late updates carried into a later round (``--carry-late``) by this process."""
+        return self._late.carried_total
+
     def next_deadline(self) -> float | None:
         """When the adapter must send a :class:`Tick`, or None if nothing is timed."""
         if self._phase is not Phase.TRAINING or self._round is None:
@@ -313,12 +318,11 @@ class Rounds(RunViews):
         self._model.commit(rs.new_weights, rs.new_opt_state)
         self._broadcast.advance(rs.new_weights, rs.number)
         self._completed = rs.number
-        self._late.closed(rs)
-        metrics = rs.metrics(
+        metrics = dataclasses.replace(rs.metrics(
             job=self.config.job, run=self._run, evaluation=evaluation,
             raw_update_bytes=self._raw_update_bytes, duration_s=now - rs.opened_at,
             at=self._outbox.wall(now), epsilon=self._model.record_privacy(rs.sampling_rate),
-        )
+        ), staleness=self._late.closed(rs))
         self._history.append(metrics)
         # Checkpoint first: a round whose metrics anyone has seen survives a crash.
         actions: list[Action] = [SaveCheckpoint(self.checkpoint()),

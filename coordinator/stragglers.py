@@ -25,6 +25,7 @@ checkpoint is written as each one arrives), so ``--resume`` keeps them. Pure.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 
 from coordinator.checkpoint import Buffered, Checkpoint, LiveVersion
@@ -133,9 +134,14 @@ class LateUpdates:
             rs.aggregator.add(entry.delta, max(entry.samples * entry.weight, 1.0))
         self._folded = len(self._entries)
 
-    def closed(self, rs: OpenRound) -> None:
+    def closed(self, rs: OpenRound) -> dict[str, int] | None:
         """``rs`` is committed: its carried updates are applied, and who answered it is
-        fixed; rounds now too old to carry are forgotten."""
+        fixed; rounds now too old to carry are forgotten. Returns the updates ``rs``
+        applied by staleness (its metrics' ``staleness``; None without carrying)."""
+        if not self._config.carry_late:
+            return None
+        taus = Counter(str(rs.number - e.base) for e in self._entries[:self._folded])
+        taus["0"] = len(rs.accepted)
         del self._entries[:self._folded]
         self._folded = 0
         if rs.number in self._rounds:
@@ -144,6 +150,7 @@ class LateUpdates:
                                                   tuple(sorted(rs.answered)))
         floor = rs.number + 1 - self._config.carry_late
         self._rounds = {n: v for n, v in self._rounds.items() if n >= floor}
+        return dict(sorted(taus.items(), key=lambda kv: int(kv[0])))
 
     def live(self) -> tuple[LiveVersion, ...]:
         """The rounds late updates may still be based on, for the checkpoint."""

@@ -83,6 +83,7 @@ def test_over_selection_asks_ceil_factor_times_quorum_and_closes_at_quorum() -> 
 def test_without_carry_late_a_late_update_is_stale() -> None:
     machine, r1, late, _ = first_round()
     assert rejections(send(machine, late, r1, seed=3)) == [RejectReason.STALE]
+    assert machine.history[0].staleness is None  # metrics as before --carry-late existed
 
 
 def test_a_carried_update_joins_the_next_round_weighted_by_its_staleness() -> None:
@@ -94,6 +95,8 @@ def test_a_carried_update_joins_the_next_round_weighted_by_its_staleness() -> No
     fresh = sorted(r2.cohort)[:2]
     send(machine, fresh[0], r2, seed=4)
     assert closed(send(machine, fresh[1], r2, seed=5)) == [2]  # quorum counts fresh work only
+    # the round's metrics: two fresh updates and one a round late (the views show it)
+    assert [m.staleness for m in machine.history] == [{"0": 2}, {"0": 2, "1": 1}]
     late_weight = 20 * staleness_weight("sqrt", 1)
     expected = mean(w1, [(10, make_delta(4)), (10, make_delta(5)),
                          (late_weight, make_delta(3))])
