@@ -6,6 +6,7 @@ order. Both are immutable; ``edge_agent.agent`` turns the one into the other.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from typing import TypeAlias
 
@@ -13,6 +14,7 @@ from edge_agent.downlink import KeepModel, Subscribe, Unsubscribe
 from edge_agent.feedback import Residual
 from edge_agent.trainer import TrainResult
 from protocol import ModelAnnouncement, Publish, RejectReason
+from protocol.chunks import is_chunk_frame
 
 #: Identifies what an update answers: (run, round, model_id).
 RoundKey = tuple[str, int, str]
@@ -127,3 +129,24 @@ AgentAction: TypeAlias = (
     Publish | Train | ModelRejected | UpdateSent | RunFinished | SaveResidual | KeepModel
     | Subscribe | Unsubscribe
 )
+
+
+def defer(deferred: deque[AgentEvent], event: AgentEvent) -> None:
+    """Queue ``event`` behind a training; a whole model replaces whole models still queued.
+
+    Why: the model topic is retained, so the newest announcement supersedes the older
+    ones, and an agent trains on the newest version it holds (docs/PROTOCOL.md §13). A
+    slow agent that trained through several FedBuff versions would otherwise train on
+    each queued version in turn and fall ever further behind until its updates are
+    ``stale``. Chunk frames and manifests are kept: they reassemble in order. What was
+    dropped is a loss the core is told of (:class:`MessagesLost`), so it takes a version
+    that skips the dropped ones (docs/PROTOCOL.md §16.3).
+    """
+    if isinstance(event, ModelArrived) and not is_chunk_frame(event.payload):
+        older = [e for e in deferred
+                 if isinstance(e, ModelArrived) and not is_chunk_frame(e.payload)]
+        for old in older:
+            deferred.remove(old)
+        if older and not isinstance(deferred[-1] if deferred else None, MessagesLost):
+            deferred.append(MessagesLost())
+    deferred.append(event)

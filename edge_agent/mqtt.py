@@ -46,6 +46,7 @@ from edge_agent.agent import (
 )
 from edge_agent.device_model import save_device_model
 from edge_agent.downlink import HeldModel
+from edge_agent.events import defer
 from edge_agent.feedback import save_residual
 from edge_agent.personal import DeviceTrainer
 from edge_agent.policy import (
@@ -229,8 +230,7 @@ class AgentNode:
     def _defer(self, deferred: deque[AgentEvent], event: AgentEvent) -> None:
         """Keep ``event`` until the training is done; with the backlog full, mark the gap."""
         if len(deferred) < self._inbox.maxsize:
-            deferred.append(event)
-            return
+            return defer(deferred, event)  # a newer whole model replaces a queued one
         if not isinstance(event, MessagesLost):
             self._deferred_dropped += 1
             log.error("%s: inbound queue full; dropped a message", self.core.agent)
