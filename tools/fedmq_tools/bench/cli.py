@@ -336,28 +336,43 @@ def _add_personal(which: Any) -> None:
 
 
 def cmd_hetero(args: argparse.Namespace) -> int:
-    from fedmq_tools.bench.hetero import HeteroOptions, report, run_hetero
+    from fedmq_tools.bench.hetero import HeteroOptions, one_blas_thread, report, run_hetero
 
-    opts = HeteroOptions(agents=args.agents, task=args.task, target=args.target,
-                         base_delay_s=args.base_delay, buffer_k=args.buffer_k,
-                         max_staleness=args.max_staleness, timeout_s=args.timeout)
+    one_blas_thread()
+    opts = HeteroOptions(
+        agents=args.agents, task=args.task, data_dir=args.data, target=args.target,
+        speeds=args.speeds, base_delay_s=args.base_delay, offline_fraction=args.offline_fraction,
+        on_s=args.on_s, off_s=args.off_s, fleet_seed=args.fleet_seed, budget_s=args.budget,
+        quorum_fraction=args.quorum_fraction, over_select=args.over_select,
+        carry_late=args.carry_late, buffer_ks=tuple(args.buffer_k),
+        max_staleness=args.max_staleness, deadline_s=args.deadline,
+    )
     begun = begin()
     doc = run_hetero(opts)
     return _finish("hetero", begun, doc, args.out or RESULTS_DIR / "hetero.json", report(doc))
 
 
 def _add_hetero(which: Any) -> None:
+    from fedmq.fleet_schedule import add_fleet_flags
+
     p = which.add_parser(
-        "hetero", help="uneven fleet (1x/3x/10x): time to target, sync FedAvg vs FedBuff"
+        "hetero", help="uneven fleet (speed classes, agents going offline): sync FedAvg, "
+                       "over-selection and carry-late, FedBuff; time to target, wasted updates"
     )
-    p.add_argument("--agents", type=int, default=9)
-    p.add_argument("--task", default="digits")
+    p.add_argument("--agents", type=int, default=20)
+    p.add_argument("--task", default="mnist-2nn")
+    p.add_argument("--data", type=Path, help="MNIST directory (default: ../shared/data/mnist)")
     p.add_argument("--target", type=float, default=0.85, help="target test accuracy")
-    p.add_argument("--base-delay", type=float, default=0.2,
-                   help="seconds; a class-c agent waits (c - 1) x this after each training")
-    p.add_argument("--buffer-k", type=int, default=3)
-    p.add_argument("--max-staleness", type=int, default=5)
-    p.add_argument("--timeout", type=float, default=600.0, help="seconds per run")
+    add_fleet_flags(p)
+    p.set_defaults(speeds=(1.0, 3.0, 10.0), base_delay=0.2, offline_fraction=0.2, on_s=8.0,
+                   off_s=4.0)
+    p.add_argument("--budget", type=float, default=40.0, help="wall-clock seconds per run")
+    p.add_argument("--quorum-fraction", type=float, default=0.8)
+    p.add_argument("--over-select", type=float, default=1.3)
+    p.add_argument("--carry-late", type=int, default=2)
+    p.add_argument("--buffer-k", type=int, nargs="+", default=[5, 10, 15], metavar="K")
+    p.add_argument("--max-staleness", type=int, default=50)
+    p.add_argument("--deadline", type=float, default=10.0, help="sync: seconds per round")
     _add_out(p)
     p.set_defaults(func=cmd_hetero)
 
