@@ -136,7 +136,11 @@ def fleet_spec(args: argparse.Namespace) -> FleetSpec:
 
 def fleet_argv(args: argparse.Namespace) -> list[str]:
     """The fleet flags again, for a child ``fedmq agents`` (the demo's)."""
-    spec = fleet_spec(args)
+    return spec_argv(fleet_spec(args))
+
+
+def spec_argv(spec: FleetSpec) -> list[str]:
+    """The flags that give ``spec`` to a child process (none for an even fleet)."""
     if not spec.uneven:
         return []
     return ["--speeds", ",".join(f"{s:g}" for s in spec.speeds), "--base-delay",

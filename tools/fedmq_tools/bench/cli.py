@@ -222,6 +222,7 @@ def cmd_limits(args: argparse.Namespace) -> int:
 
 
 def cmd_swarm(args: argparse.Namespace) -> int:
+    from fedmq.fleet_schedule import fleet_spec
     from fedmq_tools.bench.fleet import (
         FleetSpec,
         exit_code,
@@ -244,6 +245,7 @@ def cmd_swarm(args: argparse.Namespace) -> int:
         mqtt5=not args.mqtt311,
         keepalive_s=args.keepalive,
         exit_when_done=not args.keep_running,
+        uneven=fleet_spec(args),
     )
     if args.processes > 1:
         return run_processes(spec, args.processes)
@@ -486,6 +488,8 @@ def _add_limits(which: Any) -> None:
 
 
 def _add_swarm(sub: Any) -> None:
+    from fedmq.fleet_schedule import add_fleet_flags
+
     p = sub.add_parser("swarm", help="many simulated agents (numpy trainer) in few processes")
     p.add_argument("--broker", required=True, help="mqtt://host[:port]")
     p.add_argument("--mqtt311", action="store_true", help="speak MQTT 3.1.1 instead of 5")
@@ -501,4 +505,5 @@ def _add_swarm(sub: Any) -> None:
     p.add_argument("--id-prefix", default="agent-")
     p.add_argument("--keepalive", type=int, default=60, help="MQTT keepalive seconds")
     p.add_argument("--keep-running", action="store_true", help="stay online after the run")
+    add_fleet_flags(p)
     p.set_defaults(func=cmd_swarm)
