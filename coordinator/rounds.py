@@ -54,7 +54,7 @@ from coordinator.events import (
 from coordinator.global_model import GlobalModel
 from coordinator.open_round import OpenRound
 from coordinator.outbox import Outbox
-from coordinator.partials import admit_partial
+from coordinator.partials import admit_partial, verdict
 from coordinator.phases import Trigger, next_phase
 from coordinator.roster import Roster
 from coordinator.run_views import RunViews
@@ -204,18 +204,23 @@ class Rounds(RunViews):
         return [accepted, self._status(now), *self._maybe_close(now)]
 
     def _on_partial(self, aggregator: str, payload: bytes, now: float) -> list[Action]:
+        """Merge a partial aggregate or refuse it, and tell its aggregator which."""
         view, round_no = self._view(), self._round.number if self._round else None
         try:
             p, merger = admit_partial(self.config, view, aggregator, payload, self._model.size)
         except WireError as exc:
-            return [self._reject(aggregator, round_no, exc.reason, f"partial: {exc.detail}")]
+            told = verdict(self.config, view, aggregator, payload, round_no=round_no, refused=exc)
+            return [self._reject(aggregator, round_no, exc.reason, f"partial: {exc.detail}"),
+                    *(self._outbox.verdict(v) for v in told)]
         rs = view.accepting
         assert rs is not None  # admit_partial refuses every partial without one
         rs.take_partial(p, merger, len(payload))
         self._rejected_total.update(r.reason.value for r in p.rejected)
         self._roster.alive(*p.agents)
         merged = PartialMerged(aggregator, p.round, len(p.agents), len(rs.accepted), rs.quorum)
-        return [merged, self._status(now), *self._maybe_close(now)]
+        told = verdict(self.config, view, aggregator, payload, round_no=rs.number)
+        return [merged, *(self._outbox.verdict(v) for v in told), self._status(now),
+                *self._maybe_close(now)]
 
     def _on_tick(self, now: float) -> list[Action]:
         rs = self._round
@@ -376,3 +381,4 @@ class Rounds(RunViews):
 
     def _fire(self, trigger: Trigger) -> None:
         self._phase = next_phase(self._phase, trigger)
+

@@ -39,7 +39,7 @@ from fedmq.agent_cli import connection as _connection
 from fedmq.agent_cli import data_config as _data
 from fedmq.agent_cli import password as _password
 from fedmq.agent_cli import stop_on_signals as _stop_on_signals
-from fedmq.aggregator_cli import register_aggregator
+from fedmq.aggregator_cli import add_ingest_flags, register_aggregator, run_ingest_worker
 from fedmq.bundle import expand_bundle, load_agent_keys, load_signing_key
 from fedmq.launch import AgentSettings, build_agent, build_coordinator
 from fedmq.progress import RunRecorder, write_summary
@@ -64,6 +64,8 @@ log = logging.getLogger("fedmq")
 
 
 def cmd_coordinator(args: argparse.Namespace) -> int:
+    if args.ingest_worker:
+        return run_ingest_worker(args, _connection(args, args.broker))
     config = _signed_config(round_config(args, args.job), args)
     run_dir = args.run_dir or Path("fedmq-runs") / args.job
     recorder = RunRecorder(config.rounds, jsonl=run_dir / "metrics.jsonl")
@@ -77,6 +79,7 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
             resume=args.resume,
             on_action=observers(args, recorder),
             buffer=buffer_config(args),
+            take_updates=not args.updates_from_workers,
         )
     except CheckpointError as exc:
         print(f"fedmq coordinator: {exc}", file=sys.stderr)
@@ -203,6 +206,7 @@ def parser() -> argparse.ArgumentParser:
     _add_task(p)
     add_round_flags(p, rounds=10, deadline=60.0)
     add_mode_flags(p)
+    add_ingest_flags(p)
     p.set_defaults(func=cmd_coordinator)
 
     add_agent_arguments(sub.add_parser("agent", help="run one agent"))
