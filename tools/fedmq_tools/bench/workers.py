@@ -29,6 +29,8 @@ from typing import Any
 from coordinator import Action, PartialMerged, RoundOpened, UpdateAccepted
 from coordinator.site import Batching, SiteAggregator
 from coordinator.site_mqtt import SiteNode
+from coordinator.spread import AVAILABLE as COMPILED_AVAILABLE
+from coordinator.spread import kernels
 from fedmq.aggregator_cli import shared_group
 from fedmq.broker import LocalBroker
 from fedmq.launch import Connection, build_coordinator
@@ -59,7 +61,10 @@ class WorkerJob:
 
 def run_worker(job: WorkerJob, ready: Any, stop: Any, report: Any) -> None:
     """A worker process: an ingest worker until ``stop`` is set; then the CPU seconds it
-    spent from subscribing to stopping (its imports and start-up are not ingest)."""
+    spent from subscribing to stopping (its imports, numba's included, are start-up, as
+    the coordinator's are: not ingest)."""
+    if COMPILED_AVAILABLE:
+        kernels()
     core = SiteAggregator(_config(job.job, job.task, job.codec, job.cohort), site=job.worker,
                           batching=Batching(job.batch))
     url = BrokerURL.parse(job.url)
