@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -27,6 +27,7 @@ import numpy.typing as npt
 from coordinator.exactsum import ExactSum
 from protocol import Weights
 from protocol.compress import Shapes
+from protocol.sumstate import SumState
 
 
 class AggregationError(ValueError):
@@ -57,6 +58,44 @@ class Aggregator(Protocol):
             AggregationError: when the updates added cannot give a sound result.
         """
         ...
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class PartialSum:
+    """A streaming aggregator's exact state: merged into another, it is as if the other
+    had been given the same updates (:meth:`Mergeable.merge`)."""
+
+    total: SumState
+    count: int
+    total_weight: int
+
+
+@runtime_checkable
+class Mergeable(Protocol):
+    """A streaming aggregator whose state travels: site aggregators and ingest workers sum
+    their share, the coordinator merges the shares; a robust one (median, Krum) cannot."""
+
+    def weight(self, samples: int) -> int:
+        """The weight an update of ``samples`` samples gets (its share of ``total_weight``)."""
+        ...
+
+    def partial(self) -> PartialSum: ...
+
+    def merge(self, partial: PartialSum) -> None:
+        """Add another aggregator's state, exactly.
+
+        Raises:
+            ValueError: for a state over another model size.
+        """
+        ...
+
+
+def mergeable(aggregator: Aggregator) -> Mergeable | None:
+    """``aggregator`` if partial sums can be merged into it: streaming, with a state that
+    travels (FedAvg, the plain mean, DP-FedAvg, each with or without norm clipping)."""
+    if aggregator.needs_all or not isinstance(aggregator, Mergeable):
+        return None
+    return aggregator
 
 
 class Layout:
@@ -133,6 +172,19 @@ class WeightedMean:
         self._sum.add_parts([delta[name] for name in self._layout.slices], w)
         self._count += 1
         self._total += int(w) if w.is_integer() else Fraction(w)
+
+    def weight(self, samples: int) -> int:
+        return samples if self._by_samples else 1
+
+    def partial(self) -> PartialSum:
+        """This sum's state; its weights are sample counts, so the total is an integer."""
+        assert isinstance(self._total, int), "partial sums carry integer sample weights"
+        return PartialSum(self._sum.state(), self._count, self._total)
+
+    def merge(self, partial: PartialSum) -> None:
+        self._sum.merge(partial.total)
+        self._count += partial.count
+        self._total += partial.total_weight
 
     def result(self) -> Aggregate:
         if self._count == 0:

@@ -148,7 +148,7 @@ class BufferedRounds(RunViews):
                 return self._on_presence(agent, payload, now)
             case UpdateArrived(agent=agent, payload=payload):
                 return self._on_update(agent, payload, now)
-            case Tick() | events.SecAggArrived():  # nothing is timed; no SecAgg here
+            case Tick() | events.SecAggArrived() | events.PartialArrived():  # none here
                 return []
             case Evaluated(round_no=version, metrics=metrics):
                 return self._on_evaluated(version, metrics, now)

@@ -13,9 +13,10 @@ from protocol import TrainPlan, check_codec, check_id
 from protocol.chunks import MIN_MAX_PAYLOAD
 from protocol.compress import DOWNLINKS
 from protocol.fields import MAX_JSON_BYTES
+from protocol.keys import SigningKey, VerifyKey
 from protocol.secagg.fixedpoint import RingSpec
 from protocol.secagg.graph import effective_degree
-from protocol.signing import ENVELOPE_OVERHEAD, SigningKey, VerifyKey
+from protocol.signing import ENVELOPE_OVERHEAD
 
 ShortRoundPolicy = Literal["retry", "stop"]
 Downlink = Literal["fp32", "fp16"]
@@ -138,6 +139,11 @@ class RoundConfig:
     #: topic's agent with its key, and only these agents take part (``allowed_agents``
     #: defaults to them). None: updates are not verified.
     agent_keys: Mapping[str, VerifyKey] | None = None
+    #: site aggregators and ingest workers whose partial aggregates count (None: any),
+    #: and their public keys in the secure profile (docs/SCALE.md)
+    allowed_aggregators: frozenset[str] | None = None
+    aggregator_keys: Mapping[str, VerifyKey] | None = None
+    max_partial_bytes: int = 512 * 1024 * 1024
     #: secure aggregation (docs/PROTOCOL.md §14): the coordinator learns only the sum
     secagg: SecAggPolicy | None = None
     #: ``aggregator`` and ``server_opt`` parsed once, here, so nothing parses them again
@@ -177,6 +183,8 @@ class RoundConfig:
             raise ValueError("max_retries must be >= 0 and retry_backoff >= 1")
         if self.agent_keys is not None:
             self._check_agent_keys(self.agent_keys)
+        if self.aggregator_keys is not None and self.allowed_aggregators is None:
+            object.__setattr__(self, "allowed_aggregators", frozenset(self.aggregator_keys))
         self._check_secagg()
 
     def _check_secagg(self) -> None:

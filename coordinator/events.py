@@ -63,6 +63,14 @@ class Evaluated:
 
 
 @dataclass(frozen=True, slots=True)
+class PartialArrived:
+    """A site aggregator or ingest worker published its partial aggregate of a round."""
+
+    aggregator: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class StopRequested:
     """The operator asked the run to end (Ctrl-C, SIGTERM)."""
 
@@ -70,7 +78,13 @@ class StopRequested:
 
 
 Event: TypeAlias = (
-    BrokerConnected | UpdateArrived | SecAggArrived | PresenceArrived | Tick | Evaluated
+    BrokerConnected
+    | UpdateArrived
+    | SecAggArrived
+    | PresenceArrived
+    | PartialArrived
+    | Tick
+    | Evaluated
     | StopRequested
 )
 
@@ -94,6 +108,17 @@ class UpdateAccepted:
 
     agent: str
     round_no: int
+    accepted: int
+    quorum: int
+
+
+@dataclass(frozen=True, slots=True)
+class PartialMerged:
+    """A partial aggregate was merged: its ``contributors`` count as accepted updates."""
+
+    aggregator: str
+    round_no: int
+    contributors: int
     accepted: int
     quorum: int
 
@@ -142,6 +167,7 @@ Action: TypeAlias = (
     Publish
     | RoundOpened
     | UpdateAccepted
+    | PartialMerged
     | MessageRejected
     | Evaluate
     | SaveCheckpoint

@@ -7,6 +7,7 @@ keeps, so resuming restores exactly this state.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 from coordinator.aggregate import Aggregator, apply_delta
@@ -16,6 +17,7 @@ from coordinator.optimisers import OptState, parse_server_opt
 from coordinator.privacy import NoisySum, PrivacyLedger
 from coordinator.robust import NormClip
 from protocol import RoundMetrics, Weights
+from protocol.compress import Shapes
 
 
 class GlobalModel:
@@ -50,16 +52,14 @@ class GlobalModel:
         )
         self.dp_rounds = dp_rounds
 
+    @property
+    def size(self) -> int:
+        """Coordinates in the model: what a partial aggregate's sum must cover."""
+        return sum(math.prod(shape) for shape in self._shapes.values())
+
     def aggregator(self, round_no: int, cohort: int) -> Aggregator:
-        """A fresh aggregator for round ``round_no`` asking ``cohort`` agents: the configured
-        one, or DP-FedAvg's clipped, noised fixed-denominator sum."""
-        cfg, shapes = self._config, self._shapes
-        if cfg.dp_noise is None or cfg.dp_clip is None:
-            aggregator = cfg.aggregator_spec.build(shapes)
-            return aggregator if cfg.clip_norm is None else NormClip(aggregator, cfg.clip_norm)
-        noisy = NoisySum(shapes, clip=cfg.dp_clip, noise_multiplier=cfg.dp_noise,
-                         denominator=max(cohort, 1), seed=[cfg.dp_seed, round_no])
-        return NormClip(noisy, cfg.dp_clip)
+        """A fresh aggregator for round ``round_no`` asking ``cohort`` agents."""
+        return round_aggregator(self._config, self._shapes, round_no, cohort)
 
     def step(self, delta: Weights) -> tuple[Weights, OptState]:
         """The next model and optimiser state from a round's aggregated ``delta``; not
@@ -114,3 +114,16 @@ class GlobalModel:
         return OptState(
             resume.server_steps, dict(moments.get("m", {})), dict(moments.get("v", {}))
         )
+
+
+def round_aggregator(
+    config: RoundConfig, shapes: Shapes, round_no: int, cohort: int
+) -> Aggregator:
+    """The configured aggregator, or DP-FedAvg's clipped, noised fixed-denominator sum: what
+    the coordinator aggregates a round with, and what a site aggregator sums its share with."""
+    if config.dp_noise is None or config.dp_clip is None:
+        aggregator = config.aggregator_spec.build(shapes)
+        return aggregator if config.clip_norm is None else NormClip(aggregator, config.clip_norm)
+    noisy = NoisySum(shapes, clip=config.dp_clip, noise_multiplier=config.dp_noise,
+                     denominator=max(cohort, 1), seed=[config.dp_seed, round_no])
+    return NormClip(noisy, config.dp_clip)

@@ -30,6 +30,8 @@ from coordinator.events import (
     Evaluated,
     Event,
     MessageRejected,
+    PartialArrived,
+    PartialMerged,
     PresenceArrived,
     RoundClosed,
     RoundOpened,
@@ -85,8 +87,12 @@ class CoordinatorNode:
         checkpoint_path: Path | None = None,
         on_action: Callable[[Action], None] | None = None,
         queue_size: int = 100_000,
+        take_updates: bool = True,
     ) -> None:
+        """``take_updates`` False: ingest workers take the updates (docs/SCALE.md) and this
+        coordinator reads only their partial aggregates."""
         self.rounds = rounds
+        self._take_updates = take_updates
         self._broker = broker
         self._session = session
         self._evaluator = evaluator
@@ -116,7 +122,8 @@ class CoordinatorNode:
         self._connected_at = time.monotonic()
         topics = self.rounds.topics
         secagg = [(topics.all_secagg_up, 1)] if self.rounds.config.secagg is not None else []
-        client.subscribe([(topics.all_updates, 1), (topics.all_presence, 1), *secagg])
+        updates = [(topics.all_updates, 1)] if self._take_updates else []
+        client.subscribe([*updates, (topics.all_presence, 1), (topics.all_partials, 1), *secagg])
         self._put(BrokerConnected())
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason_code: Any, _p: Any) -> None:
@@ -179,6 +186,8 @@ class CoordinatorNode:
             return UpdateArrived(agent, item.payload)
         if kind is TopicKind.SECAGG:
             return SecAggArrived(agent, item.payload)
+        if kind is TopicKind.PARTIAL:
+            return PartialArrived(agent, item.payload)
         return PresenceArrived(agent, item.payload)
 
     def _feed(self, event: Event) -> None:
@@ -212,7 +221,7 @@ class CoordinatorNode:
                 log.warning(
                     "rejected from %s (round %s): %s: %s", agent, round_no, reason.value, detail
                 )
-            case RoundOpened() | UpdateAccepted() | RoundClosed():
+            case RoundOpened() | UpdateAccepted() | PartialMerged() | RoundClosed():
                 pass  # progress, for on_action observers
             case Stop(phase=phase, message=message):
                 level = logging.INFO if phase is Phase.DONE else logging.ERROR

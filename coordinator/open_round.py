@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from coordinator.aggregate import Aggregator
+from coordinator.aggregate import Aggregator, Mergeable, PartialSum
 from coordinator.optimisers import OptState
 from coordinator.secagg import SecAggDone
 from protocol import ClosedBy, Publish, RoundMetrics, Update, Weights
+from protocol.partial import PartialAggregate
 
 #: the agents' reported metrics a round averages (docs/PROTOCOL.md, update ``metrics``)
 TRAIN_METRICS = ("loss", "accuracy")
@@ -63,6 +65,8 @@ class OpenRound:
     pool: set[str] = field(default_factory=set)
     #: SecAgg rounds: who dropped out of the summed session, by phase
     secagg_dropped: dict[str, set[str]] | None = None
+    #: the aggregators (sites, ingest workers) whose partial aggregate was merged
+    partials: set[str] = field(default_factory=set)
 
     @property
     def answered(self) -> set[str]:
@@ -73,15 +77,35 @@ class OpenRound:
         """q for DP accounting: the cohort over every eligible agent seen at its draws."""
         return len(self.cohort) / max(len(self.pool), len(self.cohort), 1)
 
+    def take_update(self, update: Update, delta: Weights) -> None:
+        """Add an admitted update's ``delta`` to the aggregate; count its samples and its
+        reported training metrics."""
+        self.aggregator.add(delta, update.samples)
+        self.tally(update)
+
     def tally(self, update: Update) -> None:
         """Count an accepted update's samples and reported training metrics."""
-        self.accepted.add(update.agent)
-        self.samples += update.samples
+        self._count(update.agent, update.samples, update.metrics)
+
+    def take_partial(self, partial: PartialAggregate, merger: Mergeable, size: int) -> None:
+        """Merge an admitted partial aggregate of ``size`` bytes into ``merger`` (this
+        round's aggregator) and count its contributors, declines and rejections."""
+        merger.merge(PartialSum(partial.total, len(partial.contributors),
+                                partial.total_weight))
+        self.bytes_up += size
+        self.partials.add(partial.aggregator)
+        for c in partial.contributors:
+            self._count(c.agent, c.samples, c.metrics)
+        self.declined.update(partial.declined)
+        self.rejected.update(r.reason.value for r in partial.rejected)
+
+    def _count(self, agent: str, samples: int, metrics: Mapping[str, float]) -> None:
+        self.accepted.add(agent)
+        self.samples += samples
         for name in TRAIN_METRICS:
-            if name in update.metrics:
-                value = update.metrics[name] * update.samples
-                self.metric_sums[name] = self.metric_sums.get(name, 0.0) + value
-                self.metric_samples[name] += update.samples
+            if name in metrics:
+                self.metric_sums[name] = self.metric_sums.get(name, 0.0) + metrics[name] * samples
+                self.metric_samples[name] += samples
 
     def _train_mean(self, name: str) -> float | None:
         """The sample-weighted mean of ``name`` over the updates that reported it."""

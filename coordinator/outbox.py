@@ -31,6 +31,7 @@ from protocol import (
 from protocol.broadcast import DTYPES
 from protocol.chunks import encode_manifest, split
 from protocol.compress import downlink_weights
+from protocol.partial import Verdict, encode_verdict
 from protocol.secagg.messages import SecAggConfig
 from protocol.signing import COORDINATOR_SIGNER, Purpose, seal
 from protocol.wire import SECAGG_CODEC
@@ -159,6 +160,11 @@ class Outbox:
             return body
         job = self._config.job
         return seal(body, purpose, job=job, run=run, signer=COORDINATOR_SIGNER, key=key)
+
+    def verdict(self, verdict: Verdict) -> Publish:
+        """The answer to one partial aggregate, to its aggregator alone, not retained."""
+        body = self._sealed(encode_verdict(verdict), verdict.run, Purpose.VERDICT)
+        return Publish(self.topics.verdict(verdict.aggregator), body, retain=False)
 
     def metrics(self, metrics: RoundMetrics) -> Publish:
         """A round's metrics, retained: the last one is what a newcomer sees first."""

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from coordinator.aggregate import Aggregate, AggregationError, Layout
+from coordinator.aggregate import Aggregate, AggregationError, Layout, PartialSum
 from coordinator.exactsum import ExactSum
 from protocol import Weights
 from protocol.compress import Shapes
@@ -66,6 +66,17 @@ class NoisySum:
         for name, where in self._layout.slices.items():
             self._sum.add(delta[name], 1.0, where.start)
         self._count += 1
+
+    def weight(self, samples: int) -> int:
+        return 1  # DP-FedAvg weighs every clipped delta alike
+
+    def partial(self) -> PartialSum:
+        """The clipped deltas' exact sum: shares merge before the noise, added once."""
+        return PartialSum(self._sum.state(), self._count, self._count)
+
+    def merge(self, partial: PartialSum) -> None:
+        self._sum.merge(partial.total)
+        self._count += partial.count
 
     def result(self) -> Aggregate:
         """The noisy mean; the same bits however often it is asked for (the RNG is reseeded)."""

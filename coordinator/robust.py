@@ -31,7 +31,14 @@ from fractions import Fraction
 import numpy as np
 import numpy.typing as npt
 
-from coordinator.aggregate import Aggregate, AggregationError, Aggregator, Layout
+from coordinator.aggregate import (
+    Aggregate,
+    AggregationError,
+    Aggregator,
+    Layout,
+    Mergeable,
+    PartialSum,
+)
 from coordinator.exactsum import ExactSum
 from protocol import Weights
 from protocol.compress import Shapes
@@ -236,6 +243,22 @@ class NormClip:
             self.clipped += 1
             return
         self.inner.add(delta, weight)
+
+    def weight(self, samples: int) -> int:
+        return self._mergeable().weight(samples)
+
+    def partial(self) -> PartialSum:
+        """The inner sum's state: every delta in it was clipped on its way in."""
+        return self._mergeable().partial()
+
+    def merge(self, partial: PartialSum) -> None:
+        """Merge a share whose deltas were clipped to the same norm where they were summed."""
+        self._mergeable().merge(partial)
+
+    def _mergeable(self) -> Mergeable:
+        if not isinstance(self.inner, Mergeable):
+            raise ValueError(f"{type(self.inner).__name__} cannot merge partial sums")
+        return self.inner
 
     def result(self) -> Aggregate:
         return self.inner.result()

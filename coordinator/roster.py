@@ -72,12 +72,12 @@ class Roster:
         else:
             self.online.discard(agent)
 
-    def alive(self, agent: str) -> None:
-        """Proof of life: an accepted update. After a broker restart an agent's last will
-        (offline) can come before its re-sent update and its new presence; it must stay
-        in the next cohort."""
-        self.online.add(agent)
-        self._roll_call.discard(agent)
+    def alive(self, *agents: str) -> None:
+        """Proof of life: an accepted update (or a partial aggregate counting them). After a
+        broker restart an agent's last will (offline) can come before its re-sent update and
+        its new presence; it must stay in the next cohort."""
+        self.online.update(agents)
+        self._roll_call.difference_update(agents)
 
     def missing(self, agent: str) -> None:
         """``agent``'s update was refused because it never announced itself: call on it."""

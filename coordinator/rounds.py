@@ -9,7 +9,8 @@ Rules of this module:
 3. A rejected message changes nothing but the rejection counters.
 
 What it delegates, one concern each: who may be asked (:mod:`coordinator.cohort`),
-whether an update may enter (:mod:`coordinator.validation`), when the run ends
+whether an update or a partial aggregate may enter (:mod:`coordinator.validation`,
+:mod:`coordinator.partials`), when the run ends
 (:mod:`coordinator.stopping`), and how everything is said on the wire
 (:mod:`coordinator.outbox`).
 
@@ -38,6 +39,8 @@ from coordinator.events import (
     Evaluated,
     Event,
     MessageRejected,
+    PartialArrived,
+    PartialMerged,
     PresenceArrived,
     RoundClosed,
     RoundOpened,
@@ -52,6 +55,7 @@ from coordinator.events import (
 from coordinator.global_model import GlobalModel
 from coordinator.open_round import OpenRound
 from coordinator.outbox import Outbox
+from coordinator.partials import admit_partial, verdict
 from coordinator.phases import Trigger, next_phase
 from coordinator.roster import Roster
 from coordinator.run_views import RunViews
@@ -100,8 +104,6 @@ class Rounds(RunViews):
             self._phase = Phase.DONE
             self._message = f"already completed {self._completed} rounds"
 
-    # --- read-only views -----------------------------------------------------------
-
     @property
     def completed_rounds(self) -> int:
         return self._completed
@@ -128,6 +130,8 @@ class Rounds(RunViews):
                 return self._on_presence(agent, payload, now)
             case UpdateArrived(agent=agent, payload=payload):
                 return self._on_update(agent, payload, now)
+            case PartialArrived(aggregator=aggregator, payload=payload):
+                return self._on_partial(aggregator, payload, now)
             case SecAggArrived(agent=agent, payload=payload) if self._secagg is not None:
                 return self._on_secagg(self._secagg.receive(agent, payload, now), now)
             case SecAggArrived(agent=agent):
@@ -169,15 +173,22 @@ class Rounds(RunViews):
             return [self._status(now), *self._on_secagg(self._secagg.drop(agent, now), now)]
         return [self._status(now)]
 
-    def _on_update(self, agent: str, payload: bytes, now: float) -> list[Action]:
+    def _view(self) -> RunView:
+        """The run as validation sees it; ``accepting`` only while a round takes updates."""
         rs = self._round
-        accepting = rs if rs is not None and self._phase is Phase.TRAINING else None
-        round_no = rs.number if rs is not None else None
+        return RunView(
+            run=self._run, completed=self._completed,
+            model_id=self._broadcast.version.model_id,
+            current=rs.number if rs is not None and not self.finished else None,
+            accepting=rs if rs is not None and self._phase is Phase.TRAINING else None,
+            online=self._roster.online,
+        )
+
+    def _on_update(self, agent: str, payload: bytes, now: float) -> list[Action]:
+        view, round_no = self._view(), self._round.number if self._round else None
+        accepting = view.accepting
         if accepting is not None:
             accepting.bytes_up += len(payload)
-        view = RunView(run=self._run, completed=self._completed,
-                       current=round_no if not self.finished else None, accepting=accepting,
-                       model_id=self._broadcast.version.model_id, online=self._roster.online)
         try:
             check = self._late.checker(view, agent, self.finished)
             taken = self._intake.take_checked(self._run, agent, payload, now, check)
@@ -199,12 +210,30 @@ class Rounds(RunViews):
             if self._secagg is not None:
                 return [self._status(now), *self._on_secagg(self._secagg.drop(agent, now), now)]
             return [self._status(now), *self._maybe_close(now)]
-        accepting.aggregator.add(delta, update.samples)
-        accepting.tally(update)
+        accepting.take_update(update, delta)
         self._roster.alive(agent)
         accepted = UpdateAccepted(agent, accepting.number, len(accepting.accepted),
                                   accepting.quorum)
         return [accepted, self._status(now), *self._maybe_close(now)]
+
+    def _on_partial(self, aggregator: str, payload: bytes, now: float) -> list[Action]:
+        """Merge a partial aggregate or refuse it, and tell its aggregator which."""
+        view, round_no = self._view(), self._round.number if self._round else None
+        try:
+            p, merger = admit_partial(self.config, view, aggregator, payload, self._model.size)
+        except WireError as exc:
+            told = verdict(self.config, view, aggregator, payload, round_no=round_no, refused=exc)
+            return [self._reject(aggregator, round_no, exc.reason, f"partial: {exc.detail}"),
+                    *(self._outbox.verdict(v) for v in told)]
+        rs = view.accepting
+        assert rs is not None  # admit_partial refuses every partial without one
+        rs.take_partial(p, merger, len(payload))
+        self._rejected_total.update(r.reason.value for r in p.rejected)
+        self._roster.alive(*p.agents)
+        merged = PartialMerged(aggregator, p.round, len(p.agents), len(rs.accepted), rs.quorum)
+        told = verdict(self.config, view, aggregator, payload, round_no=rs.number)
+        return [merged, *(self._outbox.verdict(v) for v in told), self._status(now),
+                *self._maybe_close(now)]
 
     def _on_tick(self, now: float) -> list[Action]:
         rs = self._round
@@ -368,3 +397,4 @@ class Rounds(RunViews):
 
     def _fire(self, trigger: Trigger) -> None:
         self._phase = next_phase(self._phase, trigger)
+

@@ -103,11 +103,11 @@ def check_round(config: RoundConfig, view: RunView, agent: str, update: Update) 
         raise WireError(RejectReason.DUPLICATE, f"{agent} already answered round {rs.number}")
     if update.model_id != view.model_id:
         raise WireError(RejectReason.BASE_MISMATCH, f"trained from {update.model_id[:12]}")
-    _check_asked(config, view, agent, rs)
+    check_asked(config, view, agent, rs)
     check_codec(config, update)
 
 
-def _check_asked(config: RoundConfig, view: RunView, agent: str, rs: OpenRound) -> None:
+def check_asked(config: RoundConfig, view: RunView, agent: str, rs: OpenRound) -> None:
     """Refuse an agent the round did not ask: never seen online, or not in its cohort.
     With agent keys the update's verified signature already proves who sent it, so a
     provisioned agent is a member whatever its presence says (docs/SECURITY.md).

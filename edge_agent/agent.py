@@ -61,8 +61,9 @@ from protocol import (
     encode_update,
 )
 from protocol.chunks import split
+from protocol.keys import SigningKey, VerifyKey
 from protocol.secagg.shamir import RandomBytes
-from protocol.signing import Purpose, SigningKey, VerifyKey, seal
+from protocol.signing import Purpose, seal
 
 # the core's events and actions live in edge_agent.events; importers may use either module
 __all__ = [

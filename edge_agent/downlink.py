@@ -30,7 +30,8 @@ from protocol import (
 from protocol.broadcast import apply_delta, as_announcement, check_digest
 from protocol.chunks import Reassembler, is_chunk_frame
 from protocol.fields import DEFAULT_MAX_BYTES
-from protocol.signing import Purpose, VerifyKey, open_model
+from protocol.keys import VerifyKey
+from protocol.signing import Purpose, open_model
 
 #: incomplete chunked models older than this are dropped (a round's model is re-sent anyway)
 MODEL_CHUNK_TTL_S = 600.0

@@ -9,7 +9,8 @@ an earlier process from this one's (docs/PROTOCOL.md §16.1). Pure.
 from __future__ import annotations
 
 from protocol import Presence, Publish, Topics, check_id, encode_presence
-from protocol.signing import Purpose, SigningKey, seal
+from protocol.keys import SigningKey
+from protocol.signing import Purpose, seal
 
 #: what this implementation announces as its presence ``kind`` (docs/PROTOCOL.md §4.3)
 KIND = "python"

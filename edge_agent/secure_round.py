@@ -18,10 +18,11 @@ from edge_agent.events import RoundKey
 from edge_agent.secagg import SecAggClient
 from protocol import ModelAnnouncement, Publish, Topics, Weights, WireError
 from protocol.chunks import split
+from protocol.keys import SigningKey, VerifyKey
 from protocol.secagg.messages import DownMessage, Relay, Roster, Session, Survivors
 from protocol.secagg.shamir import RandomBytes
 from protocol.secagg.wire import decode_down
-from protocol.signing import Purpose, SigningKey, VerifyKey, open_model, seal
+from protocol.signing import Purpose, open_model, seal
 from protocol.wire import DEFAULT_MAX_BYTES
 
 #: the order a session's coordinator messages come in

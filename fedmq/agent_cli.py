@@ -107,6 +107,12 @@ def add_security(p: argparse.ArgumentParser, role: str) -> None:
             type=Path,
             help="directory of AGENT_ID.pub: accept only updates signed by these agents",
         )
+        g.add_argument(
+            "--aggregator-keys",
+            type=Path,
+            help="directory of SITE.pub: accept partial aggregates signed by these site "
+            "aggregators or ingest workers (docs/SCALE.md)",
+        )
     else:
         g.add_argument(
             "--coordinator-key",

@@ -91,6 +91,25 @@ def derive_config(
     return "\n".join(out) + "\n" + extra
 
 
+def site_bridge(site: str, central: str, job: str) -> str:
+    """Mosquitto config lines bridging a site broker to the central broker at ``central``
+    (``host:port``) for ``job`` (docs/SCALE.md): models and status down (retained, kept as
+    published between Mosquittos), presence up; updates stay at the site, where the site
+    aggregator sums them, and its partials go to the central broker on their own session."""
+    base = f"fedmq/v1/{job}"
+    return "\n".join([
+        f"connection {site}",
+        f"address {central}",
+        f"remote_clientid fedmq-bridge-{job}-{site}",
+        "cleansession true",
+        f"topic {base}/model in 1",
+        f"topic {base}/model/chunk/# in 1",
+        f"topic {base}/status in 1",
+        f"topic {base}/agents/# out 1",
+        "",
+    ])
+
+
 class LocalBroker:
     """A Mosquitto child process on ``127.0.0.1:port`` (and optionally a websockets
     listener on ``ws_port``); use as a context manager."""

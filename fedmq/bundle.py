@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from protocol import check_id
-from protocol.signing import NEEDS_CRYPTOGRAPHY, SigningKey, VerifyKey
+from protocol.keys import NEEDS_CRYPTOGRAPHY, SigningKey, VerifyKey
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -2,6 +2,7 @@
 
 fedmq demo          private broker + coordinator + N agents, live progress, summary
 fedmq coordinator   run a job's coordinator against a broker
+fedmq aggregator    a site aggregator: a site broker's updates summed, one partial upstream
 fedmq agent         run one agent (one device) against a broker
 fedmq agents        host several agents in one process (each its own MQTT connection)
 fedmq monitor       watch jobs live from their topics alone
@@ -39,6 +40,7 @@ from fedmq.agent_cli import connection as _connection
 from fedmq.agent_cli import data_config as _data
 from fedmq.agent_cli import password as _password
 from fedmq.agent_cli import stop_on_signals as _stop_on_signals
+from fedmq.aggregator_cli import add_ingest_flags, register_aggregator, run_ingest_worker
 from fedmq.bundle import expand_bundle, load_agent_keys, load_signing_key
 from fedmq.fleet_schedule import add_fleet_flags
 from fedmq.launch import AgentSettings, build_agent, build_coordinator
@@ -67,6 +69,8 @@ log = logging.getLogger("fedmq")
 
 
 def cmd_coordinator(args: argparse.Namespace) -> int:
+    if args.ingest_worker:
+        return run_ingest_worker(args, _connection(args, args.broker))
     config = _signed_config(round_config(args, args.job), args)
     run_dir = args.run_dir or Path("fedmq-runs") / args.job
     recorder = RunRecorder(config.rounds, jsonl=run_dir / "metrics.jsonl")
@@ -80,6 +84,7 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
             resume=args.resume,
             on_action=observers(args, recorder),
             buffer=buffer_config(args),
+            take_updates=not args.updates_from_workers,
         )
     except CheckpointError as exc:
         print(f"fedmq coordinator: {exc}", file=sys.stderr)
@@ -205,6 +210,7 @@ def parser() -> argparse.ArgumentParser:
     _add_task(p)
     add_round_flags(p, rounds=10, deadline=60.0)
     add_mode_flags(p)
+    add_ingest_flags(p)
     p.set_defaults(func=cmd_coordinator)
 
     add_agent_arguments(sub.add_parser("agent", help="run one agent"))
@@ -222,6 +228,7 @@ def parser() -> argparse.ArgumentParser:
     add_fleet_flags(p)
     p.set_defaults(func=cmd_agents)
     _add_watch_commands(sub)
+    register_aggregator(sub)
     register_provision(sub)
     register_web(sub)
     for plugin in entry_points(group=PLUGIN_GROUP):
@@ -253,7 +260,9 @@ def _signed_config(config: RoundConfig, args: argparse.Namespace) -> RoundConfig
     agent_keys = load_agent_keys(args.agent_keys) if args.agent_keys else None
     if signing_key is None or agent_keys is None:
         print(f"fedmq coordinator: {UNSIGNED_NOTICE}", file=sys.stderr)
-    return dataclasses.replace(config, signing_key=signing_key, agent_keys=agent_keys)
+    sites = load_agent_keys(args.aggregator_keys) if args.aggregator_keys else None
+    return dataclasses.replace(config, signing_key=signing_key, agent_keys=agent_keys,
+                               aggregator_keys=sites)
 
 
 def _commands(top: argparse.ArgumentParser) -> list[str]:

@@ -34,7 +34,8 @@ from fedmq.tasks import get_task
 from protocol import ModelAnnouncement, check_id, encode_model
 from protocol.chunks import MIN_MAX_PAYLOAD
 from protocol.fields import MAX_ROLL_CALL
-from protocol.signing import ENVELOPE_OVERHEAD, SigningKey
+from protocol.keys import SigningKey
+from protocol.signing import ENVELOPE_OVERHEAD
 from transport.connection import packet_bound
 
 DEPLOY_DIR = Path(__file__).resolve().parent.parent / "deploy"

@@ -59,6 +59,8 @@ class RejectReason(str, enum.Enum):
     #: secure aggregation: a Shamir share or an encrypted share that does not decrypt,
     #: is addressed to someone else, lies outside the field, or reconstructs a wrong secret
     BAD_SHARE = "bad_share"
+    #: a partial aggregate whose exact-sum state is out of range or not canonical
+    BAD_STATE = "bad_state"
     #: a model delta that, applied to its base, does not give its ``model_id`` (or a whole
     #: model whose weights do not hash to its ``model_id``): never trained on
     DIGEST_MISMATCH = "digest_mismatch"

@@ -30,18 +30,16 @@ import enum
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgpack
 
 from protocol.errors import RejectReason, WireError
 from protocol.fields import MAX_JSON_BYTES
+from protocol.keys import SigningKey, VerifyKey
 from protocol.messages import SCHEMA_VERSION
 from protocol.peek import peek_fields
 from protocol.topics import check_id
-
-if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 #: what the coordinator puts in ``signer`` of a model (agents hold one coordinator key)
 COORDINATOR_SIGNER = "coordinator"
@@ -50,7 +48,6 @@ COORDINATOR_SIGNER = "coordinator"
 ENVELOPE_OVERHEAD = 512
 SIGNATURE_BYTES = 64
 _DOMAIN = b"fedmq/v1 signed"
-NEEDS_CRYPTOGRAPHY = "signatures need the 'cryptography' package: pip install 'fedmq[secure]'"
 
 
 class Purpose(str, enum.Enum):
@@ -60,6 +57,10 @@ class Purpose(str, enum.Enum):
     MODEL = "model"
     #: an update or decline, signed by the agent that sends it
     UPDATE = "update"
+    #: a partial aggregate, signed by the site aggregator or ingest worker that sends it
+    PARTIAL = "partial"
+    #: the coordinator's verdict on a partial aggregate, signed by the coordinator
+    VERDICT = "verdict"
     #: a model delta or version notice (docs/PROTOCOL.md §15), signed by the coordinator
     DELTA = "delta"
     #: a secure-aggregation message (docs/PROTOCOL.md §14), signed by its sender: the agent
@@ -68,108 +69,6 @@ class Purpose(str, enum.Enum):
     #: an agent's presence (and its last will), signed with its update key; ``run`` is
     #: the agent's session id (docs/PROTOCOL.md §16.1)
     PRESENCE = "presence"
-
-
-@dataclass(frozen=True, slots=True)
-class VerifyKey:
-    """An Ed25519 public key: 32 raw bytes."""
-
-    raw: bytes
-
-    def __post_init__(self) -> None:
-        if len(self.raw) != 32:
-            raise ValueError(f"an Ed25519 public key is 32 bytes, got {len(self.raw)}")
-
-    @classmethod
-    def from_pem(cls, pem: bytes) -> VerifyKey:
-        """Read a ``PUBLIC KEY`` PEM (SubjectPublicKeyInfo, as ``openssl pkey -pubout``).
-
-        Raises:
-            ValueError: if it is not an Ed25519 public key.
-        """
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-        key = serialization.load_pem_public_key(pem)
-        if not isinstance(key, Ed25519PublicKey):
-            raise ValueError(f"not an Ed25519 public key but {type(key).__name__}")
-        return cls(key.public_bytes_raw())
-
-    def to_pem(self) -> bytes:
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-        return Ed25519PublicKey.from_public_bytes(self.raw).public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-
-    @property
-    def fingerprint(self) -> str:
-        """A short name for logs: the first 16 hex digits of SHA-256(raw key)."""
-        return hashlib.sha256(self.raw).hexdigest()[:16]
-
-    def verify(self, sig: bytes, message: bytes) -> bool:
-        from cryptography.exceptions import InvalidSignature
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-        try:
-            Ed25519PublicKey.from_public_bytes(self.raw).verify(sig, message)
-        except InvalidSignature:
-            return False
-        return True
-
-
-class SigningKey:
-    """An Ed25519 private key. Its repr names only the public key's fingerprint."""
-
-    __slots__ = ("_key", "public")
-
-    def __init__(self, key: Ed25519PrivateKey) -> None:
-        self._key = key
-        self.public = VerifyKey(key.public_key().public_bytes_raw())
-
-    @classmethod
-    def generate(cls) -> SigningKey:
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-        return cls(Ed25519PrivateKey.generate())
-
-    @classmethod
-    def from_seed(cls, seed: bytes) -> SigningKey:
-        """The key for a 32-byte seed (RFC 8032's private key): fixed keys for test vectors."""
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-        return cls(Ed25519PrivateKey.from_private_bytes(seed))
-
-    @classmethod
-    def from_pem(cls, pem: bytes) -> SigningKey:
-        """Read an unencrypted PKCS#8 ``PRIVATE KEY`` PEM (``openssl genpkey -algorithm ed25519``).
-
-        Raises:
-            ValueError: if it is not an Ed25519 private key.
-        """
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-        key = serialization.load_pem_private_key(pem, password=None)
-        if not isinstance(key, Ed25519PrivateKey):
-            raise ValueError(f"not an Ed25519 private key but {type(key).__name__}")
-        return cls(key)
-
-    def to_pem(self) -> bytes:
-        from cryptography.hazmat.primitives import serialization
-
-        return self._key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-
-    def sign(self, message: bytes) -> bytes:
-        return self._key.sign(message)
-
-    def __repr__(self) -> str:
-        return f"SigningKey(public={self.public.fingerprint})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,8 +231,40 @@ def open_update(
             for another run); UNKNOWN_AGENT (no key for the agent);
             BAD_SIGNATURE; MALFORMED, BAD_VERSION or TOO_LARGE for a bad envelope.
     """
+    return _open_run_bound(payload, purpose, job=job, run=run, signer=agent, keys=keys,
+                           max_body_bytes=max_body_bytes, whose="update")
+
+
+def open_partial(
+    payload: bytes,
+    *,
+    job: str,
+    run: str,
+    aggregator: str,
+    keys: Mapping[str, VerifyKey] | None,
+    max_body_bytes: int,
+) -> bytes:
+    """The partial aggregate inside ``payload``, sent on ``aggregator``'s topic: as
+    :func:`open_update`, with the aggregators' keys."""
+    return _open_run_bound(payload, Purpose.PARTIAL, job=job, run=run, signer=aggregator,
+                           keys=keys, max_body_bytes=max_body_bytes, whose="aggregator")
+
+
+def _open_run_bound(
+    payload: bytes,
+    purpose: Purpose,
+    *,
+    job: str,
+    run: str,
+    signer: str,
+    keys: Mapping[str, VerifyKey] | None,
+    max_body_bytes: int,
+    whose: str,
+) -> bytes:
+    """What ``signer`` (named by the topic) sealed for ``purpose`` in ``run``; see
+    :func:`open_update`."""
     envelope = _from_agent(
-        payload, purpose, job=job, agent=agent, keys=keys, max_body_bytes=max_body_bytes
+        payload, purpose, job=job, agent=signer, keys=keys, max_body_bytes=max_body_bytes
     )
     if envelope is None:
         return payload
@@ -341,7 +272,7 @@ def open_update(
         return envelope.body
     if envelope.run != run:
         raise WireError(RejectReason.WRONG_RUN, f"signed for run {envelope.run!r}, not {run!r}")
-    return _verified(envelope, _agent_key(keys, agent))
+    return _verified(envelope, _signer_key(keys, signer, whose))
 
 
 def open_presence(
@@ -360,7 +291,7 @@ def open_presence(
         return payload, None
     if keys is None:
         return envelope.body, envelope.run
-    return _verified(envelope, _agent_key(keys, agent)), envelope.run
+    return _verified(envelope, _signer_key(keys, agent, "update")), envelope.run
 
 
 def _from_agent(
@@ -372,8 +303,8 @@ def _from_agent(
     keys: Mapping[str, VerifyKey] | None,
     max_body_bytes: int,
 ) -> Signed | None:
-    """The parsed envelope of an agent's message (None: bare), its job and signer checked
-    when ``keys`` is set. Raises WireError as :func:`open_update`."""
+    """The parsed envelope of an agent's (or aggregator's) message (None: bare), its job
+    and signer checked when ``keys`` is set. Raises WireError as :func:`open_update`."""
     if not is_signed(payload):
         if keys is not None:
             raise WireError(RejectReason.UNSIGNED, f"{purpose.value} is not signed")
@@ -386,10 +317,10 @@ def _from_agent(
     return envelope
 
 
-def _agent_key(keys: Mapping[str, VerifyKey], agent: str) -> VerifyKey:
-    key = keys.get(agent)
+def _signer_key(keys: Mapping[str, VerifyKey], signer: str, whose: str) -> VerifyKey:
+    key = keys.get(signer)
     if key is None:
-        raise WireError(RejectReason.UNKNOWN_AGENT, f"no update key provisioned for {agent!r}")
+        raise WireError(RejectReason.UNKNOWN_AGENT, f"no {whose} key provisioned for {signer!r}")
     return key
 
 

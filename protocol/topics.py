@@ -39,9 +39,13 @@ class TopicKind(str, enum.Enum):
     #: secure aggregation: ``secagg/up/{agent}`` (agent) and ``secagg/down[/{agent}]``
     #: (retained, coordinator); docs/PROTOCOL.md §14
     SECAGG = "secagg"
+    #: one site aggregator's or ingest worker's partial aggregate of a round (that aggregator)
+    PARTIAL = "partial"
+    #: the coordinator's answer to one aggregator's partial: merged, or refused and why
+    VERDICT = "verdict"
 
 
-_PER_AGENT = {TopicKind.UPDATE, TopicKind.AGENTS}
+_PER_AGENT = {TopicKind.UPDATE, TopicKind.AGENTS, TopicKind.PARTIAL, TopicKind.VERDICT}
 #: kinds whose payloads may be retained as ``{kind}/chunk/{i}``
 _CHUNKED = {TopicKind.MODEL, TopicKind.DELTA}
 
@@ -130,6 +134,16 @@ class Topics:
     def presence(self, agent: str) -> str:
         return f"{self.base}/agents/{check_id(agent, 'agent')}"
 
+    def partial(self, aggregator: str) -> str:
+        return f"{self.base}/partial/{check_id(aggregator, 'aggregator')}"
+
+    def verdict(self, aggregator: str) -> str:
+        return f"{self.base}/verdict/{check_id(aggregator, 'aggregator')}"
+
+    @property
+    def all_partials(self) -> str:
+        return f"{self.base}/partial/+"
+
     @property
     def all_updates(self) -> str:
         return f"{self.base}/update/+"
@@ -207,11 +221,11 @@ def _secagg_topic(job: str, rest: list[str], topic: str) -> TopicRef:
 
 
 def agent_topic_level(topic: str, job: str) -> tuple[TopicKind, str]:
-    """The kind (``update``, ``agents`` or ``secagg``) of one of ``job``'s topics an agent
-    publishes on, and its last level as it stands: what the subscriptions ``update/+``,
-    ``agents/+`` and ``secagg/up/+`` deliver. The level is not checked here: whoever
-    validates the message checks it (:func:`check_agent_level`), so a bad id is refused
-    and counted like a bad payload.
+    """The kind (``update``, ``agents``, ``secagg`` or ``partial``) of one of ``job``'s topics
+    an agent or aggregator publishes on, and its last level as it stands: what the
+    subscriptions ``update/+``, ``agents/+``, ``secagg/up/+`` and ``partial/+`` deliver.
+    The level is not checked here: whoever validates the message checks it
+    (:func:`check_agent_level`), so a bad id is refused and counted like a bad payload.
 
     Raises:
         WireError: MALFORMED for a topic of another shape, prefix or job.
@@ -225,7 +239,8 @@ def agent_topic_level(topic: str, job: str) -> tuple[TopicKind, str]:
 
 #: the levels between the job and the agent of the topics agents publish on
 _AGENT_SHAPES = {
-    ("update",): TopicKind.UPDATE, ("agents",): TopicKind.AGENTS, ("secagg", "up"): TopicKind.SECAGG
+    ("update",): TopicKind.UPDATE, ("agents",): TopicKind.AGENTS,
+    ("secagg", "up"): TopicKind.SECAGG, ("partial",): TopicKind.PARTIAL,
 }
 
 

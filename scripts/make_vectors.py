@@ -46,7 +46,8 @@ from protocol import (
 from protocol.chunks import encode_manifest, split
 from protocol.codecs.entropy import zstd_backend
 from protocol.compress import decode_delta, downlink_weights
-from protocol.signing import Purpose, SigningKey, seal, signed_bytes
+from protocol.keys import SigningKey
+from protocol.signing import Purpose, seal, signed_bytes
 
 OUT = Path(__file__).resolve().parents[1] / "protocol" / "vectors"
 #: RFC 8032, 7.1, TEST 1: the fixed key of every signed vector

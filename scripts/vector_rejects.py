@@ -29,15 +29,8 @@ from protocol import (
 )
 from protocol.chunks import Reassembler, decode_frame, split
 from protocol.codecs.entropy import zstd_backend
-from protocol.signing import (
-    Purpose,
-    SigningKey,
-    VerifyKey,
-    decode_signed,
-    open_model,
-    open_update,
-    seal,
-)
+from protocol.keys import SigningKey, VerifyKey
+from protocol.signing import Purpose, decode_signed, open_model, open_update, seal
 
 SEED = bytes.fromhex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
 SHAPES = {"w": (2, 2), "b": (2,)}

@@ -29,6 +29,7 @@ from coordinator import (
     Evaluated,
     Event,
     MessageRejected,
+    PartialMerged,
     PresenceArrived,
     RoundClosed,
     RoundConfig,
@@ -584,6 +585,8 @@ class Fleet:
             case Stop():
                 self.stop = action
             case MessageRejected() | RoundOpened() | UpdateAccepted() | RoundClosed():
+                pass  # reports: self.actions keeps them for the tests to read
+            case PartialMerged():
                 pass  # reports: self.actions keeps them for the tests to read
             case _:
                 assert_never(action)

@@ -154,7 +154,8 @@ class MonitorState:
                     return self._on_presence(ref.job, ref.agent, payload, retained, now)
                 case TopicKind.MODEL:
                     return self._on_model(ref.job, payload, retained, now)
-                case TopicKind.UPDATE | TopicKind.SECAGG | TopicKind.DELTA:  # metrics count them
+                case (TopicKind.UPDATE | TopicKind.SECAGG | TopicKind.DELTA | TopicKind.PARTIAL
+                      | TopicKind.VERDICT):
                     self.ignored[ref.kind.value] += 1
                     return []
                 case _:

@@ -35,7 +35,8 @@ from protocol import (
     encode_presence,
     parse_topic,
 )
-from protocol.signing import Purpose, SigningKey, seal
+from protocol.keys import SigningKey
+from protocol.signing import Purpose, seal
 from tests.helpers import Fleet
 
 COORDINATOR = SigningKey.from_seed(b"c" * 32)

@@ -17,8 +17,9 @@ from coordinator import RoundConfig
 from coordinator.config import SecAggPolicy
 from edge_agent.agent import AgentCore, ModelRejected
 from protocol import Phase, Publish, RejectReason, TopicKind, TrainPlan, parse_topic
+from protocol.keys import SigningKey
 from protocol.peek import peek_fields
-from protocol.signing import SigningKey, is_signed
+from protocol.signing import is_signed
 from tests.helpers import Fleet
 
 N = 6

@@ -18,7 +18,8 @@ from coordinator.events import PresenceArrived
 from edge_agent.agent import AgentCore, Connected, ModelArrived, Train, TrainingDone
 from edge_agent.trainer import TrainResult
 from protocol import RejectReason, TrainPlan, Update, encode_delta, encode_update
-from protocol.signing import Purpose, SigningKey, open_model, seal
+from protocol.keys import SigningKey
+from protocol.signing import Purpose, open_model, seal
 
 COORDINATOR = SigningKey.from_seed(b"c" * 32)
 AGENT_KEYS = {"a1": SigningKey.from_seed(b"1" * 32), "a2": SigningKey.from_seed(b"2" * 32)}

@@ -44,7 +44,8 @@ from protocol import (
     encode_model_delta,
     parse_topic,
 )
-from protocol.signing import Purpose, SigningKey, decode_signed, seal
+from protocol.keys import SigningKey
+from protocol.signing import Purpose, decode_signed, seal
 from tests.helpers import initial_weights, weights_equal
 
 JOB = "j"

@@ -30,7 +30,8 @@ from protocol import (
     parse_topic,
     weights_digest,
 )
-from protocol.signing import COORDINATOR_SIGNER, Purpose, SigningKey, decode_signed, seal
+from protocol.keys import SigningKey
+from protocol.signing import COORDINATOR_SIGNER, Purpose, decode_signed, seal
 
 JOB, AGENT = "j", "a1"
 KEY = SigningKey.from_seed(b"1" * 32)

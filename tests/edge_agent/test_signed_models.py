@@ -25,7 +25,8 @@ from edge_agent.agent import (
 from edge_agent.trainer import TrainResult
 from protocol import ModelAnnouncement, RejectReason, TrainPlan, encode_model
 from protocol.chunks import is_chunk_frame
-from protocol.signing import Purpose, SigningKey, VerifyKey, open_update, seal
+from protocol.keys import SigningKey, VerifyKey
+from protocol.signing import Purpose, open_update, seal
 
 COORDINATOR = SigningKey.from_seed(b"c" * 32)
 MALLORY = SigningKey.from_seed(b"m" * 32)

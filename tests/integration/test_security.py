@@ -68,7 +68,8 @@ from protocol import (
     Topics,
     encode_model,
 )
-from protocol.signing import COORDINATOR_SIGNER, Purpose, SigningKey, seal
+from protocol.keys import SigningKey
+from protocol.signing import COORDINATOR_SIGNER, Purpose, seal
 from tests.needs import require_mosquitto
 from transport.connection import BrokerURL, Session, make_client
 

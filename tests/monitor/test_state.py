@@ -40,7 +40,8 @@ from protocol import (
     encode_model,
     encode_status,
 )
-from protocol.signing import Purpose, SigningKey, seal
+from protocol.keys import SigningKey
+from protocol.signing import Purpose, seal
 
 T = Topics(JOB)
 

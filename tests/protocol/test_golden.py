@@ -319,6 +319,7 @@ def test_reject_reason_wire_strings():
         "OUT_OF_PHASE": "out_of_phase",
         "BAD_KEY": "bad_key",
         "BAD_SHARE": "bad_share",
+        "BAD_STATE": "bad_state",
         "DIGEST_MISMATCH": "digest_mismatch",
     }
 

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from protocol import Update, decode_delta, decode_update, encode_delta, encode_update
-from protocol.signing import SigningKey, open_update
+from protocol.keys import SigningKey
+from protocol.signing import open_update
 from tests.needs import require_node_modules
 from tests.protocol.test_vectors import CODECS, load, weights
 

@@ -16,11 +16,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocol import RejectReason, WireError
+from protocol.keys import SigningKey, VerifyKey
 from protocol.signing import (
     ENVELOPE_OVERHEAD,
     Purpose,
-    SigningKey,
-    VerifyKey,
     decode_signed,
     is_signed,
     open_model,

@@ -36,6 +36,7 @@ from protocol import (
 )
 from protocol.chunks import Reassembler, decode_frame, encode_manifest, split
 from protocol.codecs.entropy import zstd_backend
+from protocol.keys import SigningKey, VerifyKey
 from protocol.reports import (
     decode_metrics,
     decode_presence,
@@ -44,16 +45,7 @@ from protocol.reports import (
     encode_presence,
     encode_status,
 )
-from protocol.signing import (
-    Purpose,
-    SigningKey,
-    VerifyKey,
-    decode_signed,
-    open_model,
-    open_update,
-    seal,
-    signed_bytes,
-)
+from protocol.signing import Purpose, decode_signed, open_model, open_update, seal, signed_bytes
 from protocol.wire import decode_model, decode_update, encode_model, encode_update
 
 ROOT = Path(__file__).resolve().parents[2]

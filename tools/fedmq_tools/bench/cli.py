@@ -157,6 +157,17 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return _finish("ingest", begun, doc, args.out or RESULTS_DIR / "ingest.json", "")
 
 
+def cmd_workers(args: argparse.Namespace) -> int:
+    from fedmq_tools.bench.ingest import IngestOptions
+    from fedmq_tools.bench.workers import run_workers
+
+    opts = IngestOptions(data_dir=args.data)
+    begun = begin()
+    doc = run_workers(args.task, args.codec, args.updates, counts=tuple(args.workers),
+                      batch=args.batch, opts=opts)
+    return _finish("workers", begun, doc, args.out or RESULTS_DIR / "workers.json", "")
+
+
 def cmd_scale(args: argparse.Namespace) -> int:
     from fedmq_tools.bench.scale import ScaleOptions, run_scale
 
@@ -170,6 +181,7 @@ def cmd_scale(args: argparse.Namespace) -> int:
         timeout_s=args.timeout,
         stop_on_failure=not args.keep_going,
         broker_config="\n".join(args.broker_config or ()),
+        sites=args.sites,
     )
     begun = begin()
     doc = run_scale(opts)
@@ -268,6 +280,7 @@ def register(sub: Any) -> None:
     _add_personal(which)
     _add_hetero(which)
     _add_ingest(which)
+    _add_workers(which)
     _add_scale(which)
     _add_secagg(which)
     _add_footprint(which)
@@ -426,6 +439,19 @@ def _add_ingest(which: Any) -> None:
     p.set_defaults(func=cmd_ingest)
 
 
+def _add_workers(which: Any) -> None:
+    p = which.add_parser("workers", help="ingest through N ingest workers vs the coordinator")
+    p.add_argument("--task", default="mnist-2nn")
+    p.add_argument("--codec", default="none")
+    p.add_argument("--updates", type=int, default=2000, help="updates per measurement")
+    p.add_argument("--workers", type=_counts, default=_counts("1,2"),
+                   help="worker counts after the coordinator alone (default 1,2)")
+    p.add_argument("--batch", type=int, default=64, help="a worker's batch of updates")
+    p.add_argument("--data", type=Path, help="MNIST directory (default: ../shared/data/mnist)")
+    _add_out(p)
+    p.set_defaults(func=cmd_workers)
+
+
 def _add_scale(which: Any) -> None:
     p = which.add_parser("scale", help="the largest swarm whose rounds all meet their deadline")
     p.add_argument("--counts", type=_counts, default=_counts(DEFAULT_SCALE_COUNTS),
@@ -439,6 +465,9 @@ def _add_scale(which: Any) -> None:
     p.add_argument("--keep-going", action="store_true", help="try larger sizes after a failure")
     p.add_argument("--broker-config", action="append", metavar="LINE",
                    help="repeatable: a line appended to the private Mosquitto's config")
+    p.add_argument("--sites", type=int, default=0,
+                   help="spread agents over K site brokers bridged to a central one, each "
+                        "with a site aggregator (docs/SCALE.md)")
     _add_out(p)
     p.set_defaults(func=cmd_scale)
 

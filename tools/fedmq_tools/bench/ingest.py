@@ -7,6 +7,12 @@ accepted update. Two ways, per task and codec:
 
 - ``pure``: the round machine alone (:meth:`coordinator.Rounds.handle`), no
   network; the clock runs only around ``handle`` (payloads are built outside it).
+  Beside it, in the same run and in alternating blocks of updates so that a
+  machine's load falls on both alike, the plain inexact path for the same
+  payloads (:class:`PlainPath`: msgpack decode, the codec's decode with its
+  finiteness check, a float64 multiply-add), and the row carries both rates and
+  their ratio; then the exact sum's add alone, compiled and numpy, against the
+  plain multiply-add, on the decoded deltas (``add_us``).
 - ``broker``: a real :class:`~coordinator.mqtt.CoordinatorNode` on a private
   Mosquitto, fed by a publisher in another process over one MQTT connection;
   the rate is accepted updates over the span from the first accepted update to
@@ -25,15 +31,18 @@ larger than the number of updates sent, so no round closes while measuring.
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import re
 import threading
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import numpy as np
 
 from coordinator import (
@@ -45,6 +54,8 @@ from coordinator import (
     UpdateAccepted,
     UpdateArrived,
 )
+from coordinator.exactsum import ExactSum
+from coordinator.spread import AVAILABLE as COMPILED_AVAILABLE
 from fedmq.broker import LocalBroker
 from fedmq.launch import Connection, build_coordinator
 from fedmq.tasks import DataConfig, agent_data, get_task
@@ -55,6 +66,7 @@ from protocol import (
     Update,
     Weights,
     check_codec,
+    decode_delta,
     decode_model,
     encode_delta,
     encode_presence,
@@ -72,6 +84,10 @@ DEFAULT_UPDATES = {"mnist-2nn": 500, "mnist-cnn": 100}
 FALLBACK_UPDATES = 500
 #: distinct real deltas cycled through (W1 agents 0..3, round 1)
 DISTINCT_DELTAS = 4
+#: updates per block when the exact and the plain path take turns
+BLOCK = 50
+#: adds per figure in ``add_us``
+SUM_ADDS = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,30 +150,104 @@ def _config(job: str, task_name: str, codec: str, cohort: int) -> RoundConfig:
                        codec=codec, min_agents=cohort, deadline_s=3600.0, evaluate=False)
 
 
+class PlainPath:
+    """The inexact reference: what ingest would cost with a float64 running sum and no
+    round machine (msgpack decode, the codec's decode with its finiteness check, a
+    float64 multiply-add into preallocated lanes)."""
+
+    def __init__(self, weights: Weights, codec: str) -> None:
+        self._codec = codec
+        self._shapes = {name: tuple(a.shape) for name, a in weights.items()}
+        self._sums = {name: np.zeros(a.size, np.float64) for name, a in weights.items()}
+        self._scratch = np.empty(max(a.size for a in weights.values()), np.float64)
+
+    def add(self, payload: bytes) -> None:
+        doc = msgpack.unpackb(payload)
+        delta = decode_delta(doc["tensors"], self._codec, self._shapes)
+        w = float(doc["samples"])
+        for name, values in delta.items():
+            term = self._scratch[: values.size]
+            np.multiply(values.reshape(-1), w, out=term)
+            self._sums[name] += term
+
+
+def _add_us(deltas: list[Weights]) -> dict[str, float]:
+    """Microseconds per add of one decoded delta: the exact sum compiled and with numpy
+    alone, and the plain float64 multiply-add, taking turns."""
+    flats = [[a.reshape(-1) for a in d.values()] for d in deltas]
+    size = sum(a.size for a in flats[0])
+    plain, scratch = np.zeros(size), np.empty(size)
+
+    def multiply_add(parts: list[Any]) -> None:
+        offset = 0
+        for a in parts:
+            np.multiply(a, 500.0, out=scratch[offset : offset + a.size])
+            offset += a.size
+        np.add(plain, scratch, out=plain)
+
+    sums: dict[str, Callable[[list[Any]], None]] = {"plain_multiply_add": multiply_add}
+    kinds = [("numpy", False)] + ([("compiled", True)] if COMPILED_AVAILABLE else [])
+    for name, compiled in kinds:
+        total = ExactSum(size, compiled=compiled)
+        total.add_parts(flats[0], 500.0)  # compiles, makes the bins
+        sums[name] = functools.partial(total.add_parts, weight=500.0)
+    spent = dict.fromkeys(sums, 0.0)
+    for block in range(0, SUM_ADDS, BLOCK):
+        for name, add in sums.items():
+            began = time.thread_time()
+            for i in range(block, block + BLOCK):
+                add(flats[i % len(flats)])
+            spent[name] += time.thread_time() - began
+    return {name: round(s / SUM_ADDS * 1e6, 1) for name, s in spent.items()}
+
+
 def ingest_pure(task_name: str, codec: str, weights: Weights, deltas: list[Weights],
                 updates: int) -> dict[str, Any]:
-    """Feed ``updates`` updates to a bare round machine; time only ``handle``."""
+    """Feed ``updates`` updates to a bare round machine, and the same payloads to the
+    plain path, block by block in turn; time only ``handle`` and ``PlainPath.add``."""
     job = job_name(task_name, codec, "pure")
     rounds = Rounds(_config(job, task_name, codec, updates + 1), weights, run="ingest")
     for i in range(updates + 1):
         rounds.handle(PresenceArrived(f"agent-{i}", presence_payload(f"agent-{i}")), 0.0)
     model_id = weights_digest(weights)
     tensors = encoded_tensors(deltas, codec)
-    busy, size = 0.0, 0
+    plain = PlainPath(weights, codec)
+    busy, plain_busy, size = 0.0, 0.0, 0
     machine, ours = system_cpu_s(), cpu_s(["self"])
-    for i in range(updates):
-        payload = update_payload(job, f"agent-{i}", model_id, tensors[i % len(tensors)], codec)
-        size += len(payload)
-        began = time.perf_counter()
-        actions = rounds.handle(UpdateArrived(f"agent-{i}", payload), 1.0)
-        busy += time.perf_counter() - began
-        if not any(isinstance(a, UpdateAccepted) for a in actions):
-            raise RuntimeError(f"update {i} under {codec} was not accepted: {actions[0]}")
+    for first in range(0, updates, BLOCK):
+        block = [
+            update_payload(job, f"agent-{i}", model_id, tensors[i % len(tensors)], codec)
+            for i in range(first, min(first + BLOCK, updates))
+        ]
+        size += sum(len(p) for p in block)
+        began = time.thread_time()
+        answers = [rounds.handle(UpdateArrived(f"agent-{first + k}", p), 1.0)
+                   for k, p in enumerate(block)]
+        busy += time.thread_time() - began
+        began = time.thread_time()
+        for payload in block:
+            plain.add(payload)
+        plain_busy += time.thread_time() - began
+        for k, actions in enumerate(answers):
+            if not any(isinstance(a, UpdateAccepted) for a in actions):
+                raise RuntimeError(f"update {first + k} under {codec} was not accepted: "
+                                   f"{actions[0]}")
     foreign = (system_cpu_s() - machine) - (cpu_s(["self"]) - ours)
+    rate, plain_rate = updates / busy, updates / plain_busy
     return {"updates": updates, "seconds": round(busy, 4),
-            "updates_per_s": round(updates / busy, 1),
+            "updates_per_s": round(rate, 1),
+            "plain_updates_per_s": round(plain_rate, 1),
+            "ratio_to_plain": round(rate / plain_rate, 3),
+            "exact_sum": "compiled" if COMPILED_AVAILABLE else "numpy",
+            "add_us": _add_us(decoded(deltas, codec)),
             "mean_update_bytes": size // updates,
             "foreign_cpu_s": round(max(foreign, 0.0), 2)}
+
+
+def decoded(deltas: list[Weights], codec: str) -> list[Weights]:
+    """The deltas as the coordinator decodes them under ``codec``."""
+    shapes = {name: tuple(a.shape) for name, a in deltas[0].items()}
+    return [decode_delta(list(t), codec, shapes) for t in encoded_tensors(deltas, codec)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,6 +397,9 @@ def row_line(row: dict[str, Any]) -> str:
     if "publisher_updates_per_s" in row:
         extra = f"  (publisher {row['publisher_updates_per_s']:.0f}/s)"
     size = f"  {row['mean_update_bytes'] / 1e3:.1f} kB/update" if "mean_update_bytes" in row else ""
+    if "ratio_to_plain" in row:
+        extra = (f"  (plain {row['plain_updates_per_s']:.0f}/s, ratio "
+                 f"{row['ratio_to_plain']:.2f}; add us {row['add_us']})")
     return (
         f"{row['task']:<10} {row['codec']:<15} {row['mode']:<6} "
         f"{row['updates_per_s']:>9.1f} updates/s{size}{extra}  foreign CPU "

@@ -62,6 +62,9 @@ class ScaleOptions:
     stop_on_failure: bool = True
     #: lines appended to the private broker's config (mosquitto.conf), e.g. a queue limit
     broker_config: str = ""
+    #: spread the agents over this many bridged site brokers with site aggregators (0: one
+    #: broker, no sites; :mod:`fedmq_tools.bench.sites`)
+    sites: int = 0
     #: run every round through SecAgg (``fedmq bench secagg`` compares with and without)
     secagg: SecAggPolicy | None = None
 
@@ -218,9 +221,16 @@ def run_scale(opts: ScaleOptions) -> dict[str, Any]:
         for n in sorted(opts.counts):
             logs = Path(tmp) / str(n)
             logs.mkdir()
-            result = run_size(n, opts, logs)
+            if opts.sites:
+                from fedmq_tools.bench.sites import run_sites_size, sites_line
+
+                result = run_sites_size(n, opts.sites, opts, logs)
+                line = sites_line(result)
+            else:
+                result = run_size(n, opts, logs)
+                line = size_line(result)
             sizes.append(result)
-            print(size_line(result), flush=True)
+            print(line, flush=True)
             if not result["passed"] and opts.stop_on_failure:
                 break
     passed = [s["agents"] for s in sizes if s["passed"]]
@@ -230,6 +240,7 @@ def run_scale(opts: ScaleOptions) -> dict[str, Any]:
             "processes": opts.processes,
             "rounds": opts.rounds,
             "deadline_s": opts.deadline_s,
+            "sites": opts.sites,
         },
         "sizes": sizes,
         "largest_passing_fleet": max(passed) if passed else None,
