@@ -61,8 +61,9 @@ def test_the_seed_makes_agent_1_flaky_and_agent_2_slow() -> None:
 def test_a_swarm_follows_the_schedule_and_the_run_completes(broker: LocalBroker) -> None:
     spec = fleet.FleetSpec(broker=broker.url, job=JOB, task="linreg", count=3, uneven=UNEVEN)
     watch = PresenceLog(broker.url, "agent-1")
+    # members stay after the run, still following the schedule, until stopped
     swarm = Swarm(fleet.build_members(spec), BrokerURL.parse(broker.url),
-                  schedule=FleetSchedule(UNEVEN, 3))
+                  schedule=FleetSchedule(UNEVEN, 3), exit_when_done=False)
     agents = threading.Thread(target=swarm.run, daemon=True)
     config = RoundConfig(job=JOB, task="linreg", rounds=3, plan=get_task("linreg").plan,
                          min_agents=3, quorum=2, deadline_s=30.0, evaluate=False)
@@ -71,7 +72,7 @@ def test_a_swarm_follows_the_schedule_and_the_run_completes(broker: LocalBroker)
     agents.start()
     try:
         assert node.run() is Phase.DONE
-        assert watch.back.wait(20)  # offline by the schedule, then online again
+        assert watch.back.wait(30)  # offline by the schedule, then online again
     finally:
         swarm.stop()
         agents.join(30)
