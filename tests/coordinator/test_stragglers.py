@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import msgpack
 import numpy as np
 import pytest
 
@@ -19,7 +20,7 @@ from coordinator import (
     SaveCheckpoint,
     UpdateArrived,
 )
-from coordinator.checkpoint import decode_checkpoint, encode_checkpoint
+from coordinator.checkpoint import CheckpointError, decode_checkpoint, encode_checkpoint
 from coordinator.rounds import Rounds
 from coordinator.staleness import BufferConfig, staleness_weight, unsupported_in_buffered
 from protocol import ModelAnnouncement, RejectReason, Weights
@@ -190,3 +191,16 @@ def test_settings_that_cannot_carry_or_over_select_are_refused() -> None:
         Rounds(make_config(carry_late=1, late_staleness="linear"), copy_weights(W0), run=RUN)
     with pytest.raises(ValueError, match="synchronous only"):
         unsupported_in_buffered(make_config(carry_late=1), BufferConfig())
+
+
+def test_a_buffered_entry_written_before_sample_counts_existed_still_loads() -> None:
+    machine, r1, late, _ = first_round(carry_late=1)
+    (saved,) = [a.checkpoint for a in send(machine, late, r1, seed=3)
+                if isinstance(a, SaveCheckpoint)]
+    doc = msgpack.unpackb(encode_checkpoint(saved), raw=False)
+    doc["buffer"] = [entry[:4] for entry in doc["buffer"]]  # as FedBuff wrote them
+    (old,) = decode_checkpoint(msgpack.packb(doc, use_bin_type=True)).buffer
+    assert (old.agent, old.base, old.samples) == (late, 1, 0)
+    doc["buffer"] = [[*entry, 10, "extra"] for entry in doc["buffer"]]
+    with pytest.raises(CheckpointError):
+        decode_checkpoint(msgpack.packb(doc, use_bin_type=True))
