@@ -135,12 +135,12 @@ def cmd_agents(args: argparse.Namespace) -> int:
     total = args.of or args.count
     conn = _connection(args, args.broker)
 
-    def build(k: int, delay_s: float) -> AgentNode:
-        i = args.first + k
+    def build(i: int, delay_s: float) -> AgentNode:
         settings = _agent_settings(args, f"{args.id_prefix}{i}", i, total, not args.keep_running)
         return build_agent(dataclasses.replace(settings, train_delay_s=delay_s), conn)
 
-    fleet = ScheduledFleet(FleetSchedule(fleet_spec(args), args.count), build)
+    fleet = ScheduledFleet(FleetSchedule(fleet_spec(args), total), build,
+                           range(args.first, args.first + args.count))
     _stop_on_signals(lambda _why: fleet.stop())
     fleet.start()
     fleet.join()

@@ -13,18 +13,20 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from edge_agent.mqtt import AgentNode, run_fleet
 from fedmq.fleet_schedule import FleetSchedule
 
 
 class ScheduledFleet:
-    """Agents ``0..n-1`` built by ``build(i, delay_s)``, online as ``schedule`` says."""
+    """Agents ``indices`` (default: all of the schedule's) built by ``build(i, delay_s)``,
+    online as ``schedule`` says; a fleet split over processes shares one schedule."""
 
-    def __init__(self, schedule: FleetSchedule,
-                 build: Callable[[int, float], AgentNode]) -> None:
+    def __init__(self, schedule: FleetSchedule, build: Callable[[int, float], AgentNode],
+                 indices: Sequence[int] | None = None) -> None:
         self._schedule, self._build = schedule, build
+        self._indices = list(range(schedule.agents) if indices is None else indices)
         self._halt = threading.Event()
         self._lock = threading.Lock()
         self.current: dict[int, AgentNode] = {}
@@ -37,7 +39,7 @@ class ScheduledFleet:
 
     def start(self) -> None:
         self._started = time.monotonic()
-        for i in range(self._schedule.agents):
+        for i in self._indices:
             self._bring_up(i)
         self._driver.start()
 
@@ -67,7 +69,7 @@ class ScheduledFleet:
             self._threads.extend(run_fleet([node]))
 
     def _drive(self) -> None:
-        flaky = sorted(self._schedule.flaky)
+        flaky = sorted(self._schedule.flaky & set(self._indices))
         while flaky and not self._halt.is_set() and not self.run_finished:
             now = time.monotonic() - self._started
             nxt = min(t for i in flaky if (t := self._schedule.next_change(i, now)) is not None)
