@@ -44,10 +44,10 @@ from protocol import (
     Publish,
     RejectReason,
     Topics,
-    Weights,
     WireError,
     decode_model,
 )
+from protocol.chunks import is_chunk_frame
 from protocol.keys import SigningKey, VerifyKey
 from protocol.partial import (
     Contributor,
@@ -108,14 +108,15 @@ SiteAction: TypeAlias = Publish | PartialSent | MessageRejected
 @dataclass(slots=True)
 class _Batch:
     """Accepted updates not yet sent (or sent and awaiting their verdict), summed as they
-    come. ``kept`` holds their deltas when the batch may have to be summed again."""
+    come. ``kept`` holds their payloads as received when the batch may have to be summed
+    again (payloads, not decoded deltas: they are smaller, and already in memory)."""
 
     aggregator: Aggregator
     merger: Mergeable
     started: float
     contributors: list[Contributor] = field(default_factory=list)
     declined: list[str] = field(default_factory=list)
-    kept: dict[str, tuple[Weights, int]] = field(default_factory=dict)
+    kept: dict[str, bytes] = field(default_factory=dict)
 
 
 class SiteAggregator:
@@ -240,6 +241,10 @@ class SiteAggregator:
         self._bytes_in += len(payload)
         if self._intake is None or ann is None:
             return []  # nothing announced yet: the agents cannot have trained
+        if self._batching is not None and is_chunk_frame(payload):
+            detail = "an ingest worker takes whole updates: a shared subscription splits chunks"
+            self._rejected.append(Rejection(agent, RejectReason.MALFORMED, detail))
+            return [MessageRejected(agent, ann.round, RejectReason.MALFORMED, detail)]
         view = RunView(run=ann.run, completed=ann.round - 1, model_id=ann.model_id,
                        current=ann.round, accepting=rs, online=self._roster.online)
         try:
@@ -265,7 +270,7 @@ class SiteAggregator:
             batch.contributors.append(Contributor(
                 agent, update.samples, hashlib.sha256(payload).hexdigest(), dict(update.metrics)))
             if self._batching is not None:
-                batch.kept[agent] = (delta, update.samples)
+                batch.kept[agent] = payload
         if rs.cohort <= rs.answered:
             return self._close()
         if self._batching is not None and len(batch.contributors) >= self._batching.updates:
@@ -326,15 +331,18 @@ class SiteAggregator:
                                   f"partial of {len(batch.contributors)} refused")
         if v.reason != RejectReason.DUPLICATE.value or not v.counted:
             return [refused]
-        counted = set(v.counted)
+        counted, intake = set(v.counted), self._intake
+        assert intake is not None  # set with the first announcement
         again = self._new_batch(batch.started)
         again.declined = [a for a in batch.declined if a not in counted]
         for c in batch.contributors:
             if c.agent not in counted:
-                delta, samples = batch.kept[c.agent]
-                again.aggregator.add(delta, samples)
+                payload = batch.kept[c.agent]  # admitted before: decoded again, unchecked
+                taken = intake.take_checked(ann.run, c.agent, payload, 0.0, lambda _u: None)
+                assert taken is not None and taken[1] is not None
+                again.aggregator.add(taken[1], c.samples)
                 again.contributors.append(c)
-                again.kept[c.agent] = (delta, samples)
+                again.kept[c.agent] = payload
         if not (again.contributors or again.declined):
             return [refused]
         return [refused, *self._send(again, v.round, ann.attempt)]

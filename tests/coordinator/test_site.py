@@ -195,3 +195,15 @@ def test_a_worker_refuses_an_aggregator_that_cannot_be_summed_in_parts() -> None
     w = SiteAggregator(config(aggregator="median"), site="w1", batching=Batching())
     with pytest.raises(ValueError, match="cannot be summed in parts"):
         w.handle(ModelSeen(announcement()), 0.0)
+
+
+def test_a_worker_refuses_a_chunk_frame_since_a_shared_subscription_splits_chunks() -> None:
+    from protocol.chunks import MIN_MAX_PAYLOAD, split
+
+    w = worker("w1")
+    parts = split(bytes(4 * MIN_MAX_PAYLOAD), MIN_MAX_PAYLOAD)  # any large payload
+    assert parts is not None
+    _manifest, frames = parts
+    refused = w.handle(UpdateArrived("a0", frames[0]), 1.0)
+    (rejected,) = [a for a in refused if isinstance(a, MessageRejected)]
+    assert rejected.reason is RejectReason.MALFORMED and "whole updates" in rejected.detail

@@ -23,10 +23,9 @@ import multiprocessing
 import threading
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from coordinator import Action, PartialMerged, RoundOpened, UpdateAccepted
 from coordinator.site import Batching, SiteAggregator
 from coordinator.site_mqtt import SiteNode
 from coordinator.spread import AVAILABLE as COMPILED_AVAILABLE
@@ -36,13 +35,13 @@ from fedmq.broker import LocalBroker
 from fedmq.launch import Connection, build_coordinator
 from fedmq.tasks import DataConfig
 from fedmq_tools.bench.ingest import (
+    Accepted,
     IngestOptions,
     PublisherJob,
     _config,
     job_name,
     publish_updates,
 )
-from fedmq_tools.bench.measure import system_cpu_s, usage
 from transport.connection import BrokerURL
 
 
@@ -80,34 +79,6 @@ def run_worker(job: WorkerJob, ready: Any, stop: Any, report: Any) -> None:
     report.put(time.process_time() - began)
 
 
-@dataclass
-class _Counted:
-    """Observes the coordinator: when each update counted, and CPU at the open and end."""
-
-    target: int
-    broker_pid: int
-    times: list[float] = field(default_factory=list)
-    done: threading.Event = field(default_factory=threading.Event)
-    cpu: list[tuple[float, float, float]] = field(default_factory=list)
-
-    def _snapshot(self) -> None:
-        self.cpu.append((system_cpu_s(), usage(self.broker_pid).cpu_s, usage().cpu_s))
-
-    def __call__(self, action: Action) -> None:
-        if isinstance(action, RoundOpened):
-            self._snapshot()
-            return
-        if isinstance(action, UpdateAccepted):
-            self.times.append(time.monotonic())
-        elif isinstance(action, PartialMerged):
-            self.times.extend([time.monotonic()] * action.contributors)
-        else:
-            return
-        if len(self.times) >= self.target and not self.done.is_set():
-            self._snapshot()
-            self.done.set()
-
-
 def ingest_through(task: str, codec: str, updates: int, *, workers: int, batch: int,
                    opts: IngestOptions) -> dict[str, Any]:
     """``updates`` updates into one coordinator: itself (``workers`` 0) or via workers."""
@@ -116,7 +87,7 @@ def ingest_through(task: str, codec: str, updates: int, *, workers: int, batch: 
     job = job_name(task, codec, f"w{workers}")
     with ExitStack() as stack:
         broker = stack.enter_context(LocalBroker())
-        seen = _Counted(updates, broker.pid or 0)
+        seen = Accepted(updates, broker.pid or 0)
         node = build_coordinator(_config(job, task, codec, updates + 1),
                                  Connection(BrokerURL.parse(broker.url)),
                                  data=DataConfig(data_dir=opts.data_dir), run_dir=None,
