@@ -111,6 +111,7 @@ class BufferedRounds(RunViews):
         self._entries: list[Buffered] = list(resume.buffer) if resume else []
         self._window: OpenRound | None = None  # the current version's tallies, for status
         self._pending: OpenRound | None = None  # flushed, awaiting its evaluation
+        self._staleness: Counter[str] = Counter()  # the last flush's, by tau
         if self._steps >= config.rounds:
             self._phase, self._message = Phase.DONE, f"already completed {self._steps} rounds"
 
@@ -255,6 +256,8 @@ class BufferedRounds(RunViews):
             total.add(entry)
         weights, opt_state = self._model.step(total.mean(len(self._entries)))
         self._model.commit(weights, opt_state)
+        # every entry was accepted at this version: its tau is this version minus its base
+        self._staleness = Counter(str(self.version - e.base) for e in self._entries)
         self._broadcast.advance(weights, self._steps)
         self._entries.clear()
         window.closed_by = ClosedBy.QUORUM
@@ -275,7 +278,9 @@ class BufferedRounds(RunViews):
             raw_update_bytes=self._raw_update_bytes, duration_s=now - window.opened_at,
             at=self._outbox.wall(now), epsilon=None,
         )
-        metrics = dataclasses.replace(metrics, round=self._steps, accepted=self.buffer_config.k)
+        metrics = dataclasses.replace(metrics, round=self._steps, accepted=self.buffer_config.k,
+                                      staleness=dict(sorted(self._staleness.items(),
+                                                           key=lambda kv: int(kv[0]))))
         self._history.append(metrics)
         actions: list[Action] = [
             SaveCheckpoint(self.checkpoint()), self._outbox.metrics(metrics), RoundClosed(metrics)
@@ -365,7 +370,7 @@ class BufferedRounds(RunViews):
         return self._outbox.status(
             run=self._run, phase=self._phase, last_round=self._window, completed=self._steps,
             agents_online=len(self._roster.online), rejected=self._rejected_total,
-            message=self._message, now=now,
+            message=self._message, now=now, mode="fedbuff",
         )
 
     def _reject(

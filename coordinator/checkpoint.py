@@ -56,6 +56,9 @@ class Buffered:
     #: its staleness weight, fixed when it was accepted
     weight: float
     delta: Weights
+    #: its sample count: synchronous rounds carrying late updates weigh them by it
+    #: (:mod:`coordinator.stragglers`); FedBuff's buffer does not (0)
+    samples: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +92,8 @@ class Checkpoint:
     dp_rounds: tuple[tuple[float, float], ...] = ()
     #: with delta downlinks: the version agents hold, so the chain continues exactly
     broadcast: BroadcastState | None = None
-    #: FedBuff only: the buffer not yet applied, and the versions still accepted
+    #: FedBuff: the buffer not yet applied, and the versions still accepted; synchronous
+    #: rounds with --carry-late: the late updates carried, and the rounds still taking them
     buffer: tuple[Buffered, ...] = ()
     live: tuple[LiveVersion, ...] = ()
 
@@ -110,7 +114,7 @@ def encode_checkpoint(ckpt: Checkpoint) -> bytes:
         "server_steps": ckpt.server_steps,
         "dp_rounds": [[q, z] for q, z in ckpt.dp_rounds],
         "buffer": [
-            [b.agent, b.base, b.weight, encode_weights(b.delta)] for b in ckpt.buffer
+            [b.agent, b.base, b.weight, encode_weights(b.delta), b.samples] for b in ckpt.buffer
         ],
         "live": [
             [v.version, v.model_id, list(v.cohort), list(v.answered)] for v in ckpt.live
@@ -148,10 +152,7 @@ def decode_checkpoint(data: bytes) -> Checkpoint:
             raise CheckpointError(f"bad server_steps {steps!r}")
         dp_rounds = tuple(_dp_round(r) for r in doc.get("dp_rounds", []))
         # absent from checkpoints written before the buffered mode existed
-        buffer = tuple(
-            Buffered(str(a), _count(base), _weight(w), decode_weights(d))
-            for a, base, w, d in doc.get("buffer", [])
-        )
+        buffer = tuple(_buffered(entry) for entry in doc.get("buffer", []))
         live = tuple(
             LiveVersion(_count(v), str(mid), tuple(map(str, cohort)), tuple(map(str, ans)))
             for v, mid, cohort, ans in doc.get("live", [])
@@ -202,6 +203,16 @@ def _broadcast(doc: object) -> BroadcastState | None:
     if base_id is not None and not isinstance(base_id, str):
         raise CheckpointError("bad broadcast state: base_id")
     return BroadcastState(codec, dtype, decode_weights(doc["weights"]), base_id, delta)
+
+
+def _buffered(entry: list[object]) -> Buffered:
+    """One buffered update; its sample count is absent from checkpoints written before
+    synchronous rounds carried late updates."""
+    agent, base, weight, delta, *rest = entry
+    if len(rest) > 1:
+        raise CheckpointError("bad buffered update")
+    return Buffered(str(agent), _count(base), _weight(weight), decode_weights(delta),
+                    _count(rest[0]) if rest else 0)
 
 
 def _count(value: object) -> int:

@@ -75,6 +75,8 @@ class CohortPolicy:
             want = math.ceil(Fraction(str(cfg.sample_fraction)) * eligible)
         elif cfg.sample_count is not None:
             want = cfg.sample_count
+        elif cfg.over_select is not None and cfg.quorum is not None:  # coordinator/stragglers.py
+            want = math.ceil(Fraction(str(cfg.over_select)) * cfg.quorum)
         else:
             return eligible
         return min(eligible, max(want, cfg.cohort_floor))

@@ -99,6 +99,13 @@ class RoundConfig:
     sample_fraction: float | None = None
     #: ... or this many; the cohort never drops below what quorum and min_replies need
     sample_count: int | None = None
+    #: over-selection: ask ceil(over_select * quorum) agents, close at quorum; the others
+    #: are late (coordinator/stragglers.py). None: ask every eligible agent online
+    over_select: float | None = None
+    #: carry updates up to this many rounds late into the next round to close, weighted by
+    #: ``late_staleness`` (a coordinator/staleness.py spec); 0: a late update is ``stale``
+    carry_late: int = 0
+    late_staleness: str = "sqrt"
     #: uniform, or by-samples: weighted by the sample counts agents advertise in presence
     sample_policy: SamplePolicy = "uniform"
     #: only agents whose presence names one of these device classes take part (None: any)
@@ -231,7 +238,7 @@ class RoundConfig:
     def names_cohort(self) -> bool:
         """True if rounds ask a chosen cohort (announced by name), not every agent online."""
         return self.sample_fraction is not None or self.sample_count is not None or (
-            self.device_classes is not None
+            self.device_classes is not None or self.over_select is not None
         )
 
     @property
@@ -250,6 +257,13 @@ class RoundConfig:
                 f"a cohort of {count} cannot meet quorum/min_replies/the aggregator's minimum "
                 f"({self.cohort_floor}); ask at least that many"
             )
+        if self.over_select is not None and (
+            self.quorum is None or not 1 <= self.over_select <= 10 or fraction or count
+        ):
+            raise ValueError("over-selection needs a quorum, a factor in [1, 10], and no "
+                             "sample fraction or count (it sets the cohort's size)")
+        if not 0 <= self.carry_late <= 100:
+            raise ValueError(f"carry_late must be in 0..100 rounds, got {self.carry_late}")
         if self.sample_policy not in SAMPLE_POLICIES:
             raise ValueError(f"sample policy must be one of {SAMPLE_POLICIES}")
         devices = self.device_classes

@@ -70,7 +70,10 @@ class CoordinatorNode:
         checkpoint_path: Path | None = None,
         on_action: Callable[[Action], None] | None = None,
         queue_size: int = 100_000,
+        take_updates: bool = True,
     ) -> None:
+        """``take_updates`` False: ingest workers take the updates (docs/SCALE.md) and this
+        coordinator reads only their partial aggregates."""
         self.rounds = rounds
         self._evaluator = evaluator
         self._checkpoint_path = checkpoint_path
@@ -81,11 +84,12 @@ class CoordinatorNode:
         self.bugs = 0
         topics = rounds.topics
         secagg = [(topics.all_secagg_up, 1)] if rounds.config.secagg is not None else []
+        updates = [(topics.all_updates, 1)] if take_updates else []
         self._link = Link(
             broker,
             session,
             self._inbox,
-            subscriptions=lambda: [(topics.all_updates, 1), (topics.all_presence, 1),
+            subscriptions=lambda: [*updates, (topics.all_presence, 1),
                                    (topics.all_partials, 1), *secagg],
             on_connected=lambda: self._put(BrokerConnected()),
             on_refused=lambda why: self._put(_Refused(why)),

@@ -34,6 +34,7 @@ from protocol import (
 from protocol.broadcast import DTYPES
 from protocol.chunks import encode_manifest, split
 from protocol.compress import downlink_weights
+from protocol.partial import Verdict, encode_verdict
 from protocol.secagg.messages import SecAggConfig
 from protocol.signing import COORDINATOR_SIGNER, Purpose, seal
 from protocol.wire import SECAGG_CODEC
@@ -169,6 +170,11 @@ class Outbox:
         call = RollCall(job=self._config.job, run=run, at=self.wall(now))
         return Publish(self.topics.rollcall, encode_rollcall(call), retain=False)
 
+    def verdict(self, verdict: Verdict) -> Publish:
+        """The answer to one partial aggregate, to its aggregator alone, not retained."""
+        body = self._sealed(encode_verdict(verdict), verdict.run, Purpose.VERDICT)
+        return Publish(self.topics.verdict(verdict.aggregator), body, retain=False)
+
     def metrics(self, metrics: RoundMetrics) -> Publish:
         """A round's metrics, retained: the last one is what a newcomer sees first."""
         return Publish(self.topics.metrics, encode_metrics(metrics), retain=True)
@@ -184,6 +190,7 @@ class Outbox:
         rejected: Mapping[str, int],
         message: str,
         now: float,
+        mode: str = "sync",
     ) -> Publish:
         """The job's live state, retained. ``last_round`` is the round announced last
         (None before round 1); its progress shows while it is open (training, evaluating)."""
@@ -208,6 +215,7 @@ class Outbox:
             rejected=dict(rejected),
             at=self.wall(now),
             message=message,
+            mode=mode,
         )
         return Publish(self.topics.status, encode_status(status), retain=True)
 

@@ -7,21 +7,36 @@ coordinator then checks the partial as it checks an update (the envelope, job,
 run, round, base model), and its account: a sum over the model's size, a total
 weight that the contributors' samples give, contributors that the round asked,
 and none already counted, directly or through another aggregator, since a sum
-cannot be taken apart again. Pure; every refusal is a :class:`~protocol.WireError`.
+cannot be taken apart again (:class:`CountedTwiceError` names them, so that the sender
+can sum its batch again without them). One aggregator may send several partials a
+round (an ingest worker sends batches); a partial sent twice is refused by the same
+rule, since its contributors are then counted. Pure; every refusal is a
+:class:`~protocol.WireError`.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 
 from coordinator.aggregate import Mergeable, mergeable
 from coordinator.config import RoundConfig
 from coordinator.open_round import OpenRound
 from coordinator.validation import RunView, check_asked
-from protocol import RejectReason, WireError
+from protocol import RejectReason, WireError, check_agent_level
 from protocol.keys import VerifyKey
-from protocol.partial import PartialAggregate, decode_partial
+from protocol.partial import PartialAggregate, Verdict, decode_partial
 from protocol.signing import open_partial
+
+
+class CountedTwiceError(WireError):
+    """DUPLICATE: the partial names agents the round already counted (``agents``)."""
+
+    def __init__(self, agents: tuple[str, ...], round_no: int) -> None:
+        super().__init__(RejectReason.DUPLICATE,
+                         f"{', '.join(agents[:5])} already counted in round {round_no}: the "
+                         "partial would count them twice")
+        self.agents = agents
 
 
 def partial_keys(config: RoundConfig) -> Mapping[str, VerifyKey] | None:
@@ -54,8 +69,6 @@ def admit_partial(
     if p.run != view.run:
         raise WireError(RejectReason.WRONG_RUN, f"partial for run {p.run!r}")
     rs = _round_taking(view, p)
-    if aggregator in rs.partials:
-        raise WireError(RejectReason.DUPLICATE, f"{aggregator} already sent round {rs.number}")
     merger = mergeable(rs.aggregator)
     if config.secagg is not None:
         raise WireError(RejectReason.BAD_STATE, "a secure-aggregation round sums only masked "
@@ -72,6 +85,22 @@ def admit_partial(
         raise WireError(RejectReason.BAD_STATE, f"total weight {p.total_weight}, its "
                                                 f"contributors give {weight}")
     return p, merger
+
+
+def verdict(config: RoundConfig, view: RunView, aggregator: str, payload: bytes, *,
+            round_no: int | None, refused: WireError | None = None) -> tuple[Verdict, ...]:
+    """The answer to ``aggregator``'s partial ``payload`` (merged unless ``refused``), or
+    none when the topic level names no aggregator a verdict topic can be built for."""
+    try:
+        check_agent_level(aggregator)
+    except WireError:
+        return ()
+    return (Verdict(
+        job=config.job, run=view.run, round=round_no or 0, aggregator=aggregator,
+        partial=hashlib.sha256(payload).hexdigest(), merged=refused is None,
+        reason=refused.reason.value if refused is not None else "",
+        counted=refused.agents if isinstance(refused, CountedTwiceError) else (),
+    ),)
 
 
 def _round_taking(view: RunView, p: PartialAggregate) -> OpenRound:
@@ -99,15 +128,13 @@ def _check_contributors(
     """Every agent named must be one the round asked, and none counted already.
 
     Raises:
-        WireError: UNKNOWN_AGENT, NOT_IN_COHORT or DUPLICATE (double-counted).
+        WireError: UNKNOWN_AGENT or NOT_IN_COHORT; CountedTwiceError (DUPLICATE).
     """
     named = p.agents | set(p.declined)
     for agent in sorted(named):
         if config.allowed_agents is not None and agent not in config.allowed_agents:
             raise WireError(RejectReason.UNKNOWN_AGENT, f"contributor {agent!r} not provisioned")
         check_asked(config, view, agent, rs)
-    counted = sorted(named & rs.answered)
+    counted = tuple(sorted(named & rs.answered))
     if counted:
-        raise WireError(RejectReason.DUPLICATE, f"{', '.join(counted[:5])} already counted in "
-                                                f"round {rs.number}: the partial would count "
-                                                "them twice")
+        raise CountedTwiceError(counted, rs.number)

@@ -22,6 +22,7 @@ metrics -> checkpoint -> announce the next round (or stop).
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 
 from typing_extensions import assert_never
@@ -54,12 +55,13 @@ from coordinator.events import (
 from coordinator.global_model import GlobalModel
 from coordinator.open_round import OpenRound
 from coordinator.outbox import Outbox, StatusPacer
-from coordinator.partials import admit_partial
+from coordinator.partials import admit_partial, verdict
 from coordinator.phases import Trigger, next_phase
 from coordinator.roster import Roster
 from coordinator.run_views import RunViews
 from coordinator.secure_round import SecAggStage, SecAggStep
 from coordinator.stopping import stop_reason
+from coordinator.stragglers import LateUpdates
 from coordinator.validation import Intake, RunView
 from protocol import (
     ClosedBy,
@@ -98,6 +100,7 @@ class Rounds(RunViews):
         self._intake = Intake(config, shapes)
         self._secagg = SecAggStage(config, shapes) if config.secagg is not None else None
         self._raw_update_bytes = raw_size(shapes)
+        self._late = LateUpdates(config, resume)  # --carry-late (coordinator/stragglers.py)
         if self._completed >= config.rounds:
             self._phase = Phase.DONE
             self._message = f"already completed {self._completed} rounds"
@@ -105,6 +108,11 @@ class Rounds(RunViews):
     @property
     def completed_rounds(self) -> int:
         return self._completed
+
+    @property
+    def carried_total(self) -> int:
+        """Late updates carried into a later round (``--carry-late``) by this process."""
+        return self._late.carried_total
 
     def next_deadline(self) -> float | None:
         """When the adapter must send a :class:`Tick`, or None if nothing is timed."""
@@ -185,15 +193,20 @@ class Rounds(RunViews):
         if accepting is not None:
             accepting.bytes_up += len(payload)
         try:
-            taken = self._intake.take(view, agent, payload, now)
+            check = self._late.checker(view, agent, self.finished)
+            taken = self._intake.take_checked(self._run, agent, payload, now, check)
         except WireError as exc:
             if exc.reason is RejectReason.UNKNOWN_AGENT:
                 self._roster.missing(agent)
             return [self._reject(agent, round_no, exc.reason, exc.detail)]
         if taken is None:
             return []  # a chunk of an update still incomplete
-        assert accepting is not None  # check_round refuses every update without one
         update, delta = taken
+        if self._late.is_late(update, view, self.finished):  # carried to the next round
+            self._late.carry(update, delta, view)
+            self._roster.alive(agent)
+            return [SaveCheckpoint(self.checkpoint()), self._status(now)]
+        assert accepting is not None  # check_round refuses every update without one
         self._broadcast.answered(agent, update.model_id)
         if delta is None:
             accepting.declined.add(agent)
@@ -207,18 +220,23 @@ class Rounds(RunViews):
         return [accepted, *(self._maybe_close(now) or self._status_soon(now))]
 
     def _on_partial(self, aggregator: str, payload: bytes, now: float) -> list[Action]:
+        """Merge a partial aggregate or refuse it, and tell its aggregator which."""
         view, round_no = self._view(), self._round.number if self._round else None
         try:
             p, merger = admit_partial(self.config, view, aggregator, payload, self._model.size)
         except WireError as exc:
-            return [self._reject(aggregator, round_no, exc.reason, f"partial: {exc.detail}")]
+            told = verdict(self.config, view, aggregator, payload, round_no=round_no, refused=exc)
+            return [self._reject(aggregator, round_no, exc.reason, f"partial: {exc.detail}"),
+                    *(self._outbox.verdict(v) for v in told)]
         rs = view.accepting
         assert rs is not None  # admit_partial refuses every partial without one
         rs.take_partial(p, merger, len(payload))
         self._rejected_total.update(r.reason.value for r in p.rejected)
         self._roster.alive(*p.agents)
         merged = PartialMerged(aggregator, p.round, len(p.agents), len(rs.accepted), rs.quorum)
-        return [merged, *(self._maybe_close(now) or self._status_soon(now))]
+        told = verdict(self.config, view, aggregator, payload, round_no=rs.number)
+        return [merged, *(self._outbox.verdict(v) for v in told),
+                *(self._maybe_close(now) or self._status_soon(now))]
 
     def _on_tick(self, now: float) -> list[Action]:
         rs = self._round
@@ -276,6 +294,7 @@ class Rounds(RunViews):
             addressed, sent.whole_bytes, sent.delta_bytes, self._roster.presences)
         rs.raw_bytes_down += self._raw_update_bytes * len(addressed)
         rs.addressed += len(addressed)
+        self._late.announced(rs, self._broadcast.version.model_id)
         opened = RoundOpened(rs.number, rs.attempt, len(rs.cohort), rs.quorum, rs.deadline_s)
         return [*sent.publishes, opened, self._status(now)]
 
@@ -315,6 +334,7 @@ class Rounds(RunViews):
         rs = self._round  # ``mean``: SecAgg's mean delta, in place of the aggregator's
         assert rs is not None
         try:
+            self._late.fold(rs)
             delta = mean if mean is not None else rs.aggregator.result().delta
             rs.new_weights, rs.new_opt_state = self._model.step(delta)
         except AggregationError as exc:
@@ -334,11 +354,11 @@ class Rounds(RunViews):
         self._model.commit(rs.new_weights, rs.new_opt_state)
         self._broadcast.advance(rs.new_weights, rs.number)
         self._completed = rs.number
-        metrics = rs.metrics(
+        metrics = dataclasses.replace(rs.metrics(
             job=self.config.job, run=self._run, evaluation=evaluation,
             raw_update_bytes=self._raw_update_bytes, duration_s=now - rs.opened_at,
             at=self._outbox.wall(now), epsilon=self._model.record_privacy(rs.sampling_rate),
-        )
+        ), staleness=self._late.closed(rs))
         self._history.append(metrics)
         # Checkpoint first: a round whose metrics anyone has seen survives a crash.
         actions: list[Action] = [SaveCheckpoint(self.checkpoint()),
@@ -357,9 +377,10 @@ class Rounds(RunViews):
 
     def checkpoint(self) -> Checkpoint:
         """The state to resume from: the model after the last completed round."""
-        return self._model.checkpoint(run=self._run, completed=self._completed,
+        ckpt = self._model.checkpoint(run=self._run, completed=self._completed,
                                       history=tuple(self._history), rejected=self._rejected_total,
                                       broadcast=self._broadcast.state())
+        return dataclasses.replace(ckpt, buffer=self._late.pending, live=self._late.live())
 
     def _final_model(self, now: float) -> list[Action]:
         final = self._outbox.final_model(
@@ -389,3 +410,4 @@ class Rounds(RunViews):
 
     def _fire(self, trigger: Trigger) -> None:
         self._phase = next_phase(self._phase, trigger)
+

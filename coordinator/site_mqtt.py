@@ -1,8 +1,10 @@
-"""The site aggregator's paho adapter: the site broker below, the central broker above.
+"""The site aggregator's and ingest worker's paho adapter: updates below, partials above.
 
 Two sessions: on the site broker it subscribes to the job's model (retained, bridged
-down from the central broker), its agents' presence and their updates; on the central
-broker it only publishes the site's partial aggregates. Callbacks hand messages to a
+down from the central broker), its agents' presence and their updates (an ingest
+worker: the central broker, its update topics through the shared subscription
+``$share/{group}/...``); on the central broker it publishes partial aggregates and
+reads the coordinator's verdicts on them. Callbacks hand messages to a
 bounded inbox; the thread that calls :meth:`SiteNode.run` owns the
 :class:`~coordinator.site.SiteAggregator` and carries out its actions.
 """
@@ -21,7 +23,14 @@ import paho.mqtt.client as mqtt
 from typing_extensions import assert_never
 
 from coordinator.events import MessageRejected, PresenceArrived, Tick, UpdateArrived
-from coordinator.site import ModelSeen, PartialSent, SiteAction, SiteAggregator, SiteEvent
+from coordinator.site import (
+    ModelSeen,
+    PartialSent,
+    SiteAction,
+    SiteAggregator,
+    SiteEvent,
+    VerdictSeen,
+)
 from protocol import Publish, TopicKind, WireError, parse_topic
 from transport.connection import BrokerURL, Session, connect, make_client
 from transport.inbox import Inbox
@@ -48,8 +57,11 @@ class SiteNode:
 
     def __init__(self, core: SiteAggregator, local: BrokerURL, upstream: BrokerURL, *,
                  mqtt5: bool = True, on_action: Callable[[SiteAction], None] | None = None,
-                 queue_size: int = 100_000) -> None:
+                 queue_size: int = 100_000, shared_group: str | None = None) -> None:
         self.core = core
+        self._updates = core.topics.all_updates
+        if shared_group is not None:  # MQTT 5 shared subscription: each update to one member
+            self._updates = f"$share/{shared_group}/{self._updates}"
         self._local, self._upstream = local, upstream
         self._on_action = on_action
         self._inbox: Inbox[_Inbound | _Stop] = Inbox(queue_size, "aggregator")
@@ -63,6 +75,8 @@ class SiteNode:
         self.subscribed = threading.Event()
         self._below.on_subscribe = lambda *_: self.subscribed.set()
         self._above = make_client(upstream, self._upstream_session)
+        self._above.on_connect = self._on_upstream_connect
+        self._above.on_message = self._on_message
         self._last: mqtt.MQTTMessageInfo | None = None
         self.bugs = 0
         self.sent: list[PartialSent] = []
@@ -75,7 +89,14 @@ class SiteNode:
             log.warning("site broker %s refused: %s", self._local, code)
             return
         topics = self.core.topics
-        client.subscribe([(topics.model, 1), (topics.all_presence, 1), (topics.all_updates, 1)])
+        client.subscribe([(topics.model, 1), (topics.all_presence, 1), (self._updates, 1)])
+
+    def _on_upstream_connect(self, client: mqtt.Client, _u: Any, _f: Any, code: Any, _p: Any
+                             ) -> None:
+        if code.is_failure:
+            log.warning("central broker %s refused: %s", self._upstream, code)
+            return
+        client.subscribe(self.core.topics.verdict(self.core.site), qos=1)
 
     def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
         self._inbox.offer(_Inbound(message.topic, bytes(message.payload)))
@@ -117,6 +138,8 @@ class SiteNode:
             return UpdateArrived(ref.agent, item.payload)
         if ref.kind is TopicKind.AGENTS and ref.agent is not None:
             return PresenceArrived(ref.agent, item.payload)
+        if ref.kind is TopicKind.VERDICT and ref.agent == self.core.site:
+            return VerdictSeen(item.payload)
         return None
 
     def _feed(self, event: SiteEvent) -> None:

@@ -99,6 +99,8 @@ def unsupported_in_buffered(config: RoundConfig, buffer: BufferConfig) -> Buffer
             ("sampling (--sample-fraction/--sample-count; use --concurrency)",
              config.sample_fraction is not None or config.sample_count is not None),
             ("delta-coded models (--downlink-delta)", config.downlink_delta is not None),
+            ("--over-select/--carry-late (synchronous only)",
+             config.over_select is not None or config.carry_late > 0),
         )
         if asked
     ]

@@ -6,8 +6,10 @@ order. Both are immutable; ``edge_agent.agent`` turns the one into the other.
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import TypeAlias, TypeVar
 
 from edge_agent.downlink import KeepModel, Subscribe, Unsubscribe
 from edge_agent.feedback import Residual
@@ -134,3 +136,31 @@ AgentAction: TypeAlias = (
     Publish | Train | ModelRejected | UpdateSent | RunFinished | SaveResidual | KeepModel
     | Subscribe | Unsubscribe
 )
+
+
+#: what an adapter queues behind a training: its events, or raw messages not yet handled
+D = TypeVar("D")
+
+
+def defer(deferred: deque[D], item: D, *, whole_model: Callable[[D], bool], lost: D) -> list[D]:
+    """Queue ``item`` behind a training; a whole model replaces whole models still queued.
+    Returns the items dropped, for the adapter to acknowledge.
+
+    Why: the model topic is retained, so the newest announcement supersedes the older
+    ones, and an agent trains on the newest version it holds (docs/PROTOCOL.md §13). A
+    slow agent that trained through several FedBuff versions would otherwise train on
+    each queued version in turn and fall ever further behind until its updates are
+    ``stale``. Chunk frames and manifests are kept (``whole_model`` says False for them):
+    they reassemble in order. What was dropped is a loss the core is told of (``lost``,
+    a :class:`MessagesLost`), so it takes a version that skips the dropped ones
+    (docs/PROTOCOL.md §16.3).
+    """
+    dropped: list[D] = []
+    if whole_model(item):
+        dropped = [d for d in deferred if whole_model(d)]
+        for old in dropped:
+            deferred.remove(old)
+        if dropped and not (deferred and deferred[-1] == lost):
+            deferred.append(lost)
+    deferred.append(item)
+    return dropped

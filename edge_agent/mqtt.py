@@ -46,6 +46,7 @@ from edge_agent.agent import (
 )
 from edge_agent.device_model import save_device_model
 from edge_agent.downlink import HeldModel
+from edge_agent.events import MessagesLost, defer
 from edge_agent.feedback import save_residual
 from edge_agent.personal import DeviceTrainer
 from edge_agent.policy import (
@@ -60,6 +61,7 @@ from edge_agent.policy import (
 from edge_agent.state import StateDir
 from edge_agent.trainer import Trainer
 from protocol import ModelAnnouncement, Publish
+from protocol.chunks import is_chunk_frame
 from transport.connection import BrokerURL, Session
 from transport.inbox import Inbox
 from transport.link import Link, PacketTooLargeError, Received
@@ -184,7 +186,7 @@ class AgentNode:
                 elif busy and not isinstance(item, _Refused | TrainingFailed) and not (
                     isinstance(item, Connected) or self._is_rollcall(item)
                 ):  # presence goes out at once: the coordinator counts only live presence
-                    deferred.append(item)
+                    self._defer(deferred, item)
                     continue
                 if isinstance(item, _Refused):
                     self.refused = item.why
@@ -206,6 +208,17 @@ class AgentNode:
 
     def _is_rollcall(self, item: object) -> bool:
         return isinstance(item, Received) and item.topic == self.core.topics.rollcall
+
+    def _whole_model(self, item: Received | AgentEvent) -> bool:
+        return (isinstance(item, Received) and item.topic == self.core.topics.model
+                and not is_chunk_frame(item.payload))
+
+    def _defer(self, deferred: deque[Received | AgentEvent], item: Received | AgentEvent) -> None:
+        """Keep ``item`` until the training is done; a newer whole model replaces (and
+        acknowledges) the whole models still queued (:func:`~edge_agent.events.defer`)."""
+        for old in defer(deferred, item, whole_model=self._whole_model, lost=MessagesLost()):
+            assert isinstance(old, Received)
+            self._link.done(old)
 
     def _feed(self, event: AgentEvent) -> None:
         for action in self.core.handle(event, time.monotonic(), wall=time.time()):

@@ -24,6 +24,7 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from coordinator import CheckpointError, RoundConfig
 from fedmq.agent_cli import (
@@ -41,8 +42,9 @@ from fedmq.agent_cli import connection as _connection
 from fedmq.agent_cli import data_config as _data
 from fedmq.agent_cli import password as _password
 from fedmq.agent_cli import stop_on_signals as _stop_on_signals
-from fedmq.aggregator_cli import register_aggregator
+from fedmq.aggregator_cli import add_ingest_flags, register_aggregator, run_ingest_worker
 from fedmq.bundle import expand_bundle, load_agent_keys, load_signing_key
+from fedmq.fleet_schedule import add_fleet_flags
 from fedmq.launch import AgentSettings, build_agent, build_coordinator
 from fedmq.progress import RunRecorder, write_summary
 from fedmq.provision import register as register_provision
@@ -59,6 +61,9 @@ from protocol import Phase
 from transport.connection import BrokerURL
 from transport.link import PacketTooLargeError
 
+if TYPE_CHECKING:
+    from edge_agent.mqtt import AgentNode
+
 #: commands that come with the fedmq-tools distribution (tools/), found by entry point
 PLUGIN_GROUP = "fedmq.commands"
 TOOL_COMMANDS = frozenset({"bench", "swarm", "chaos"})
@@ -67,6 +72,8 @@ log = logging.getLogger("fedmq")
 
 
 def cmd_coordinator(args: argparse.Namespace) -> int:
+    if args.ingest_worker:
+        return run_ingest_worker(args, _connection(args, args.broker))
     config = _signed_config(round_config(args, args.job), args)
     run_dir = args.run_dir or Path("fedmq-runs") / args.job
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -81,6 +88,7 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
             resume=args.resume,
             on_action=observers(args, recorder),
             buffer=buffer_config(args),
+            take_updates=not args.updates_from_workers,
         )
     except CheckpointError as exc:
         print(f"fedmq coordinator: {exc}", file=sys.stderr)
@@ -128,24 +136,22 @@ def _agent_settings(
 
 
 def cmd_agents(args: argparse.Namespace) -> int:
-    from edge_agent.mqtt import run_fleet
+    from fedmq.fleet_driver import ScheduledFleet
+    from fedmq.fleet_schedule import FleetSchedule, fleet_spec
 
     total = args.of or args.count
     conn = _connection(args, args.broker)
-    nodes = [
-        build_agent(
-            _agent_settings(args, f"{args.id_prefix}{i}", i, total, not args.keep_running), conn
-        )
-        for i in range(args.first, args.first + args.count)
-    ]
 
-    def stop_all(_why: str) -> None:
-        for n in nodes:
-            n.stop()
+    def build(i: int, delay_s: float) -> AgentNode:
+        settings = _agent_settings(args, f"{args.id_prefix}{i}", i, total, not args.keep_running)
+        return build_agent(dataclasses.replace(settings, train_delay_s=delay_s), conn)
 
-    _stop_on_signals(stop_all)
-    for thread in run_fleet(nodes):
-        thread.join()
+    fleet = ScheduledFleet(FleetSchedule(fleet_spec(args), total), build,
+                           range(args.first, args.first + args.count))
+    _stop_on_signals(lambda _why: fleet.stop())
+    fleet.start()
+    fleet.join()
+    nodes = fleet.built
     refused = [n.refused for n in nodes if n.refused]
     if refused:
         print(f"fedmq agents: {refused[0]}", file=sys.stderr)
@@ -197,6 +203,7 @@ def parser() -> argparse.ArgumentParser:
     _add_task(p, default="digits")
     add_round_flags(p, rounds=10, deadline=30.0)
     add_web_demo_options(p)
+    add_fleet_flags(p)
     # the demo shows compressed updates and delta-coded models (fedmq.demo.DEMO_CODEC,
     # DEMO_DOWNLINK_DELTA), or neither under --secagg
     p.set_defaults(func=cmd_demo, codec=None, username=None, password=None,
@@ -212,6 +219,7 @@ def parser() -> argparse.ArgumentParser:
     _add_task(p)
     add_round_flags(p, rounds=10, deadline=60.0)
     add_mode_flags(p)
+    add_ingest_flags(p)
     p.set_defaults(func=cmd_coordinator)
 
     add_agent_arguments(sub.add_parser("agent", help="run one agent"))
@@ -226,6 +234,7 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="stay online after the run's final model",
     )
+    add_fleet_flags(p)
     p.set_defaults(func=cmd_agents)
     _add_watch_commands(sub)
     register_aggregator(sub)

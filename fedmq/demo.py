@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fedmq.broker import BrokerError, LocalBroker
+from fedmq.fleet_schedule import fleet_argv
 from fedmq.launch import Connection, build_coordinator
 from fedmq.progress import RunRecorder, human_bytes, write_summary
 from fedmq.round_flags import observers, round_config
@@ -65,7 +66,7 @@ def agents_command(
         cmd += ["--partition", args.partition]
     if args.mqtt311:
         cmd.append("--mqtt311")
-    return cmd
+    return cmd + fleet_argv(args)  # --speeds and the rest: fedmq/fleet_schedule.py
 
 
 def run_demo(args: argparse.Namespace) -> int:

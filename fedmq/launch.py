@@ -106,9 +106,11 @@ def build_coordinator(
     model_seed: int = 0,
     on_action: Callable[[Action], None] | None = None,
     buffer: BufferConfig | None = None,
+    take_updates: bool = True,
 ) -> CoordinatorNode:
     """A coordinator for ``config.task``; ``resume`` continues from ``run_dir``'s checkpoint;
-    ``buffer`` makes it a buffered asynchronous (FedBuff) one.
+    ``buffer`` makes it a buffered asynchronous (FedBuff) one; ``take_updates`` False leaves
+    the updates to ingest workers.
 
     Raises:
         CheckpointError: if ``resume`` is set and the checkpoint is unusable.
@@ -157,6 +159,7 @@ def build_coordinator(
         evaluator=evaluator_for(task, data) if config.evaluate and not personal else None,
         checkpoint_path=ckpt_path,
         on_action=on_action,
+        take_updates=take_updates,
     )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -39,6 +39,8 @@ def round_line(m: RoundMetrics, rounds: int, quorum: int) -> str:
     extra = f"  rejected {rejected}" if rejected else ""
     if m.epsilon is not None:  # DP-FedAvg: the privacy spent so far
         extra += f"  epsilon {m.epsilon:.3g}"
+    if m.staleness:  # FedBuff, --carry-late: the updates applied, by staleness
+        extra += f"  staleness {staleness_text(m.staleness)}"
     # each way's compression: raw float32 over the payload bytes (docs/PROTOCOL.md §15.6)
     up = f" (x{m.raw_bytes_up / m.bytes_up:.1f})" if m.bytes_up else ""
     down = f" (x{m.raw_bytes_down / m.bytes_down:.1f})" if m.raw_bytes_down and m.bytes_down else ""
@@ -47,6 +49,16 @@ def round_line(m: RoundMetrics, rounds: int, quorum: int) -> str:
         f"{acc}  {loss}  up {human_bytes(m.bytes_up)}{up}  down {human_bytes(m.bytes_down)}{down}  "
         f"{m.duration_s:.2f} s{extra}"
     )
+
+
+def staleness_text(counts: Mapping[str, int]) -> str:
+    """A staleness histogram as ``tau:count`` pairs by tau, e.g. ``0:7 1:2 4:1``."""
+    return " ".join(f"{tau}:{n}" for tau, n in sorted(counts.items(), key=lambda kv: int(kv[0])))
+
+
+def wasted(rejected: Mapping[str, int]) -> int:
+    """Updates trained and then thrown away for arriving too late (rejected ``stale``)."""
+    return rejected.get("stale", 0)
 
 
 def down_per_agent(m: RoundMetrics) -> int | None:

@@ -17,12 +17,22 @@ from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram
 from prometheus_client.exposition import start_http_server
 
 from coordinator import Action, MessageRejected, RoundClosed, RoundOpened, UpdateAccepted
-from protocol import Phase, Publish, TopicKind, WireError, decode_status, parse_topic
+from protocol import (
+    Phase,
+    Publish,
+    RejectReason,
+    TopicKind,
+    WireError,
+    decode_status,
+    parse_topic,
+)
 
 log = logging.getLogger("fedmq.prometheus")
 
 #: round durations span a fraction of a second (the demo) to many minutes (phones)
 DURATION_BUCKETS_S = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+#: staleness in versions (FedBuff) or rounds (--carry-late): 0 is fresh
+STALENESS_BUCKETS = (0, 1, 2, 3, 5, 10, 20, 50, 100)
 
 
 def parse_listen(spec: str) -> tuple[str, int]:
@@ -75,6 +85,12 @@ class MetricsExporter:
         self.loss = Gauge("fedmq_loss", "Test loss of the latest global model", registry=r)
         self.epsilon = Gauge("fedmq_dp_epsilon", "DP-FedAvg: the run's epsilon so far",
                              registry=r)
+        # FedBuff and --carry-late (docs/STRATEGIES.md); in FedBuff fedmq_round is the model
+        # version, fedmq_round_replies the buffer's fill and fedmq_round_quorum its K
+        self.staleness = Histogram("fedmq_update_staleness", "Staleness tau of the updates "
+                                   "each step applied", buckets=STALENESS_BUCKETS, registry=r)
+        self.wasted = Counter("fedmq_updates_wasted", "Updates trained and thrown away for "
+                              "arriving too late (rejected stale)", registry=r)
         self._info: tuple[str, str] | None = None
         self._server: WSGIServer | None = None
 
@@ -89,6 +105,8 @@ class MetricsExporter:
                 self.replies.set(accepted)
             case MessageRejected(reason=reason):
                 self.rejected.labels(reason.value).inc()
+                if reason is RejectReason.STALE:
+                    self.wasted.inc()
             case RoundClosed(metrics=m):
                 self.rounds.labels(m.closed_by.value).inc()
                 self.declined.inc(m.declined)
@@ -101,6 +119,9 @@ class MetricsExporter:
                     self.loss.set(m.loss)
                 if m.epsilon is not None:
                     self.epsilon.set(m.epsilon)
+                for tau, count in (m.staleness or {}).items():
+                    for _ in range(count):
+                        self.staleness.observe(int(tau))
             case Publish(topic=topic, payload=payload):
                 self._on_publish(topic, payload)
             case _:
@@ -118,7 +139,8 @@ class MetricsExporter:
         self.agents_online.set(status.agents_online)
         if self._info != (status.job, status.run):
             self._info = (status.job, status.run)
-            self.run_info.info({"fedmq_job": status.job, "run": status.run})
+            self.run_info.info({"fedmq_job": status.job, "run": status.run,
+                                "mode": status.mode})
 
     def serve(self, host: str, port: int) -> int:
         """Serve ``/metrics`` on a daemon thread; returns the bound port (for ``port=0``)."""

@@ -17,7 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fedmq.progress import byte_totals, down_per_agent, human_bytes, ratio_both
+from fedmq.progress import (
+    byte_totals,
+    down_per_agent,
+    human_bytes,
+    ratio_both,
+    staleness_text,
+    wasted,
+)
 from protocol import SCHEMA_VERSION, RejectReason, RoundMetrics, WireError, decode_metrics
 
 if TYPE_CHECKING:
@@ -245,6 +252,12 @@ def markdown(record: RunRecord) -> str:
     if rejected:
         rows.append(("rejected by reason",
                      ", ".join(f"{r} {n}" for r, n in sorted(rejected.items()))))
+    staleness: Counter[str] = Counter()
+    for m in rounds:
+        staleness.update(m.staleness or {})
+    if staleness:  # FedBuff, --carry-late: every step's updates by staleness tau
+        rows.append(("staleness", f"{staleness_text(staleness)} (tau:updates applied); "
+                     f"wasted {wasted(rejected)} (rejected stale)"))
     if record.skipped_lines:
         rows.append(("unreadable lines", f"{record.skipped_lines} skipped in metrics.jsonl"))
     out = [f"# fedmq run {first.run} (job {first.job})", "", "| | |", "| --- | --- |"]

@@ -208,7 +208,14 @@ def add_mode_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--concurrency", type=int, metavar="C",
                    help="fedbuff: agents training at once (default: every agent online)")
     g.add_argument("--staleness", default="sqrt", metavar="SPEC",
-                   help="fedbuff: staleness weight: sqrt (1/sqrt(1+tau)), const, poly:A")
+                   help="staleness weight (fedbuff, and sync with --carry-late): "
+                        "sqrt (1/sqrt(1+tau)), const, poly:A")
+    g.add_argument("--over-select", type=float, metavar="F",
+                   help="sync: ask ceil(F * quorum) agents (e.g. 1.3), close at --quorum; "
+                        "the rest are late (docs/STRATEGIES.md)")
+    g.add_argument("--carry-late", type=int, default=0, metavar="L",
+                   help="sync: carry updates up to L rounds late into the next round, "
+                        "weighted by --staleness, instead of rejecting them as stale")
 
 
 def buffer_config(args: argparse.Namespace) -> BufferConfig | None:
@@ -273,6 +280,9 @@ def round_config(args: argparse.Namespace, job: str, min_agents: int | None = No
         max_inbox_bytes=args.max_inbox_bytes,
         max_payload=args.max_payload,
         secagg=_secagg_policy(args),
+        over_select=getattr(args, "over_select", None),
+        carry_late=getattr(args, "carry_late", 0),
+        late_staleness=getattr(args, "staleness", "sqrt"),
     )
 
 

@@ -211,6 +211,9 @@ class Status:
     rejected: Mapping[str, int]
     at: float
     message: str = ""
+    #: ``fedbuff``: ``round`` is the model version, ``accepted`` and ``quorum`` the buffer's
+    #: fill and K (docs/PROTOCOL.md §13); ``sync``: rounds (written only when not ``sync``)
+    mode: str = "sync"
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,3 +247,6 @@ class RoundMetrics:
     #: SecAgg rounds: who dropped out in which phase (``keys``, ``shares``, ``masked``,
     #: ``unmask``), each list sorted (docs/PROTOCOL.md §14.8)
     secagg: Mapping[str, tuple[str, ...]] | None = None
+    #: the updates this step applied by staleness tau (``"0"``: trained on the model it
+    #: moved): FedBuff's steps, and rounds carrying late updates (``--carry-late``)
+    staleness: Mapping[str, int] | None = None

@@ -3,9 +3,11 @@
 It carries the exact sum of the deltas it accepted (:mod:`protocol.sumstate`), their
 total weight, who contributed (id, samples, the SHA-256 of the update exactly as
 received, so the coordinator or an auditor can match it to the agent's signed
-bytes) and what it refused and why. One per (job, round, aggregator), on
-``fedmq/v1/{job}/partial/{aggregator}``, QoS 1; in the secure profile sealed by the
-aggregator's key (``Purpose.PARTIAL``). docs/PROTOCOL.md, "Partial aggregates".
+bytes) and what it refused and why. On ``fedmq/v1/{job}/partial/{aggregator}``, QoS 1;
+in the secure profile sealed by the aggregator's key (``Purpose.PARTIAL``). The
+coordinator answers each with a :class:`Verdict` on ``verdict/{aggregator}``: merged,
+or refused, naming the agents another aggregator already counted so that an ingest
+worker can send its batch again without them. docs/PROTOCOL.md §4.7 and §4.8.
 
 This module checks the message on its own (types, sizes, a canonical sum, counts
 that agree); whether the round may take it is the coordinator's business
@@ -25,6 +27,8 @@ from protocol.sumstate import SumState, decode_state
 #: the longest rejection detail carried; longer ones are cut
 MAX_DETAIL = 200
 _DIGEST_CHARS = 64
+#: a verdict names at most MAX_COHORT agents of 64 characters
+MAX_VERDICT_BYTES = 80 * MAX_COHORT + 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,10 +152,10 @@ def decode_partial(payload: bytes, max_bytes: int) -> PartialAggregate:
     return partial
 
 
-def _items(obj: Any, key: str) -> list[Any]:
+def _items(obj: Any, key: str, kind: str = "partial") -> list[Any]:
     value = obj.get(key, [])
     if not isinstance(value, list) or len(value) > MAX_COHORT:
-        raise WireError(RejectReason.MALFORMED, f"partial.{key}: expected a list")
+        raise WireError(RejectReason.MALFORMED, f"{kind}.{key}: expected a list")
     return value
 
 
@@ -161,9 +165,7 @@ def _ident(value: Any, what: str) -> str:
 
 def _contributor(obj: Any) -> Contributor:
     f = Fields(obj, "partial.contributor")
-    digest = f.text("digest", _DIGEST_CHARS)
-    if len(digest) != _DIGEST_CHARS or any(ch not in "0123456789abcdef" for ch in digest):
-        raise WireError(RejectReason.MALFORMED, "partial.contributor.digest: not SHA-256 hex")
+    digest = _digest(f.text("digest", _DIGEST_CHARS))
     return Contributor(f.ident("agent"), f.integer("samples", 1), digest, f.floats("metrics"))
 
 
@@ -175,3 +177,55 @@ def _rejection(obj: Any) -> Rejection:
     except ValueError:
         raise WireError(RejectReason.MALFORMED, "partial.rejected.reason: unknown") from None
     return Rejection(agent, reason, f.text("detail", MAX_DETAIL))
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The coordinator's answer to one partial aggregate, named by the SHA-256 of its
+    payload as received."""
+
+    job: str
+    run: str
+    #: the round the coordinator had open (0: none)
+    round: int
+    aggregator: str
+    partial: str
+    merged: bool
+    #: why it was refused ("" when merged)
+    reason: str = ""
+    #: refused as ``duplicate``: the contributors and declines already counted
+    counted: tuple[str, ...] = ()
+
+
+def encode_verdict(v: Verdict) -> bytes:
+    return pack({"v": SCHEMA_VERSION, "type": "verdict", "job": v.job, "run": v.run,
+                 "round": v.round, "aggregator": v.aggregator, "partial": v.partial,
+                 "merged": v.merged, "reason": v.reason, "counted": list(v.counted)})
+
+
+def decode_verdict(payload: bytes) -> Verdict:
+    """Parse and check a verdict.
+
+    Raises:
+        WireError: MALFORMED, BAD_VERSION or TOO_LARGE.
+    """
+    obj = unpack(payload, MAX_VERDICT_BYTES, "verdict")
+    f = header(obj, "verdict")
+    merged = obj.get("merged")
+    if not isinstance(merged, bool):
+        raise WireError(RejectReason.MALFORMED, "verdict.merged: expected a boolean")
+    reason = f.text("reason", 32)
+    if merged == bool(reason):
+        raise WireError(RejectReason.MALFORMED, "verdict: a reason exactly when refused")
+    return Verdict(
+        job=f.ident("job"), run=f.ident("run"), round=f.integer("round", 0),
+        aggregator=f.ident("aggregator"), partial=_digest(f.text("partial", _DIGEST_CHARS)),
+        merged=merged, reason=reason,
+        counted=tuple(_ident(a, "verdict.counted") for a in _items(obj, "counted", "verdict")),
+    )
+
+
+def _digest(value: str) -> str:
+    if len(value) != _DIGEST_CHARS or any(ch not in "0123456789abcdef" for ch in value):
+        raise WireError(RejectReason.MALFORMED, "digest: not SHA-256 hex")
+    return value

@@ -103,7 +103,7 @@ def encode_status(s: Status) -> bytes:
             "rejected": dict(s.rejected),
             "at": s.at,
             "message": s.message,
-        }
+        } | ({} if s.mode == "sync" else {"mode": s.mode})  # sync documents are unchanged
     )
 
 
@@ -135,7 +135,19 @@ def decode_status(payload: bytes) -> Status:
         rejected=f.counts("rejected"),
         at=f.number("at", 0.0),
         message=f.text("message", 1024) if f.present("message") else "",
+        mode=_mode(f) if f.present("mode") else "sync",
     )
+
+
+#: the coordinator's modes a status may name
+MODES = ("sync", "fedbuff")
+
+
+def _mode(f: Fields) -> str:
+    mode = f.text("mode", 16)
+    if mode not in MODES:
+        raise WireError(RejectReason.MALFORMED, f"status.mode: {mode!r}")
+    return mode
 
 
 # --- metrics ------------------------------------------------------------------
@@ -171,6 +183,8 @@ def encode_metrics(m: RoundMetrics) -> bytes:
             doc[key] = getattr(m, key)
     if m.secagg is not None:  # likewise only SecAgg runs
         doc["secagg"] = {phase: list(agents) for phase, agents in m.secagg.items()}
+    if m.staleness is not None:  # FedBuff and --carry-late only
+        doc["staleness"] = dict(m.staleness)
     return json_dump(doc)
 
 
@@ -205,12 +219,21 @@ def decode_metrics(payload: bytes) -> RoundMetrics:
         raw_bytes_down=_count(f, "raw_bytes_down"),
         addressed=_count(f, "addressed"),
         secagg=_dropouts(f) if f.present("secagg") else None,
+        staleness=_staleness(f) if f.present("staleness") else None,
         **optional,
     )
 
 
 def _count(f: Fields, key: str) -> int | None:
     return f.integer(key) if f.present(key) else None
+
+
+def _staleness(f: Fields) -> dict[str, int]:
+    """metrics.staleness: tau (a decimal count) -> updates applied with that staleness."""
+    counts = f.counts("staleness")
+    if not all(tau.isdigit() and len(tau) <= 6 for tau in counts):
+        raise WireError(RejectReason.MALFORMED, "metrics.staleness: keys must be counts")
+    return counts
 
 
 _SECAGG_PHASES = ("keys", "shares", "masked", "unmask")

@@ -59,6 +59,8 @@ class Purpose(str, enum.Enum):
     UPDATE = "update"
     #: a partial aggregate, signed by the site aggregator or ingest worker that sends it
     PARTIAL = "partial"
+    #: the coordinator's verdict on a partial aggregate, signed by the coordinator
+    VERDICT = "verdict"
     #: a model delta or version notice (docs/PROTOCOL.md §15), signed by the coordinator
     DELTA = "delta"
     #: a secure-aggregation message (docs/PROTOCOL.md §14), signed by its sender: the agent

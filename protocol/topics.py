@@ -46,9 +46,11 @@ class TopicKind(str, enum.Enum):
     ROLLCALL = "rollcall"
     #: one site aggregator's or ingest worker's partial aggregate of a round (that aggregator)
     PARTIAL = "partial"
+    #: the coordinator's answer to one aggregator's partial: merged, or refused and why
+    VERDICT = "verdict"
 
 
-_PER_AGENT = {TopicKind.UPDATE, TopicKind.AGENTS, TopicKind.PARTIAL}
+_PER_AGENT = {TopicKind.UPDATE, TopicKind.AGENTS, TopicKind.PARTIAL, TopicKind.VERDICT}
 #: kinds whose payloads may be retained as ``{kind}/chunk/{i}``
 _CHUNKED = {TopicKind.MODEL, TopicKind.DELTA}
 
@@ -170,6 +172,9 @@ class Topics:
 
     def partial(self, aggregator: str) -> str:
         return f"{self.base}/partial/{check_id(aggregator, 'aggregator')}"
+
+    def verdict(self, aggregator: str) -> str:
+        return f"{self.base}/verdict/{check_id(aggregator, 'aggregator')}"
 
     @property
     def all_partials(self) -> str:

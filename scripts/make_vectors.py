@@ -124,7 +124,9 @@ def update_vector(name: str, u: Update) -> dict[str, Any]:
 
 #: fields docs/PROTOCOL.md §15 added to presence and metrics, written only when set: a
 #: vector lists them only when its payload holds them (an older decoder knows none of them)
-WRITTEN_WHEN_SET = {"deltas": False, "raw_bytes_down": None, "addressed": None}
+WRITTEN_WHEN_SET = {"deltas": False, "raw_bytes_down": None, "addressed": None,
+                    # likewise §4.4's status.mode and §4.5's metrics.staleness (issue 18)
+                    "mode": "sync", "staleness": None}
 
 
 def json_vector(name: str, kind: str, message: Any, payload: bytes) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from typing import Any, TypeAlias
 
 from typing_extensions import assert_never
 
+from fedmq.progress import staleness_text
 from protocol import Phase, RejectReason, RoundMetrics, Status
 
 
@@ -152,12 +153,16 @@ def describe(event: MonitorEvent) -> str:
     """One human-readable line, for a log or a pipe."""
     match event:
         case StatusChanged(job=job, status=s):
-            left = f"  replies {s.accepted}/{s.quorum}" if s.phase is Phase.TRAINING else ""
-            return f"{job}: {s.phase.value} round {s.round}/{s.rounds}{left}"
+            buffered = s.mode == "fedbuff"  # round: the model version; replies: the buffer
+            word, fill = ("version", "buffer") if buffered else ("round", "replies")
+            left = f"  {fill} {s.accepted}/{s.quorum}" if s.phase is Phase.TRAINING else ""
+            return f"{job}: {s.phase.value} {word} {s.round}/{s.rounds}{left}"
         case RoundSeen(job=job, metrics=m):
             acc = f"acc {m.accuracy:.4f}" if m.accuracy is not None else "acc -"
             if m.epsilon is not None:
                 acc += f", epsilon {m.epsilon:.3g}"
+            if m.staleness:
+                acc += f", staleness {staleness_text(m.staleness)}"
             rejected = sum(m.rejected.values())
             return (
                 f"{job}: round {m.round} closed by {m.closed_by.value}: {m.accepted} accepted, "

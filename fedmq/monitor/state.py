@@ -101,6 +101,11 @@ class JobView:
         mine = sorted((m for (r, _), m in self.rounds.items() if r == run), key=lambda m: m.round)
         return mine[-count:] if count > 0 else []
 
+    def last_staleness(self) -> RoundMetrics | None:
+        """The newest metrics with a staleness histogram (FedBuff, --carry-late), or None."""
+        return next((m for m in reversed(self.recent_rounds(MAX_ROUNDS_KEPT)) if m.staleness),
+                    None)
+
     def last_evaluated(self) -> RoundMetrics | None:
         """The current run's latest round that carries a test accuracy or loss."""
         for m in reversed(self.recent_rounds(MAX_ROUNDS_KEPT)):
@@ -151,7 +156,7 @@ class MonitorState:
                 case TopicKind.MODEL:
                     return self._on_model(ref.job, payload, retained, now)
                 case (TopicKind.UPDATE | TopicKind.SECAGG | TopicKind.DELTA | TopicKind.PARTIAL
-                      | TopicKind.ROLLCALL):  # metrics count them
+                      | TopicKind.ROLLCALL | TopicKind.VERDICT):  # metrics count them
                     self.ignored[ref.kind.value] += 1
                     return []
                 case _:

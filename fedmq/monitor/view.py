@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from fedmq.monitor.state import JobView, MonitorState
-from fedmq.progress import down_per_agent, human_bytes, ratio_both
+from fedmq.progress import down_per_agent, human_bytes, ratio_both, staleness_text, wasted
 from protocol import Phase
 
 #: rows of the recent-rounds table
@@ -81,10 +81,15 @@ def job_panel(view: JobView, now: float) -> Panel:
         lines.append(
             Text(f"model    {what}, task {m.task}, codec {m.codec}, {human_bytes(m.size_bytes)}")
         )
+    stale = view.last_staleness()
+    if stale is not None:  # FedBuff, --carry-late (docs/STRATEGIES.md)
+        lines.append(Text(f"staleness {staleness_text(stale.staleness or {})}   "
+                          f"(tau:updates applied, round {stale.round})"))
     rejected = s.rejected if s is not None else {}
     if rejected:
         by_reason = ", ".join(f"{r} {n}" for r, n in sorted(rejected.items()))
-        lines.append(Text(f"rejected {by_reason}", style="yellow"))
+        lines.append(Text(f"rejected {by_reason}   (wasted: {wasted(rejected)} stale)",
+                          style="yellow"))
     else:
         lines.append(Text("rejected none"))
     recent = view.recent_rounds(RECENT_ROUNDS)
@@ -96,13 +101,15 @@ def job_panel(view: JobView, now: float) -> Panel:
 def _round_line(view: JobView, now: float) -> RenderableType:
     s = view.status
     assert s is not None
-    attempt = f" (retry {s.attempt})" if s.attempt else ""
+    attempt = f" (retry {s.attempt})" if s.attempt and s.mode == "sync" else ""
+    # FedBuff (docs/PROTOCOL.md §13): the round is the model version, replies its buffer
+    word, fill = ("version ", "buffer") if s.mode == "fedbuff" else ("round   ", "replies")
     if s.phase not in (Phase.TRAINING, Phase.EVALUATING):
-        return Text(f"round    {s.round}/{s.rounds}")
+        return Text(f"{word} {s.round}/{s.rounds}")
     grid = Table.grid(padding=(0, 1))
     grid.add_row(
-        Text(f"round    {s.round}/{s.rounds}{attempt}"),
-        Text("replies"),
+        Text(f"{word} {s.round}/{s.rounds}{attempt}"),
+        Text(fill),
         ProgressBar(total=max(s.quorum, 1), completed=min(s.accepted, max(s.quorum, 1)), width=24),
         Text(f"{s.accepted}/{s.quorum}"),
         Text(_deadline_text(view, now)),

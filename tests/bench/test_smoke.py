@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from fedmq.broker import LocalBroker
-from fedmq_tools.bench import fleet, footprint, ingest, scale, w1
+from fedmq_tools.bench import fleet, footprint, ingest, scale, w1, workers
 from fedmq_tools.bench.measure import stop_all, usage
 from fedmq_tools.swarm import MemberState, Swarm
 from transport.connection import BrokerURL
@@ -71,6 +71,17 @@ def test_ingest_through_the_broker(broker: LocalBroker) -> None:
     row = ingest.ingest_broker("mnist-logreg", "fp16", 5, opts)
     assert row["updates"] == 5 and row["dropped"] == 0
     assert row["updates_per_s"] > 0 and row["publisher_updates_per_s"] > 0
+
+
+@pytest.mark.integration
+@needs_mnist
+def test_ingest_through_two_workers_counts_every_update_once() -> None:
+    doc = workers.run_workers("mnist-logreg", "fp16", 20, counts=(2,), batch=4,
+                              opts=ingest.IngestOptions(timeout_s=120.0))
+    alone, two = doc["rows"]
+    assert (alone["workers"], two["workers"]) == (0, 2)
+    assert alone["updates"] == two["updates"] == 20 and alone["ratio_to_coordinator"] == 1.0
+    assert two["cpu_s"]["workers"] > 0 and two["updates_per_s"] > 0
 
 
 @pytest.mark.integration

@@ -28,6 +28,7 @@ from coordinator import (
 from coordinator.aggregate import WeightedMean
 from protocol import (
     Presence,
+    Publish,
     RejectReason,
     TrainPlan,
     Update,
@@ -42,7 +43,9 @@ from protocol.partial import (
     Contributor,
     PartialAggregate,
     Rejection,
+    Verdict,
     decode_partial,
+    decode_verdict,
     encode_partial,
 )
 from protocol.signing import Purpose, seal
@@ -197,18 +200,39 @@ def test_a_bad_partial_is_refused_with_its_reason_and_changes_nothing(
     assert rounds.completed_rounds == 1
 
 
+def verdicts(actions: list[Any]) -> list[Verdict]:
+    return [decode_verdict(a.payload) for a in actions
+            if isinstance(a, Publish) and a.topic.startswith("fedmq/v1/j/verdict/")]
+
+
 def test_an_agent_counted_by_two_aggregators_refuses_the_second_partial() -> None:
     rounds = started()
-    rounds.handle(PartialArrived("site-a", encode_partial(partial("site-a", ["a0", "a1"]))), 1.0)
-    actions = rounds.handle(
-        PartialArrived("site-b", encode_partial(partial("site-b", ["a1", "a2"]))), 1.0)
+    first = encode_partial(partial("site-a", ["a0", "a1"]))
+    (merged,) = verdicts(rounds.handle(PartialArrived("site-a", first), 1.0))
+    assert merged == Verdict(job="j", run="run1", round=1, aggregator="site-a",
+                             partial=hashlib.sha256(first).hexdigest(), merged=True)
+    second = encode_partial(partial("site-b", ["a1", "a2"]))
+    actions = rounds.handle(PartialArrived("site-b", second), 1.0)
     rejected = rejection(actions)
     assert rejected.reason is RejectReason.DUPLICATE and "a1" in rejected.detail
+    # the verdict goes to site-b alone and names whom it must leave out
+    (refused,) = verdicts(actions)
+    topics = [a.topic for a in actions if isinstance(a, Publish) and "verdict" in a.topic]
+    assert topics == ["fedmq/v1/j/verdict/site-b"]
+    assert (refused.merged, refused.reason, refused.counted) == (False, "duplicate", ("a1",))
+    assert refused.partial == hashlib.sha256(second).hexdigest()
     # a direct update from an agent a site already counted is a duplicate too
     assert rejection(rounds.handle(UpdateArrived("a0", update_bytes("a0")), 1.0)).reason is (
         RejectReason.DUPLICATE)
+    # one aggregator may send several partials a round (a worker's batches) ...
     again = rounds.handle(PartialArrived("site-a", encode_partial(partial("site-a", ["a3"]))), 1.0)
-    assert rejection(again).reason is RejectReason.DUPLICATE  # one partial per site and round
+    assert any(isinstance(a, PartialMerged) for a in again)
+    # ... but the same one twice counts its agents twice: refused
+    replay = rounds.handle(PartialArrived("site-a", first), 1.0)
+    assert rejection(replay).reason is RejectReason.DUPLICATE
+    assert verdicts(replay)[0].counted == ("a0", "a1")
+    (closed,) = [a for a in rounds.handle(Tick(), 11.0) if isinstance(a, RoundClosed)]
+    assert closed.metrics.accepted == 3  # a0, a1 and a3, each once
 
 
 def test_a_robust_aggregator_cannot_merge_partial_sums() -> None:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+from collections import deque
 
 from edge_agent.agent import KeepModel, ModelArrived, Train, TrainingDone
+from edge_agent.events import AgentEvent, MessagesLost, defer
 from protocol import decode_model, encode_model
+from protocol.chunks import is_chunk_frame, split
 from tests.edge_agent.test_agent_core import agent, announce, only, sent_update, trainer
 
 
@@ -40,3 +43,30 @@ def test_a_result_beyond_the_announced_staleness_is_dropped() -> None:
     actions = core.handle(TrainingDone(old.key, result, 1.0))
 
     assert actions == [only(actions, Train)]  # nothing published: version 1 is too old
+
+
+def test_a_queued_whole_model_gives_way_to_a_newer_one_and_the_gap_is_told() -> None:
+    queue: deque[AgentEvent] = deque()
+    split_model = split(bytes(3000), 1024)  # any payload: only the frames matter here
+    assert split_model is not None
+    chunk = ModelArrived(split_model[1][0])
+    dropped: list[AgentEvent] = []
+    for event in (ModelArrived(buffered(2, 5)), chunk, ModelArrived(buffered(3, 5)),
+                  ModelArrived(buffered(4, 5))):
+        dropped += defer(queue, event, whole_model=whole_model, lost=MessagesLost())
+    assert list(queue) == [chunk, MessagesLost(), ModelArrived(buffered(4, 5))]
+    assert dropped == [ModelArrived(buffered(2, 5)), ModelArrived(buffered(3, 5))]
+
+
+def whole_model(event: AgentEvent) -> bool:
+    return isinstance(event, ModelArrived) and not is_chunk_frame(event.payload)
+
+
+def test_after_the_told_gap_the_core_trains_the_newest_version_it_was_given() -> None:
+    core = agent()
+    old = only(core.handle(ModelArrived(buffered(1, 5))), Train)
+    result = trainer().train(old.model.weights, old.model.plan, 1)
+    core.handle(TrainingDone(old.key, result, 1.0))
+    core.handle(MessagesLost())  # what defer() queued in place of versions 2 to 4
+    new = only(core.handle(ModelArrived(buffered(5, 5))), Train)
+    assert new.model.round == 5  # an unsigned jump, taken because the gap was told

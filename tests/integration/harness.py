@@ -155,13 +155,15 @@ class CoordinatorThread:
     def __init__(self, config: RoundConfig, url: str, run_dir: Path | None = None, *,
                  data: DataConfig | None = None, resume: bool = False,
                  on_action: Callable[[Action], None] | None = None,
-                 mqtt5: bool = True, buffer: BufferConfig | None = None) -> None:
+                 mqtt5: bool = True, buffer: BufferConfig | None = None,
+                 take_updates: bool = True) -> None:
         self.closed: list[RoundMetrics] = []
         self.cond = threading.Condition()
         self._extra = on_action
         self.node: CoordinatorNode = build_coordinator(
             config, Connection(BrokerURL.parse(url), mqtt5=mqtt5), data=data or DataConfig(),
             run_dir=run_dir, resume=resume, on_action=self._observe, buffer=buffer,
+            take_updates=take_updates,
         )
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)

@@ -180,7 +180,7 @@ def test_prometheus_endpoint_serves_the_documented_metrics(
     assert after["fedmq_agents_online"] == 3
     assert after["fedmq_round"] == 3 and after["fedmq_round_quorum"] == 3
     assert after['fedmq_phase{fedmq_phase="done"}'] == 1
-    assert after[f'fedmq_run_info{{fedmq_job="{job}",run="{truth[0].run}"}}'] == 1
+    assert after[f'fedmq_run_info{{fedmq_job="{job}",mode="sync",run="{truth[0].run}"}}'] == 1
     # The documented names are exactly the served ones (a counter's family name drops its
     # _total; prometheus_client adds a _created timestamp to counters and histograms).
     documented = {re.sub(r"_total$", "", n) for n in documented_metric_names()}

@@ -1,9 +1,11 @@
-"""Two levels over real Mosquittos: site brokers bridged to a central one, site aggregators.
+"""Partial sums over real Mosquittos: bridged site brokers, and ingest workers.
 
 Each site's Mosquitto is bridged to the central one by Mosquitto's own bridge
 (``connection`` / ``address`` / ``topic``: :func:`fedmq.broker.site_bridge`, docs/SCALE.md): the
 model comes down retained, presence goes up, updates stay at the site. A site
 aggregator sums its agents' updates and sends the coordinator one partial per round.
+Ingest workers share one broker's update topics through an MQTT 5 shared subscription
+and send the coordinator batches.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from harness import TIMEOUT_S, CoordinatorThread, agent_fleet, wait_until
 from paho.mqtt.enums import CallbackAPIVersion
 
 from coordinator import Action, PartialMerged, RoundConfig
-from coordinator.site import SiteAggregator
+from coordinator.site import Batching, SiteAggregator
 from coordinator.site_mqtt import SiteNode
+from fedmq.aggregator_cli import shared_group
 from fedmq.broker import LocalBroker, site_bridge
 from fedmq.tasks import get_task
 from protocol import ClosedBy, Presence, Topics, encode_presence
@@ -53,12 +56,14 @@ def publish_retained(url: str, topic: str, payload: bytes) -> None:
 
 
 class SiteThread:
-    """A site aggregator on a thread of this process."""
+    """A site aggregator (or, with ``batching``, an ingest worker) on a thread."""
 
     def __init__(self, cfg: RoundConfig, site: str, local: str, upstream: str,
-                 close_share: float = 0.8) -> None:
-        core = SiteAggregator(cfg, site=site, close_share=close_share)
-        self.node = SiteNode(core, BrokerURL.parse(local), BrokerURL.parse(upstream))
+                 *, close_share: float = 0.8, batching: Batching | None = None) -> None:
+        core = SiteAggregator(cfg, site=site, close_share=close_share, batching=batching)
+        group = shared_group(cfg.job) if batching is not None else None
+        self.node = SiteNode(core, BrokerURL.parse(local), BrokerURL.parse(upstream),
+                             shared_group=group)
         self.thread = threading.Thread(target=self.node.run, daemon=True)
         self.thread.start()
         if not self.node.subscribed.wait(TIMEOUT_S):
@@ -148,3 +153,36 @@ def test_a_dead_site_lets_the_round_close_at_its_deadline_with_the_other(tmp_pat
     assert closed.closed_by is ClosedBy.DEADLINE
     assert closed.accepted == PER_SITE
 
+
+def flat_run(broker: LocalBroker, run_dir: Path) -> CoordinatorThread:
+    """The reference: one coordinator taking all ten agents' updates itself."""
+    flat = CoordinatorThread(config("flat"), broker.url, run_dir)
+    with agent_fleet(broker.url, "flat", "digits", 2 * PER_SITE):
+        flat.start().join()
+    return flat
+
+
+@pytest.mark.parametrize("workers", [2, 4])
+def test_ingest_workers_behind_a_shared_subscription_reproduce_the_flat_run(
+    broker: LocalBroker, tmp_path: Path, workers: int
+) -> None:
+    flat = flat_run(broker, tmp_path / "flat")
+    job = f"workers{workers}"
+    cfg = config(job)
+    merged: list[PartialMerged] = []
+    coord = CoordinatorThread(cfg, broker.url, tmp_path / job, take_updates=False,
+                              on_action=lambda a: merged.append(a)
+                              if isinstance(a, PartialMerged) else None)
+    pool = [SiteThread(cfg, f"w{i}", broker.url, broker.url, batching=Batching(3, 0.2))
+            for i in range(workers)]
+    with agent_fleet(broker.url, job, "digits", 2 * PER_SITE):
+        coord.start().join()
+    for w in pool:
+        w.stop()
+    assert [m.closed_by for m in coord.closed] == [ClosedBy.QUORUM] * 3
+    assert all(m.accepted == 2 * PER_SITE for m in coord.closed)
+    # the broker spread the updates: every worker summed some, none was counted twice
+    assert {m.aggregator for m in merged} == {f"w{i}" for i in range(workers)}
+    assert sum(m.contributors for m in merged) == 3 * 2 * PER_SITE
+    for name, flat_weights in flat.node.rounds.weights.items():
+        assert coord.node.rounds.weights[name].tobytes() == flat_weights.tobytes()

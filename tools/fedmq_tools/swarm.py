@@ -19,6 +19,11 @@ Invariants:
 - MQTT 5 first: when the broker refuses it (a CONNACK "unsupported protocol
   version", or a close before any CONNACK), the member is rebuilt for 3.1.1, and
   so is every member not connected yet: the fleet probes once, not N times.
+- With a :class:`~fedmq.fleet_schedule.FleetSchedule` (``--speeds`` and the rest) member
+  ``k`` is agent ``first + k`` of it: its training result is held back by its speed
+  class's delay (the loop keeps serving the others meanwhile), and while the schedule
+  has it offline it is disconnected (offline presence first, the training in hand
+  declined) and reconnects when the schedule brings it back.
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ from edge_agent.agent import (
     UpdateSent,
 )
 from edge_agent.trainer import Trainer
+from fedmq.fleet_schedule import FleetSchedule
 from protocol import Publish
 from transport.backoff import Backoff
 from transport.connection import BrokerURL, Session, make_client, refused_for_good
@@ -110,6 +116,12 @@ class Member:
     rounds_trained: int = 0
     finished: bool = False
     refused: str | None = None
+    #: the agent index in the fleet schedule
+    index: int = 0
+    #: a training result held back by the member's speed class: (due, TrainingDone)
+    held_back: tuple[float, TrainingDone] | None = None
+    #: offline by the schedule: disconnected on purpose, back when the schedule says
+    away: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,8 +177,12 @@ class Swarm:
         mqtt5: bool = True,
         keepalive_s: int = 60,
         exit_when_done: bool = True,
+        schedule: FleetSchedule | None = None,
+        first: int = 0,
     ) -> None:
         self._broker = broker
+        self._schedule = schedule
+        self._started = time.monotonic()
         self._mqtt5 = mqtt5
         self._exit_when_done = exit_when_done
         self._sel = selectors.DefaultSelector()
@@ -183,6 +199,8 @@ class Swarm:
         self._retries: list[tuple[float, int, Member]] = []
         self.stats = SwarmStats(members=len(agents))
         self.members = [self._member(core, trainer, keepalive_s) for core, trainer in agents]
+        for k, member in enumerate(self.members):
+            member.index = first + k
 
     def _member(self, core: AgentCore, trainer: Trainer, keepalive_s: int) -> Member:
         member = Member(core, trainer, self._client(core, keepalive_s, self._mqtt5),
@@ -283,6 +301,7 @@ class Swarm:
                     break
                 self._start_connects(queued, now)
                 self._retry_lost(now)
+                self._follow_schedule(now)
                 self._poll(self._timeout(next_misc, now))
                 self._drain()
                 if time.monotonic() >= next_misc:
@@ -304,7 +323,35 @@ class Swarm:
 
     def _timeout(self, next_misc: float, now: float) -> float:
         wake = min(next_misc, self._retries[0][0]) if self._retries else next_misc
+        if self._schedule is not None:  # a held-back result, or an agent going or coming
+            wake = min([wake, now + 0.05, *(m.held_back[0] for m in self.members
+                                            if m.held_back is not None)])
         return max(0.0, wake - now)
+
+    def _follow_schedule(self, now: float) -> None:
+        """Release held-back results that are due; take members offline and back."""
+        schedule = self._schedule
+        if schedule is None or self._stopping:
+            return
+        for member in self.members:
+            if member.held_back is not None and member.held_back[0] <= now:
+                _, done = member.held_back
+                member.held_back = None
+                self._feed(member, done)
+            if member.index not in schedule.flaky or member.state is MemberState.GONE:
+                continue
+            online = schedule.online(member.index, now - self._started)
+            if not online and not member.away and member.state is MemberState.ONLINE:
+                member.away = True
+                if member.held_back is not None:  # the device went away mid-training
+                    key = member.held_back[1].key
+                    member.held_back = None
+                    self._feed(member, TrainingFailed(key, "went offline"))
+                self._feed(member, ShutdownRequested())
+                member.client.disconnect()
+            elif online and member.away and member.state is MemberState.WAITING:
+                member.away = False
+                self._connect(member, now, first=False)
 
     def _start_connects(self, queued: deque[Member], now: float) -> None:
         while queued and self._counts[MemberState.CONNECTING] < MAX_CONNECTING:
@@ -387,6 +434,9 @@ class Swarm:
         if member.state is MemberState.LEAVING or self._stopping:
             self._set_state(member, MemberState.GONE)
             return
+        if member.away:  # offline by the schedule: it reconnects when the schedule says
+            self._set_state(member, MemberState.WAITING)
+            return
         log.warning("%s: connection lost; reconnecting", member.core.agent)
         self._wait_to_retry(member, time.monotonic())
 
@@ -436,7 +486,7 @@ class Swarm:
                 assert_never(action)
         return None
 
-    def _train(self, member: Member, key: tuple[str, int, str], model: Any) -> AgentEvent:
+    def _train(self, member: Member, key: tuple[str, int, str], model: Any) -> AgentEvent | None:
         started = time.perf_counter()
         try:
             result = member.trainer.train(model.weights, model.plan, model.round)
@@ -445,7 +495,12 @@ class Swarm:
             return TrainingFailed(key, f"training failed: {type(exc).__name__}: {exc}")
         member.rounds_trained += 1
         self.stats.rounds_trained += 1
-        return TrainingDone(key, result, time.perf_counter() - started)
+        done = TrainingDone(key, result, time.perf_counter() - started)
+        delay = self._schedule.delay_s(member.index) if self._schedule is not None else 0.0
+        if delay > 0:  # the speed class: the result is due later, the loop serves on
+            member.held_back = (time.monotonic() + delay, done)
+            return None
+        return done
 
     def _close(self) -> None:
         for member in self.members:

@@ -158,6 +158,17 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return _finish("ingest", begun, doc, args.out or RESULTS_DIR / "ingest.json", "")
 
 
+def cmd_workers(args: argparse.Namespace) -> int:
+    from fedmq_tools.bench.ingest import IngestOptions
+    from fedmq_tools.bench.workers import run_workers
+
+    opts = IngestOptions(data_dir=args.data)
+    begun = begin()
+    doc = run_workers(args.task, args.codec, args.updates, counts=tuple(args.workers),
+                      batch=args.batch, opts=opts)
+    return _finish("workers", begun, doc, args.out or RESULTS_DIR / "workers.json", "")
+
+
 def cmd_scale(args: argparse.Namespace) -> int:
     from fedmq_tools.bench.scale import ScaleOptions, run_scale
 
@@ -225,6 +236,7 @@ def cmd_limits(args: argparse.Namespace) -> int:
 
 
 def cmd_swarm(args: argparse.Namespace) -> int:
+    from fedmq.fleet_schedule import fleet_spec
     from fedmq_tools.bench.fleet import (
         FleetSpec,
         exit_code,
@@ -247,6 +259,7 @@ def cmd_swarm(args: argparse.Namespace) -> int:
         mqtt5=not args.mqtt311,
         keepalive_s=args.keepalive,
         exit_when_done=not args.keep_running,
+        uneven=fleet_spec(args),
     )
     if args.processes > 1:
         return run_processes(spec, args.processes)
@@ -269,6 +282,7 @@ def register(sub: Any) -> None:
     _add_personal(which)
     _add_hetero(which)
     _add_ingest(which)
+    _add_workers(which)
     _add_scale(which)
     _add_secagg(which)
     _add_footprint(which)
@@ -339,28 +353,43 @@ def _add_personal(which: Any) -> None:
 
 
 def cmd_hetero(args: argparse.Namespace) -> int:
-    from fedmq_tools.bench.hetero import HeteroOptions, report, run_hetero
+    from fedmq_tools.bench.hetero import HeteroOptions, one_blas_thread, report, run_hetero
 
-    opts = HeteroOptions(agents=args.agents, task=args.task, target=args.target,
-                         base_delay_s=args.base_delay, buffer_k=args.buffer_k,
-                         max_staleness=args.max_staleness, timeout_s=args.timeout)
+    one_blas_thread()
+    opts = HeteroOptions(
+        agents=args.agents, task=args.task, data_dir=args.data, target=args.target,
+        speeds=args.speeds, base_delay_s=args.base_delay, offline_fraction=args.offline_fraction,
+        on_s=args.on_s, off_s=args.off_s, fleet_seed=args.fleet_seed, budget_s=args.budget,
+        quorum_fraction=args.quorum_fraction, over_select=args.over_select,
+        carry_late=args.carry_late, buffer_ks=tuple(args.buffer_k),
+        max_staleness=args.max_staleness, deadline_s=args.deadline,
+    )
     begun = begin()
     doc = run_hetero(opts)
     return _finish("hetero", begun, doc, args.out or RESULTS_DIR / "hetero.json", report(doc))
 
 
 def _add_hetero(which: Any) -> None:
+    from fedmq.fleet_schedule import add_fleet_flags
+
     p = which.add_parser(
-        "hetero", help="uneven fleet (1x/3x/10x): time to target, sync FedAvg vs FedBuff"
+        "hetero", help="uneven fleet (speed classes, agents going offline): sync FedAvg, "
+                       "over-selection and carry-late, FedBuff; time to target, wasted updates"
     )
-    p.add_argument("--agents", type=int, default=9)
-    p.add_argument("--task", default="digits")
+    p.add_argument("--agents", type=int, default=20)
+    p.add_argument("--task", default="mnist-2nn")
+    p.add_argument("--data", type=Path, help="MNIST directory (default: ../shared/data/mnist)")
     p.add_argument("--target", type=float, default=0.85, help="target test accuracy")
-    p.add_argument("--base-delay", type=float, default=0.2,
-                   help="seconds; a class-c agent waits (c - 1) x this after each training")
-    p.add_argument("--buffer-k", type=int, default=3)
-    p.add_argument("--max-staleness", type=int, default=5)
-    p.add_argument("--timeout", type=float, default=600.0, help="seconds per run")
+    add_fleet_flags(p)
+    p.set_defaults(speeds=(1.0, 3.0, 10.0), base_delay=0.2, offline_fraction=0.2, on_s=8.0,
+                   off_s=4.0)
+    p.add_argument("--budget", type=float, default=40.0, help="wall-clock seconds per run")
+    p.add_argument("--quorum-fraction", type=float, default=0.8)
+    p.add_argument("--over-select", type=float, default=1.3)
+    p.add_argument("--carry-late", type=int, default=2)
+    p.add_argument("--buffer-k", type=int, nargs="+", default=[5, 10, 15], metavar="K")
+    p.add_argument("--max-staleness", type=int, default=50)
+    p.add_argument("--deadline", type=float, default=10.0, help="sync: seconds per round")
     _add_out(p)
     p.set_defaults(func=cmd_hetero)
 
@@ -410,6 +439,19 @@ def _add_ingest(which: Any) -> None:
     p.add_argument("--data", type=Path, help="MNIST directory (default: ../shared/data/mnist)")
     _add_out(p)
     p.set_defaults(func=cmd_ingest)
+
+
+def _add_workers(which: Any) -> None:
+    p = which.add_parser("workers", help="ingest through N ingest workers vs the coordinator")
+    p.add_argument("--task", default="mnist-2nn")
+    p.add_argument("--codec", default="none")
+    p.add_argument("--updates", type=int, default=2000, help="updates per measurement")
+    p.add_argument("--workers", type=_counts, default=_counts("1,2"),
+                   help="worker counts after the coordinator alone (default 1,2)")
+    p.add_argument("--batch", type=int, default=64, help="a worker's batch of updates")
+    p.add_argument("--data", type=Path, help="MNIST directory (default: ../shared/data/mnist)")
+    _add_out(p)
+    p.set_defaults(func=cmd_workers)
 
 
 def _add_scale(which: Any) -> None:
@@ -479,6 +521,8 @@ def _add_limits(which: Any) -> None:
 
 
 def _add_swarm(sub: Any) -> None:
+    from fedmq.fleet_schedule import add_fleet_flags
+
     p = sub.add_parser("swarm", help="many simulated agents (numpy trainer) in few processes")
     p.add_argument("--broker", required=True, help="mqtt://host[:port]")
     p.add_argument("--mqtt311", action="store_true",
@@ -495,4 +539,5 @@ def _add_swarm(sub: Any) -> None:
     p.add_argument("--id-prefix", default="agent-", type=id_prefix)
     p.add_argument("--keepalive", type=int, default=60, help="MQTT keepalive seconds")
     p.add_argument("--keep-running", action="store_true", help="stay online after the run")
+    add_fleet_flags(p)
     p.set_defaults(func=cmd_swarm)

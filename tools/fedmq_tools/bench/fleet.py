@@ -12,13 +12,15 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 
 from edge_agent.agent import AgentCore
 from edge_agent.numpy_trainer import NumpyTrainer
 from edge_agent.trainer import Trainer
+from fedmq.fleet_schedule import FleetSchedule, spec_argv
+from fedmq.fleet_schedule import FleetSpec as Unevenness
 from fedmq.tasks import DataConfig, agent_data, get_task, load_dataset, parse_partition
 from fedmq_tools.swarm import Swarm, SwarmStats
 from transport.connection import BrokerURL
@@ -41,6 +43,8 @@ class FleetSpec:
     mqtt5: bool = True
     keepalive_s: int = 60
     exit_when_done: bool = True
+    #: speed classes and availability (fedmq/fleet_schedule.py), the same in every process
+    uneven: Unevenness = field(default_factory=Unevenness)
 
     @property
     def of(self) -> int:
@@ -109,7 +113,7 @@ def swarm_command(spec: FleetSpec) -> list[str]:
         cmd.append("--mqtt311")
     if not spec.exit_when_done:
         cmd.append("--keep-running")
-    return cmd
+    return cmd + spec_argv(spec.uneven)
 
 
 def run_in_process(spec: FleetSpec) -> SwarmStats:
@@ -120,6 +124,8 @@ def run_in_process(spec: FleetSpec) -> SwarmStats:
         mqtt5=spec.mqtt5,
         keepalive_s=spec.keepalive_s,
         exit_when_done=spec.exit_when_done,
+        schedule=FleetSchedule(spec.uneven, spec.of) if spec.uneven.uneven else None,
+        first=spec.first,
     )
 
     def handler(_signum: int, _frame: FrameType | None) -> None:

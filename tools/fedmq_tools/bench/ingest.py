@@ -47,6 +47,7 @@ import numpy as np
 
 from coordinator import (
     Action,
+    PartialMerged,
     PresenceArrived,
     RoundConfig,
     RoundOpened,
@@ -312,9 +313,10 @@ def publish_updates(job: PublisherJob, report: Any) -> None:
 
 
 @dataclass
-class _Accepted:
+class Accepted:
     """Observes the coordinator: CPU when the round opened and when the last update was
-    accepted (machine, broker, this process), and when each update was accepted."""
+    counted (machine, broker, this process), and when each update was counted: accepted
+    itself, or merged as a contributor of an ingest worker's partial sum."""
 
     target: int
     broker_pid: int
@@ -328,11 +330,16 @@ class _Accepted:
     def __call__(self, action: Action) -> None:
         if isinstance(action, RoundOpened):
             self._snapshot()
-        elif isinstance(action, UpdateAccepted):
+            return
+        if isinstance(action, UpdateAccepted):
             self.times.append(time.monotonic())
-            if len(self.times) >= self.target:
-                self._snapshot()
-                self.done.set()
+        elif isinstance(action, PartialMerged):
+            self.times.extend([time.monotonic()] * action.contributors)
+        else:
+            return
+        if len(self.times) >= self.target and not self.done.is_set():
+            self._snapshot()
+            self.done.set()
 
 
 def ingest_broker(task_name: str, codec: str, updates: int, opts: IngestOptions) -> dict[str, Any]:
@@ -343,7 +350,7 @@ def ingest_broker(task_name: str, codec: str, updates: int, opts: IngestOptions)
     job = job_name(task_name, codec, "broker")
     with ExitStack() as stack:
         broker = opts.broker or stack.enter_context(LocalBroker())
-        seen = _Accepted(updates, broker.pid or 0)
+        seen = Accepted(updates, broker.pid or 0)
         node = build_coordinator(_config(job, task_name, codec, updates + 1),
                                  Connection(BrokerURL.parse(broker.url)),
                                  data=DataConfig(data_dir=opts.data_dir), run_dir=None,
