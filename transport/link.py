@@ -17,6 +17,9 @@ What it adds to a paho client, so that no adapter depends on the broker's luck:
 
 paho's callbacks run on its network thread and only hand off: to the inbox, or to
 the owner's ``on_connected``/``on_refused`` (which must only hand off too).
+``on_connected`` is called once the broker has acknowledged the subscriptions made on
+connecting, so that whatever the owner then asks for (a roll call, its presence) is
+answered while it listens.
 """
 
 from __future__ import annotations
@@ -112,6 +115,8 @@ class Link:
         self._on_connected = on_connected
         self._on_refused = on_refused
         self._on_subscribed = on_subscribed
+        #: the mid of the subscriptions made on connecting, until the broker acknowledges them
+        self._connect_subscription: int | None = None
         self._on_lost = on_lost
         self._will = will
         self._backoff = backoff or Backoff()
@@ -178,9 +183,12 @@ class Link:
         self._generation += 1
         self.max_packet = getattr(props, "MaximumPacketSize", None) if self._mqtt5 else None
         subscriptions = list(self._subscriptions())
-        if subscriptions:
-            client.subscribe(subscriptions)
-        self._on_connected()
+        if not subscriptions:
+            self._on_connected()
+            return
+        # Connected is told once the broker has acknowledged the subscriptions: a roll call
+        # or a presence sent before then could be answered before we listen for the answers.
+        _result, self._connect_subscription = client.subscribe(subscriptions)
 
     def _on_connect_fail(self, client: mqtt.Client, _u: Any) -> None:
         # paho calls this inside its ``except OSError``: the error is the one in flight
@@ -229,7 +237,10 @@ class Link:
         if any(info.mid == mid for info, _, _ in list(self._large)):
             self._suspect = 0  # the broker took a large publish: it does not refuse them
 
-    def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, codes: Any, _p: Any) -> None:
+    def _on_subscribe(self, _c: mqtt.Client, _u: Any, mid: int, codes: Any, _p: Any) -> None:
+        if mid == self._connect_subscription:
+            self._connect_subscription = None
+            self._on_connected()
         if self._on_subscribed is not None:
             self._on_subscribed([str(c) for c in codes if getattr(c, "is_failure", False)])
 
