@@ -41,7 +41,6 @@ from coordinator.events import (
     RoundClosed,
     RoundOpened,
     SaveCheckpoint,
-    Stop,
     StopRequested,
     Tick,
     UpdateAccepted,
@@ -52,7 +51,7 @@ from coordinator.open_round import OpenRound
 from coordinator.outbox import Outbox
 from coordinator.phases import Trigger
 from coordinator.roster import Roster
-from coordinator.run_views import RunViews
+from coordinator.run_machine import RunMachine
 from coordinator.staleness import BufferConfig, StalenessSum, staleness_weight
 from coordinator.stopping import stop_reason
 from coordinator.validation import Intake, check_codec
@@ -78,7 +77,7 @@ _TRANSITIONS: dict[tuple[Phase, Trigger], Phase] = {
 }
 
 
-class BufferedRounds(RunViews):
+class BufferedRounds(RunMachine):
     """Drives one FedBuff run. Feed it events with :meth:`handle`; same adapter as Rounds."""
 
     def __init__(
@@ -155,24 +154,15 @@ class BufferedRounds(RunViews):
             case Evaluated(round_no=version, metrics=metrics):
                 return self._on_evaluated(version, metrics, now)
             case StopRequested(reason=reason):
-                return [] if self.finished else self._halt(reason, now)
+                progress = f"{self._steps} server steps"
+                return [] if self.finished else self._halt(reason, progress, now)
             case _:
                 assert_never(event)
 
     # --- event handlers ---------------------------------------------------------------
 
     def _on_connected(self, now: float) -> list[Action]:
-        actions: list[Action] = []
-        if self._history:
-            actions.append(self._outbox.metrics(self._history[-1]))
-        if self._window is not None and not self.finished:
-            actions.extend(self._window.publishes)
-        elif self.ended:
-            actions.extend(self._final_model(now))
-        actions.append(self._status(now))
-        if self.finished:
-            return [*actions, Stop(self._phase, self._message)]
-        return [*actions, self._outbox.rollcall(run=self._run, now=now)]  # who is online?
+        return self._reconnected(self._window.publishes if self._window else (), now)
 
     def _on_presence(self, agent: str, payload: bytes, now: float) -> list[Action]:
         try:
@@ -287,7 +277,7 @@ class BufferedRounds(RunViews):
         ]
         why = stop_reason(self.config, self._history)
         if why is not None:
-            return actions + self._end(why, now)
+            return actions + self._end(Trigger.FINISH, why, now)
         self._fire(Trigger.NEXT)
         return actions + self._announce(now)
 
@@ -340,17 +330,6 @@ class BufferedRounds(RunViews):
         window.bytes_down += (sent.whole_bytes + sent.delta_bytes) * len(drawn | outstanding)
         opened = RoundOpened(version, attempt, len(cohort), self.buffer_config.k, window.deadline_s)
         return [*sent.publishes, opened, self._status(now)]
-
-    def _halt(self, reason: str, now: float) -> list[Action]:
-        """An operator's stop: no final model, agents wait for ``--resume``."""
-        self._fire(Trigger.HALT)
-        self._message = f"stopped ({reason}) after {self._steps} server steps: resumable"
-        return [self._status(now), Stop(self._phase, self._message)]
-
-    def _end(self, message: str, now: float) -> list[Action]:
-        self._fire(Trigger.FINISH)
-        self._message = message
-        return [*self._final_model(now), self._status(now), Stop(self._phase, message)]
 
     # --- outputs ---------------------------------------------------------------------------
 

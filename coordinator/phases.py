@@ -24,6 +24,8 @@ class Trigger(enum.Enum):
     EVALUATE = "evaluate"
     #: a round is committed and the next one announced
     NEXT = "next"
+    #: a round closed while agents are being recounted (coordinator.roster, rule 5)
+    WAIT = "wait"
     #: the run ends well: rounds done, target reached, or stalled
     FINISH = "finish"
     #: a short round has no retries left
@@ -41,6 +43,8 @@ _TRANSITIONS: dict[tuple[Phase, Trigger], Phase] = {
     (Phase.TRAINING, Trigger.FINISH): Phase.DONE,
     (Phase.TRAINING, Trigger.FAIL): Phase.FAILED,
     (Phase.EVALUATING, Trigger.NEXT): Phase.TRAINING,
+    (Phase.TRAINING, Trigger.WAIT): Phase.WAITING,
+    (Phase.EVALUATING, Trigger.WAIT): Phase.WAITING,
     (Phase.EVALUATING, Trigger.FINISH): Phase.DONE,
     (Phase.WAITING, Trigger.HALT): Phase.STOPPED,
     (Phase.TRAINING, Trigger.HALT): Phase.STOPPED,

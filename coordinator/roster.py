@@ -16,6 +16,10 @@ be signed with the agent's update key (docs/SECURITY.md). Rules of this class:
    on the roll call, which the next announcement names so that the agent
    announces itself again (docs/PROTOCOL.md, "Membership"); at most
    :data:`~protocol.fields.MAX_ROLL_CALL` at a time.
+5. Each (re)connection of the coordinator starts a recount (:meth:`Roster.recount`):
+   a broker shutting down sends every agent's last will, so who is online is known
+   again only once they have reconnected and announced themselves; until a round
+   opens, the caller holds the next round for ``--min-agents``, as after a resume.
 
 The count of agents online is kept in step with the presences, not computed:
 the status after every accepted update reports it and must not cost O(agents).
@@ -41,6 +45,12 @@ class Roster:
         #: each agent's current session: the one of its last signed online presence
         self._sessions: dict[str, str] = {}
         self._roll_call: set[str] = set()
+        #: who is online is being learnt again (rule 5); a round opening ends it
+        self.recounting = False
+
+    def recount(self) -> None:
+        """The coordinator (re)connected and asked for a roll call (rule 5)."""
+        self.recounting = True
 
     def apply(self, agent: str, payload: bytes) -> None:
         """Take ``agent``'s presence message; an empty payload is a cleared retained one.

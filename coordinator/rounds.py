@@ -46,7 +46,6 @@ from coordinator.events import (
     RoundOpened,
     SaveCheckpoint,
     SecAggArrived,
-    Stop,
     StopRequested,
     Tick,
     UpdateAccepted,
@@ -58,7 +57,7 @@ from coordinator.outbox import Outbox, StatusPacer
 from coordinator.partials import admit_partial, verdict
 from coordinator.phases import Trigger, next_phase
 from coordinator.roster import Roster
-from coordinator.run_views import RunViews
+from coordinator.run_machine import RunMachine
 from coordinator.secure_round import SecAggStage, SecAggStep
 from coordinator.stopping import stop_reason
 from coordinator.stragglers import LateUpdates
@@ -75,7 +74,7 @@ from protocol import (
 )
 
 
-class Rounds(RunViews):
+class Rounds(RunMachine):
     """Drives one federated run. Feed it events with :meth:`handle`."""
 
     def __init__(self, config: RoundConfig, weights: Weights, *, run: str,
@@ -144,26 +143,17 @@ class Rounds(RunViews):
             case Evaluated(round_no=round_no, metrics=metrics):
                 return self._on_evaluated(round_no, metrics, now)
             case StopRequested(reason=reason):
-                return self._on_stop(reason, now)
+                return [] if self.finished else self._halt(reason, f"round {self._completed}", now)
             case _:
                 assert_never(event)
 
     # --- event handlers ---------------------------------------------------------------
 
     def _on_connected(self, now: float) -> list[Action]:
-        # The broker may have restarted without persistence: restore what it retains.
-        actions: list[Action] = []
-        if self._history:
-            actions.append(self._outbox.metrics(self._history[-1]))
-        if self._round is not None and not self.finished:
-            actions.extend(self._round.publishes)
-            actions.extend(self._secagg.retained.values() if self._secagg else ())
-        elif self.ended:  # DONE or FAILED: both ended by publishing the final model
-            actions.extend(self._final_model(now))
-        actions.append(self._status(now))
-        if self.finished:
-            return [*actions, Stop(self._phase, self._message)]
-        return [*actions, self._outbox.rollcall(run=self._run, now=now)]  # who is online?
+        self._roster.recount()
+        rs, stage = self._round, self._secagg
+        live = [] if rs is None else [*rs.publishes, *(stage.retained.values() if stage else ())]
+        return self._reconnected(live, now)
 
     def _on_presence(self, agent: str, payload: bytes, now: float) -> list[Action]:
         try:
@@ -269,15 +259,6 @@ class Rounds(RunViews):
             return []  # an evaluation that no longer matters (e.g. stop requested meanwhile)
         return self._finish_round(metrics, now)
 
-    def _on_stop(self, reason: str, now: float) -> list[Action]:
-        """An operator's stop is not the end of the run: no final model, agents wait, and
-        ``--resume`` continues from the last checkpoint."""
-        if self.finished:
-            return []
-        self._fire(Trigger.HALT)
-        self._message = f"stopped ({reason}) after round {self._completed}: resumable"
-        return [self._status(now), Stop(self._phase, self._message)]
-
     # --- round lifecycle ----------------------------------------------------------------
 
     def _announce(self, rs: OpenRound, now: float) -> list[Action]:
@@ -299,6 +280,7 @@ class Rounds(RunViews):
         return [*sent.publishes, opened, self._status(now)]
 
     def _open_round(self, now: float) -> list[Action]:
+        self._roster.recounting = False
         self._round = self._cohorts.open(
             self._completed + 1, self._eligible(), self._roster.presences, now,
             aggregator=self._model.aggregator,
@@ -366,12 +348,11 @@ class Rounds(RunViews):
         why = stop_reason(self.config, self._history)
         if why is not None:
             return actions + self._end(Trigger.FINISH, why, now)
+        if self._roster.recounting and len(self._eligible()) < self.config.min_agents:
+            self._fire(Trigger.WAIT)  # the next round opens on enough presences
+            self._round = None
+            return [*actions, self._status(now)]
         return actions + self._open_round(now)
-
-    def _end(self, trigger: Trigger, message: str, now: float) -> list[Action]:
-        self._fire(trigger)
-        self._message = message
-        return [*self._final_model(now), self._status(now), Stop(self._phase, message)]
 
     # --- outputs ---------------------------------------------------------------------------
 

@@ -130,7 +130,7 @@ def test_the_acl_lets_each_agent_write_only_its_own_topics(fleet: Path):
                           f"fedmq/v1/farm/update/{agent}"]
         reads = {line.split()[2] for line in blocks[agent] if " read " in line}
         assert reads == {"fedmq/v1/farm/model", "fedmq/v1/farm/model/chunk/+",
-                         "fedmq/v1/farm/status", "fedmq/v1/farm/metrics",
+                         "fedmq/v1/farm/status", "fedmq/v1/farm/metrics", "fedmq/v1/farm/rollcall",
                          "fedmq/v1/farm/secagg/down", f"fedmq/v1/farm/secagg/down/{agent}"}
 
 

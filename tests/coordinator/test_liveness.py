@@ -111,3 +111,39 @@ def test_the_status_is_paced_however_many_updates_arrive() -> None:
     out = rounds.handle(UpdateArrived(agents[-1], update(rounds, agents[-1])), due + 0.01)
     statuses = [decode_status(p.payload) for p in of_kind(out, TopicKind.STATUS)]
     assert statuses and statuses[-1].round == 2
+
+
+def test_after_a_reconnect_the_next_round_waits_for_min_agents_to_announce_again() -> None:
+    # A broker shutting down sends every agent's last will: the coordinator hears "offline"
+    # from agents that come back a moment later. The round in progress goes on; the next
+    # one waits, as after a resume, until --min-agents have announced themselves again.
+    agents = ("a0", "a1", "a2")
+    rounds = Rounds(config(min_agents=3), copy_weights(W0), run="r1")
+    rounds.handle(BrokerConnected(), 0.0)
+    for agent in agents:
+        rounds.handle(PresenceArrived(agent, presence(agent)), 0.0)
+    assert (rounds.phase.value, rounds.completed_rounds) == ("training", 0)
+    rounds.handle(UpdateArrived("a0", update(rounds, "a0")), 1.0)
+    for agent in agents:  # the broker goes down: wills, then the coordinator reconnects
+        rounds.handle(PresenceArrived(agent, presence(agent, online=False)), 2.0)
+    rounds.handle(BrokerConnected(), 3.0)
+    rounds.handle(PresenceArrived("a1", presence("a1")), 3.1)
+    rounds.handle(UpdateArrived("a1", update(rounds, "a1")), 3.2)
+    closing = rounds.handle(UpdateArrived("a2", update(rounds, "a2")), 3.3)
+    assert rounds.completed_rounds == 1 and rounds.phase.value == "waiting"
+    assert decode_status(of_kind(closing, TopicKind.STATUS)[-1].payload).phase.value == "waiting"
+    assert not of_kind(closing, TopicKind.MODEL)  # no round 2 announced to two agents
+    rounds.handle(PresenceArrived("a0", presence("a0")), 4.0)  # the slowest comes back
+    assert rounds.phase.value == "training"
+    assert rounds.agents_online == set(agents)
+
+
+def test_without_a_reconnect_a_round_opens_with_whoever_is_online() -> None:
+    rounds = Rounds(config(min_agents=2), copy_weights(W0), run="r1")
+    rounds.handle(BrokerConnected(), 0.0)
+    for agent in ("a0", "a1"):
+        rounds.handle(PresenceArrived(agent, presence(agent)), 0.0)
+    rounds.handle(UpdateArrived("a0", update(rounds, "a0")), 1.0)
+    rounds.handle(PresenceArrived("a0", presence("a0", online=False)), 1.5)  # a0 really leaves
+    rounds.handle(UpdateArrived("a1", update(rounds, "a1")), 2.0)
+    assert rounds.completed_rounds == 1 and rounds.phase.value == "training"
