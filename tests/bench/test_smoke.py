@@ -100,6 +100,31 @@ def test_swarm_of_twenty_in_two_processes_keeps_its_deadlines(
 
 
 @pytest.mark.integration
+@needs_mnist
+def test_scale_runs_each_size_on_each_broker_side_by_side(broker: LocalBroker) -> None:
+    # a running broker given by URL (nothing started, no PID to measure), then a private one
+    opts = scale.ScaleOptions(counts=(6,), processes=1, rounds=1, deadline_s=60.0,
+                              timeout_s=120.0, brokers=(broker.url, "mosquitto"))
+    doc = scale.run_scale(opts)
+    assert [(s["broker"], s["passed"]) for s in doc["sizes"]] == [(broker.url, True),
+                                                                  ("mosquitto", True)]
+    assert doc["sizes"][0]["peak_rss"]["broker"] is None
+    assert doc["sizes"][1]["peak_rss"]["broker"] > 1 << 20
+    assert doc["round_s_ratio"]["6"][broker.url] == 1.0
+    assert doc["round_s_ratio"]["6"]["mosquitto"] > 0 and doc["largest_passing_fleet"] == 6
+
+
+def test_round_ratios_are_against_the_first_broker_and_only_where_every_broker_passed() -> None:
+    def size(n: int, broker: str, round_s: list[float], passed: bool = True) -> dict[str, object]:
+        return {"agents": n, "broker": broker, "round_s": round_s, "passed": passed}
+
+    sizes = [size(10, "mosquitto", [1.0, 3.0]), size(10, "nats", [3.0, 5.0]),
+             size(20, "mosquitto", [2.0]), size(20, "nats", [9.0], passed=False)]
+    assert scale.round_ratios(sizes, ("mosquitto", "nats")) == {
+        "10": {"mosquitto": 1.0, "nats": 2.0}}
+
+
+@pytest.mark.integration
 def test_swarm_members_reconnect_after_a_broker_restart(own_broker: LocalBroker) -> None:
     spec = fleet.FleetSpec(broker=own_broker.url, job="swarm-restart", task="linreg", count=4,
                            exit_when_done=False)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-from harness import TIMEOUT_S, CoordinatorThread, agent_fleet, wait_until
+from harness import TIMEOUT_S, CoordinatorThread, TopicWatcher, agent_fleet, wait_until
 from paho.mqtt.enums import CallbackAPIVersion
 
 from coordinator import Action, PartialMerged, RoundConfig
@@ -135,9 +135,12 @@ def test_a_dead_site_lets_the_round_close_at_its_deadline_with_the_other(tmp_pat
         alive = SiteThread(cfg, "site-a", site_a.url, central.url)
         # site-b waits for the whole deadline: its cohort holds an agent that never answers
         doomed = SiteThread(cfg, "site-b", site_b.url, central.url, close_share=1.0)
-        # the coordinator counts live presence only (PROTOCOL.md §16.5): it is up before
-        # the silent agent announces itself
+        # the coordinator counts live presence only (PROTOCOL.md §16.5): it listens (its
+        # roll call is out) before the silent agent announces itself
+        watcher = TopicWatcher(central.url, job)
         coord.start()
+        watcher.wait_for(lambda: bool(watcher.on("/rollcall")))
+        watcher.close()
         silent = Presence(agent="silent", online=True, samples=1)
         publish_retained(site_b.url, Topics(job).presence("silent"), encode_presence(silent))
         wait_until(lambda: "silent" in doomed.node.core.agents_online, doomed.node.progress,

@@ -10,7 +10,8 @@ its own; NATS its own JetStream store. docs/BROKERS.md says what each broker doe
 ``private_broker(kind)`` is the one entry point: ``mosquitto`` is
 :class:`fedmq.broker.LocalBroker` (what the demo runs), ``nats`` and ``rabbitmq`` are
 defined here with the same interface (``url``, ``pid``, ``start``, ``stop``, ``kill``,
-``log``, a context manager).
+``log``, a context manager). ``broker_for(kind_or_url)`` also takes the URL of a broker
+someone else runs (:class:`ExternalBroker`), for benchmarks of any broker.
 """
 
 from __future__ import annotations
@@ -24,11 +25,13 @@ import subprocess
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Protocol
 
 from fedmq.broker import BrokerError, LocalBroker, free_port
+from transport.connection import BrokerURL
 
 #: the brokers fedmq is tested against (docs/BROKERS.md)
 KINDS = ("mosquitto", "nats", "rabbitmq")
@@ -292,3 +295,47 @@ def private_broker(kind: str) -> PrivateBroker:
     if kind == "rabbitmq":
         return RabbitBroker()
     raise ValueError(f"broker kind must be one of {', '.join(KINDS)}, got {kind!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class ExternalBroker:
+    """A broker at ``url`` that someone else started and keeps: nothing to start or stop,
+    no PID to measure, no log to read."""
+
+    url: str
+    pid: None = None
+
+    def start(self) -> ExternalBroker:
+        return self
+
+    def stop(self) -> None:
+        """Not ours to stop."""
+
+    def kill(self) -> None:
+        """Not ours to kill."""
+
+    def log(self) -> str:
+        return ""
+
+    def __enter__(self) -> ExternalBroker:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        """Left running."""
+
+
+def broker_for(spec: str, *, mosquitto_config: str = "") -> PrivateBroker:
+    """A private broker of the kind ``spec`` names (``mosquitto_config`` lines go into a
+    private Mosquitto's config), or an :class:`ExternalBroker` when ``spec`` is a URL.
+
+    Raises:
+        ValueError: for a spec that is neither a kind nor a URL.
+    """
+    if "://" in spec:
+        BrokerURL.parse(spec)  # a clear error for a bad URL before any fleet starts
+        return ExternalBroker(spec)
+    if spec == "mosquitto":
+        return LocalBroker(extra_config=mosquitto_config)
+    return private_broker(spec)

@@ -172,6 +172,9 @@ def cmd_workers(args: argparse.Namespace) -> int:
 def cmd_scale(args: argparse.Namespace) -> int:
     from fedmq_tools.bench.scale import ScaleOptions, run_scale
 
+    brokers = tuple(args.broker.split(","))
+    if args.sites and brokers != ("mosquitto",):
+        raise SystemExit("--sites bridges private Mosquittos: it takes no other --broker")
     opts = ScaleOptions(
         counts=tuple(args.counts),
         processes=args.processes,
@@ -182,7 +185,7 @@ def cmd_scale(args: argparse.Namespace) -> int:
         timeout_s=args.timeout,
         stop_on_failure=not args.keep_going,
         broker_config="\n".join(args.broker_config or ()),
-        broker=args.broker,
+        brokers=brokers,
         sites=args.sites,
     )
     begun = begin()
@@ -465,8 +468,10 @@ def _add_scale(which: Any) -> None:
     p.add_argument("--data", type=Path, help="MNIST directory (default: ../shared/data/mnist)")
     p.add_argument("--timeout", type=float, default=900.0, help="give up on a size after this")
     p.add_argument("--keep-going", action="store_true", help="try larger sizes after a failure")
-    p.add_argument("--broker", choices=("mosquitto", "nats", "rabbitmq"), default="mosquitto",
-                   help="the private broker the fleet runs on (docs/BROKERS.md)")
+    p.add_argument("--broker", default="mosquitto", metavar="KIND|URL[,...]",
+                   help="the brokers every size runs on, side by side: a private mosquitto, "
+                        "nats or rabbitmq, or the URL of a running broker; the first is the "
+                        "reference of the round-time ratios (docs/BROKERS.md)")
     p.add_argument("--broker-config", action="append", metavar="LINE",
                    help="repeatable: a line appended to the private Mosquitto's config")
     p.add_argument("--sites", type=int, default=0,

@@ -29,7 +29,6 @@ from typing import Any
 
 from coordinator import Action, RoundClosed, RoundConfig, RoundOpened
 from coordinator.config import SecAggPolicy
-from fedmq.broker import LocalBroker
 from fedmq.launch import Connection, build_coordinator
 from fedmq.progress import human_bytes
 from fedmq.tasks import DataConfig, get_task
@@ -42,7 +41,7 @@ from fedmq_tools.bench.measure import (
     system_cpu_s,
     usage,
 )
-from fedmq_tools.brokers import PrivateBroker, private_broker
+from fedmq_tools.brokers import PrivateBroker, broker_for
 from protocol import ClosedBy, Phase, RoundMetrics
 from transport.connection import BrokerURL
 
@@ -63,9 +62,10 @@ class ScaleOptions:
     stop_on_failure: bool = True
     #: lines appended to the private broker's config (mosquitto.conf), e.g. a queue limit
     broker_config: str = ""
-    #: which private broker the fleet runs on: mosquitto, nats or rabbitmq (docs/BROKERS.md;
-    #: ``broker_config`` applies to mosquitto only)
-    broker: str = "mosquitto"
+    #: the brokers every size runs on, side by side, each a private broker's kind
+    #: (mosquitto, nats, rabbitmq; docs/BROKERS.md) or the URL of a running one; the
+    #: first is the reference of ``round_s_ratio`` (``broker_config``: mosquitto only)
+    brokers: tuple[str, ...] = ("mosquitto",)
     #: spread the agents over this many bridged site brokers with site aggregators (0: one
     #: broker, no sites; :mod:`fedmq_tools.bench.sites`)
     sites: int = 0
@@ -103,18 +103,17 @@ class _Window:
 
 
 def run_size(
-    n: int, opts: ScaleOptions, logs: Path, broker: PrivateBroker | None = None
+    n: int, opts: ScaleOptions, logs: Path, broker: PrivateBroker | None = None,
+    spec: str = "mosquitto",
 ) -> dict[str, Any]:
     """One fleet of ``n`` agents through ``opts.rounds`` rounds (on ``broker``, or a
-    fresh private one, whose CPU and RSS then belong to this size alone); its figures."""
+    fresh one as ``spec`` says, whose CPU and RSS then belong to this size alone); its
+    figures."""
     task = get_task(opts.task)
     job = f"scale-{n}" + ("-secagg" if opts.secagg is not None else "")
     with ExitStack() as stack:
         if broker is None:
-            broker = stack.enter_context(
-                LocalBroker(extra_config=opts.broker_config) if opts.broker == "mosquitto"
-                else private_broker(opts.broker)
-            )
+            broker = stack.enter_context(broker_for(spec, mosquitto_config=opts.broker_config))
         window = _Window(broker.pid)
         config = RoundConfig(
             job=job,
@@ -135,10 +134,10 @@ def run_size(
             on_action=window,
         )
         reset_peak_rss()
-        spec = FleetSpec(broker=broker.url, job=job, task=opts.task, count=n,
-                         data_dir=opts.data_dir, exit_when_done=False)
+        fleet = FleetSpec(broker=broker.url, job=job, task=opts.task, count=n,
+                          data_dir=opts.data_dir, exit_when_done=False)
         spawned = time.monotonic()
-        procs = spawn(spec, opts.processes, logs)
+        procs = spawn(fleet, opts.processes, logs)
         window.swarm_pids = [p.pid for p in procs]
         failures: list[str] = []
 
@@ -222,25 +221,18 @@ def _foreign(window: _Window) -> float | None:
 
 
 def run_scale(opts: ScaleOptions) -> dict[str, Any]:
-    """Every size in ``opts.counts``, smallest first; the largest that passed."""
+    """Every size in ``opts.counts``, smallest first, on each broker in turn; the largest
+    that passed on every broker, and each broker's mean round time against the first's."""
     sizes: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="fedmq-scale-") as tmp:
         for n in sorted(opts.counts):
-            logs = Path(tmp) / str(n)
-            logs.mkdir()
-            if opts.sites:
-                from fedmq_tools.bench.sites import run_sites_size, sites_line
-
-                result = run_sites_size(n, opts.sites, opts, logs)
-                line = sites_line(result)
-            else:
-                result = run_size(n, opts, logs)
-                line = size_line(result)
-            sizes.append(result)
-            print(line, flush=True)
-            if not result["passed"] and opts.stop_on_failure:
+            results = [_one_size(n, spec, opts, Path(tmp) / f"{n}-{i}")
+                       for i, spec in enumerate(opts.brokers)]
+            sizes.extend(results)
+            if not all(r["passed"] for r in results) and opts.stop_on_failure:
                 break
-    passed = [s["agents"] for s in sizes if s["passed"]]
+    passed = [n for n in opts.counts
+              if [s["passed"] for s in sizes if s["agents"] == n] == [True] * len(opts.brokers)]
     return {
         "workload": {
             "task": opts.task,
@@ -248,10 +240,40 @@ def run_scale(opts: ScaleOptions) -> dict[str, Any]:
             "rounds": opts.rounds,
             "deadline_s": opts.deadline_s,
             "sites": opts.sites,
+            "brokers": list(opts.brokers),
         },
         "sizes": sizes,
+        "round_s_ratio": round_ratios(sizes, opts.brokers),
         "largest_passing_fleet": max(passed) if passed else None,
     }
+
+
+def _one_size(n: int, spec: str, opts: ScaleOptions, logs: Path) -> dict[str, Any]:
+    logs.mkdir()
+    if opts.sites:
+        from fedmq_tools.bench.sites import run_sites_size, sites_line
+
+        result = run_sites_size(n, opts.sites, opts, logs)
+        line = sites_line(result)
+    else:
+        result = run_size(n, opts, logs, spec=spec)
+        line = size_line(result)
+    result["broker"] = spec
+    print(f"{spec}: {line}", flush=True)
+    return result
+
+
+def round_ratios(sizes: list[dict[str, Any]], brokers: tuple[str, ...]) -> dict[str, Any]:
+    """Per fleet size, each broker's mean round time over the first broker's (the reference,
+    run in the same invocation); only sizes every broker passed."""
+    ratios: dict[str, Any] = {}
+    for n in sorted({s["agents"] for s in sizes}):
+        means = {s["broker"]: sum(s["round_s"]) / len(s["round_s"])
+                 for s in sizes if s["agents"] == n and s["passed"] and s["round_s"]}
+        reference = means.get(brokers[0])
+        if reference and len(means) == len(brokers):
+            ratios[str(n)] = {b: round(means[b] / reference, 3) for b in brokers}
+    return ratios
 
 
 def size_line(s: dict[str, Any]) -> str:
