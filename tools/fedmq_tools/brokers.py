@@ -198,7 +198,9 @@ class NatsBroker(_ChildBroker):
             f"listen: 127.0.0.1:{self.client_port}\n"
             f"jetstream {{\n  store_dir: \"{self.dir / 'js'}\"\n"
             "  max_memory_store: 256MB\n  max_file_store: 2GB\n}\n"
-            f"mqtt {{\n  listen: 127.0.0.1:{self.port}\n}}\n"
+            # MQTT sessions' consumers in memory, not in files: each QoS 1 subscription is a
+            # JetStream consumer, written on every delivery (docs/BROKERS.md, NATS)
+            f"mqtt {{\n  listen: 127.0.0.1:{self.port}\n  consumer_memory_storage: true\n}}\n"
             f"{self._extra}\n"
         )
 
@@ -265,6 +267,15 @@ class RabbitBroker(_ChildBroker):
             "ERL_EPMD_PORT": str(self.epmd_port),
         }
         return [script], env
+
+    @property
+    def pid(self) -> int | None:
+        """The Erlang VM's PID, which does the work (its CPU and memory are the broker's),
+        from the pid file it writes once up; the start script's until then."""
+        try:
+            return int((self.dir / "rabbitmq.pid").read_text().strip())
+        except (OSError, ValueError):
+            return super().pid
 
     def ctl(self, *args: str, timeout_s: float = 60.0) -> str:
         """``rabbitmqctl ARGS`` against this node; its output."""
