@@ -27,7 +27,7 @@ _CASES = [
     *(("demo", "r1", 3, agent, 1 << 62) for agent in _EXAMPLE),
     *(("demo", "r1", 4, agent, 1 << 62) for agent in ("pi-01", "pi-02", "pi-03", "pi-04")),
     ("other", "r1", 3, "pi-01", 1 << 62),
-    ("demo", "run-2026.12", 9007199254740993, "Agent_9", below_for(0.1)),
+    ("demo", "run-2026.12", 2**53, "Agent_9", below_for(0.1)),
     ("demo", "r1", 3, "pi-02", MAX_BELOW),
     ("demo", "r1", 3, "pi-04", 1),
 ]
