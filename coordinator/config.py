@@ -300,7 +300,8 @@ class RoundConfig:
         ) if asked]
         if unsupported:
             raise ValueError("--cohort-by hash cannot be combined with " + ", ".join(unsupported)
-                             + ": an agent could not check it (docs/PROTOCOL.md §17)")
+                             + ": a hashed cohort is one fraction each agent checks alone "
+                             "(docs/PROTOCOL.md §17)")
         if self.sample_fraction is None:
             raise ValueError("--cohort-by hash needs --sample-fraction F (each agent's chance)")
 

@@ -8,7 +8,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from coordinator import MessageRejected, PresenceArrived, RoundConfig, Rounds, UpdateArrived
+from coordinator import (
+    MessageRejected,
+    PresenceArrived,
+    RoundConfig,
+    RoundOpened,
+    Rounds,
+    Tick,
+    UpdateArrived,
+)
 from coordinator.broadcast import Version
 from coordinator.cohort import CohortPolicy
 from coordinator.config import SecAggPolicy
@@ -104,6 +112,38 @@ def test_agents_train_iff_the_coordinator_counts_them() -> None:
         assert trained == passing and passing
     assert [h.accepted for h in fleet.history] == [
         sum(asks(m, a) for a in fleet.agent_ids) for m in models]
+
+
+@pytest.mark.parametrize("delta", [None, "int8"], ids=["whole-models", "deltas"])
+def test_agents_agree_whether_models_travel_whole_or_as_deltas(delta: str | None) -> None:
+    """The agent rebuilds a delta's announcement (protocol.broadcast) with its cohort_hash."""
+    fleet = Fleet(20, config(min_agents=20, downlink_delta=delta))
+    fleet.start()
+    fleet.run_to_end()
+    assert fleet.rounds.phase is Phase.DONE
+    for r in (1, 2, 3):
+        passing = {a for a in fleet.agent_ids
+                   if in_cohort(config().cohort_hash, JOB, "run1", r, a)}  # type: ignore[arg-type]
+        assert {a for a in fleet.agent_ids if any(k[1] == r for k in fleet.trains_of(a))} == passing
+
+
+def test_a_retry_asks_the_same_agents_and_newcomers_that_pass() -> None:
+    agents = [f"a{k}" for k in range(40)]
+    rounds = Rounds(config(min_agents=20, max_retries=2), copy_weights(W0), run="r1")
+    actions: list[Any] = []
+    for a in agents[:20]:
+        actions += rounds.handle(PresenceArrived(a, encode_presence(Presence(a, True))), 0.0)
+    (first,) = announced(actions)
+    (opened,) = [a for a in actions if isinstance(a, RoundOpened)]
+    asked = [a for a in agents[:20] if asks(first, a)]
+    assert opened.cohort_size == opened.quorum == len(asked)
+    for a in agents[20:]:
+        rounds.handle(PresenceArrived(a, encode_presence(Presence(a, True))), 1.0)
+    retry = rounds.handle(Tick(), 10.5)  # nobody answered: attempt 1
+    (again,) = announced(retry)
+    (reopened,) = [a for a in retry if isinstance(a, RoundOpened)]
+    assert (again.attempt, again.cohort_hash, again.cohort) == (1, first.cohort_hash, None)
+    assert reopened.cohort_size == sum(asks(again, a) for a in agents) > len(asked)
 
 
 def test_rule_10_refuses_an_agent_that_fails_the_hash() -> None:
