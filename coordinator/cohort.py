@@ -9,7 +9,9 @@ Invariants: candidates are only agents the round machine knows to be online
 (and eligible: provisioned, of an allowed device class), so an offline agent is
 never asked; the draw is a function of the candidate set, the size, the policy
 and the seed words alone (candidates are sorted first), so a seed reproduces
-every cohort of a run, resumed or not.
+every cohort of a run, resumed or not. A hashed cohort (docs/PROTOCOL.md §17) is
+the eligible agents that pass the announced hash, so every agent can check itself
+and the announcement names no one.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from coordinator.aggregate import Aggregator
 from coordinator.config import RoundConfig
 from coordinator.open_round import OpenRound
 from protocol import Presence
+from protocol.cohort_hash import in_cohort
 
 
 def select_cohort(
@@ -52,8 +55,19 @@ def select_cohort(
 class CohortPolicy:
     """Who may take part (provisioned, of an allowed device class) and whom a round asks."""
 
-    def __init__(self, config: RoundConfig) -> None:
+    def __init__(self, config: RoundConfig, run: str = "") -> None:
+        """``run``: the run id a hashed cohort hashes (unused otherwise)."""
         self._config = config
+        self._run = run
+
+    def hashed(self, eligible: frozenset[str], round_no: int) -> frozenset[str]:
+        """The agents of ``eligible`` that pass round ``round_no``'s hash (all of them when
+        cohorts are not hashed)."""
+        rule = self._config.cohort_hash
+        if rule is None:
+            return eligible
+        job = self._config.job
+        return frozenset(a for a in eligible if in_cohort(rule, job, self._run, round_no, a))
 
     def eligible(
         self, online: frozenset[str], presences: Mapping[str, Presence]
@@ -108,8 +122,12 @@ class CohortPolicy:
         configured one, else every agent asked), its deadline, and a fresh
         ``aggregator(round, cohort size)``."""
         cfg = self._config
-        target = self.size(len(eligible))
-        cohort = self.draw(eligible, target, presences, number, 0)
+        if cfg.cohort_hash is not None:
+            cohort = self.hashed(eligible, number)
+            target = len(cohort)
+        else:
+            target = self.size(len(eligible))
+            cohort = self.draw(eligible, target, presences, number, 0)
         quorum = cfg.quorum if cfg.quorum is not None else max(len(cohort), cfg.min_replies)
         return OpenRound(
             number=number,
@@ -142,9 +160,10 @@ class CohortPolicy:
     ) -> frozenset[str]:
         """A retried round's cohort: with a drawn cohort, topped up to its size with agents
         not asked yet, in place of those that declined or went offline (silent ones still
-        online may yet answer); otherwise every eligible agent online."""
+        online may yet answer); hashed, every eligible agent online that passes; otherwise
+        every eligible agent online."""
         if not self._config.names_cohort:
-            return rs.cohort | eligible
+            return rs.cohort | self.hashed(eligible, rs.number)
         waiting = (rs.cohort - rs.answered) & eligible
         short = rs.cohort_target - len(rs.accepted) - len(waiting)
         newcomers = self.draw(eligible - rs.cohort, short, presences, rs.number, rs.attempt)

@@ -11,6 +11,7 @@ from coordinator.optimisers import ServerOptSpec, parse_server_opt
 from coordinator.strategy import AggregatorSpec, parse_aggregator
 from protocol import TrainPlan, check_codec, check_id
 from protocol.chunks import MIN_MAX_PAYLOAD
+from protocol.cohort_hash import CohortHash, below_for
 from protocol.compress import DOWNLINKS
 from protocol.fields import MAX_JSON_BYTES
 from protocol.keys import SigningKey, VerifyKey
@@ -22,6 +23,8 @@ ShortRoundPolicy = Literal["retry", "stop"]
 Downlink = Literal["fp32", "fp16"]
 SamplePolicy = Literal["uniform", "by-samples"]
 SAMPLE_POLICIES = ("uniform", "by-samples")
+CohortBy = Literal["name", "hash"]
+COHORT_BY = ("name", "hash")
 #: the largest update (as sent) a coordinator accepts unless told otherwise
 DEFAULT_MAX_UPDATE_BYTES = 64 * 1024 * 1024
 
@@ -108,6 +111,9 @@ class RoundConfig:
     late_staleness: str = "sqrt"
     #: uniform, or by-samples: weighted by the sample counts agents advertise in presence
     sample_policy: SamplePolicy = "uniform"
+    #: how a sampled cohort is announced: by name (a list of ids, exactly the drawn size),
+    #: or by hash (one threshold, docs/PROTOCOL.md §17: each agent in with probability F)
+    cohort_by: CohortBy = "name"
     #: only agents whose presence names one of these device classes take part (None: any)
     device_classes: frozenset[str] | None = None
     #: cohorts are drawn with numpy.random.default_rng([sample_seed, round, attempt])
@@ -237,9 +243,17 @@ class RoundConfig:
     @property
     def names_cohort(self) -> bool:
         """True if rounds ask a chosen cohort (announced by name), not every agent online."""
-        return self.sample_fraction is not None or self.sample_count is not None or (
-            self.device_classes is not None or self.over_select is not None
+        return self.cohort_by == "name" and (
+            self.sample_fraction is not None or self.sample_count is not None
+            or self.device_classes is not None or self.over_select is not None
         )
+
+    @property
+    def cohort_hash(self) -> CohortHash | None:
+        """The threshold every round's announcement carries when cohorts are hashed."""
+        if self.cohort_by != "hash" or self.sample_fraction is None:
+            return None
+        return CohortHash(below_for(self.sample_fraction))
 
     @property
     def cohort_floor(self) -> int:
@@ -266,9 +280,30 @@ class RoundConfig:
             raise ValueError(f"carry_late must be in 0..100 rounds, got {self.carry_late}")
         if self.sample_policy not in SAMPLE_POLICIES:
             raise ValueError(f"sample policy must be one of {SAMPLE_POLICIES}")
+        self._check_cohort_by()
         devices = self.device_classes
         if devices is not None and not (devices and all(0 < len(d) <= 64 for d in devices)):
             raise ValueError("device classes must be non-empty names of <= 64 chars")
+
+    def _check_cohort_by(self) -> None:
+        """A hashed cohort is what each agent can check alone: a fraction, nothing else."""
+        if self.cohort_by not in COHORT_BY:
+            raise ValueError(f"cohort_by must be one of {COHORT_BY}, got {self.cohort_by!r}")
+        if self.cohort_by == "name":
+            return
+        unsupported = [name for name, asked in (
+            ("--sample-count (a hashed cohort's size is binomial)", self.sample_count is not None),
+            ("--sample-policy by-samples", self.sample_policy != "uniform"),
+            ("--device-class", self.device_classes is not None),
+            ("--over-select", self.over_select is not None),
+            ("--secagg (it names its cohort)", self.secagg is not None),
+        ) if asked]
+        if unsupported:
+            raise ValueError("--cohort-by hash cannot be combined with " + ", ".join(unsupported)
+                             + ": a hashed cohort is one fraction each agent checks alone "
+                             "(docs/PROTOCOL.md §17)")
+        if self.sample_fraction is None:
+            raise ValueError("--cohort-by hash needs --sample-fraction F (each agent's chance)")
 
     def _check_patience(self) -> None:
         if self.patience is not None and (self.patience < 1 or not self.evaluate):

@@ -105,6 +105,8 @@ class Outbox:
             "max_staleness": max_staleness,
             "secagg": secagg,
             "roll_call": roll_call,
+            # a hashed round (PROTOCOL.md §17) names no one; the final model asks no one
+            "cohort_hash": None if done or secagg is not None else cfg.cohort_hash,
         }
         model = ModelAnnouncement(
             **header,

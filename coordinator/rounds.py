@@ -84,10 +84,10 @@ class Rounds(RunMachine):
         self._outbox = Outbox(config, wall_offset=wall_offset)
         self._pacer = StatusPacer(config.status_interval_s)
         self.topics = self._outbox.topics
-        self._cohorts = CohortPolicy(config)
         self._roster = Roster(config)
         self._model = GlobalModel(config, weights, resume)  # checks resume fits the config
         self._run = resume.run if resume else run
+        self._cohorts = CohortPolicy(config, self._run)  # a hashed cohort hashes the run
         self._completed = resume.round if resume else 0
         self._history: list[RoundMetrics] = list(resume.history) if resume else []
         self._rejected_total: Counter[str] = Counter(resume.rejected if resume else {})

@@ -45,6 +45,7 @@ from protocol import (
     RejectReason,
     Topics,
     WireError,
+    asks,
     decode_model,
 )
 from protocol.chunks import is_chunk_frame
@@ -211,12 +212,11 @@ class SiteAggregator:
         self._shapes = {name: tuple(a.shape) for name, a in ann.weights.items()}
         if self._intake is None:  # updates must use the codec the coordinator announces
             self._intake = Intake(replace(cfg, codec=ann.codec), self._shapes)
-        here = frozenset(self._roster.online)
-        asked = frozenset(ann.cohort) if ann.cohort is not None else None
-        if self._batching is not None:  # a worker answers for the whole cohort
-            cohort = asked if asked is not None else here
+        here = frozenset(a for a in self._roster.online if asks(ann, a))  # named or hashed
+        if self._batching is not None and ann.cohort is not None:
+            cohort = frozenset(ann.cohort)  # a worker answers for the whole cohort
         else:
-            cohort = here & asked if asked is not None else here
+            cohort = here
         deadline_s = ann.deadline_s * self._close_share
         self._round = OpenRound(number=ann.round, attempt=ann.attempt, opened_at=now,
                                 deadline=now + deadline_s, deadline_s=deadline_s,
@@ -246,7 +246,8 @@ class SiteAggregator:
             self._rejected.append(Rejection(agent, RejectReason.MALFORMED, detail))
             return [MessageRejected(agent, ann.round, RejectReason.MALFORMED, detail)]
         view = RunView(run=ann.run, completed=ann.round - 1, model_id=ann.model_id,
-                       current=ann.round, accepting=rs, online=self._roster.online)
+                       current=ann.round, accepting=rs, online=self._roster.online,
+                       cohort_hash=ann.cohort_hash)
         try:
             taken = self._intake.take(view, agent, payload, now)
         except WireError as exc:

@@ -96,6 +96,8 @@ def unsupported_in_buffered(config: RoundConfig, buffer: BufferConfig) -> Buffer
             (f"the {config.aggregator} aggregator", config.aggregator != "fedavg"),
             ("--clip-norm", config.clip_norm is not None),
             ("secure aggregation (--secagg)", config.secagg is not None),
+            ("a hashed cohort (--cohort-by hash: each version names its cohort)",
+             config.cohort_by == "hash"),
             ("sampling (--sample-fraction/--sample-count; use --concurrency)",
              config.sample_fraction is not None or config.sample_count is not None),
             ("delta-coded models (--downlink-delta)", config.downlink_delta is not None),

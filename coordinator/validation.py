@@ -25,6 +25,7 @@ from protocol import (
     decode_update,
 )
 from protocol.chunks import Reassembler, is_chunk_frame
+from protocol.cohort_hash import CohortHash, in_cohort
 from protocol.compress import Shapes
 from protocol.signing import open_update
 
@@ -43,6 +44,9 @@ class RunView:
     #: the model id agents must have trained from
     model_id: str
     online: Set[str]
+    #: the hashed cohort the round announced (docs/PROTOCOL.md §17), for an aggregator that
+    #: follows the coordinator's announcement (the coordinator's own is its config's)
+    cohort_hash: CohortHash | None = None
 
 
 def authentic_update(config: RoundConfig, run: str, agent: str, payload: bytes) -> Update:
@@ -108,13 +112,17 @@ def check_round(config: RoundConfig, view: RunView, agent: str, update: Update) 
 
 
 def check_asked(config: RoundConfig, view: RunView, agent: str, rs: OpenRound) -> None:
-    """Refuse an agent the round did not ask: never seen online, or not in its cohort.
-    With agent keys the update's verified signature already proves who sent it, so a
-    provisioned agent is a member whatever its presence says (docs/SECURITY.md).
+    """Refuse an agent the round did not ask: never seen online, or not in its cohort (for a
+    hashed round: failing its hash, docs/PROTOCOL.md §17). With agent keys the update's
+    verified signature already proves who sent it, so a provisioned agent is a member
+    whatever its presence says (docs/SECURITY.md).
 
     Raises:
         WireError: UNKNOWN_AGENT or NOT_IN_COHORT.
     """
+    rule = config.cohort_hash or view.cohort_hash
+    if rule is not None and not in_cohort(rule, config.job, view.run, rs.number, agent):
+        raise WireError(RejectReason.NOT_IN_COHORT, f"{agent!r} fails round {rs.number}'s hash")
     if agent in rs.cohort:
         return
     if agent not in view.online and config.agent_keys is None:

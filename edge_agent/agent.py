@@ -1,8 +1,7 @@
 """The agent's logic: model announcements in, training requests and updates out.
 
-Rules of this module: it imports no paho, no torch, no threading, no clock.
-The adapter runs the training the core asks for and feeds back the result as
-an event; the core decides what to publish.
+Rules of this module: it imports no paho, no torch, no threading, no clock. The
+adapter runs the training the core asks for, the result comes back as an event.
 
 Per (run, round, model_id) the agent trains at most once and answers exactly
 once; if the coordinator asks again (a retry, or after a reconnect that may
@@ -58,6 +57,7 @@ from protocol import (
     Update,
     Weights,
     WireError,
+    asks,
     check_id,
     encode_update,
 )
@@ -246,7 +246,7 @@ class AgentCore:
                 return []
             self._finished = self._key(model)
             return [RunFinished(model)]
-        if model.cohort is not None and self.agent not in model.cohort:
+        if not asks(model, self.agent):  # named, or hashed (docs/PROTOCOL.md §17)
             return []
         key: RoundKey = (model.run, model.round, model.model_id)
         answer = self._answer
@@ -370,7 +370,7 @@ class AgentCore:
         model = self._latest
         if model is None or model.done:
             return []
-        if model.cohort is not None and self.agent not in model.cohort:
+        if not asks(model, self.agent):
             return []
         key = self._key(model)
         answered = self._answer is not None and self._answer.key == key

@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable
 
 from coordinator import Action, RoundConfig, parse_aggregator
-from coordinator.config import DEFAULT_MAX_UPDATE_BYTES, SAMPLE_POLICIES, SecAggPolicy
+from coordinator.config import COHORT_BY, DEFAULT_MAX_UPDATE_BYTES, SAMPLE_POLICIES, SecAggPolicy
 from coordinator.optimisers import SERVER_OPT_HELP, parse_server_opt
 from coordinator.staleness import BufferConfig
 from coordinator.strategy import AGGREGATOR_HELP
@@ -180,6 +180,10 @@ def _add_strategy(p: argparse.ArgumentParser) -> None:
                        help="ask K of the eligible agents online each round")
     g.add_argument("--sample-policy", choices=SAMPLE_POLICIES, default="uniform",
                    help="uniform, or by-samples: weighted by the sample counts agents advertise")
+    g.add_argument("--cohort-by", choices=COHORT_BY, default="name",
+                   help="announce a sampled cohort by name (a list of ids, exact size) or by "
+                        "hash (with --sample-fraction: one threshold each agent checks, the "
+                        "same size for any fleet; the cohort size is binomial around F*N)")
     g.add_argument("--device-class", action="append", metavar="NAME",
                    help="repeatable: only agents whose presence names this device class train")
     g.add_argument("--sample-seed", type=int, default=0, help="seed of the cohort draws")
@@ -268,6 +272,7 @@ def round_config(args: argparse.Namespace, job: str, min_agents: int | None = No
         sample_fraction=args.sample_fraction,
         sample_count=args.sample_count,
         sample_policy=args.sample_policy,
+        cohort_by=args.cohort_by,
         device_classes=frozenset(args.device_class) if args.device_class else None,
         sample_seed=args.sample_seed,
         dp_noise=args.dp_noise,

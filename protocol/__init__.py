@@ -3,6 +3,7 @@
 Imports numpy, msgpack and the standard library only: never torch, never paho.
 """
 
+from protocol.cohort_hash import CohortHash, asks
 from protocol.compress import CODECS, check_codec, decode_delta, encode_delta, raw_size
 from protocol.errors import RejectReason, WireError
 from protocol.messages import (
@@ -51,6 +52,7 @@ from protocol.wire import (
 
 __all__ = [
     "CODECS",
+    "CohortHash",
     "SCHEMA_VERSION",
     "ClosedBy",
     "ModelAnnouncement",
@@ -91,6 +93,7 @@ __all__ = [
     "encode_update",
     "encode_weights",
     "agent_topic_level",
+    "asks",
     "check_agent_level",
     "parse_topic",
     "raw_size",

@@ -123,6 +123,7 @@ def as_announcement(delta: ModelDelta, weights: Weights) -> ModelAnnouncement:
         max_payload=delta.max_payload,
         delta_codec=delta.delta_codec,
         secagg=delta.secagg,
+        cohort_hash=delta.cohort_hash,
     )
 
 

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from protocol.cohort_hash import CohortHash
 from protocol.tensors import Weights
 
 if TYPE_CHECKING:
@@ -100,6 +101,9 @@ class ModelAnnouncement:
 
     #: this round is securely aggregated (docs/PROTOCOL.md §14); None: a plain round
     secagg: SecAggConfig | None = None
+    #: the round asks the agents passing this hash (docs/PROTOCOL.md §17); ``cohort`` is
+    #: then None. None: ``cohort`` says who is asked
+    cohort_hash: CohortHash | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +142,8 @@ class ModelDelta:
     secagg: SecAggConfig | None = None
     #: as in the announcement (docs/PROTOCOL.md §16.2)
     roll_call: tuple[str, ...] = ()
+    #: as in the announcement (docs/PROTOCOL.md §17)
+    cohort_hash: CohortHash | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from protocol.chunks import MIN_MAX_PAYLOAD
+from protocol.cohort_hash import decode_cohort_hash, encode_cohort_hash
 from protocol.errors import RejectReason, WireError
 from protocol.fields import (
     DEFAULT_MAX_BYTES,
@@ -27,6 +28,7 @@ from protocol.messages import SCHEMA_VERSION, ModelAnnouncement, ModelDelta, Tra
 from protocol.tensors import decode_weights, encode_weights
 
 if TYPE_CHECKING:
+    from protocol.cohort_hash import CohortHash
     from protocol.secagg.messages import SecAggConfig
 
 __all__ = [
@@ -89,7 +91,8 @@ def encode_model(m: ModelAnnouncement) -> bytes:
 def _round_tail(m: ModelAnnouncement | ModelDelta) -> dict[str, Any]:
     """The shared header fields written after the tensors, each only when set, so a plain
     synchronous announcement stays byte for byte: the buffered mode's ``max_staleness``,
-    a SecAgg round's ``secagg``, the agents a roll call names (docs/PROTOCOL.md §16.2)."""
+    a SecAgg round's ``secagg``, the agents a roll call names (docs/PROTOCOL.md §16.2), a
+    hashed round's ``cohort_hash`` (§17)."""
     tail: dict[str, Any] = {"max_staleness": m.max_staleness} if m.max_staleness else {}
     if m.roll_call:
         tail["roll_call"] = list(m.roll_call)
@@ -97,6 +100,8 @@ def _round_tail(m: ModelAnnouncement | ModelDelta) -> dict[str, Any]:
         from protocol.secagg.wire import encode_config
 
         tail["secagg"] = encode_config(m.secagg)
+    if m.cohort_hash is not None:
+        tail["cohort_hash"] = encode_cohort_hash(m.cohort_hash)
     return tail
 
 
@@ -129,6 +134,7 @@ def _decode_round_header(f: Fields, kind: str) -> dict[str, Any]:
             f.integer("max_staleness", 0, 1_000_000) if f.present("max_staleness") else 0
         ),
         "secagg": _secagg(f, cohort, kind),
+        "cohort_hash": _cohort_hash(f, cohort, kind),
         "roll_call": (
             tuple(f.ident_list("roll_call", MAX_ROLL_CALL)) if f.present("roll_call") else ()
         ),
@@ -148,6 +154,15 @@ def _secagg(f: Fields, cohort: tuple[str, ...] | None, kind: str) -> SecAggConfi
         detail = f"{kind}: a secagg round uses codec {SECAGG_CODEC!r}"
         raise WireError(RejectReason.BAD_CODEC, detail)
     return config
+
+
+def _cohort_hash(f: Fields, cohort: tuple[str, ...] | None, kind: str) -> CohortHash | None:
+    """The hashed cohort (docs/PROTOCOL.md §17): a round names its agents one way only."""
+    if not f.present("cohort_hash"):
+        return None
+    if cohort is not None:
+        raise WireError(RejectReason.MALFORMED, f"{kind}: cohort_hash with a named cohort")
+    return decode_cohort_hash(f.obj["cohort_hash"], kind)
 
 
 def _optional_text(f: Fields, key: str, max_len: int) -> str | None:

@@ -22,6 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from vector_cohort import cohort_vectors
 from vector_deltas import delta_vectors
 from vector_rejects import reject_cases
 
@@ -533,6 +534,7 @@ def build() -> dict[str, str]:
         "signed.json": signed(),
         "reject.json": {"cases": reject_cases()},
         "deltas.json": delta_vectors(tensors_doc),
+        "cohort.json": cohort_vectors(golden_model, model_vector),
     }
     return {
         name: json.dumps(doc, indent=1, ensure_ascii=False) + "\n" for name, doc in docs.items()

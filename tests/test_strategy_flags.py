@@ -41,6 +41,11 @@ def test_defaults_change_nothing() -> None:
         (["--sample-count", "2", "--quorum", "3"], "cannot meet quorum"),
         (["--dp-clip", "1", "--dp-noise", "1", "--aggregator", "median"], "replaces the"),
         (["--patience", "2", "--no-eval"], "needs server-side evaluation"),
+        (["--cohort-by", "hash"], "needs --sample-fraction"),
+        (["--cohort-by", "hash", "--sample-count", "3"], "--sample-count"),
+        (["--cohort-by", "hash", "--sample-fraction", "0.1", "--secagg"], "--secagg"),
+        (["--cohort-by", "hash", "--sample-fraction", "0.1", "--mode", "fedbuff"],
+         "a hashed cohort"),
     ],
 )
 def test_bad_combinations_exit_2_with_the_reason(
@@ -61,3 +66,10 @@ def test_fraction_and_count_are_exclusive(capsys: pytest.CaptureFixture[str]) ->
     with pytest.raises(SystemExit):
         main([*BASE, "--sample-fraction", "0.5", "--sample-count", "2"])
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_a_hashed_cohort_reaches_the_round_config() -> None:
+    config = round_config(parser().parse_args(
+        [*BASE, "--cohort-by", "hash", "--sample-fraction", "0.25"]), "j")
+    assert config.cohort_hash is not None and config.cohort_hash.below == 2**62
+    assert not config.names_cohort

@@ -25,6 +25,7 @@ from protocol import (
     encode_model,
     encode_presence,
 )
+from protocol.cohort_hash import CohortHash, in_cohort
 from protocol.partial import Verdict, decode_partial, encode_verdict
 from tests.coordinator.test_partials import (
     AGENTS,
@@ -207,3 +208,26 @@ def test_a_worker_refuses_a_chunk_frame_since_a_shared_subscription_splits_chunk
     refused = w.handle(UpdateArrived("a0", frames[0]), 1.0)
     (rejected,) = [a for a in refused if isinstance(a, MessageRejected)]
     assert rejected.reason is RejectReason.MALFORMED and "whole updates" in rejected.detail
+
+
+def test_a_site_follows_a_hashed_cohort() -> None:
+    """A hashed announcement (docs/PROTOCOL.md §17): the site waits only for its agents that
+    pass, and refuses one that fails as the coordinator would (`not_in_cohort`)."""
+    rule = CohortHash(1 << 63)  # a fraction 0.5
+    inside = [a for a in AGENTS if in_cohort(rule, "j", "run1", 1, a)]
+    outside = [a for a in AGENTS if a not in inside]
+    assert inside and outside
+    site = SiteAggregator(config(), site="site-a")
+    for a in AGENTS:
+        site.handle(PresenceArrived(a, encode_presence(Presence(agent=a, online=True))), 0.0)
+    site.handle(ModelSeen(encode_model(ModelAnnouncement(
+        job="j", run="run1", round=1, model_id=MODEL_ID, task="t", plan=TrainPlan(),
+        codec="none", deadline_s=10.0, weights=WEIGHTS, cohort_hash=rule))), 0.0)
+    refused = site.handle(UpdateArrived(outside[0], update_bytes(outside[0])), 1.0)
+    assert [a.reason for a in refused if isinstance(a, MessageRejected)] == [
+        RejectReason.NOT_IN_COHORT]
+    actions: list[Any] = []
+    for a in inside:
+        actions = site.handle(UpdateArrived(a, update_bytes(a)), 1.0)
+    (payload,) = partials(actions)  # sent once every agent that passes answered
+    assert decode_partial(payload, 1 << 20).agents == set(inside)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import msgpack
@@ -32,12 +33,14 @@ from protocol import (
     Update,
     Weights,
     decode_delta,
+    decode_model,
     decode_presence,
     decode_update,
     encode_model,
     parse_topic,
     weights_digest,
 )
+from protocol.cohort_hash import CohortHash, in_cohort
 from tests.helpers import LinearTrainer, copy_weights, initial_weights, weights_equal
 
 JOB, AGENT, RUN = "job1", "a1", "run1"
@@ -476,3 +479,31 @@ def test_agent_ids_are_checked_at_construction() -> None:
         AgentCore(JOB, "bad/agent", samples=1, trainer="x")
     with pytest.raises(ValueError, match="invalid job"):
         AgentCore("job+", AGENT, samples=1, trainer="x")
+
+
+def test_a_hashed_cohort_is_trained_iff_the_agent_passes() -> None:
+    """docs/PROTOCOL.md §17: both where the agent takes a model and where it picks the newest
+    model once a training ends, the hash decides."""
+    rule = CohortHash(1 << 62)  # a fraction 0.25
+
+    def hashed(round_no: int) -> bytes:
+        m = dataclasses.replace(decode_model(announce(round_no)), cohort_hash=rule)
+        return encode_model(m)
+
+    rounds = range(1, 17)
+    passes = [r for r in rounds if in_cohort(rule, JOB, RUN, r, AGENT)]
+    assert 0 < len(passes) < len(rounds)
+    trains = [r for r in rounds
+              if any(isinstance(a, Train) for a in agent().handle(ModelArrived(hashed(r))))]
+    assert trains == passes
+    seen = set()
+    for first in passes:
+        core = agent()
+        train = only(core.handle(ModelArrived(hashed(first))), Train)
+        core.handle(ModelArrived(hashed(first + 1)))  # arrives while training
+        result = trainer().train(train.model.weights, train.model.plan, train.model.round)
+        after = core.handle(TrainingDone(train.key, result, 0.5))
+        next_trains = any(isinstance(a, Train) for a in after)
+        assert next_trains == (first + 1 in passes), first + 1
+        seen.add(next_trains)
+    assert seen == {True, False}

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from protocol import Update, decode_delta, decode_update, encode_delta, encode_update
+from protocol.cohort_hash import cohort_value
 from protocol.keys import SigningKey
 from protocol.signing import open_update
 from tests.needs import require_node_modules
@@ -77,3 +78,25 @@ def test_coordinator_opens_js_signed_update(js_updates):
     )
     assert body == js_updates["int8"]
     assert msgpack.unpackb(body, raw=False)["codec"] == "int8"
+
+
+def test_js_hashes_cohorts_as_python_does():
+    """2,000 random (job, run, round, agent) tuples over the whole id alphabet and rounds up
+    to 2^53: the JavaScript value of each equals Python's (docs/PROTOCOL.md §17)."""
+    web = require_node_modules()
+    rng = np.random.default_rng(16)
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-"
+
+    def ident() -> str:
+        rest = "".join(rng.choice(list(alphabet), size=int(rng.integers(0, 64))))
+        return str(rng.choice(list(alphabet[:62]))) + rest
+
+    tuples = [(ident(), ident(), int(rng.integers(1, 2**53, endpoint=True)), ident())
+              for _ in range(2000)]
+    run = subprocess.run(
+        ["node", "test/protocol/cli/cohort_values.mjs", "--print"], cwd=web, check=False,
+        input=json.dumps([[j, r, str(n), a] for j, r, n, a in tuples]),
+        capture_output=True, text=True, timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    assert [int(v) for v in json.loads(run.stdout)] == [cohort_value(*t) for t in tuples]

@@ -22,7 +22,9 @@
  *          | {type: 'run_finished', model} | {type: 'save_residual', state}
  */
 
-import { agentRngKey, decodeModel, encodePresence, encodeUpdate, topicsFor, WireError } from './wire.js';
+import {
+  agentRngKey, asks, decodeModel, encodePresence, encodeUpdate, topicsFor, WireError,
+} from './wire.js';
 import { ErrorFeedback } from './feedback.js';
 import { Generator } from '../train/rng.js';
 
@@ -149,7 +151,7 @@ export class AgentCore {
       // A retained final model of an earlier run ends nothing for a newcomer.
       return this.runsJoined.has(model.run) ? [kept, { type: 'run_finished', model }] : [kept];
     }
-    if (model.cohort !== null && !model.cohort.includes(this.agent)) return [kept];
+    if (!asks(model, this.agent)) return [kept]; // named or hashed (docs/PROTOCOL.md §17)
     const key = keyOf(model);
     const answer = this.answer;
     if (answer !== null && answer.key === key) {
@@ -250,7 +252,7 @@ export class AgentCore {
   trainLatest() {
     const model = this.latest;
     if (model === null || model.done) return [];
-    if (model.cohort !== null && !model.cohort.includes(this.agent)) return [];
+    if (!asks(model, this.agent)) return [];
     const key = keyOf(model);
     if (this.answer !== null && this.answer.key === key) return [];
     return this.start(key, model);

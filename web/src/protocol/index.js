@@ -36,6 +36,7 @@ export { fail, RejectReason, WireError } from './errors.js';
 export { checkId, isId, parseTopic, PREFIX, TopicKind, Topics } from './topics.js';
 export { DEFAULT_MAX_BYTES, MAX_JSON_BYTES, MAX_TENSORS, SCHEMA_VERSION } from './fields.js';
 export { decodeModel, decodeUpdate, encodeModel, encodeUpdate, MIN_MAX_PAYLOAD } from './messages.js';
+export { asks, cohortValue, decodeCohortHash, inCohort, MAX_BELOW } from './cohort.js';
 export {
   CLOSED_BY, decodeMetrics, decodePresence, decodeRollcall, decodeStatus, encodeMetrics,
   encodePresence, encodeRollcall, encodeStatus, PHASES,

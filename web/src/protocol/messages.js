@@ -6,12 +6,14 @@
  * Values (the same field names as the Python dataclasses and the wire):
  *   model  {job, run, round, attempt, model_id, task, plan: {epochs, batch_size, lr, seed,
  *           options}, codec, deadline_s, cohort (string[] | null), done, issued_at,
- *           max_payload, weights: [{name, shape, data: Float32Array}]}
+ *           max_payload, weights: [{name, shape, data: Float32Array}], cohort_hash
+ *           ({below: BigInt} | null, docs/PROTOCOL.md §17)}
  *   update {job, agent, round, model_id, samples, codec, tensors (the codec's entries,
  *           see codecs/delta.js), metrics {name: number}, train_s, declined (string | null)}
  * Every decode* throws WireError for bad input; any other exception is a bug.
  */
 
+import { decodeCohortHash } from './cohort.js';
 import { fail, RejectReason } from './errors.js';
 import {
   DEFAULT_MAX_BYTES, Fields, header, isMap, MAX_COHORT, MAX_ROLL_CALL, MAX_TENSORS, packMessage, SCHEMA_VERSION,
@@ -49,6 +51,7 @@ export function encodeModel(m, { downlink = '<f4' } = {}) {
     issued_at: f64(m.issued_at ?? 0),
     max_payload: m.max_payload ?? 0,
     tensors: encodeWeights(m.weights, downlink),
+    ...(m.cohort_hash ? { cohort_hash: { below: m.cohort_hash.below } } : {}), // §17, only when set
   });
 }
 
@@ -68,6 +71,11 @@ export function decodeModel(payload, maxBytes = DEFAULT_MAX_BYTES) {
   if (obj.cohort !== undefined && obj.cohort !== null) {
     if (!Array.isArray(obj.cohort) || obj.cohort.length > MAX_COHORT) fail(MALFORMED, 'model.cohort: expected a list of ids');
     cohort = obj.cohort.map((a) => new Fields({ a }, 'model.cohort').ident('a'));
+  }
+  let cohortHash = null; // docs/PROTOCOL.md §17: a round names its agents one way only
+  if (obj.cohort_hash !== undefined && obj.cohort_hash !== null) {
+    if (cohort !== null) fail(MALFORMED, 'model: cohort_hash with a named cohort');
+    cohortHash = decodeCohortHash(obj.cohort_hash, 'model');
   }
   let rollCall = []; // docs/PROTOCOL.md §16.2
   if (obj.roll_call !== undefined && obj.roll_call !== null) {
@@ -91,6 +99,7 @@ export function decodeModel(payload, maxBytes = DEFAULT_MAX_BYTES) {
     issued_at: f.number('issued_at', 0),
     max_payload: maxPayload(f),
     roll_call: rollCall,
+    cohort_hash: cohortHash,
   };
   out.weights = decodeWeights(tensors);
   return out;

@@ -138,3 +138,30 @@ test('connected, an unsigned model far ahead of the one held is refused; after a
   core.handle({ type: 'connected' });
   assert.deepEqual(only(core.handle({ type: 'model', body: modelBytes({ round: 40, model_id: 'm40' }) }), 'model_rejected'), []);
 });
+
+test('a hashed cohort: the agent trains exactly the rounds whose hash it passes (§17)', async () => {
+  const P = await import('../../src/protocol/index.js');
+  const rule = { below: 1n << 62n }; // a fraction 0.25
+  const weights = [{ name: '0.weight', shape: [2, 2], data: Float32Array.of(1, 2, 3, 4) }, { name: '0.bias', shape: [2], data: Float32Array.of(0.5, -0.5) }];
+  const model = (round) => P.encodeModel({
+    job: 'demo', run: 'r1', round, attempt: 0, model_id: `m${round}`, task: 'linreg',
+    plan: { epochs: 1, batch_size: 2, lr: 0.1, seed: 0, options: {} }, codec: 'none', deadline_s: 30,
+    cohort: null, done: false, issued_at: 1700000000, max_payload: 0, weights, cohort_hash: rule,
+  });
+  const rounds = Array.from({ length: 16 }, (_, k) => k + 1);
+  const passes = rounds.filter((r) => P.inCohort(rule, 'demo', 'r1', r, 'web-1'));
+  assert.ok(passes.length > 0 && passes.length < rounds.length);
+  const asked = rounds.filter((r) => only(agent().handle({ type: 'model', body: model(r) }), 'train').length === 1);
+  assert.deepEqual(asked, passes);
+  // the newest model read when a training ends (the next round) is held to the same rule
+  const seen = new Set();
+  for (const first of passes) {
+    const core = agent();
+    const [train] = only(core.handle({ type: 'model', body: model(first) }), 'train');
+    core.handle({ type: 'model', body: model(first + 1) });
+    const trains = passes.includes(first + 1);
+    assert.equal(only(core.handle(trained(train.key)), 'train').length, trains ? 1 : 0, `round ${first + 1}`);
+    seen.add(trains);
+  }
+  assert.equal(seen.size, 2); // both a next round passed and one failed
+});

@@ -12,7 +12,7 @@ import {
 } from '../protocol/index.js';
 
 export {
-  codecProblem, decodeMetrics, decodePresence, decodeRollcall, decodeStatus, encodePresence, encodeUpdate,
+  asks, codecProblem, decodeMetrics, decodePresence, decodeRollcall, decodeStatus, encodePresence, encodeUpdate,
   isChunkFrame, Reassembler, SCHEMA_VERSION, split, WireError,
 } from '../protocol/index.js';
 
