@@ -114,7 +114,8 @@ class _Batch:
 
     aggregator: Aggregator
     merger: Mergeable
-    started: float
+    #: when its first update came (None while empty): a worker sends ``wait_s`` after it
+    started: float | None = None
     contributors: list[Contributor] = field(default_factory=list)
     declined: list[str] = field(default_factory=list)
     kept: dict[str, bytes] = field(default_factory=dict)
@@ -161,7 +162,8 @@ class SiteAggregator:
         """When to send a :class:`Tick`: a site's share of the deadline, a worker's batch."""
         if self._batching is None:
             return self._round.deadline if self._round is not None else None
-        return self._batch.started + self._batching.wait_s if self._batch is not None else None
+        started = self._batch.started if self._batch is not None else None
+        return started + self._batching.wait_s if started is not None else None
 
     def handle(self, event: SiteEvent, now: float) -> list[SiteAction]:
         match event:
@@ -218,14 +220,15 @@ class SiteAggregator:
         else:
             cohort = here
         deadline_s = ann.deadline_s * self._close_share
+        self._batch = self._new_batch()  # the round's first; its aggregator is the round's
         self._round = OpenRound(number=ann.round, attempt=ann.attempt, opened_at=now,
                                 deadline=now + deadline_s, deadline_s=deadline_s,
                                 cohort=cohort, quorum=max(len(cohort - self._sent), 1),
-                                aggregator=self._new_batch(now).aggregator)
+                                aggregator=self._batch.aggregator)
         self._round.accepted |= self._sent  # answered in an earlier attempt: duplicates now
         return actions
 
-    def _new_batch(self, now: float) -> _Batch:
+    def _new_batch(self) -> _Batch:
         """An empty batch summed by a fresh copy of the round's aggregator."""
         ann = self._announced
         assert ann is not None
@@ -234,7 +237,7 @@ class SiteAggregator:
         merger = mergeable(aggregator)
         if merger is None:
             raise ValueError(f"aggregator {self.config.aggregator} cannot be summed in parts")
-        return _Batch(aggregator, merger, now)
+        return _Batch(aggregator, merger)
 
     def _on_update(self, agent: str, payload: bytes, now: float) -> list[SiteAction]:
         rs, ann = self._round, self._announced
@@ -260,8 +263,10 @@ class SiteAggregator:
         assert rs is not None  # check_round refuses every update without an open round
         update, delta = taken
         if self._batch is None:
-            self._batch = self._new_batch(now)
+            self._batch = self._new_batch()
         batch = self._batch
+        if batch.started is None:
+            batch.started = now
         if delta is None:
             rs.declined.add(agent)
             batch.declined.append(agent)
@@ -334,7 +339,8 @@ class SiteAggregator:
             return [refused]
         counted, intake = set(v.counted), self._intake
         assert intake is not None  # set with the first announcement
-        again = self._new_batch(batch.started)
+        again = self._new_batch()
+        again.started = batch.started
         again.declined = [a for a in batch.declined if a not in counted]
         for c in batch.contributors:
             if c.agent not in counted:

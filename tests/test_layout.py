@@ -132,3 +132,12 @@ def test_the_wheel_ships_no_benchmark_or_simulation_code(tmp_path: Path) -> None
     assert tops == {"protocol", "transport", "models", "coordinator", "edge_agent", "fedmq"}
     tooling = [n for n in names if any(w in n for w in ("bench", "swarm", "reference", "chaos"))]
     assert tooling == []
+
+
+def test_no_two_test_modules_share_a_name() -> None:
+    """pytest imports test modules by basename (no packages under tests/): a second
+    ``test_x.py`` anywhere stops the whole collection."""
+    seen: dict[str, list[str]] = {}
+    for path in (REPO / "tests").rglob("test_*.py"):
+        seen.setdefault(path.name, []).append(str(path.relative_to(REPO)))
+    assert {name: paths for name, paths in seen.items() if len(paths) > 1} == {}

@@ -146,7 +146,8 @@ def presence_payload(agent: str) -> bytes:
     return encode_presence(Presence(agent=agent, online=True, samples=500, trainer="bench"))
 
 
-def _config(job: str, task_name: str, codec: str, cohort: int) -> RoundConfig:
+def ingest_config(job: str, task_name: str, codec: str, cohort: int) -> RoundConfig:
+    """One round that waits for ``cohort`` agents and never closes while measured."""
     return RoundConfig(job=job, task=task_name, rounds=1, plan=get_task(task_name).plan,
                        codec=codec, min_agents=cohort, deadline_s=3600.0, evaluate=False)
 
@@ -207,7 +208,7 @@ def ingest_pure(task_name: str, codec: str, weights: Weights, deltas: list[Weigh
     """Feed ``updates`` updates to a bare round machine, and the same payloads to the
     plain path, block by block in turn; time only ``handle`` and ``PlainPath.add``."""
     job = job_name(task_name, codec, "pure")
-    rounds = Rounds(_config(job, task_name, codec, updates + 1), weights, run="ingest")
+    rounds = Rounds(ingest_config(job, task_name, codec, updates + 1), weights, run="ingest")
     for i in range(updates + 1):
         rounds.handle(PresenceArrived(f"agent-{i}", presence_payload(f"agent-{i}")), 0.0)
     model_id = weights_digest(weights)
@@ -351,7 +352,7 @@ def ingest_broker(task_name: str, codec: str, updates: int, opts: IngestOptions)
     with ExitStack() as stack:
         broker = opts.broker or stack.enter_context(LocalBroker())
         seen = Accepted(updates, broker.pid or 0)
-        node = build_coordinator(_config(job, task_name, codec, updates + 1),
+        node = build_coordinator(ingest_config(job, task_name, codec, updates + 1),
                                  Connection(BrokerURL.parse(broker.url)),
                                  data=DataConfig(data_dir=opts.data_dir), run_dir=None,
                                  on_action=seen)

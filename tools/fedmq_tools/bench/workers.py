@@ -38,7 +38,7 @@ from fedmq_tools.bench.ingest import (
     Accepted,
     IngestOptions,
     PublisherJob,
-    _config,
+    ingest_config,
     job_name,
     publish_updates,
 )
@@ -64,7 +64,7 @@ def run_worker(job: WorkerJob, ready: Any, stop: Any, report: Any) -> None:
     the coordinator's are: not ingest)."""
     if COMPILED_AVAILABLE:
         kernels()
-    core = SiteAggregator(_config(job.job, job.task, job.codec, job.cohort), site=job.worker,
+    core = SiteAggregator(ingest_config(job.job, job.task, job.codec, job.cohort), site=job.worker,
                           batching=Batching(job.batch))
     url = BrokerURL.parse(job.url)
     node = SiteNode(core, url, url, shared_group=shared_group(job.job))
@@ -88,7 +88,7 @@ def ingest_through(task: str, codec: str, updates: int, *, workers: int, batch: 
     with ExitStack() as stack:
         broker = stack.enter_context(LocalBroker())
         seen = Accepted(updates, broker.pid or 0)
-        node = build_coordinator(_config(job, task, codec, updates + 1),
+        node = build_coordinator(ingest_config(job, task, codec, updates + 1),
                                  Connection(BrokerURL.parse(broker.url)),
                                  data=DataConfig(data_dir=opts.data_dir), run_dir=None,
                                  on_action=seen, take_updates=workers == 0)
