@@ -48,7 +48,7 @@ from coordinator.events import (
 )
 from coordinator.global_model import GlobalModel
 from coordinator.open_round import OpenRound
-from coordinator.outbox import Outbox
+from coordinator.outbox import Outbox, StatusPacer
 from coordinator.phases import Trigger
 from coordinator.roster import Roster
 from coordinator.run_machine import RunMachine
@@ -92,6 +92,7 @@ class BufferedRounds(RunMachine):
     ) -> None:
         self.config, self.buffer_config = config, staleness.unsupported_in_buffered(config, buffer)
         self._outbox = Outbox(config, wall_offset=wall_offset)
+        self._pacer = StatusPacer(config.status_interval_s)
         self.topics = self._outbox.topics
         self._cohorts, self._roster = CohortPolicy(config), Roster(config)
         self._model = GlobalModel(config, weights, resume)
@@ -136,7 +137,8 @@ class BufferedRounds(RunMachine):
         return frozenset(busy & self._roster.online)
 
     def next_deadline(self) -> float | None:
-        return None  # nothing is timed: a version stands until K updates arrive
+        """Only a held-back status is timed: a version stands until K updates arrive."""
+        return self._pacer.due
 
     # --- the one entry point ----------------------------------------------------------
 
@@ -149,7 +151,9 @@ class BufferedRounds(RunMachine):
                 return [] if retained else self._on_presence(agent, payload, now)
             case UpdateArrived(agent=agent, payload=payload):
                 return self._on_update(agent, payload, now)
-            case Tick() | events.SecAggArrived() | events.PartialArrived():  # none here
+            case Tick():
+                return self._status_due(now)
+            case events.SecAggArrived() | events.PartialArrived():  # none here
                 return []
             case Evaluated(round_no=version, metrics=metrics):
                 return self._on_evaluated(version, metrics, now)
@@ -169,13 +173,13 @@ class BufferedRounds(RunMachine):
             self._roster.apply(agent, payload)
         except WireError as exc:
             return [self._reject(agent, None, exc.reason, f"presence: {exc.detail}")]
-        eligible = self._eligible()
-        if self._phase is Phase.WAITING and len(eligible) >= self.config.min_agents:
+        if self._phase is Phase.WAITING and self._cohorts.enough(self._roster,
+                                                                 self.config.min_agents):
             self._fire(Trigger.OPEN)
             return self._announce(now)
         if self._phase is Phase.TRAINING and self._free_slots():
             return self._announce(now)  # a newcomer, or a slot an agent going offline freed
-        return [self._status(now)]
+        return self._status_soon(now)
 
     def _on_update(self, agent: str, payload: bytes, now: float) -> list[Action]:
         if self._window is not None:
@@ -206,7 +210,8 @@ class BufferedRounds(RunMachine):
         if len(self._entries) >= self.buffer_config.k:
             return [accepted, *self._flush(now)]
         # Mid-buffer checkpoint: a restart resumes with these updates still counted.
-        return [accepted, SaveCheckpoint(self.checkpoint()), self._status(now), *self._refill(now)]
+        return [accepted, SaveCheckpoint(self.checkpoint()), *self._status_soon(now),
+                *self._refill(now)]
 
     def _check(self, agent: str, update: Update) -> None:
         """The buffered mode's rules for an authentic update (see the module docstring).
@@ -346,6 +351,7 @@ class BufferedRounds(RunMachine):
         ).publishes)
 
     def _status(self, now: float) -> Publish:
+        self._pacer.sent(now)
         return self._outbox.status(
             run=self._run, phase=self._phase, last_round=self._window, completed=self._steps,
             agents_online=len(self._roster.online), rejected=self._rejected_total,

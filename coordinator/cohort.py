@@ -25,6 +25,7 @@ import numpy as np
 from coordinator.aggregate import Aggregator
 from coordinator.config import RoundConfig
 from coordinator.open_round import OpenRound
+from coordinator.roster import Roster
 from protocol import Presence
 from protocol.cohort_hash import in_cohort
 
@@ -68,6 +69,13 @@ class CohortPolicy:
             return eligible
         job = self._config.job
         return frozenset(a for a in eligible if in_cohort(rule, job, self._run, round_no, a))
+
+    def enough(self, roster: Roster, needed: int) -> bool:
+        """Whether at least ``needed`` agents online are eligible. A fleet announcing itself
+        asks this once per presence: while fewer are online it costs nothing."""
+        online = roster.online
+        return len(online) >= needed and len(
+            self.eligible(frozenset(online), roster.presences)) >= needed
 
     def eligible(
         self, online: frozenset[str], presences: Mapping[str, Presence]

@@ -160,7 +160,7 @@ class Rounds(RunMachine):
             self._roster.apply(agent, payload)
         except WireError as exc:
             return [self._reject(agent, None, exc.reason, f"presence: {exc.detail}")]
-        if self._phase is Phase.WAITING and len(self._eligible()) >= self.config.min_agents:
+        if self._phase is Phase.WAITING and self._enough():
             return self._open_round(now)
         if self._secagg and self._phase is Phase.TRAINING and agent not in self._roster.online:
             return [self._status(now), *self._on_secagg(self._secagg.drop(agent, now), now)]
@@ -233,7 +233,7 @@ class Rounds(RunMachine):
         if self._secagg is not None and self._phase is Phase.TRAINING:
             return self._on_secagg(self._secagg.tick(now), now)
         if self._phase is not Phase.TRAINING or rs is None or now < rs.deadline:
-            return [self._status(now)] if self._pacer.ready(now) else []
+            return self._status_due(now)
         if len(rs.accepted) >= self.config.min_replies:
             return self._close(ClosedBy.DEADLINE, now)
         return self._short_round(f"round {rs.number}: {len(rs.accepted)} of min_replies="
@@ -287,6 +287,9 @@ class Rounds(RunMachine):
         )
         self._fire(Trigger.OPEN if self._phase is Phase.WAITING else Trigger.NEXT)
         return self._announce(self._round, now)
+
+    def _enough(self) -> bool:
+        return self._cohorts.enough(self._roster, self.config.min_agents)
 
     def _eligible(self) -> frozenset[str]:
         return self._cohorts.eligible(self.agents_online, self._roster.presences)
@@ -348,7 +351,7 @@ class Rounds(RunMachine):
         why = stop_reason(self.config, self._history)
         if why is not None:
             return actions + self._end(Trigger.FINISH, why, now)
-        if self._roster.recounting and len(self._eligible()) < self.config.min_agents:
+        if self._roster.recounting and not self._enough():
             self._fire(Trigger.WAIT)  # the next round opens on enough presences
             self._round = None
             return [*actions, self._status(now)]
@@ -368,11 +371,6 @@ class Rounds(RunMachine):
             run=self._run, completed=self._completed, version=self._broadcast.version, now=now
         )
         return list(final.publishes)
-
-    def _status_soon(self, now: float) -> list[Action]:
-        """The status after a change that is not a phase change, at most every
-        ``status_interval_s`` (a Tick publishes one held back), however many arrive."""
-        return [self._status(now)] if self._pacer.may_send(now) else []
 
     def _status(self, now: float) -> Publish:
         self._pacer.sent(now)

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 
 from coordinator.events import Action, Stop
 from coordinator.global_model import GlobalModel
-from coordinator.outbox import Outbox
+from coordinator.outbox import Outbox, StatusPacer
 from coordinator.phases import Trigger
 from coordinator.roster import Roster
 from protocol import Phase, Publish, RoundMetrics, Weights
@@ -25,6 +25,7 @@ class RunMachine(ABC):
     """The run-level state a machine keeps, its views, and what every run does with it."""
 
     _outbox: Outbox
+    _pacer: StatusPacer
 
     _phase: Phase
     _message: str
@@ -76,6 +77,15 @@ class RunMachine(ABC):
     @abstractmethod
     def _status(self, now: float) -> Publish:
         """The run's status document (docs/PROTOCOL.md §4.4), as a retained publish."""
+
+    def _status_soon(self, now: float) -> list[Action]:
+        """The status after a change that is not a phase change, at most every
+        ``status_interval_s`` (a Tick publishes one held back), however many arrive."""
+        return [self._status(now)] if self._pacer.may_send(now) else []
+
+    def _status_due(self, now: float) -> list[Action]:
+        """The status held back by :meth:`_status_soon`, once it is due (on a Tick)."""
+        return [self._status(now)] if self._pacer.ready(now) else []
 
     @abstractmethod
     def _final_model(self, now: float) -> list[Action]:

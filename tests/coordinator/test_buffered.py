@@ -15,6 +15,7 @@ from coordinator import (
     RoundClosed,
     SaveCheckpoint,
     Stop,
+    Tick,
     UpdateAccepted,
     UpdateArrived,
 )
@@ -22,7 +23,14 @@ from coordinator.buffered import BufferedRounds
 from coordinator.checkpoint import decode_checkpoint, encode_checkpoint
 from coordinator.config import RoundConfig
 from coordinator.staleness import BufferConfig, staleness_weight, unsupported_in_buffered
-from protocol import ModelAnnouncement, Publish, RejectReason, Weights, decode_model
+from protocol import (
+    ModelAnnouncement,
+    Publish,
+    RejectReason,
+    Weights,
+    decode_model,
+    decode_status,
+)
 from tests.coordinator.test_rounds import make_config, make_delta, presence, update_bytes
 from tests.helpers import assert_weights_close, copy_weights, initial_weights, weights_equal
 
@@ -234,3 +242,19 @@ def test_settings_the_buffered_mode_cannot_honour_are_refused_not_ignored(
     config = RoundConfig(job="j", task="linreg", rounds=3, **setting)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="--mode fedbuff does not support"):
         unsupported_in_buffered(config, BufferConfig(k=2))
+
+
+def test_the_status_is_paced_here_too_and_a_held_back_one_goes_out_when_due() -> None:
+    agents = [f"a{k}" for k in range(1000)]
+    machine = BufferedRounds(make_config(min_agents=2000, rounds=10, status_interval_s=0.5),
+                             BufferConfig(k=2), copy_weights(W0), run=RUN)
+    statuses: list[Publish] = []
+    for k, agent in enumerate(agents):  # a fleet announcing itself over 0.999 s
+        out = machine.handle(PresenceArrived(agent, presence(agent)), 0.001 * k)
+        statuses += [a for a in out if isinstance(a, Publish) and a.topic.endswith("/status")]
+    assert len(statuses) == 2  # at 0 s and 0.5 s, not 1000
+    due = machine.next_deadline()
+    assert due == 1.0  # the change held back since 0.5 s
+    (last,) = machine.handle(Tick(), due)
+    assert isinstance(last, Publish) and decode_status(last.payload).agents_online == 1000
+    assert machine.next_deadline() is None
