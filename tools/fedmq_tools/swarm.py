@@ -179,8 +179,13 @@ class Swarm:
         exit_when_done: bool = True,
         schedule: FleetSchedule | None = None,
         first: int = 0,
+        source_address: str = "",
     ) -> None:
         self._broker = broker
+        #: the local address members connect from ("" lets the kernel choose): on one
+        #: machine a source address has one ephemeral port range (about 28,000 ports), so a
+        #: fleet larger than that spreads its processes over several loopback addresses
+        self._source = source_address
         self._schedule = schedule
         self._started = time.monotonic()
         self._mqtt5 = mqtt5
@@ -380,6 +385,7 @@ class Swarm:
                     self._broker.host,
                     self._broker.port,
                     keepalive=self._keepalive_s,
+                    bind_address=self._source,
                     properties=properties,
                 )
             else:

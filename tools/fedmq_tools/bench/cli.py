@@ -262,6 +262,7 @@ def cmd_swarm(args: argparse.Namespace) -> int:
         mqtt5=not args.mqtt311,
         keepalive_s=args.keepalive,
         exit_when_done=not args.keep_running,
+        source_address=args.source_address,
         uneven=fleet_spec(args),
     )
     if args.processes > 1:
@@ -544,5 +545,8 @@ def _add_swarm(sub: Any) -> None:
     p.add_argument("--id-prefix", default="agent-", type=id_prefix)
     p.add_argument("--keepalive", type=int, default=60, help="MQTT keepalive seconds")
     p.add_argument("--keep-running", action="store_true", help="stay online after the run")
+    p.add_argument("--source-address", default="", metavar="IP",
+                   help="connect from this local address (e.g. 127.0.0.2): each has its own "
+                        "ephemeral port range, about 28,000 connections")
     add_fleet_flags(p)
     p.set_defaults(func=cmd_swarm)

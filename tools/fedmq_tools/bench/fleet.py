@@ -43,6 +43,8 @@ class FleetSpec:
     mqtt5: bool = True
     keepalive_s: int = 60
     exit_when_done: bool = True
+    #: the local address the agents connect from ("": any; see :class:`~fedmq_tools.swarm.Swarm`)
+    source_address: str = ""
     #: speed classes and availability (fedmq/fleet_schedule.py), the same in every process
     uneven: Unevenness = field(default_factory=Unevenness)
 
@@ -113,6 +115,8 @@ def swarm_command(spec: FleetSpec) -> list[str]:
         cmd.append("--mqtt311")
     if not spec.exit_when_done:
         cmd.append("--keep-running")
+    if spec.source_address:
+        cmd += ["--source-address", spec.source_address]
     return cmd + spec_argv(spec.uneven)
 
 
@@ -126,6 +130,7 @@ def run_in_process(spec: FleetSpec) -> SwarmStats:
         exit_when_done=spec.exit_when_done,
         schedule=FleetSchedule(spec.uneven, spec.of) if spec.uneven.uneven else None,
         first=spec.first,
+        source_address=spec.source_address,
     )
 
     def handler(_signum: int, _frame: FrameType | None) -> None:

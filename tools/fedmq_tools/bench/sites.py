@@ -85,8 +85,11 @@ def run_sites_size(n: int, sites: int, opts: ScaleOptions, logs: Path) -> dict[s
         procs: list[subprocess.Popen[bytes]] = []
         per_site = max(1, opts.processes // sites)
         for i, ((first, count), b) in enumerate(zip(split(n, sites), brokers, strict=True)):
+            # each site's agents from a loopback address of their own: one address has
+            # about 28,000 ephemeral ports, fewer than a large fleet's connections
             spec = FleetSpec(broker=b.url, job=job, task=opts.task, count=count, first=first,
-                             total=n, data_dir=opts.data_dir, exit_when_done=False)
+                             total=n, data_dir=opts.data_dir, exit_when_done=False,
+                             source_address=f"127.0.0.{2 + i}")
             site_logs = logs / f"site-{i}"
             site_logs.mkdir()
             procs += spawn(spec, per_site, site_logs)
