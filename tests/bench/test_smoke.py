@@ -154,6 +154,30 @@ def test_swarm_members_reconnect_after_a_broker_restart(own_broker: LocalBroker)
     assert all(m.state is MemberState.GONE for m in swarm.members)
 
 
+@pytest.mark.integration
+def test_swarm_members_connect_from_the_source_address_they_are_given(
+    broker: LocalBroker,
+) -> None:
+    # one local address has about 28,000 ephemeral ports: large fleets use several
+    spec = fleet.FleetSpec(broker=broker.url, job="swarm-source", task="linreg", count=3,
+                           exit_when_done=False, source_address="127.0.0.7")
+    assert fleet.swarm_command(spec)[-2:] == ["--source-address", "127.0.0.7"]
+    swarm = Swarm(fleet.build_members(spec), BrokerURL.parse(broker.url),
+                  exit_when_done=False, source_address=spec.source_address)
+    thread = threading.Thread(target=swarm.run, daemon=True)
+    thread.start()
+    watchers = [footprint.OnlineWatch(broker.url, "swarm-source", f"agent-{k}") for k in range(3)]
+    try:
+        assert all(w.event.wait(30) for w in watchers)
+        sources = {m.client.socket().getsockname()[0] for m in swarm.members}
+    finally:
+        for w in watchers:
+            w.close()
+        swarm.stop()
+        thread.join(30)
+    assert sources == {"127.0.0.7"} and not thread.is_alive()
+
+
 def test_fleets_larger_than_the_dataset_reuse_shards() -> None:
     assert fleet.shard_count(1000, 10_000, "iid") == 1000
     assert fleet.shard_count(16_000, 10_000, "iid") == 10_000
