@@ -93,9 +93,10 @@ def derive_config(
 
 def site_bridge(site: str, central: str, job: str) -> str:
     """Mosquitto config lines bridging a site broker to the central broker at ``central``
-    (``host:port``) for ``job`` (docs/SCALE.md): models and status down (retained, kept as
-    published between Mosquittos), presence up; updates stay at the site, where the site
-    aggregator sums them, and its partials go to the central broker on their own session."""
+    (``host:port``) for ``job`` (docs/SCALE.md): models, their deltas, status and the roll
+    call down (retained ones kept as published between Mosquittos), presence up; updates
+    stay at the site, where the site aggregator sums them, and its partials go to the
+    central broker on their own session."""
     base = f"fedmq/v1/{job}"
     return "\n".join([
         f"connection {site}",
@@ -104,6 +105,8 @@ def site_bridge(site: str, central: str, job: str) -> str:
         "cleansession true",
         f"topic {base}/model in 1",
         f"topic {base}/model/chunk/# in 1",
+        f"topic {base}/delta in 1",
+        f"topic {base}/delta/chunk/# in 1",
         f"topic {base}/status in 1",
         f"topic {base}/rollcall in 1",
         f"topic {base}/agents/# out 1",

@@ -85,17 +85,19 @@ def two_sites(job: str) -> Iterator[tuple[LocalBroker, LocalBroker, LocalBroker]
         yield central, sites[0], sites[1]
 
 
+@pytest.mark.parametrize("downlink_delta", [None, "qsgd:2+zstd"])
 def test_two_bridged_sites_reproduce_the_flat_runs_weights_exactly(
-    broker: LocalBroker, tmp_path: Path
+    broker: LocalBroker, tmp_path: Path, downlink_delta: str | None
 ) -> None:
-    flat_cfg = config("flat")
+    # and with delta-coded models, which reach the sites' agents through the bridge too
+    flat_cfg = config("flat", downlink_delta=downlink_delta)
     flat = CoordinatorThread(flat_cfg, broker.url, tmp_path / "flat")
     with agent_fleet(broker.url, "flat", "digits", 2 * PER_SITE):
         flat.start().join()
 
     job = "sites"
     with two_sites(job) as (central, site_a, site_b):
-        cfg = config(job)
+        cfg = config(job, downlink_delta=downlink_delta)
         merged: list[PartialMerged] = []
 
         def seen(action: Action) -> None:
