@@ -71,9 +71,13 @@ from protocol import (
     RoundMetrics,
     TopicKind,
     TrainPlan,
+    Update,
     Weights,
     decode_model,
+    encode_delta,
+    encode_update,
     parse_topic,
+    weights_digest,
 )
 
 ActionT = TypeVar("ActionT", bound=Action)
@@ -95,6 +99,20 @@ def initial_weights(seed: int = 0, in_dim: int = IN_DIM, out_dim: int = OUT_DIM)
 
 def copy_weights(weights: Mapping[str, npt.NDArray[np.float32]]) -> Weights:
     return {name: np.array(arr, dtype=np.float32, copy=True) for name, arr in weights.items()}
+
+
+def small_update(rounds: Rounds, agent: str, job: str = "job1") -> bytes:
+    """``agent``'s update for ``rounds``' next round: every weight moved by 0.01, 10 samples."""
+    delta = {n: np.full(a.shape, 0.01, np.float32) for n, a in rounds.weights.items()}
+    return encode_update(Update(job=job, agent=agent, round=rounds.completed_rounds + 1,
+                                model_id=weights_digest(rounds.weights), samples=10, codec="none",
+                                tensors=tuple(encode_delta(delta, "none"))))
+
+
+def announced(actions: Sequence[object]) -> list[ModelAnnouncement]:
+    """The model announcements among ``actions``, in order."""
+    return [decode_model(a.payload) for a in actions
+            if isinstance(a, Publish) and parse_topic(a.topic).kind is TopicKind.MODEL]
 
 
 def assert_weights_close(

@@ -20,7 +20,6 @@ from coordinator import (
     Checkpoint,
     CheckpointError,
     PresenceArrived,
-    Publish,
     RoundConfig,
     RoundOpened,
     Rounds,
@@ -33,17 +32,13 @@ from coordinator import (
 from coordinator.checkpoint import decode_checkpoint, encode_checkpoint
 from protocol import (
     ClosedBy,
-    ModelAnnouncement,
     Phase,
     Presence,
     RoundMetrics,
-    TopicKind,
-    decode_model,
     encode_presence,
-    parse_topic,
     weights_digest,
 )
-from tests.helpers import Fleet, copy_weights, initial_weights, weights_equal
+from tests.helpers import Fleet, announced, copy_weights, initial_weights, weights_equal
 
 JOB, TASK = "job1", "linreg"
 
@@ -253,14 +248,6 @@ def bring_online(rounds: Rounds, agents: tuple[str, ...] = ("a0", "a1", "a2")) -
     for agent in agents:
         actions += rounds.handle(PresenceArrived(agent, presence(agent)), 0.0)
     return actions
-
-
-def announced(actions: list[Action]) -> list[ModelAnnouncement]:
-    return [
-        decode_model(a.payload)
-        for a in actions
-        if isinstance(a, Publish) and parse_topic(a.topic).kind is TopicKind.MODEL
-    ]
 
 
 def test_resumed_rounds_continue_at_the_next_round_with_the_same_run_and_model(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
 import pytest
 
 from coordinator import (
@@ -24,23 +23,15 @@ from coordinator.global_model import GlobalModel
 from coordinator.outbox import Outbox
 from coordinator.staleness import BufferConfig, unsupported_in_buffered
 from protocol import (
-    ModelAnnouncement,
     Phase,
     Presence,
-    Publish,
     RejectReason,
-    TopicKind,
-    Update,
     asks,
-    decode_model,
-    encode_delta,
     encode_presence,
-    encode_update,
-    parse_topic,
     weights_digest,
 )
 from protocol.cohort_hash import below_for, in_cohort
-from tests.helpers import Fleet, copy_weights, initial_weights
+from tests.helpers import Fleet, announced, copy_weights, initial_weights, small_update
 
 JOB = "job1"
 W0 = initial_weights()
@@ -51,18 +42,6 @@ def config(**overrides: Any) -> RoundConfig:
                                 "evaluate": False, "cohort_by": "hash", "sample_fraction": 0.3}
     settings.update(overrides)
     return RoundConfig(**settings)
-
-
-def announced(actions: list[Any]) -> list[ModelAnnouncement]:
-    return [decode_model(a.payload) for a in actions
-            if isinstance(a, Publish) and parse_topic(a.topic).kind is TopicKind.MODEL]
-
-
-def update(rounds: Rounds, agent: str) -> bytes:
-    delta = {n: np.full(a.shape, 0.01, np.float32) for n, a in W0.items()}
-    return encode_update(Update(job=JOB, agent=agent, round=rounds.completed_rounds + 1,
-                                model_id=weights_digest(rounds.weights), samples=10, codec="none",
-                                tensors=tuple(encode_delta(delta, "none"))))
 
 
 def announcement_bytes(cfg: RoundConfig, fleet: int) -> int:
@@ -156,10 +135,10 @@ def test_rule_10_refuses_an_agent_that_fails_the_hash() -> None:
     outside = [a for a in agents if not asks(model, a)]
     inside = [a for a in agents if asks(model, a)]
     assert outside and inside
-    refused = rounds.handle(UpdateArrived(outside[0], update(rounds, outside[0])), 1.0)
+    refused = rounds.handle(UpdateArrived(outside[0], small_update(rounds, outside[0])), 1.0)
     (rejected,) = [a for a in refused if isinstance(a, MessageRejected)]
     assert rejected.reason is RejectReason.NOT_IN_COHORT
-    taken = rounds.handle(UpdateArrived(inside[0], update(rounds, inside[0])), 1.0)
+    taken = rounds.handle(UpdateArrived(inside[0], small_update(rounds, inside[0])), 1.0)
     assert not [a for a in taken if isinstance(a, MessageRejected)]
 
 

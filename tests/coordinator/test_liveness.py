@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from coordinator import BrokerConnected, PresenceArrived, RoundConfig, Rounds, Tick, UpdateArrived
 from edge_agent.agent import AgentCore, RollCalled
 from protocol import (
@@ -14,18 +12,14 @@ from protocol import (
     Publish,
     RollCall,
     TopicKind,
-    Update,
     decode_presence,
     decode_rollcall,
     decode_status,
-    encode_delta,
     encode_presence,
     encode_rollcall,
-    encode_update,
     parse_topic,
-    weights_digest,
 )
-from tests.helpers import copy_weights, initial_weights
+from tests.helpers import copy_weights, initial_weights, small_update
 
 JOB = "job1"
 W0 = initial_weights()
@@ -44,13 +38,6 @@ def presence(agent: str, online: bool = True) -> bytes:
 
 def of_kind(actions: list[Any], kind: TopicKind) -> list[Publish]:
     return [a for a in actions if isinstance(a, Publish) and parse_topic(a.topic).kind is kind]
-
-
-def update(rounds: Rounds, agent: str) -> bytes:
-    delta = {n: np.full(a.shape, 0.01, np.float32) for n, a in W0.items()}
-    return encode_update(Update(job=JOB, agent=agent, round=rounds.completed_rounds + 1,
-                                model_id=weights_digest(rounds.weights), samples=10, codec="none",
-                                tensors=tuple(encode_delta(delta, "none"))))
 
 
 def test_every_connect_calls_the_roll_not_retained() -> None:
@@ -97,7 +84,7 @@ def test_the_status_is_paced_however_many_updates_arrive() -> None:
     sent = []
     for k, agent in enumerate(agents[:999]):  # 999 updates over 1 s
         now = 0.001 * (k + 1)
-        out = rounds.handle(UpdateArrived(agent, update(rounds, agent)), now)
+        out = rounds.handle(UpdateArrived(agent, small_update(rounds, agent)), now)
         if (deadline := rounds.next_deadline()) is not None and now >= deadline:
             out += rounds.handle(Tick(), now)
         sent += [decode_status(p.payload) for p in of_kind(out, TopicKind.STATUS)]
@@ -108,7 +95,7 @@ def test_the_status_is_paced_however_many_updates_arrive() -> None:
     (last,) = of_kind(rounds.handle(Tick(), due), TopicKind.STATUS)
     assert decode_status(last.payload).accepted == 999
     # A phase change goes out at once: the last update closes the round.
-    out = rounds.handle(UpdateArrived(agents[-1], update(rounds, agents[-1])), due + 0.01)
+    out = rounds.handle(UpdateArrived(agents[-1], small_update(rounds, agents[-1])), due + 0.01)
     statuses = [decode_status(p.payload) for p in of_kind(out, TopicKind.STATUS)]
     assert statuses and statuses[-1].round == 2
 
@@ -123,13 +110,13 @@ def test_after_a_reconnect_the_next_round_waits_for_min_agents_to_announce_again
     for agent in agents:
         rounds.handle(PresenceArrived(agent, presence(agent)), 0.0)
     assert (rounds.phase.value, rounds.completed_rounds) == ("training", 0)
-    rounds.handle(UpdateArrived("a0", update(rounds, "a0")), 1.0)
+    rounds.handle(UpdateArrived("a0", small_update(rounds, "a0")), 1.0)
     for agent in agents:  # the broker goes down: wills, then the coordinator reconnects
         rounds.handle(PresenceArrived(agent, presence(agent, online=False)), 2.0)
     rounds.handle(BrokerConnected(), 3.0)
     rounds.handle(PresenceArrived("a1", presence("a1")), 3.1)
-    rounds.handle(UpdateArrived("a1", update(rounds, "a1")), 3.2)
-    closing = rounds.handle(UpdateArrived("a2", update(rounds, "a2")), 3.3)
+    rounds.handle(UpdateArrived("a1", small_update(rounds, "a1")), 3.2)
+    closing = rounds.handle(UpdateArrived("a2", small_update(rounds, "a2")), 3.3)
     assert rounds.completed_rounds == 1 and rounds.phase.value == "waiting"
     assert decode_status(of_kind(closing, TopicKind.STATUS)[-1].payload).phase.value == "waiting"
     assert not of_kind(closing, TopicKind.MODEL)  # no round 2 announced to two agents
@@ -143,7 +130,7 @@ def test_without_a_reconnect_a_round_opens_with_whoever_is_online() -> None:
     rounds.handle(BrokerConnected(), 0.0)
     for agent in ("a0", "a1"):
         rounds.handle(PresenceArrived(agent, presence(agent)), 0.0)
-    rounds.handle(UpdateArrived("a0", update(rounds, "a0")), 1.0)
+    rounds.handle(UpdateArrived("a0", small_update(rounds, "a0")), 1.0)
     rounds.handle(PresenceArrived("a0", presence("a0", online=False)), 1.5)  # a0 really leaves
-    rounds.handle(UpdateArrived("a1", update(rounds, "a1")), 2.0)
+    rounds.handle(UpdateArrived("a1", small_update(rounds, "a1")), 2.0)
     assert rounds.completed_rounds == 1 and rounds.phase.value == "training"

@@ -22,21 +22,20 @@ from coordinator import (
 )
 from coordinator.cohort import select_cohort
 from protocol import (
-    ModelAnnouncement,
     Phase,
     Presence,
-    Publish,
     RejectReason,
-    TopicKind,
-    Update,
-    decode_model,
-    encode_delta,
     encode_presence,
-    encode_update,
-    parse_topic,
-    weights_digest,
 )
-from tests.helpers import Fleet, copy_weights, expected_fedavg, initial_weights, weights_equal
+from tests.helpers import (
+    Fleet,
+    announced,
+    copy_weights,
+    expected_fedavg,
+    initial_weights,
+    small_update,
+    weights_equal,
+)
 
 JOB = "job1"
 W0 = initial_weights()
@@ -54,26 +53,11 @@ def presence(agent: str, *, online: bool = True, samples: int = 10,
     return encode_presence(Presence(agent, online, samples=samples, device=device))
 
 
-def announced(actions: list[Any]) -> list[ModelAnnouncement]:
-    return [
-        decode_model(a.payload)
-        for a in actions
-        if isinstance(a, Publish) and parse_topic(a.topic).kind is TopicKind.MODEL
-    ]
-
-
 def bring_online(rounds: Rounds, agents: list[str], **kw: Any) -> list[Any]:
     actions: list[Any] = []
     for a in agents:
         actions += rounds.handle(PresenceArrived(a, presence(a, **kw)), 0.0)
     return actions
-
-
-def update(rounds: Rounds, agent: str) -> bytes:
-    delta = {n: np.full(a.shape, 0.01, np.float32) for n, a in W0.items()}
-    return encode_update(Update(job=JOB, agent=agent, round=rounds.completed_rounds + 1,
-                                model_id=weights_digest(rounds.weights), samples=10, codec="none",
-                                tensors=tuple(encode_delta(delta, "none"))))
 
 
 # --- the draw --------------------------------------------------------------------------------
@@ -205,8 +189,8 @@ def test_an_update_from_an_agent_not_asked_is_rejected() -> None:
     (model,) = announced(bring_online(rounds, agents))
     assert model.cohort is not None
     outsider = next(a for a in agents if a not in model.cohort)
-    (reject,) = [a for a in rounds.handle(UpdateArrived(outsider, update(rounds, outsider)), 1.0)
-                 if isinstance(a, MessageRejected)]
+    arrived = UpdateArrived(outsider, small_update(rounds, outsider))
+    (reject,) = [a for a in rounds.handle(arrived, 1.0) if isinstance(a, MessageRejected)]
     assert reject.reason is RejectReason.NOT_IN_COHORT
     assert rounds.rejected_total == {"not_in_cohort": 1}
 
@@ -230,7 +214,7 @@ def test_a_retry_tops_the_cohort_up_with_agents_not_asked_yet() -> None:
     gone, *rest = first.cohort
     rounds.handle(PresenceArrived(gone, presence(gone, online=False)), 1.0)
     for agent in rest:
-        rounds.handle(UpdateArrived(agent, update(rounds, agent)), 2.0)
+        rounds.handle(UpdateArrived(agent, small_update(rounds, agent)), 2.0)
     retry = rounds.handle(Tick(), 10.0)
     (opened,) = [a for a in retry if isinstance(a, RoundOpened)]
     assert (opened.round_no, opened.attempt, opened.cohort_size) == (1, 1, 4)
@@ -239,7 +223,7 @@ def test_a_retry_tops_the_cohort_up_with_agents_not_asked_yet() -> None:
     assert set(first.cohort) < set(second.cohort)
     (newcomer,) = set(second.cohort) - set(first.cohort)
     assert newcomer != gone and newcomer in agents
-    rounds.handle(UpdateArrived(newcomer, update(rounds, newcomer)), 11.0)
+    rounds.handle(UpdateArrived(newcomer, small_update(rounds, newcomer)), 11.0)
     assert rounds.completed_rounds == 1
 
 
