@@ -410,6 +410,10 @@ class HandPlayed:
         self.tap = tap
 
     def announce(self) -> None:
+        """Publish agent-1's presence once the coordinator listens (its roll call is out): it
+        counts live presence only, and this hand-played agent answers no roll call."""
+        wait_until(lambda: any(t == TOPICS.rollcall for t, _ in self.tap.messages),
+                   self.tap.cond, TIMEOUT_S)
         (presence,) = [a for a in self.core.handle(Connected()) if isinstance(a, Publish)]
         self.login.publish(presence.topic, presence.payload, retain=True)
 

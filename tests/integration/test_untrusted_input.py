@@ -131,6 +131,9 @@ def test_a_device_the_coordinator_no_longer_counts_announces_itself_again(
     anonymous = publisher(broker)
     forged = encode_presence(Presence(agent="agent-0", online=False))
     try:
+        # the coordinator counts live presence only: it listens (its roll call is out)
+        # before the hand-driven agent announces itself, which answers no roll call
+        watcher.wait_for(lambda: bool(watcher.on("/rollcall")))
         by_hand.send(by_hand.core.handle(Connected()))
         with agent_fleet(broker.url, job, "linreg", 1):  # agent-0, a real agent
             watcher.wait_for(lambda: ("agent-0", 1) in accepted)
